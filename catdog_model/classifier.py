@@ -1,0 +1,158 @@
+"""Backbone + trained head: predict, save and load one model version's files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import LABELS
+from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
+from .images import DEFAULT_MAX_PIXELS, load_image
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "head.weights.h5"
+
+
+class ModelLoadError(RuntimeError):
+    """A model version's files are missing, corrupt or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    embedding_dim: int = 1280
+    hidden_units: int = 0
+    dropout_rate: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    label: str
+    p_cat: float
+    p_dog: float
+    version: str | None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def confidence(self) -> float:
+        return max(self.p_cat, self.p_dog)
+
+    def as_label_dict(self) -> dict[str, float]:
+        """The {label: probability} mapping that gr.Label shows."""
+        return {"cat": self.p_cat, "dog": self.p_dog}
+
+
+def build_head(config: HeadConfig):
+    """Embedding → probability that the image is a dog."""
+    import keras
+
+    inputs = keras.Input(shape=(config.embedding_dim,), name="embedding")
+    features = keras.layers.Dropout(config.dropout_rate)(inputs)
+    if config.hidden_units:
+        features = keras.layers.Dense(config.hidden_units, activation="relu")(features)
+        features = keras.layers.Dropout(config.dropout_rate)(features)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_dog")(features)
+    return keras.Model(inputs, outputs, name="head")
+
+
+class Classifier:
+    def __init__(self, backbone: Backbone, head, head_config: HeadConfig, tta: bool = False,
+                 version: str | None = None, low_confidence: float = 0.8, max_pixels: int = DEFAULT_MAX_PIXELS):
+        import tensorflow as tf
+
+        self.backbone = backbone
+        self.head = head
+        self.head_config = head_config
+        self.tta = tta
+        self.version = version
+        self.low_confidence = low_confidence
+        self.max_pixels = max_pixels
+        # One trace per value of tta; reduce_retracing lets a trace serve every batch size.
+        self._forward = tf.function(self._probabilities, reduce_retracing=True)
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return self.backbone.spec
+
+    def _probabilities(self, images, tta: bool):
+        import tensorflow as tf
+
+        if not tta:
+            return self.head(self.backbone.model(images, training=False), training=False)[:, 0]
+        both = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
+        p_dog = self.head(self.backbone.model(both, training=False), training=False)[:, 0]
+        original, flipped = tf.split(p_dog, 2)
+        return (original + flipped) / 2
+
+    def p_dog_from_embeddings(self, embeddings: dict[str, np.ndarray], tta: bool | None = None) -> np.ndarray:
+        """Probabilities from cached embeddings ({"original": ..., "flipped": ...}), as predict would give."""
+        p_dog = self.head.predict(embeddings["original"], verbose=0, batch_size=1024)[:, 0]
+        if self.tta if tta is None else tta:
+            p_dog = (p_dog + self.head.predict(embeddings["flipped"], verbose=0, batch_size=1024)[:, 0]) / 2
+        return p_dog
+
+    def views(self) -> tuple[str, ...]:
+        return ("original", "flipped") if self.tta else ("original",)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """p(dog) for uint8 images (N, size, size, 3), in chunks."""
+        step = self.backbone.batch_size
+        return np.concatenate([self._forward(images[start:start + step], self.tta).numpy()
+                               for start in range(0, len(images), step)]) if len(images) else np.zeros(0)
+
+    def predict(self, sources) -> list[Prediction]:
+        """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
+        if not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        size = self.spec.image_size
+        images = np.stack([load_image(source, size=size, max_pixels=self.max_pixels) for source in sources])
+        return [self._prediction(float(p)) for p in self.predict_arrays(images)]
+
+    def _prediction(self, p_dog: float) -> Prediction:
+        p_dog = min(max(p_dog, 0.0), 1.0)
+        label = LABELS[int(p_dog >= 0.5)]
+        flags = ("low_confidence",) if max(p_dog, 1 - p_dog) < self.low_confidence else ()
+        return Prediction(label=label, p_cat=1.0 - p_dog, p_dog=p_dog, version=self.version, flags=flags)
+
+    def save(self, directory: Path) -> None:
+        """Write config.json and the head's weights; the backbone is referenced, never copied."""
+        save_version_files(directory, self.spec, self.head, self.head_config, self.tta)
+
+    @classmethod
+    def load(cls, directory: Path, weights_dir: Path | None, version: str | None = None,
+             batch_size: int = 32, **options) -> "Classifier":
+        directory = Path(directory)
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text())
+            spec = BackboneSpec.from_dict(config["backbone"])
+            head_config = HeadConfig(**config["head"])
+            expected = config["files"]
+        except FileNotFoundError:
+            raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is missing.") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is corrupt ({error}).") from None
+        for name, sha in expected.items():
+            path = directory / name
+            if not path.is_file():
+                raise ModelLoadError(f"{directory.name}: {name} is missing.")
+            if file_sha256(path) != sha:
+                raise ModelLoadError(f"{directory.name}: {name} does not match the sha256 in {CONFIG_FILE}; "
+                                     "the file is corrupt or was changed after the version was written.")
+        head = build_head(head_config)
+        try:
+            head.load_weights(directory / WEIGHTS_FILE)
+        except Exception as error:  # h5py and Keras raise many types for a bad file.
+            raise ModelLoadError(f"{directory.name}: cannot read {WEIGHTS_FILE} ({error}).") from None
+        backbone = get_backbone(spec, weights_dir, batch_size)
+        return cls(backbone, head, head_config, tta=bool(config.get("tta")), version=version, **options)
+
+
+def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: HeadConfig, tta: bool) -> None:
+    directory = Path(directory)
+    head.save_weights(directory / WEIGHTS_FILE)
+    config = {"labels": list(LABELS), "positive_label": "dog", "backbone": spec.to_dict(),
+              "head": dataclasses.asdict(head_config), "tta": tta,
+              "files": {WEIGHTS_FILE: file_sha256(directory / WEIGHTS_FILE)}}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,55 @@
+"""All settings in one dataclass, read from environment variables (documented in README.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _path(name: str, default: str | None) -> Path | None:
+    value = os.environ.get(name)
+    if value:
+        return Path(value).expanduser().resolve()
+    # Defaults live beside the code, so the programs work from any working directory.
+    return None if default is None else PROJECT_ROOT / default
+
+
+def _number(name: str, default: float, kind: type = float):
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return kind(default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    weights_dir: Path | None
+    models_dir: Path
+    model_name: str
+    data_dir: Path
+    cache_dir: Path
+    max_pixels: int
+    min_side: int
+    batch_size: int
+    low_confidence: float
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        data_dir = _path("CATDOG_DATA_DIR", "data")
+        return cls(
+            weights_dir=_path("CATDOG_WEIGHTS_DIR", None),
+            models_dir=_path("CATDOG_MODELS_DIR", "models"),
+            model_name=os.environ.get("CATDOG_MODEL_NAME", "catdog-mobilenetv2"),
+            data_dir=data_dir,
+            cache_dir=_path("CATDOG_CACHE_DIR", None) or data_dir / "cache",
+            max_pixels=_number("CATDOG_MAX_PIXELS", 50_000_000, int),
+            min_side=_number("CATDOG_MIN_SIDE", 16, int),
+            batch_size=_number("CATDOG_BATCH_SIZE", 32, int),
+            low_confidence=_number("CATDOG_LOW_CONFIDENCE", 0.8),
+        )

@@ -1,0 +1,181 @@
+"""Fit a head on cached embeddings, evaluate it on held-out splits, and publish it as a new version."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import LABELS
+from .backbone import BackboneSpec, get_backbone
+from .card import render_model_card
+from .classifier import Classifier, HeadConfig, build_head
+from .config import Settings
+from .data import Dataset, Example, split_examples
+from .embeddings import EmbeddingCache, ProgressCallback, embed_images
+from .evaluation import compute_metrics
+from .hub import METRICS_FILE, LocalHub
+
+MIN_IMAGES_PER_CLASS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 42
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    dropout_rate: float = 0.3
+    hidden_units: int = 128
+    patience: int = 6
+    augment: bool = True  # also train on mirror images
+    tta: str = "auto"  # "auto": average with the mirror image when that lowers validation loss; "on"; "off"
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    alpha: float = 0.5
+    # 288 rather than the weights' native 224: more detail, chosen on validation loss (README, "Accuracy").
+    image_size: int = 288
+
+    def __post_init__(self):
+        if self.tta not in ("auto", "on", "off"):
+            raise ValueError(f"tta must be 'auto', 'on' or 'off', not {self.tta!r}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1.")
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    classifier: Classifier
+    metrics: dict
+    history: dict
+
+
+def embedding_cache(settings: Settings) -> EmbeddingCache:
+    return EmbeddingCache(settings.cache_dir / "embeddings.sqlite")
+
+
+def embed_examples(classifier_or_backbone, examples: list[Example], cache: EmbeddingCache | None,
+                   views: tuple[str, ...], progress: ProgressCallback | None = None):
+    """Embeddings of examples for each view, the examples that decoded, and {source: reason} for the rest."""
+    backbone = getattr(classifier_or_backbone, "backbone", classifier_or_backbone)
+    arrays, rejected = embed_images(backbone, [(example.sha256, example.data) for example in examples], cache,
+                                    views, progress)
+    kept = [example for example in examples if example.sha256 not in rejected]
+    reasons = {example.source: rejected[example.sha256] for example in examples if example.sha256 in rejected}
+    return arrays, kept, reasons
+
+
+def train(dataset: Dataset, settings: Settings, config: TrainingConfig = TrainingConfig(),
+          progress: ProgressCallback | None = None, source: str = "", command: str = "") -> TrainedModel:
+    import keras
+
+    counts = dataset.counts()
+    if min(counts.values()) < MIN_IMAGES_PER_CLASS:
+        raise ValueError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
+                         f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
+    started = time.perf_counter()
+    splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
+    backbone = get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights_dir,
+                            settings.batch_size)
+    cache = embedding_cache(settings)
+    views = ("original", "flipped") if config.augment or config.tta != "off" else ("original",)
+    cached_before = cache.count(backbone.spec.id)
+    arrays, kept, rejected = embed_examples(backbone, splits.train + splits.validation + splits.test, cache,
+                                            views, progress)
+    embedding_seconds = time.perf_counter() - started
+    position = {example.sha256: index for index, example in enumerate(kept)}
+
+    def gather(examples: list[Example]) -> tuple[dict[str, np.ndarray], list[str]]:
+        present = [example for example in examples if example.sha256 in position]
+        rows = [position[example.sha256] for example in present]
+        return {view: array[rows] for view, array in arrays.items()}, [example.label for example in present]
+
+    train_views, train_labels = gather(splits.train)
+    validation_views, validation_labels = gather(splits.validation)
+    test_views, test_labels = gather(splits.test)
+    train_y = np.array([LABELS.index(label) for label in train_labels])
+    train_x = train_views["original"]
+    if config.augment:
+        train_x, train_y = np.concatenate([train_x, train_views["flipped"]]), np.concatenate([train_y, train_y])
+    validation_y = np.array([LABELS.index(label) for label in validation_labels])
+
+    keras.utils.set_random_seed(config.seed)
+    head_config = HeadConfig(embedding_dim=backbone.dim, hidden_units=config.hidden_units,
+                             dropout_rate=config.dropout_rate)
+    head = build_head(head_config)
+    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy",
+                 metrics=["accuracy"])
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 3)),
+    ]
+    if progress:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: progress("training", epoch + 1, config.epochs)))
+    fit_started = time.perf_counter()
+    fitted = head.fit(train_x, train_y, validation_data=(validation_views["original"], validation_y),
+                      epochs=config.epochs, batch_size=config.batch_size, class_weight=_class_weight(train_y), callbacks=callbacks,
+                      verbose=0)
+    fit_seconds = time.perf_counter() - fit_started
+
+    classifier = Classifier(backbone, head, head_config, tta=config.tta == "on",
+                            low_confidence=settings.low_confidence, max_pixels=settings.max_pixels)
+    if config.tta == "auto":
+        # Averaging with the mirror image is kept only if it lowers the validation log loss.
+        plain = classifier.p_dog_from_embeddings(validation_views, tta=False)
+        mirrored = classifier.p_dog_from_embeddings(validation_views, tta=True)
+        classifier.tta = bool(compute_metrics(validation_labels, mirrored)["log_loss"]
+                              < compute_metrics(validation_labels, plain)["log_loss"])
+    evaluated = {
+        "validation": compute_metrics(validation_labels, classifier.p_dog_from_embeddings(validation_views)),
+        "test": compute_metrics(test_labels, classifier.p_dog_from_embeddings(test_views)),
+    }
+    history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
+    metrics = {
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "validation": evaluated["validation"],
+        "test": evaluated["test"],
+        "data": {
+            "name": Path(source).name or "images", "source": source, "n_images": len(kept),
+            "counts": {label: sum(example.label == label for example in kept) for label in LABELS},
+            "n_duplicates": len(dataset.duplicates), "rejected": rejected,
+            "content_hash": dataset.content_hash(), "splits": splits.sizes(), "split_seed": config.seed,
+            "validation_fraction": config.validation_fraction, "test_fraction": config.test_fraction,
+        },
+        "training": {
+            "seed": config.seed, "epochs_run": len(history.get("loss", [])), "augment": config.augment,
+            "tta": classifier.tta, "config": dataclasses.asdict(config),
+            "images_embedded": cache.count(backbone.spec.id) - cached_before,
+            "embedding_seconds": round(embedding_seconds, 2), "fit_seconds": round(fit_seconds, 2),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+        "command": command,
+    }
+    return TrainedModel(classifier, metrics, history)
+
+
+def _class_weight(labels: np.ndarray) -> dict[int, float] | None:
+    """Balanced weights when one class has clearly more examples; None when they are about even."""
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() >= 0.9 * counts.max():
+        return None
+    return {index: float(len(labels) / (2 * count)) for index, count in enumerate(counts)}
+
+
+def publish(trained: TrainedModel, hub: LocalHub, model_name: str) -> str:
+    """Write the trained model as the hub's next version; returns the version name."""
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        trained.classifier.save(folder)
+        (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
+        (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
+        config = json.loads((folder / "config.json").read_text())
+        version = hub.push(folder, write_card=lambda version: render_model_card(model_name, version, config,
+                                                                                  trained.metrics))
+    trained.classifier.version = version
+    return version

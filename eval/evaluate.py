@@ -1,0 +1,68 @@
+"""Evaluate a model version on a folder of cats/ and dogs/: metrics, and confusion-matrix and ROC plots.
+
+    python -m eval.evaluate --data-dir ../shared/data/cats_vs_dogs --split test --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from catdog_model.cli import ProgressBars, user_errors
+from catdog_model.config import Settings
+from catdog_model.data import load_folder, split_examples
+from catdog_model.evaluation import compute_metrics, save_plots
+from catdog_model.hub import PRODUCTION, open_hub
+from catdog_model.training import embed_examples, embedding_cache
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True, help="folder with class subfolders cats/ and dogs/")
+    parser.add_argument("--version", default=PRODUCTION, help="vN or production (default)")
+    parser.add_argument("--split", choices=["all", "train", "validation", "test"], default="all",
+                        help="only the images of this split, cut as the version's training cut them")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--out", help="folder for confusion_matrix.png and roc_curve.png")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    settings = Settings.from_env()
+    with user_errors():
+        hub = open_hub(settings)
+        version = hub.resolve(arguments.version)
+        classifier = hub.load(version, settings)
+        examples = load_folder(arguments.data_dir).examples
+        if arguments.split != "all":
+            data = hub.metrics(version)["data"]
+            splits = split_examples(examples, data["split_seed"], data["validation_fraction"], data["test_fraction"])
+            examples = getattr(splits, arguments.split)
+        progress = ProgressBars()
+        embeddings, kept, rejected = embed_examples(classifier, examples, embedding_cache(settings),
+                                                    classifier.views(), progress)
+        progress.close()
+        labels = [example.label for example in kept]
+        p_dog = classifier.p_dog_from_embeddings(embeddings)
+        result = {**compute_metrics(labels, p_dog), "version": version, "split": arguments.split,
+                  "data_dir": arguments.data_dir, "n_rejected": len(rejected), "rejected": rejected}
+        if arguments.out:
+            result["plots"] = [str(path) for path in save_plots(labels, p_dog, arguments.out, title=version)]
+    if arguments.json:
+        print(json.dumps(result))
+        return
+    print(f"{version} on {arguments.data_dir} ({arguments.split}): {result['n_images']} images, "
+          f"{result['n_rejected']} rejected")
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"):
+        value = result[name]
+        print(f"  {name:<10} {value:.4f}" if value is not None else f"  {name:<10} n/a")
+    (true_cat, false_dog), (false_cat, true_dog) = result["confusion_matrix"]
+    print(f"  confusion  true cat → cat {true_cat}, dog {false_dog}; true dog → cat {false_cat}, dog {true_dog}")
+    for path in result.get("plots", []):
+        print(f"  plot       {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

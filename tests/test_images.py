@@ -1,0 +1,171 @@
+"""Every way an image can arrive, good or bad: a correct RGB array or an InvalidImage with a sentence."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies
+from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
+
+from catdog_model.images import InvalidImage, load_image
+
+
+def encode(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR claiming width×height, with almost no pixel data (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def half_red_half_blue(width=64, height=48) -> Image.Image:
+    array = np.zeros((height, width, 3), np.uint8)
+    array[:, : width // 2] = (255, 0, 0)
+    array[:, width // 2:] = (0, 0, 255)
+    return Image.fromarray(array)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"these are the notes of a meeting, not a photo\n" * 10, "not an image"),
+    (bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)), "not an image"),
+    (b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle r="40"/></svg>', "not an image"),
+])
+def test_non_images_are_rejected_with_a_sentence(data, message):
+    with pytest.raises(InvalidImage, match=message):
+        load_image(data)
+
+
+def test_truncated_jpeg_is_rejected():
+    data = encode(half_red_half_blue(400, 300), "JPEG")
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        load_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    with pytest.raises(InvalidImage, match="pixels"):
+        load_image(png_header_only(20000, 20000))
+
+
+def test_pixel_limit_is_configurable():
+    data = encode(half_red_half_blue(200, 100), "PNG")
+    with pytest.raises(InvalidImage, match="200×100 pixels, over the limit of 10,000"):
+        load_image(data, max_pixels=10_000)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (15, 200)])
+def test_tiny_images_are_rejected(size):
+    with pytest.raises(InvalidImage, match="at least 16 pixels"):
+        load_image(encode(Image.new("RGB", size, "white"), "PNG"))
+
+
+def test_rgb_jpeg_from_bytes_path_file_pil_and_array(tmp_path):
+    image = half_red_half_blue()
+    data = encode(image, "PNG")
+    path = tmp_path / "picture.png"
+    path.write_bytes(data)
+    expected = np.asarray(image)
+    for source in (data, path, str(path), io.BytesIO(data), image, expected):
+        result = load_image(source)
+        assert result.dtype == np.uint8 and result.shape == (48, 64, 3)
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_missing_path_is_an_invalid_image(tmp_path):
+    with pytest.raises(InvalidImage, match="no file"):
+        load_image(tmp_path / "absent.jpg")
+
+
+def test_resize_gives_square_rgb():
+    result = load_image(encode(half_red_half_blue(640, 480), "JPEG"), size=224)
+    assert result.shape == (224, 224, 3)
+    assert result[112, 20, 0] > 200 and result[112, 200, 2] > 200  # red stays left, blue right
+
+
+def test_grayscale_palette_and_cmyk_become_rgb():
+    gray = Image.new("L", (32, 32), 128)
+    palette = half_red_half_blue().convert("P", palette=Image.Palette.ADAPTIVE)
+    cmyk = half_red_half_blue().convert("CMYK")
+    assert load_image(encode(gray, "PNG"))[0, 0].tolist() == [128, 128, 128]
+    assert load_image(encode(palette, "PNG"))[0, 0].tolist() == [255, 0, 0]
+    red = load_image(encode(cmyk, "JPEG", quality=95))[24, 5]
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    array = np.full((20, 20), 32768, dtype=np.uint16)  # mid-gray in 16 bits
+    result = load_image(encode(Image.fromarray(array), "PNG"))
+    assert 120 <= result[0, 0, 0] <= 135
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (0, 0, 10, 20))
+    result = load_image(encode(rgba, "PNG"))
+    assert result[10, 2].tolist() == [255, 0, 0] and result[10, 15].tolist() == [255, 255, 255]
+
+
+def test_animated_gif_uses_its_first_frame():
+    frames = [Image.new("RGB", (32, 32), color) for color in ("red", "blue", "green")]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    first = load_image(data)[16, 16]
+    assert first[0] > 200 and first[2] < 50
+
+
+def test_exif_orientation_is_applied():
+    image = half_red_half_blue(64, 48)  # landscape, red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    result = load_image(encode(image, "JPEG", exif=exif.tobytes(), quality=95))
+    assert result.shape == (64, 48, 3)  # shown upright: portrait
+    assert result[5, 24, 0] > 200 and result[60, 24, 2] > 200  # red now on top, blue below
+
+
+def test_a_30_megapixel_photo_works_and_is_decoded_at_reduced_size(monkeypatch):
+    big = Image.fromarray(np.kron(np.asarray(half_red_half_blue(64, 48)), np.ones((100, 100, 1), np.uint8)))
+    data = encode(big, "JPEG", quality=85)  # 6400×4800 = 30.7 megapixels
+    decoded_sizes = []
+    original_load = JpegImageFile.load
+
+    def recording_load(image):
+        decoded_sizes.append(image.size)
+        return original_load(image)
+
+    monkeypatch.setattr(JpegImageFile, "load", recording_load)
+    result = load_image(data, size=224)
+    assert result.shape == (224, 224, 3) and result[100, 10, 0] > 200 and result[100, 200, 2] > 200
+    assert decoded_sizes and max(decoded_sizes[0]) <= 6400 // 8  # draft mode: decoded at 1/8 scale
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(strategies.binary(max_size=4096))
+def test_arbitrary_bytes_give_an_image_or_invalid_image(data):
+    try:
+        result = load_image(data, size=32)
+    except InvalidImage as error:
+        assert str(error)
+    else:
+        assert result.shape == (32, 32, 3)
+
+
+@hypothesis_settings(max_examples=100, deadline=None)
+@given(strategies.binary(min_size=1, max_size=2000), strategies.integers(min_value=20, max_value=5000))
+def test_corrupted_real_jpegs_give_an_image_or_invalid_image(garbage, position):
+    data = bytearray(encode(half_red_half_blue(), "JPEG"))
+    position = position % len(data)
+    data[position:position + len(garbage)] = garbage
+    try:
+        load_image(bytes(data), size=32)
+    except InvalidImage:
+        pass

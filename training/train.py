@@ -1,0 +1,79 @@
+"""Train a head on a folder of cats/ and dogs/ (or a `datasets` dataset) and publish it as a new model version.
+
+    python -m training.train --data-dir ../shared/data/cats_vs_dogs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from catdog_model.cli import ProgressBars, user_errors
+from catdog_model.config import Settings
+from catdog_model.data import load_folder, load_hf_dataset
+from catdog_model.hub import open_hub
+from catdog_model.training import TrainingConfig, publish, train
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    defaults = TrainingConfig()
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="folder with class subfolders cats/ and dogs/ (or cat/ and dog/)")
+    source.add_argument("--hf-dataset", help="a `datasets` name or local folder, with image and label columns")
+    parser.add_argument("--hf-split", default="train", help="split of --hf-dataset (default: train)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="upper bound; early stopping ends sooner")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--dropout-rate", type=float, default=defaults.dropout_rate)
+    parser.add_argument("--hidden-units", type=int, default=defaults.hidden_units, help="0: a linear head")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="do not train on mirror images")
+    parser.add_argument("--tta", choices=["auto", "on", "off"], default=defaults.tta,
+                        help="average with the mirror image at prediction time (auto: if validation says so)")
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, choices=[0.35, 0.5], help="MobileNetV2 width")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels")
+    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    promotion = parser.add_mutually_exclusive_group()
+    promotion.add_argument("--promote", dest="promote", action="store_true", default=None,
+                           help="make the new version production (default: only if there is none)")
+    promotion.add_argument("--no-promote", dest="promote", action="store_false")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    arguments = parse_arguments(argv)
+    settings = Settings.from_env()
+    with user_errors():
+        config = TrainingConfig(
+            seed=arguments.seed, epochs=arguments.epochs, batch_size=arguments.batch_size,
+            learning_rate=arguments.learning_rate, dropout_rate=arguments.dropout_rate,
+            hidden_units=arguments.hidden_units, augment=arguments.augment, tta=arguments.tta,
+            validation_fraction=arguments.validation_fraction, test_fraction=arguments.test_fraction,
+            alpha=arguments.alpha, image_size=arguments.image_size)
+        source = arguments.data_dir or arguments.hf_dataset
+        dataset = (load_folder(arguments.data_dir) if arguments.data_dir
+                   else load_hf_dataset(arguments.hf_dataset, split=arguments.hf_split))
+        print(f"{source}: {len(dataset.examples)} images {dataset.counts()}, "
+              f"{len(dataset.duplicates)} duplicate(s) skipped", file=sys.stderr)
+        progress = ProgressBars()
+        trained = train(dataset, settings, config, progress=progress, source=source,
+                        command=shlex.join(["python", "-m", "training.train", *argv]))
+        progress.close()
+        hub = open_hub(settings)
+        version = publish(trained, hub, settings.model_name)
+        if arguments.promote or (arguments.promote is None and hub.production() is None):
+            hub.promote(version)
+    test, training = trained.metrics["test"], trained.metrics["training"]
+    print(json.dumps({"version": version, "production": hub.production(), "path": str(hub.download(version)),
+                      "test_accuracy": test["accuracy"], "test_roc_auc": test["roc_auc"],
+                      "test_images": test["n_images"], "tta": training["tta"], "seconds": training["seconds"],
+                      "images_embedded": training["images_embedded"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
