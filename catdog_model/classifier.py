@@ -151,7 +151,10 @@ class Classifier:
 
 def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: HeadConfig, tta: bool) -> None:
     directory = Path(directory)
-    head.save_weights(directory / WEIGHTS_FILE)
+    # A compiled model's weight file also carries the optimizer's state, three times the size; a fresh copy doesn't.
+    clean_head = build_head(head_config)
+    clean_head.set_weights(head.get_weights())
+    clean_head.save_weights(directory / WEIGHTS_FILE)
     config = {"labels": list(LABELS), "positive_label": "dog", "backbone": spec.to_dict(),
               "head": dataclasses.asdict(head_config), "tta": tta,
               "files": {WEIGHTS_FILE: file_sha256(directory / WEIGHTS_FILE)}}

@@ -118,11 +118,15 @@ class LocalHub:
         if not (folder / CONFIG_FILE).is_file():
             raise HubError(f"{folder} has no {CONFIG_FILE}; it is not a model version.")
         with self._locked():
+            # Under the lock no other write is under way: a staging folder here is a crashed writer's.
+            for debris in self.repo.glob(".staging-*"):
+                shutil.rmtree(debris, ignore_errors=True)
             versions = self.versions()
             version = f"v{int(versions[-1][1:]) + 1}" if versions else "v1"
             staging = self.repo / f".staging-{uuid.uuid4().hex}"
             try:
                 shutil.copytree(folder, staging)
+                staging.chmod(0o755)
                 if write_card:
                     (staging / CARD_FILE).write_text(write_card(version))
                 for path in staging.rglob("*"):
@@ -159,6 +163,7 @@ class LocalHub:
 
     def _write_refs(self, refs: dict) -> None:
         handle, temporary = tempfile.mkstemp(dir=self.repo, prefix=".refs-", suffix=".tmp")
+        os.chmod(temporary, 0o644)
         with os.fdopen(handle, "w") as file:
             json.dump(refs, file, indent=2)
             file.write("\n")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 
+from catdog_model import LABELS
 from catdog_model.backbone import BackboneUnavailable, locate_weights
 from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.data import load_folder
 
 SHARED = PROJECT_ROOT.parent / "shared"
 PHOTOS_DIR = Path(os.environ.get("CATDOG_TEST_PHOTOS", SHARED / "data" / "cats_vs_dogs"))
@@ -31,10 +32,6 @@ _missing_weights = _weights_reason()
 requires_weights = pytest.mark.skipif(_missing_weights is not None, reason=_missing_weights or "")
 requires_photos = pytest.mark.skipif(not PHOTOS_DIR.is_dir(),
                                      reason=f"real photos not found at {PHOTOS_DIR} (set CATDOG_TEST_PHOTOS)")
-
-
-def photo_paths(label_folder: str) -> list[Path]:
-    return sorted((PHOTOS_DIR / label_folder).glob("*.jpg"), key=lambda path: int(path.stem.split(".")[1]))
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +56,14 @@ def env(tmp_path, cache_dir, monkeypatch) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def small_photo_dir(tmp_path_factory) -> Path:
-    """30 real cats and 30 real dogs, chosen by a fixed seed, in cats/ and dogs/."""
+    """30 distinct real cats and 30 distinct real dogs, chosen by a fixed seed, in cats/ and dogs/."""
     if not PHOTOS_DIR.is_dir():
         pytest.skip(f"real photos not found at {PHOTOS_DIR}")
     root = tmp_path_factory.mktemp("small-photos")
     chooser = random.Random(7)
-    for folder in ("cats", "dogs"):
-        (root / folder).mkdir()
-        for path in chooser.sample(photo_paths(folder), 30):
-            shutil.copy(path, root / folder / path.name)
+    examples = load_folder(PHOTOS_DIR).examples
+    for label in LABELS:
+        (root / f"{label}s").mkdir()
+        for example in chooser.sample([example for example in examples if example.label == label], 30):
+            (root / example.source).write_bytes(example.data)
     return root

@@ -1,0 +1,61 @@
+"""The three command-line programs end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from catdog_model.config import PROJECT_ROOT
+from tests.conftest import requires_weights
+
+
+def run(arguments: list[str], env: dict, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", *arguments], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+@requires_weights
+def test_train_evaluate_and_benchmark(small_photo_dir, env, tmp_path):
+    trained = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3",
+                              "--epochs", "10", "--image-size", "160"], env).stdout)
+    assert trained["version"] == "v1" and trained["production"] == "v1"
+    second = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "10",
+                             "--image-size", "160"], env).stdout)
+    assert second["version"] == "v2" and second["production"] == "v1"  # a new version is not promoted by default
+    assert second["images_embedded"] == 0
+
+    plots = tmp_path / "plots"
+    evaluated = run(["eval.evaluate", "--data-dir", str(small_photo_dir), "--json", "--out", str(plots)], env)
+    result = json.loads(evaluated.stdout)  # stdout is exactly one JSON object
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "confusion_matrix", "n_images"):
+        assert key in result
+    assert result["version"] == "v1" and result["n_images"] == 60
+    assert sum(map(sum, result["confusion_matrix"])) == 60
+    assert (plots / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (plots / "roc_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    test_split = json.loads(run(["eval.evaluate", "--data-dir", str(small_photo_dir), "--version", "v2",
+                                 "--split", "test", "--json"], env).stdout)
+    assert test_split["n_images"] == 12 and test_split["version"] == "v2"
+    human = run(["eval.evaluate", "--data-dir", str(small_photo_dir)], env).stdout
+    assert "accuracy" in human and "v1" in human
+
+    benchmark = json.loads(run(["eval.benchmark", "--json", "--data-dir", str(small_photo_dir), "--repeats", "5",
+                                "--skip-training"], env).stdout)
+    assert benchmark["predict_one_p50_ms"] > 0 and benchmark["predict_batch32_images_per_s"] > 0
+    assert benchmark["peak_rss_mb"] > 0 and benchmark["version"] == "v1"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["eval.evaluate", "--data-dir", ".", "--json"], "no production model yet"),
+    (["training.train", "--data-dir", "/nonexistent-folder"], "is not a folder"),
+    (["eval.evaluate", "--data-dir", ".", "--version", "v9"], "No model version 'v9'"),
+])
+def test_user_mistakes_end_with_a_sentence_not_a_traceback(arguments, message, env):
+    result = run(arguments, env, expect=2)
+    assert message in result.stderr and "Traceback" not in result.stderr

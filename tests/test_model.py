@@ -1,0 +1,137 @@
+"""The real model: train on real photos, publish, load, predict; the shipped production model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from catdog_model.backbone import BackboneSpec, BackboneUnavailable, locate_weights
+from catdog_model.config import PROJECT_ROOT
+from catdog_model.data import load_folder, split_examples
+from catdog_model.embeddings import EmbeddingCache, embed_images
+from catdog_model.hub import LocalHub, open_hub
+from catdog_model.images import InvalidImage
+from catdog_model.training import TrainingConfig, embed_examples, embedding_cache, publish, train
+from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights
+
+pytestmark = [requires_weights]
+SMALL = TrainingConfig(seed=5, epochs=15, image_size=160)  # small and quick; the shipped model uses the defaults
+
+
+def test_weights_are_found_and_verified_in_the_weights_dir(tmp_path, monkeypatch, settings):
+    assert locate_weights(0.5, settings.weights_dir).parent == settings.weights_dir
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    monkeypatch.setenv("CATDOG_OFFLINE", "1")
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+    with pytest.raises(BackboneUnavailable, match=f"{name}.*CATDOG_WEIGHTS_DIR"):
+        locate_weights(0.5, tmp_path)
+    (tmp_path / name).write_bytes(b"not the weights")
+    with pytest.raises(BackboneUnavailable, match=f"{name} has sha256 .*expected 279052de"):
+        locate_weights(0.5, tmp_path)
+
+
+def test_backbone_identity_follows_its_configuration():
+    ids = {BackboneSpec.for_alpha(0.5).id, BackboneSpec.for_alpha(0.35).id, BackboneSpec.for_alpha(0.5, 160).id}
+    assert len(ids) == 3
+    with pytest.raises(BackboneUnavailable, match="Alpha 1.0 is not supported"):
+        BackboneSpec.for_alpha(1.0)
+
+
+@pytest.fixture(scope="module")
+def small_trained(small_photo_dir, cache_dir, tmp_path_factory):
+    from catdog_model.config import Settings
+    from tests.conftest import WEIGHTS_DIR
+
+    settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, cache_dir=cache_dir,
+                                   models_dir=tmp_path_factory.mktemp("models"))
+    dataset = load_folder(small_photo_dir)
+    trained = train(dataset, settings, SMALL, source=str(small_photo_dir))
+    hub = open_hub(settings)
+    version = publish(trained, hub, settings.model_name)
+    hub.promote(version)
+    return settings, dataset, trained, hub
+
+
+def test_training_on_real_photos_gives_a_version_that_loads_and_predicts(small_trained):
+    settings, dataset, trained, hub = small_trained
+    assert hub.production() == "v1"
+    metrics = hub.metrics()
+    assert metrics["data"]["splits"] == {"train": 42, "validation": 6, "test": 12}
+    assert metrics["data"]["content_hash"] == dataset.content_hash()
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["training"]["epochs_run"] >= 1
+    card = (hub.repo / "v1" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: keras" in card and "model-index:" in card
+    assert "python -m eval.evaluate" in card
+    classifier = hub.load("production", settings)
+    assert classifier.version == "v1" and classifier.spec.image_size == 160
+    splits = split_examples(dataset.examples, SMALL.seed)
+    predictions = classifier.predict([example.data for example in splits.train])
+    training_accuracy = np.mean([p.label == example.label for p, example in zip(predictions, splits.train)])
+    assert training_accuracy >= 0.9
+    assert all(abs(p.p_cat + p.p_dog - 1) < 1e-6 and p.version == "v1" for p in predictions)
+
+
+def test_same_seed_gives_the_same_model(small_trained, small_photo_dir):
+    settings, dataset, trained, _ = small_trained
+    again = train(dataset, settings, SMALL)
+    for first, second in zip(trained.classifier.head.get_weights(), again.classifier.head.get_weights()):
+        np.testing.assert_array_equal(first, second)
+    assert again.metrics["training"]["images_embedded"] == 0  # everything came from the cache
+
+
+def test_predict_matches_the_cached_embedding_path(small_trained):
+    settings, dataset, trained, hub = small_trained
+    classifier = hub.load("v1", settings)
+    examples = dataset.examples[:10]
+    direct = np.array([p.p_dog for p in classifier.predict([example.data for example in examples])])
+    embeddings, _, _ = embed_examples(classifier, examples, embedding_cache(settings), classifier.views())
+    np.testing.assert_allclose(direct, classifier.p_dog_from_embeddings(embeddings), atol=1e-4)
+    one_at_a_time = [classifier.predict(example.data)[0].p_dog for example in examples]
+    np.testing.assert_allclose(direct, one_at_a_time, atol=1e-5)
+
+
+def test_bad_images_are_rejected_by_predict_and_reported_by_training(small_trained, tmp_path):
+    settings, dataset, _, hub = small_trained
+    classifier = hub.load("v1", settings)
+    with pytest.raises(InvalidImage, match="empty"):
+        classifier.predict(b"")
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    good = dataset.examples[0]
+    arrays, rejected = embed_images(classifier.backbone, [(good.sha256, good.data), ("bad", b"GIF89a broken")],
+                                    cache, ("original",))
+    assert arrays["original"].shape == (1, classifier.backbone.dim)
+    assert list(rejected) == ["bad"] and "not an image" in rejected["bad"]
+    assert cache.count(classifier.spec.id) == 1
+
+
+def test_too_few_images_is_a_clear_error(small_photo_dir, settings):
+    dataset = load_folder(small_photo_dir)
+    dataset.examples = [example for example in dataset.examples if example.label == "dog"][:20]
+    with pytest.raises(ValueError, match="at least 5 images of each class"):
+        train(dataset, settings, SMALL)
+
+
+def test_training_from_a_datasets_imagefolder(small_photo_dir, settings):
+    from catdog_model.data import load_hf_dataset
+
+    trained = train(load_hf_dataset(str(small_photo_dir)), settings, SMALL)
+    assert trained.metrics["data"]["n_images"] == 60
+
+
+@requires_photos
+def test_the_shipped_production_model_is_right_on_photos_it_never_saw(settings):
+    shipped = LocalHub(PROJECT_ROOT / "models", settings.model_name)
+    if shipped.production() is None:
+        pytest.skip("no shipped model in models/")
+    metrics = shipped.metrics()
+    classifier = shipped.load("production", settings)
+    data = metrics["data"]
+    test_split = split_examples(load_folder(PHOTOS_DIR).examples, data["split_seed"], data["validation_fraction"],
+                                data["test_fraction"]).test
+    sample = test_split[::10]  # 50 of the held-out photos, both classes
+    predictions = classifier.predict([example.data for example in sample])
+    accuracy = np.mean([p.label == example.label for p, example in zip(predictions, sample)])
+    assert accuracy >= 0.94
+    assert metrics["test"]["accuracy"] >= 0.98 and metrics["test"]["n_images"] == len(test_split)
