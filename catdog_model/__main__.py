@@ -12,8 +12,8 @@ from .images import InvalidImage
 def main(paths: list[str]) -> None:
     if not paths:
         sys.exit(__doc__)
-    settings = Settings.from_env()
     with user_errors():
+        settings = Settings.from_env()
         classifier = open_hub(settings).load("production", settings)
     for path in paths:
         try:

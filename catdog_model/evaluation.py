@@ -57,7 +57,8 @@ def save_plots(labels: list[str], p_dog: np.ndarray, out_dir: Path, title: str =
     paths = [confusion_path]
     if len(set(truth.tolist())) == 2:
         figure, axes = plt.subplots(figsize=(4.5, 4))
-        sk_metrics.RocCurveDisplay.from_predictions(truth, p_dog, ax=axes, name="catdog")
+        sk_metrics.RocCurveDisplay.from_predictions(list(labels), p_dog, pos_label="dog", ax=axes,
+                                                    name="catdog")
         axes.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
         axes.set_title(f"ROC curve {title}".strip())
         roc_path = out_dir / "roc_curve.png"

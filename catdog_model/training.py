@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .backbone import BackboneSpec, get_backbone
+from .backbone import Backbone, BackboneSpec, get_backbone
 from .card import render_model_card
 from .classifier import Classifier, HeadConfig, build_head
 from .config import Settings
@@ -59,10 +59,9 @@ def embedding_cache(settings: Settings) -> EmbeddingCache:
     return EmbeddingCache(settings.cache_dir / "embeddings.sqlite")
 
 
-def embed_examples(classifier_or_backbone, examples: list[Example], cache: EmbeddingCache | None,
+def embed_examples(backbone: Backbone, examples: list[Example], cache: EmbeddingCache | None,
                    views: tuple[str, ...], progress: ProgressCallback | None = None):
     """Embeddings of examples for each view, the examples that decoded, and {source: reason} for the rest."""
-    backbone = getattr(classifier_or_backbone, "backbone", classifier_or_backbone)
     arrays, rejected = embed_images(backbone, [(example.sha256, example.data) for example in examples], cache,
                                     views, progress)
     kept = [example for example in examples if example.sha256 not in rejected]

@@ -58,9 +58,9 @@ def percentile_ms(seconds: list[float], percent: float) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
-    settings = Settings.from_env()
     results: dict = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"}
     with user_errors():
+        settings = Settings.from_env()
         started = time.perf_counter()
         classifier = open_hub(settings).load("production", settings)
         results["model_load_s"] = round(time.perf_counter() - started, 2)

@@ -30,8 +30,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
-    settings = Settings.from_env()
     with user_errors():
+        settings = Settings.from_env()
         hub = open_hub(settings)
         version = hub.resolve(arguments.version)
         classifier = hub.load(version, settings)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             splits = split_examples(examples, data["split_seed"], data["validation_fraction"], data["test_fraction"])
             examples = getattr(splits, arguments.split)
         progress = ProgressBars()
-        embeddings, kept, rejected = embed_examples(classifier, examples, embedding_cache(settings),
+        embeddings, kept, rejected = embed_examples(classifier.backbone, examples, embedding_cache(settings),
                                                     classifier.views(), progress)
         progress.close()
         labels = [example.label for example in kept]

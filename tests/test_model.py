@@ -86,7 +86,7 @@ def test_predict_matches_the_cached_embedding_path(small_trained):
     classifier = hub.load("v1", settings)
     examples = dataset.examples[:10]
     direct = np.array([p.p_dog for p in classifier.predict([example.data for example in examples])])
-    embeddings, _, _ = embed_examples(classifier, examples, embedding_cache(settings), classifier.views())
+    embeddings, _, _ = embed_examples(classifier.backbone, examples, embedding_cache(settings), classifier.views())
     np.testing.assert_allclose(direct, classifier.p_dog_from_embeddings(embeddings), atol=1e-4)
     one_at_a_time = [classifier.predict(example.data)[0].p_dog for example in examples]
     np.testing.assert_allclose(direct, one_at_a_time, atol=1e-5)

@@ -47,8 +47,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     arguments = parse_arguments(argv)
-    settings = Settings.from_env()
     with user_errors():
+        settings = Settings.from_env()
         config = TrainingConfig(
             seed=arguments.seed, epochs=arguments.epochs, batch_size=arguments.batch_size,
             learning_rate=arguments.learning_rate, dropout_rate=arguments.dropout_rate,
