@@ -38,6 +38,10 @@ class Settings:
     min_side: int
     batch_size: int
     low_confidence: float
+    base_data_dir: Path | None
+    admin_token: str | None
+    auto_promote: bool
+    promotion_tolerance: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -52,4 +56,8 @@ class Settings:
             min_side=_number("CATDOG_MIN_SIDE", 16, int),
             batch_size=_number("CATDOG_BATCH_SIZE", 32, int),
             low_confidence=_number("CATDOG_LOW_CONFIDENCE", 0.8),
+            base_data_dir=_path("CATDOG_BASE_DATA_DIR", None),
+            admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
+            auto_promote=os.environ.get("CATDOG_AUTO_PROMOTE", "1").lower() in ("1", "true", "yes"),
+            promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0),
         )

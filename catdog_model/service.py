@@ -1,0 +1,211 @@
+"""What the app calls: predict, take uploads, retrain in the background, compare, promote and roll back."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import BackboneUnavailable
+from .classifier import Classifier, ModelLoadError, Prediction
+from .config import Settings
+from .data import Dataset, deduplicate, load_folder, split_examples
+from .evaluation import compute_metrics
+from .hub import HubError, open_hub
+from .images import content_hash, read_bytes
+from .monitoring import LoggedPrediction, PredictionLog
+from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
+from .uploads import UploadStore
+
+LOAD_ERRORS = (HubError, ModelLoadError, BackboneUnavailable)
+
+
+class ServiceError(ValueError):
+    """Something the user asked that cannot be done; the message says what to do instead."""
+
+
+@dataclasses.dataclass
+class RetrainState:
+    running: bool = False
+    stage: str = "idle"
+    done: int = 0
+    total: int = 0
+    log: list[str] = dataclasses.field(default_factory=list)
+    result: dict | None = None
+    error: str | None = None
+
+
+class Service:
+    def __init__(self, settings: Settings, training_config: TrainingConfig = TrainingConfig()):
+        self.settings = settings
+        self.training_config = training_config
+        self.hub = open_hub(settings)
+        self.log = PredictionLog(settings.data_dir / "predictions.sqlite")
+        self.uploads = UploadStore(settings.data_dir / "uploads", settings.max_pixels)
+        self.started_at = time.time()
+        self.classifier: Classifier | None = None
+        self.load_error: str | None = None
+        self.retrain_state = RetrainState()
+        self._retrain_lock = threading.Lock()
+        self.reload()
+
+    # Serving
+
+    def reload(self) -> None:
+        """Load production; the swap is one assignment, so predictions in flight finish on the old model."""
+        try:
+            classifier = self.hub.load("production", self.settings)
+            # The first call traces the compiled function (about a second): pay it here, not in a request.
+            classifier.predict_arrays(np.zeros((1, classifier.spec.image_size, classifier.spec.image_size, 3),
+                                               np.uint8))
+            self.classifier = classifier
+            self.load_error = None
+        except LOAD_ERRORS as error:
+            self.load_error = str(error)
+
+    def _serving(self) -> Classifier:
+        classifier = self.classifier
+        if classifier is None:
+            raise ServiceError(f"No model is loaded: {self.load_error}")
+        return classifier
+
+    def predict(self, source, origin: str = "api") -> tuple[Prediction, float]:
+        """The prediction and its latency in ms; logged, unless logging fails."""
+        classifier = self._serving()
+        started = time.perf_counter()
+        data = read_bytes(source)
+        prediction = classifier.predict(data)[0]
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.log.record(LoggedPrediction(time.time(), prediction.version, prediction.label, prediction.p_dog,
+                                         latency_ms, content_hash(data), origin, bool(prediction.flags)))
+        return prediction, latency_ms
+
+    def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
+        """One row per file: file, label, p_dog, confidence, flags — or the reason it was rejected."""
+        rows = []
+        for path in paths:
+            name = Path(path).name
+            try:
+                prediction, _ = self.predict(path, origin)
+            except ValueError as error:
+                rows.append({"file": name, "label": "", "p_dog": None, "confidence": None, "flags": str(error)})
+                continue
+            rows.append({"file": name, "label": prediction.label, "p_dog": round(prediction.p_dog, 4),
+                         "confidence": round(prediction.confidence, 4), "flags": ", ".join(prediction.flags)})
+        return rows
+
+    # Data and training
+
+    def check_token(self, token: str | None) -> None:
+        expected = self.settings.admin_token
+        if expected and not hmac.compare_digest((token or "").encode(), expected.encode()):
+            raise ServiceError("This action needs the admin token (CATDOG_ADMIN_TOKEN); the token given is missing "
+                               "or wrong.")
+
+    def upload(self, label: str, paths: list[str]) -> list[dict]:
+        if not paths:
+            raise ServiceError("No files were uploaded: choose one or more images or a zip archive.")
+        files = [(Path(path).name, Path(path).read_bytes()) for path in paths]
+        return [dataclasses.asdict(result) for result in self.uploads.add(label, files)]
+
+    def training_dataset(self) -> Dataset:
+        examples = list(self.uploads.dataset().examples)
+        if self.settings.base_data_dir and self.settings.base_data_dir.is_dir():
+            examples = load_folder(self.settings.base_data_dir).examples + examples
+        return deduplicate(examples)
+
+    def dataset_stats(self) -> dict:
+        base = (load_folder(self.settings.base_data_dir).counts()
+                if self.settings.base_data_dir and self.settings.base_data_dir.is_dir() else {"cat": 0, "dog": 0})
+        uploads = self.uploads.counts()
+        return {"base": base, "uploads": uploads, "total": {label: base[label] + uploads[label] for label in base}}
+
+    def start_retrain(self) -> str:
+        if not self._retrain_lock.acquire(blocking=False):
+            raise ServiceError("A retraining is already running; wait for it to finish (see its status).")
+        self.retrain_state = RetrainState(running=True, stage="starting", log=["Retraining started."])
+        threading.Thread(target=self._retrain, name="retrain", daemon=True).start()
+        return "Retraining started."
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        state = self.retrain_state
+        if stage != state.stage:
+            state.log.append(f"{stage}: {total} to do")
+        state.stage, state.done, state.total = stage, done, total
+
+    def _retrain(self) -> None:
+        state = self.retrain_state
+        try:
+            dataset = self.training_dataset()
+            state.log.append(f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates.")
+            trained = train(dataset, self.settings, self.training_config, progress=self._progress,
+                            source=str(self.settings.data_dir / "uploads"), command="retrain from the app")
+            version = publish(trained, self.hub, self.settings.model_name)
+            state.log.append(f"Published {version}.")
+            state.stage = "comparing"
+            comparison = self.compare(version, dataset)
+            promoted = self.settings.auto_promote and comparison["gate_passed"]
+            if promoted:
+                self.promote(version)
+            state.log.append(f"{version} {'promoted' if promoted else 'not promoted'}: {comparison['reason']}")
+            state.result = {"version": version, "promoted": promoted, **comparison}
+            state.stage = "done"
+        except Exception as error:  # Whatever happens in the background must reach the user, not vanish.
+            state.error = str(error) or type(error).__name__
+            state.stage = "failed"
+            state.log.append(f"Failed: {state.error}")
+            state.log.append(traceback.format_exc(limit=3))
+        finally:
+            state.running = False
+            self._retrain_lock.release()
+
+    def compare(self, candidate: str, dataset: Dataset) -> dict:
+        """Candidate and production on the same held-out photos: the candidate's test split."""
+        data = self.hub.metrics(candidate)["data"]
+        held_out = split_examples(dataset.examples, data["split_seed"], data["validation_fraction"],
+                                  data["test_fraction"]).test
+        results = {"candidate": self._evaluate(candidate, held_out)}
+        production = self.hub.production()
+        if production is None or production == candidate:
+            return {**results, "production": None, "gate_passed": True, "reason": "there is no production model"}
+        results["production"] = self._evaluate(production, held_out)
+        margin = results["candidate"]["accuracy"] - results["production"]["accuracy"]
+        passed = margin >= -self.settings.promotion_tolerance
+        reason = (f"accuracy {results['candidate']['accuracy']:.4f} vs production {production} "
+                  f"{results['production']['accuracy']:.4f} on {len(held_out)} held-out images")
+        return {**results, "production_version": production, "gate_passed": passed, "reason": reason}
+
+    def _evaluate(self, version: str, examples) -> dict:
+        classifier = self.hub.load(version, self.settings)
+        embeddings, kept, _ = embed_examples(classifier.backbone, examples, embedding_cache(self.settings),
+                                             classifier.views())
+        return {"version": version, **compute_metrics([example.label for example in kept],
+                                                      classifier.p_dog_from_embeddings(embeddings))}
+
+    # Versions
+
+    def promote(self, version: str) -> str:
+        self.hub.promote(version)
+        self.reload()
+        return self.hub.production()
+
+    def rollback(self) -> str:
+        version = self.hub.rollback()
+        self.reload()
+        return version
+
+    def health(self) -> dict:
+        classifier = self.classifier
+        return {"status": "ok" if classifier else "not ready", "model_loaded": classifier is not None,
+                "model_version": classifier.version if classifier else None}
+
+    def status(self) -> dict:
+        return {**self.health(), "uptime_s": round(time.time() - self.started_at, 1), "load_error": self.load_error,
+                "predictions": self.log.statistics(since=self.started_at).get("count", 0),
+                "versions": self.hub.versions(), "retraining": self.retrain_state.running,
+                "uploads": self.uploads.counts()}

@@ -1,0 +1,130 @@
+"""The app on a real loopback server, driven through gradio_client and plain HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+import json
+
+import pytest
+import uvicorn
+from gradio_client import Client, handle_file
+
+from catdog_model.config import PROJECT_ROOT
+from tests.conftest import requires_weights
+
+pytestmark = [requires_weights]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    from app import build_app
+    from catdog_model.config import Settings
+    from catdog_model.service import Service
+    from tests.conftest import WEIGHTS_DIR
+
+    root = tmp_path_factory.mktemp("app")
+    shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
+    settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
+                                   data_dir=root / "data", cache_dir=cache_dir, admin_token="s3cret")
+    service = Service(settings)
+    port = free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port,
+                                                   log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    while not uvicorn_server.started:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/", service
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_health_status_and_every_endpoint_listed(server):
+    url, _ = server
+    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": "v1"}
+    assert get_json(url + "api/status")["versions"] == ["v1"]
+    endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
+    for name in ("predict", "predict_batch", "upload_training_data", "retrain", "retrain_status", "promote",
+                 "rollback", "metrics", "dataset_stats", "versions"):
+        assert f"/{name}" in endpoints
+
+
+def test_predict_real_photos_through_gradio_client(server, small_photo_dir):
+    url, service = server
+    client = Client(url, verbose=False)
+    for folder, label in (("cats", "cat"), ("dogs", "dog")):
+        photo = sorted((small_photo_dir / folder).iterdir())[0]
+        result = client.predict(handle_file(str(photo)), api_name="/predict")
+        assert result["label"] == label
+        assert {item["label"] for item in result["confidences"]} == {"cat", "dog"}
+    service.log.flush()
+    assert service.log.statistics()["sources"]["api"] >= 2
+
+
+def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_dir, tmp_path):
+    url, _ = server
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    photo = sorted((small_photo_dir / "dogs").iterdir())[0]
+    table, csv_path = Client(url, verbose=False).predict([handle_file(str(photo)), handle_file(str(text))],
+                                                         api_name="/predict_batch")
+    rows = table["data"]
+    assert rows[0][:2] == [photo.name, "dog"]
+    assert rows[1][0] == "notes.jpg" and "not an image" in rows[1][4]
+    assert open(csv_path).read().startswith("file,label,p_dog,confidence,flags")
+
+
+def test_mutations_need_the_admin_token(server):
+    url, service = server
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="admin token"):
+        client.predict("v1", "wrong", api_name="/promote")
+    with pytest.raises(Exception, match="admin token"):
+        client.predict("", api_name="/rollback")
+    assert service.hub.production() == "v1"
+
+
+def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, small_photo_dir):
+    url, service = server
+    client = Client(url, verbose=False)
+    for folder, label in (("cats", "cat"), ("dogs", "dog")):
+        photos = [handle_file(str(path)) for path in sorted((small_photo_dir / folder).iterdir())]
+        results, stats = client.predict(label, photos + photos[:1], "s3cret", api_name="/upload_training_data")
+        statuses = [row[1] for row in results["data"]]
+        assert statuses.count("added") == 30 and statuses.count("duplicate") == 1
+    assert stats["uploads"] == {"cat": 30, "dog": 30}
+
+    assert "started" in client.predict("s3cret", api_name="/retrain")
+    with pytest.raises(Exception, match="already running"):
+        client.predict("s3cret", api_name="/retrain")
+    deadline = time.time() + 300
+    while (status := client.predict(api_name="/retrain_status"))["running"] and time.time() < deadline:
+        time.sleep(1)
+    assert status["stage"] == "done", status
+    result = status["result"]
+    assert result["version"] == "v2"
+    assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12  # the same held-out photos
+    assert result["promoted"] == result["gate_passed"]
+
+    assert client.predict("v2", "s3cret", api_name="/promote") == "Production is now v2."
+    assert get_json(url + "health")["model_version"] == "v2"
+    assert "v1" in client.predict("s3cret", api_name="/rollback")
+    assert get_json(url + "health")["model_version"] == "v1"
+    versions = client.predict(api_name="/versions")
+    assert [row[0] for row in versions["data"]] == ["v1", "v2"]
