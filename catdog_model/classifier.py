@@ -11,6 +11,7 @@ import numpy as np
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
 from .images import DEFAULT_MAX_PIXELS, load_image
+from .novelty import NOVELTY_FILE, NoveltyDetector
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.weights.h5"
@@ -33,7 +34,8 @@ class Prediction:
     p_cat: float
     p_dog: float
     version: str | None
-    flags: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()  # "low_confidence", "unfamiliar"
+    novelty: float | None = None  # distance from the training photos; above the version's threshold: unfamiliar
 
     @property
     def confidence(self) -> float:
@@ -59,7 +61,8 @@ def build_head(config: HeadConfig):
 
 class Classifier:
     def __init__(self, backbone: Backbone, head, head_config: HeadConfig, tta: bool = False,
-                 version: str | None = None, low_confidence: float = 0.8, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 version: str | None = None, low_confidence: float = 0.8, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 novelty: NoveltyDetector | None = None):
         import tensorflow as tf
 
         self.backbone = backbone
@@ -69,6 +72,7 @@ class Classifier:
         self.version = version
         self.low_confidence = low_confidence
         self.max_pixels = max_pixels
+        self.novelty = novelty
         # One trace per value of tta; reduce_retracing lets a trace serve every batch size.
         self._forward = tf.function(self._probabilities, reduce_retracing=True)
 
@@ -77,14 +81,15 @@ class Classifier:
         return self.backbone.spec
 
     def _probabilities(self, images, tta: bool):
+        """(p_dog, embeddings of the images as given) in one compiled call."""
         import tensorflow as tf
 
         if not tta:
-            return self.head(self.backbone.model(images, training=False), training=False)[:, 0]
-        both = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
-        p_dog = self.head(self.backbone.model(both, training=False), training=False)[:, 0]
-        original, flipped = tf.split(p_dog, 2)
-        return (original + flipped) / 2
+            embeddings = self.backbone.model(images, training=False)
+            return self.head(embeddings, training=False)[:, 0], embeddings
+        embeddings = self.backbone.model(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
+        original, flipped = tf.split(self.head(embeddings, training=False)[:, 0], 2)
+        return (original + flipped) / 2, tf.split(embeddings, 2)[0]
 
     def p_dog_from_embeddings(self, embeddings: dict[str, np.ndarray], tta: bool | None = None) -> np.ndarray:
         """Probabilities from cached embeddings ({"original": ..., "flipped": ...}), as predict would give."""
@@ -96,11 +101,12 @@ class Classifier:
     def views(self) -> tuple[str, ...]:
         return ("original", "flipped") if self.tta else ("original",)
 
-    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """p(dog) for uint8 images (N, size, size, 3), in chunks."""
+    def predict_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(dog) and embeddings for uint8 images (N, size, size, 3), in chunks."""
         step = self.backbone.batch_size
-        return np.concatenate([self._forward(images[start:start + step], self.tta).numpy()
-                               for start in range(0, len(images), step)]) if len(images) else np.zeros(0)
+        chunks = [self._forward(images[start:start + step], self.tta) for start in range(0, len(images), step)]
+        return (np.concatenate([p_dog.numpy() for p_dog, _ in chunks]),
+                np.concatenate([embeddings.numpy() for _, embeddings in chunks]))
 
     def predict(self, sources) -> list[Prediction]:
         """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
@@ -108,17 +114,23 @@ class Classifier:
             sources = [sources]
         size = self.spec.image_size
         images = np.stack([load_image(source, size=size, max_pixels=self.max_pixels) for source in sources])
-        return [self._prediction(float(p)) for p in self.predict_arrays(images)]
+        p_dogs, embeddings = self.predict_arrays(images)
+        novelty = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
+        return [self._prediction(float(p_dog), score) for p_dog, score in zip(p_dogs, novelty)]
 
-    def _prediction(self, p_dog: float) -> Prediction:
+    def _prediction(self, p_dog: float, novelty: float | None) -> Prediction:
         p_dog = min(max(p_dog, 0.0), 1.0)
-        label = LABELS[int(p_dog >= 0.5)]
-        flags = ("low_confidence",) if max(p_dog, 1 - p_dog) < self.low_confidence else ()
-        return Prediction(label=label, p_cat=1.0 - p_dog, p_dog=p_dog, version=self.version, flags=flags)
+        flags = []
+        if max(p_dog, 1 - p_dog) < self.low_confidence:
+            flags.append("low_confidence")
+        if novelty is not None and novelty > self.novelty.threshold:
+            flags.append("unfamiliar")
+        return Prediction(label=LABELS[int(p_dog >= 0.5)], p_cat=1.0 - p_dog, p_dog=p_dog, version=self.version,
+                          flags=tuple(flags), novelty=None if novelty is None else round(float(novelty), 4))
 
     def save(self, directory: Path) -> None:
         """Write config.json and the head's weights; the backbone is referenced, never copied."""
-        save_version_files(directory, self.spec, self.head, self.head_config, self.tta)
+        save_version_files(directory, self.spec, self.head, self.head_config, self.tta, self.novelty)
 
     @classmethod
     def load(cls, directory: Path, weights_dir: Path | None, version: str | None = None,
@@ -145,17 +157,24 @@ class Classifier:
             head.load_weights(directory / WEIGHTS_FILE)
         except Exception as error:  # h5py and Keras raise many types for a bad file.
             raise ModelLoadError(f"{directory.name}: cannot read {WEIGHTS_FILE} ({error}).") from None
+        novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in expected else None
         backbone = get_backbone(spec, weights_dir, batch_size)
-        return cls(backbone, head, head_config, tta=bool(config.get("tta")), version=version, **options)
+        return cls(backbone, head, head_config, tta=bool(config.get("tta")), version=version, novelty=novelty,
+                   **options)
 
 
-def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: HeadConfig, tta: bool) -> None:
+def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: HeadConfig, tta: bool,
+                       novelty: NoveltyDetector | None = None) -> None:
     directory = Path(directory)
     # A compiled model's weight file also carries the optimizer's state, three times the size; a fresh copy doesn't.
     clean_head = build_head(head_config)
     clean_head.set_weights(head.get_weights())
     clean_head.save_weights(directory / WEIGHTS_FILE)
+    files = [WEIGHTS_FILE]
+    if novelty:
+        novelty.save(directory / NOVELTY_FILE)
+        files.append(NOVELTY_FILE)
     config = {"labels": list(LABELS), "positive_label": "dog", "backbone": spec.to_dict(),
               "head": dataclasses.asdict(head_config), "tta": tta,
-              "files": {WEIGHTS_FILE: file_sha256(directory / WEIGHTS_FILE)}}
+              "files": {name: file_sha256(directory / name) for name in files}}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -18,8 +18,9 @@ from .classifier import Classifier, HeadConfig, build_head
 from .config import Settings
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
-from .evaluation import compute_metrics
+from .evaluation import compute_metrics, save_plots
 from .hub import METRICS_FILE, LocalHub
+from .novelty import NoveltyDetector
 
 MIN_IMAGES_PER_CLASS = 5
 
@@ -53,6 +54,8 @@ class TrainedModel:
     classifier: Classifier
     metrics: dict
     history: dict
+    test_labels: list[str]
+    test_p_dog: np.ndarray
 
 
 def embedding_cache(settings: Settings) -> EmbeddingCache:
@@ -130,9 +133,11 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         mirrored = classifier.p_dog_from_embeddings(validation_views, tta=True)
         classifier.tta = bool(compute_metrics(validation_labels, mirrored)["log_loss"]
                               < compute_metrics(validation_labels, plain)["log_loss"])
+    classifier.novelty = NoveltyDetector.fit(train_views["original"], validation_views["original"], config.seed)
+    test_p_dog = classifier.p_dog_from_embeddings(test_views)
     evaluated = {
         "validation": compute_metrics(validation_labels, classifier.p_dog_from_embeddings(validation_views)),
-        "test": compute_metrics(test_labels, classifier.p_dog_from_embeddings(test_views)),
+        "test": compute_metrics(test_labels, test_p_dog),
     }
     history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
     metrics = {
@@ -153,9 +158,13 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
             "embedding_seconds": round(embedding_seconds, 2), "fit_seconds": round(fit_seconds, 2),
             "seconds": round(time.perf_counter() - started, 2),
         },
+        "novelty": {
+            "threshold": round(classifier.novelty.threshold, 4),
+            "test_flagged_share": round(float(classifier.novelty.is_unfamiliar(test_views["original"]).mean()), 4),
+        },
         "command": command,
     }
-    return TrainedModel(classifier, metrics, history)
+    return TrainedModel(classifier, metrics, history, test_labels, test_p_dog)
 
 
 def _class_weight(labels: np.ndarray) -> dict[int, float] | None:
@@ -173,6 +182,7 @@ def publish(trained: TrainedModel, hub: LocalHub, model_name: str) -> str:
         trained.classifier.save(folder)
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
+        save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")
         config = json.loads((folder / "config.json").read_text())
         version = hub.push(folder, write_card=lambda version: render_model_card(model_name, version, config,
                                                                                   trained.metrics))
