@@ -6,27 +6,29 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
-import gradio as gr
-import pandas as pd
-import uvicorn
-from fastapi import FastAPI
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 
-from catdog_model.config import Settings
-from catdog_model.hub import HubError
-from catdog_model.service import Service
+from catdog_model.config import Settings  # noqa: E402
+from catdog_model.hub import HubError  # noqa: E402
+from catdog_model.service import Service  # noqa: E402
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
+NO_IMAGE = "No image was given: upload, drop or paste a photo."
 
 
 def user_errors(function):
     """Mistakes a user can fix reach them as a gr.Error sentence, not a stack trace."""
     @functools.wraps(function)
-    def wrapper(*arguments):
+    def wrapper(*arguments, **keywords):
         try:
-            return function(*arguments)
+            return function(*arguments, **keywords)
         except (ValueError, HubError) as error:
             raise gr.Error(str(error)) from None
     return wrapper
@@ -34,23 +36,22 @@ def user_errors(function):
 
 def build_demo(service: Service) -> gr.Blocks:
     @user_errors
-    def predict(image: str) -> dict:
+    def predict(image: str | None) -> dict:
         if not image:
-            raise ValueError("No image was given: upload, drop or paste a photo.")
+            raise ValueError(NO_IMAGE)
         return service.predict(image, origin="api")[0].as_label_dict()
 
     @user_errors
-    def predict_with_details(image: str):
+    def predict_with_details(image: str | None):
         if not image:
-            raise ValueError("No image was given: upload, drop or paste a photo.")
+            raise ValueError(NO_IMAGE)
         prediction, latency_ms = service.predict(image, origin="ui")
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
     @user_errors
     def predict_batch(files: list[str] | None):
-        rows = service.predict_batch(files or [], origin="api")
-        table = pd.DataFrame(rows, columns=BATCH_COLUMNS)
+        table = pd.DataFrame(service.predict_batch(files or [], origin="api"), columns=BATCH_COLUMNS)
         csv_path = os.path.join(tempfile.mkdtemp(prefix="catdog-batch-"), "predictions.csv")
         table.to_csv(csv_path, index=False)
         return table, csv_path
@@ -61,15 +62,29 @@ def build_demo(service: Service) -> gr.Blocks:
         results = service.upload(label, files or [])
         return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats()
 
-    @user_errors
-    def retrain(token: str) -> str:
-        service.check_token(token)
-        return service.start_retrain()
-
     def retrain_status() -> dict:
         state = service.retrain_state
         return {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
                 "log": state.log[-20:], "result": state.result, "error": state.error}
+
+    @user_errors
+    def retrain(token: str) -> dict:
+        service.check_token(token)
+        service.start_retrain()
+        return retrain_status()
+
+    @user_errors
+    def retrain_and_follow(token: str, progress=gr.Progress()):
+        service.check_token(token)
+        service.start_retrain()
+        while True:
+            status = retrain_status()
+            if status["total"]:
+                progress((status["done"], status["total"]), desc=status["stage"])
+            yield status, pd.DataFrame(service.comparison())
+            if not status["running"]:
+                return
+            time.sleep(1)
 
     @user_errors
     def promote(version: str, token: str) -> str:
@@ -81,21 +96,15 @@ def build_demo(service: Service) -> gr.Blocks:
         service.check_token(token)
         return f"Rolled back: production is now {service.rollback()}."
 
-    def metrics() -> dict:
-        production = service.hub.production()
-        return {"production": production, "test": service.hub.metrics()["test"] if production else None,
-                "monitoring": service.log.statistics()}
-
-    def versions() -> pd.DataFrame:
-        rows = [{"version": row["version"], "production": row["production"], "created_at": row["created_at"],
-                 "test_accuracy": row["test"].get("accuracy"), "test_roc_auc": row["test"].get("roc_auc")}
-                for row in service.hub.list_versions()]
-        return pd.DataFrame(rows, columns=["version", "production", "created_at", "test_accuracy", "test_roc_auc"])
+    def refresh_metrics():
+        figures = service.figures()
+        return (service.metrics(), figures["confusion_matrix"], figures["roc_curve"], figures["versions"],
+                figures["monitoring"], pd.DataFrame(service.versions()), service.dataset_stats())
 
     with gr.Blocks(title="catdog") as demo:
         gr.Markdown("# catdog — cats vs. dogs")
         if service.load_error:
-            gr.Markdown(f"**The model is not loaded:** {service.load_error}")
+            gr.Markdown(f"⚠️ **No model is loaded, so predictions are unavailable:** {service.load_error}")
         token = gr.Textbox(label="Admin token", type="password", visible=bool(service.settings.admin_token))
         with gr.Tab("Predict"):
             with gr.Row():
@@ -103,28 +112,34 @@ def build_demo(service: Service) -> gr.Blocks:
                 with gr.Column():
                     label = gr.Label(num_top_classes=2, label="Prediction")
                     details = gr.Markdown()
-            predict_button = gr.Button("Classify", variant="primary")
+                    predict_button = gr.Button("Classify", variant="primary")
+            if examples := service.example_images():
+                gr.Examples(examples, inputs=image)
             predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details")
             gr.Button(visible=False).click(predict, image, label, api_name="predict")
-            batch_files = gr.File(file_count="multiple", type="filepath", label="Many photos")
+            gr.Markdown("### Many photos")
+            batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")
             batch_table = gr.Dataframe(headers=BATCH_COLUMNS, label="Results")
             batch_csv = gr.File(label="Results as CSV")
             batch_button.click(predict_batch, batch_files, [batch_table, batch_csv], api_name="predict_batch")
         with gr.Tab("Retrain"):
             upload_label = gr.Radio(["cat", "dog"], value="cat", label="Class of these images")
-            upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip")
+            upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip archive")
             upload_button = gr.Button("Add to training data")
             upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
             stats = gr.JSON(label="Dataset")
             upload_button.click(upload_training_data, [upload_label, upload_files, token], [upload_results, stats],
                                 api_name="upload_training_data")
-            retrain_button = gr.Button("Retrain", variant="primary")
-            retrain_message = gr.Markdown()
-            retrain_button.click(retrain, token, retrain_message, api_name="retrain")
+            with gr.Row():
+                retrain_button = gr.Button("Retrain", variant="primary")
+                status_button = gr.Button("Check status")
             status = gr.JSON(label="Retraining")
-            gr.Timer(2).tick(retrain_status, None, status, api_name="retrain_status")
-            version_box = gr.Textbox(label="Version to promote (e.g. v2)")
+            comparison = gr.Dataframe(label="New version beside production, on the same held-out photos")
+            retrain_button.click(retrain_and_follow, token, [status, comparison], api_name="retrain_and_follow")
+            gr.Button(visible=False).click(retrain, token, status, api_name="retrain")
+            status_button.click(retrain_status, None, status, api_name="retrain_status")
+            version_box = gr.Textbox(label="Version to promote (e.g. v3)")
             with gr.Row():
                 promote_button = gr.Button("Promote")
                 rollback_button = gr.Button("Roll back")
@@ -132,13 +147,24 @@ def build_demo(service: Service) -> gr.Blocks:
             promote_button.click(promote, [version_box, token], version_message, api_name="promote")
             rollback_button.click(rollback, token, version_message, api_name="rollback")
         with gr.Tab("Metrics"):
-            refresh = gr.Button("Refresh")
-            metrics_json = gr.JSON(label="Production and monitoring")
+            refresh = gr.Button("Refresh", variant="primary")
+            metrics_json = gr.JSON(label="Production and live monitoring")
+            with gr.Row():
+                confusion_plot = gr.Image(label="Confusion matrix (test split)", type="filepath")
+                roc_plot = gr.Image(label="ROC curve (test split)", type="filepath")
+            versions_plot = gr.Image(label="Accuracy across versions", type="filepath")
+            monitoring_plot = gr.Image(label="Live monitoring", type="filepath")
             versions_table = gr.Dataframe(label="Versions")
             dataset_json = gr.JSON(label="Dataset")
-            refresh.click(metrics, None, metrics_json, api_name="metrics")
-            refresh.click(versions, None, versions_table, api_name="versions")
-            refresh.click(service.dataset_stats, None, dataset_json, api_name="dataset_stats")
+            refresh.click(refresh_metrics, None, [metrics_json, confusion_plot, roc_plot, versions_plot,
+                                                  monitoring_plot, versions_table, dataset_json],
+                          api_name="refresh_metrics")
+            gr.Button(visible=False).click(service.metrics, None, metrics_json, api_name="metrics")
+            gr.Button(visible=False).click(lambda: pd.DataFrame(service.versions()), None, versions_table,
+                                           api_name="versions")
+            gr.Button(visible=False).click(service.dataset_stats, None, dataset_json, api_name="dataset_stats")
+        demo.load(refresh_metrics, None, [metrics_json, confusion_plot, roc_plot, versions_plot, monitoring_plot,
+                                          versions_table, dataset_json], api_name=False)
     return demo
 
 
@@ -146,7 +172,8 @@ def build_app(service: Service) -> FastAPI:
     app = FastAPI()
     app.get("/health")(service.health)
     app.get("/api/status")(service.status)
-    return gr.mount_gradio_app(app, build_demo(service), path="/")
+    return gr.mount_gradio_app(app, build_demo(service), path="/",
+                               max_file_size=service.settings.max_upload_mb * 1024 * 1024)
 
 
 if __name__ == "__main__":

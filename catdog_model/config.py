@@ -35,10 +35,12 @@ class Settings:
     data_dir: Path
     cache_dir: Path
     max_pixels: int
+    max_upload_mb: int
     min_side: int
     batch_size: int
     low_confidence: float
     base_data_dir: Path | None
+    examples_dir: Path | None
     admin_token: str | None
     auto_promote: bool
     promotion_tolerance: float
@@ -53,10 +55,12 @@ class Settings:
             data_dir=data_dir,
             cache_dir=_path("CATDOG_CACHE_DIR", None) or data_dir / "cache",
             max_pixels=_number("CATDOG_MAX_PIXELS", 50_000_000, int),
+            max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", 50, int),
             min_side=_number("CATDOG_MIN_SIDE", 16, int),
             batch_size=_number("CATDOG_BATCH_SIZE", 32, int),
             low_confidence=_number("CATDOG_LOW_CONFIDENCE", 0.8),
             base_data_dir=_path("CATDOG_BASE_DATA_DIR", None),
+            examples_dir=_path("CATDOG_EXAMPLES_DIR", None) or _path("CATDOG_BASE_DATA_DIR", None),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
             auto_promote=os.environ.get("CATDOG_AUTO_PROMOTE", "1").lower() in ("1", "true", "yes"),
             promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0),

@@ -14,11 +14,12 @@ import numpy as np
 from .backbone import BackboneUnavailable
 from .classifier import Classifier, ModelLoadError, Prediction
 from .config import Settings
-from .data import Dataset, deduplicate, load_folder, split_examples
+from .data import IMAGE_SUFFIXES, Dataset, deduplicate, load_folder, split_examples
 from .evaluation import compute_metrics
 from .hub import HubError, open_hub
 from .images import content_hash, read_bytes
 from .monitoring import LoggedPrediction, PredictionLog
+from .reports import plot_monitoring, plot_versions
 from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
 from .uploads import UploadStore
 
@@ -198,6 +199,46 @@ class Service:
         version = self.hub.rollback()
         self.reload()
         return version
+
+    def versions(self) -> list[dict]:
+        return [{"version": row["version"], "production": row["production"], "created_at": row["created_at"],
+                 "test_accuracy": row["test"].get("accuracy"), "test_roc_auc": row["test"].get("roc_auc"),
+                 "test_images": row["test"].get("n_images")} for row in self.hub.list_versions()]
+
+    def metrics(self) -> dict:
+        """Production's test metrics and the live statistics of the prediction log."""
+        production = self.hub.production()
+        test = self.hub.metrics()["test"] if production else None
+        return {"production": production, "test": test, "monitoring": self.log.statistics()}
+
+    def figures(self) -> dict[str, Path | None]:
+        """PNG paths: production's confusion matrix and ROC curve, accuracy across versions, monitoring."""
+        folder = self.settings.data_dir / "figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        production = self.hub.download() if self.hub.production() else None
+        saved = {name: production / f"{name}.png" if production and (production / f"{name}.png").is_file()
+                 else None for name in ("confusion_matrix", "roc_curve")}
+        return {**saved, "versions": plot_versions(self.hub.list_versions(), folder / "versions.png"),
+                "monitoring": plot_monitoring(self.log.rows(), folder / "monitoring.png")}
+
+    def comparison(self) -> list[dict]:
+        """The last retraining's candidate beside production, metric by metric, on the same photos."""
+        result = self.retrain_state.result
+        if not result:
+            return []
+        production = result.get("production") or {}
+        return [{"metric": name, "candidate": result["candidate"].get(name), "production": production.get(name)}
+                for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "n_images")]
+
+    def example_images(self, per_class: int = 2) -> list[str]:
+        folder = self.settings.examples_dir
+        if not folder or not folder.is_dir():
+            return []
+        found = []
+        for class_folder in sorted(path for path in folder.iterdir() if path.is_dir()):
+            images = sorted(path for path in class_folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+            found += [str(path) for path in images[:per_class]]
+        return found
 
     def health(self) -> dict:
         classifier = self.classifier

@@ -57,8 +57,8 @@ def get_json(url: str) -> dict:
 
 def test_health_status_and_every_endpoint_listed(server):
     url, _ = server
-    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": "v1"}
-    assert get_json(url + "api/status")["versions"] == ["v1"]
+    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": "v2"}
+    assert get_json(url + "api/status")["versions"] == ["v1", "v2"]
     endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
     for name in ("predict", "predict_batch", "upload_training_data", "retrain", "retrain_status", "promote",
                  "rollback", "metrics", "dataset_stats", "versions"):
@@ -97,7 +97,7 @@ def test_mutations_need_the_admin_token(server):
         client.predict("v1", "wrong", api_name="/promote")
     with pytest.raises(Exception, match="admin token"):
         client.predict("", api_name="/rollback")
-    assert service.hub.production() == "v1"
+    assert service.hub.production() == "v2"
 
 
 def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, small_photo_dir):
@@ -110,7 +110,8 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
         assert statuses.count("added") == 30 and statuses.count("duplicate") == 1
     assert stats["uploads"] == {"cat": 30, "dog": 30}
 
-    assert "started" in client.predict("s3cret", api_name="/retrain")
+    started = client.predict("s3cret", api_name="/retrain")
+    assert started["log"][0] == "Retraining started."
     with pytest.raises(Exception, match="already running"):
         client.predict("s3cret", api_name="/retrain")
     deadline = time.time() + 300
@@ -118,13 +119,13 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
         time.sleep(1)
     assert status["stage"] == "done", status
     result = status["result"]
-    assert result["version"] == "v2"
+    assert result["version"] == "v3"
     assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12  # the same held-out photos
     assert result["promoted"] == result["gate_passed"]
 
-    assert client.predict("v2", "s3cret", api_name="/promote") == "Production is now v2."
+    assert client.predict("v3", "s3cret", api_name="/promote") == "Production is now v3."
+    assert get_json(url + "health")["model_version"] == "v3"
+    assert "v2" in client.predict("s3cret", api_name="/rollback")
     assert get_json(url + "health")["model_version"] == "v2"
-    assert "v1" in client.predict("s3cret", api_name="/rollback")
-    assert get_json(url + "health")["model_version"] == "v1"
     versions = client.predict(api_name="/versions")
-    assert [row[0] for row in versions["data"]] == ["v1", "v2"]
+    assert [row[0] for row in versions["data"]] == ["v1", "v2", "v3"]
