@@ -135,7 +135,8 @@ def build_demo(service: Service) -> gr.Blocks:
                 retrain_button = gr.Button("Retrain", variant="primary")
                 status_button = gr.Button("Check status")
             status = gr.JSON(label="Retraining")
-            comparison = gr.Dataframe(label="New version beside production, on the same held-out photos")
+            comparison = gr.Dataframe(headers=["metric", "candidate", "production"],
+                                      label="New version beside production, on the same held-out photos")
             retrain_button.click(retrain_and_follow, token, [status, comparison], api_name="retrain_and_follow")
             gr.Button(visible=False).click(retrain, token, status, api_name="retrain")
             status_button.click(retrain_status, None, status, api_name="retrain_status")

@@ -1,0 +1,109 @@
+"""A real browser (Debian's chromium, driven by Playwright) uses the three tabs of a real app process.
+
+Set CATDOG_SCREENSHOTS_DIR=assets to refresh the README's screenshots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from catdog_model.config import PROJECT_ROOT
+from tests.conftest import WEIGHTS_DIR, requires_weights
+from tests.test_app import free_port
+
+CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
+pytestmark = [requires_weights,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, small_photo_dir, cache_dir):
+    root = tmp_path_factory.mktemp("browser-app")
+    shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
+    port = free_port()
+    env = {**os.environ, "CATDOG_MODELS_DIR": str(root / "models"), "CATDOG_DATA_DIR": str(root / "data"),
+           "CATDOG_CACHE_DIR": str(cache_dir), "CATDOG_EXAMPLES_DIR": str(small_photo_dir),
+           "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1", "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR)}
+    env.pop("CATDOG_ADMIN_TOKEN", None)
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        page.get_by_role("heading", name="catdog — cats vs. dogs").wait_for(timeout=60_000)
+        yield page
+        browser.close()
+
+
+def screenshot(page, name: str) -> None:
+    folder = os.environ.get("CATDOG_SCREENSHOTS_DIR")
+    if folder:
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def test_predict_tab_labels_an_uploaded_photo(page, small_photo_dir):
+    photo = sorted((small_photo_dir / "dogs").iterdir())[-1]  # not one of the examples, whose names are on the page
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    page.locator(f"img[src*='{photo.name}']").first.wait_for(timeout=30_000)  # the upload has finished
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text("Model v2").wait_for(timeout=60_000)
+    assert page.get_by_test_id("label-output-value").first.inner_text().strip() == "dog"
+    screenshot(page, "predict.png")
+
+
+def test_retrain_tab_takes_uploaded_images(page, small_photo_dir):
+    page.get_by_role("tab", name="Retrain").click()
+    photos = sorted((small_photo_dir / "cats").iterdir())[-3:]
+    with page.expect_file_chooser() as chooser:
+        page.get_by_text("Click to Upload").locator("visible=true").first.click()
+    chooser.value.set_files([str(path) for path in photos])
+    # The upload has finished when the file list shows the last name (its stem and suffix are separate elements).
+    page.get_by_text(photos[-1].stem).locator("visible=true").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Add to training data").click()
+    added = page.get_by_text("added", exact=True).locator("visible=true")
+    added.first.wait_for(timeout=60_000)
+    assert added.count() == 3
+    screenshot(page, "retrain.png")
+
+
+def test_metrics_tab_shows_the_plots(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Metrics").click()
+    page.get_by_role("button", name="Refresh").click()
+    page.get_by_text("processing").first.wait_for(timeout=10_000)  # the refresh has begun …
+    expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)  # … and ended
+    images = page.locator("img[src*='.png']")
+    images.nth(3).wait_for(timeout=60_000)
+    sources = [images.nth(index).get_attribute("src") for index in range(images.count())]
+    for name in ("confusion_matrix", "roc_curve", "versions", "monitoring"):
+        assert any(name in source for source in sources), sources
+    screenshot(page, "metrics.png")
