@@ -129,3 +129,32 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
     assert get_json(url + "health")["model_version"] == "v2"
     versions = client.predict(api_name="/versions")
     assert [row[0] for row in versions["data"]] == ["v1", "v2", "v3"]
+
+
+def test_predict_over_plain_http_upload_call_and_event_stream(server, small_photo_dir):
+    import httpx
+
+    url, _ = server
+    photo = sorted((small_photo_dir / "cats").iterdir())[1]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        uploaded = http.post("gradio_api/upload", files={"files": (photo.name, photo.read_bytes(), "image/jpeg")})
+        path = uploaded.json()[0]
+        call = http.post("gradio_api/call/predict",
+                         json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]})
+        stream = http.get(f"gradio_api/call/predict/{call.json()['event_id']}").text
+    event, data = [line for line in stream.splitlines() if line][-2:]
+    assert event == "event: complete"
+    assert json.loads(data.removeprefix("data: "))[0]["label"] == "cat"
+
+
+def test_a_non_image_over_http_ends_in_an_error_event_not_a_crash(server, tmp_path):
+    import httpx
+
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=60) as http:
+        path = http.post("gradio_api/upload", files={"files": ("notes.jpg", b"not a photo", "image/jpeg")}).json()[0]
+        call = http.post("gradio_api/call/predict",
+                         json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]})
+        stream = http.get(f"gradio_api/call/predict/{call.json()['event_id']}").text
+        assert "event: error" in stream and "Traceback" not in stream
+        assert http.get("health").json()["model_loaded"] is True
