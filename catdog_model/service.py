@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import logging
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from .training import TrainingConfig, embed_examples, embedding_cache, publish, 
 from .uploads import UploadStore
 
 LOAD_ERRORS = (HubError, ModelLoadError, BackboneUnavailable)
+logger = logging.getLogger(__name__)
 
 
 class ServiceError(ValueError):
@@ -57,14 +58,17 @@ class Service:
 
     # Serving
 
+    def _load_ready(self, revision: str) -> Classifier:
+        classifier = self.hub.load(revision, self.settings)
+        # The first call traces the compiled function (about a second): pay it here, not in a request.
+        size = classifier.spec.image_size
+        classifier.predict_arrays(np.zeros((1, size, size, 3), np.uint8))
+        return classifier
+
     def reload(self) -> None:
         """Load production; the swap is one assignment, so predictions in flight finish on the old model."""
         try:
-            classifier = self.hub.load("production", self.settings)
-            # The first call traces the compiled function (about a second): pay it here, not in a request.
-            classifier.predict_arrays(np.zeros((1, classifier.spec.image_size, classifier.spec.image_size, 3),
-                                               np.uint8))
-            self.classifier = classifier
+            self.classifier = self._load_ready("production")
             self.load_error = None
         except LOAD_ERRORS as error:
             self.load_error = str(error)
@@ -160,7 +164,7 @@ class Service:
             state.error = str(error) or type(error).__name__
             state.stage = "failed"
             state.log.append(f"Failed: {state.error}")
-            state.log.append(traceback.format_exc(limit=3))
+            logger.exception("retraining failed")
         finally:
             state.running = False
             self._retrain_lock.release()
@@ -191,9 +195,15 @@ class Service:
     # Versions
 
     def promote(self, version: str) -> str:
+        """Serve version; it is loaded first, so a version that cannot load never becomes production."""
+        version = self.hub.resolve(version)
+        try:
+            classifier = self._load_ready(version)
+        except LOAD_ERRORS as error:
+            raise ServiceError(f"{version} cannot be promoted: {error}") from None
         self.hub.promote(version)
-        self.reload()
-        return self.hub.production()
+        self.classifier, self.load_error = classifier, None
+        return version
 
     def rollback(self) -> str:
         version = self.hub.rollback()

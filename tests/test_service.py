@@ -93,3 +93,13 @@ def test_the_admin_token_is_checked_only_when_set(tmp_path, cache_dir):
         with pytest.raises(ServiceError, match="admin token") as raised:
             guarded.check_token(wrong)
         assert "s3cret" not in str(raised.value)
+
+
+@requires_weights
+def test_a_version_that_cannot_load_is_never_promoted(service):
+    weights = service.hub.repo / "v1" / "head.weights.h5"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
+    with pytest.raises(ServiceError, match="v1 cannot be promoted: .*does not match the sha256"):
+        service.promote("v1")
+    assert service.hub.production() == "v2" and service.health()["model_version"] == "v2"
