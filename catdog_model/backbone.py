@@ -136,12 +136,13 @@ def flip_horizontal(images: np.ndarray) -> np.ndarray:
 class Backbone:
     """The frozen backbone with one compiled call, reused for every batch size."""
 
-    def __init__(self, spec: BackboneSpec, weights_dir: Path | None, batch_size: int = 32):
+    def __init__(self, spec: BackboneSpec, weights_dir: Path | None, batch_size: int = 32, model=None):
+        """model: an already built backbone (from a version's model.keras); else it is built from the weights."""
         import tensorflow as tf
 
         self.spec = spec
         self.batch_size = batch_size
-        self.model = build_backbone(spec, weights_dir)
+        self.model = model if model is not None else build_backbone(spec, weights_dir)
         self.dim = embedding_dim(self.model)
         size = spec.image_size
         # model.predict costs tens of milliseconds of set-up per call; a traced function costs none.

@@ -15,6 +15,7 @@ from .novelty import NOVELTY_FILE, NoveltyDetector
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.weights.h5"
+FULL_MODEL_FILE = "model.keras"
 
 
 class ModelLoadError(RuntimeError):
@@ -128,8 +129,16 @@ class Classifier:
         return Prediction(label=LABELS[int(p_dog >= 0.5)], p_cat=1.0 - p_dog, p_dog=p_dog, version=self.version,
                           flags=tuple(flags), novelty=None if novelty is None else round(float(novelty), 4))
 
-    def save(self, directory: Path) -> None:
-        """Write config.json and the head's weights; the backbone is referenced, never copied."""
+    def save(self, directory: Path, full_model: bool = False) -> None:
+        """Write config.json and the head's weights; the backbone is referenced, not copied, unless full_model:
+        then model.keras holds backbone and head together, so loading needs no ImageNet weights file."""
+        if full_model:
+            import keras
+
+            size = self.spec.image_size
+            image = keras.Input((size, size, 3), dtype="uint8", name="image")
+            keras.Model(image, self.head(self.backbone.model(image)), name="catdog").save(
+                Path(directory) / FULL_MODEL_FILE)
         save_version_files(directory, self.spec, self.head, self.head_config, self.tta, self.novelty)
 
     @classmethod
@@ -152,12 +161,23 @@ class Classifier:
             if file_sha256(path) != sha:
                 raise ModelLoadError(f"{directory.name}: {name} does not match the sha256 in {CONFIG_FILE}; "
                                      "the file is corrupt or was changed after the version was written.")
+        novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in expected else None
+        if FULL_MODEL_FILE in expected:
+            import keras
+
+            try:
+                # safe_mode: a model file may not run arbitrary code (no Lambda layers are deserialized).
+                full = keras.saving.load_model(directory / FULL_MODEL_FILE, compile=False, safe_mode=True)
+            except Exception as error:  # Keras raises many types for a bad file.
+                raise ModelLoadError(f"{directory.name}: cannot read {FULL_MODEL_FILE} ({error}).") from None
+            backbone = Backbone(spec, None, batch_size, model=full.get_layer("backbone"))
+            return cls(backbone, full.get_layer("head"), head_config, tta=bool(config.get("tta")),
+                       version=version, novelty=novelty, **options)
         head = build_head(head_config)
         try:
             head.load_weights(directory / WEIGHTS_FILE)
         except Exception as error:  # h5py and Keras raise many types for a bad file.
             raise ModelLoadError(f"{directory.name}: cannot read {WEIGHTS_FILE} ({error}).") from None
-        novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in expected else None
         backbone = get_backbone(spec, weights_dir, batch_size)
         return cls(backbone, head, head_config, tta=bool(config.get("tta")), version=version, novelty=novelty,
                    **options)
@@ -170,7 +190,7 @@ def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: H
     clean_head = build_head(head_config)
     clean_head.set_weights(head.get_weights())
     clean_head.save_weights(directory / WEIGHTS_FILE)
-    files = [WEIGHTS_FILE]
+    files = [WEIGHTS_FILE] + [FULL_MODEL_FILE] * (directory / FULL_MODEL_FILE).is_file()
     if novelty:
         novelty.save(directory / NOVELTY_FILE)
         files.append(NOVELTY_FILE)

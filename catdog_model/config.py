@@ -43,6 +43,9 @@ class Settings:
     examples_dir: Path | None
     admin_token: str | None
     auto_promote: bool
+    hub_repo: str | None
+    hub_dataset: str | None
+    reload_seconds: float
     promotion_tolerance: float
 
     @classmethod
@@ -64,4 +67,7 @@ class Settings:
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
             auto_promote=os.environ.get("CATDOG_AUTO_PROMOTE", "1").lower() in ("1", "true", "yes"),
             promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0),
+            hub_repo=os.environ.get("CATDOG_HUB_REPO") or None,
+            hub_dataset=os.environ.get("CATDOG_HUB_DATASET") or None,
+            reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0),
         )

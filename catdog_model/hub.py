@@ -1,9 +1,12 @@
-"""The model hub: immutable versions v1, v2, … in a folder laid out like a Hugging Face model repo,
-and a `production` alias that promote and rollback move.
+"""The model hub: immutable versions v1, v2, … laid out like a Hugging Face model repo, and a `production`
+alias that promote and rollback move. Two backends behind one interface (push / download / load / promote):
 
-    models/catdog-mobilenetv2/
-      refs.json        {"production": "v2", "previous": ["v1"]}
-      v1/  README.md  config.json  head.weights.h5  metrics.json  history.json
+- LocalHub, a folder (the default):
+      models/catdog-mobilenetv2/
+        refs.json        {"production": "v2", "previous": ["v1"]}
+        v1/  README.md  config.json  head.weights.h5  metrics.json  …
+- HFHub, a Hugging Face Hub model repo (CATDOG_HUB_REPO): each version is one commit of its files at the repo's
+  root, tagged vN; the alias is refs.json on `main`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -27,58 +31,64 @@ REFS_FILE = "refs.json"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
 VERSION_PATTERN = re.compile(r"^v(\d+)$")
+EMPTY_REFS = {PRODUCTION: None, "previous": []}
 
 
 class HubError(RuntimeError):
-    """A version or alias that does not exist, or hub files that cannot be read."""
+    """A version or alias that does not exist, or hub files that cannot be read or written."""
 
 
-class LocalHub:
-    def __init__(self, root: Path, name: str):
-        self.repo = Path(root) / name
+def next_version(versions: list[str]) -> str:
+    return f"v{max((int(name[1:]) for name in versions), default=0) + 1}"
 
-    def _locked(self) -> FileLock:
-        """A lock across processes, so two writers never pick the same version number or lose a ref."""
-        self.repo.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.repo / ".lock"), timeout=60)
 
-    # Reading
+def parse_refs(text: str, where: str) -> dict:
+    try:
+        refs = json.loads(text)
+        return {PRODUCTION: refs.get(PRODUCTION), "previous": list(refs.get("previous", []))}
+    except (ValueError, AttributeError) as error:
+        raise HubError(f"{where} is corrupt ({error}); fix or delete it and promote a version again.") from None
+
+
+class ModelHub:
+    """What both backends share; each provides versions, refs, download, push and an atomic refs update."""
+
+    name: str
+    # A Hub version also carries model.keras (backbone included), so a Space starts without ImageNet weights;
+    # the local hub, which lives in git, never holds the backbone's weights.
+    ships_full_model = False
 
     def versions(self) -> list[str]:
-        """Complete versions, oldest first; a folder still being written is never listed."""
-        if not self.repo.is_dir():
-            return []
-        found = [(int(match.group(1)), path.name) for path in self.repo.iterdir()
-                 if (match := VERSION_PATTERN.match(path.name)) and (path / CONFIG_FILE).is_file()]
-        return [name for _, name in sorted(found)]
+        raise NotImplementedError
 
     def refs(self) -> dict:
-        path = self.repo / REFS_FILE
-        if not path.is_file():
-            return {PRODUCTION: None, "previous": []}
-        try:
-            refs = json.loads(path.read_text())
-            return {PRODUCTION: refs.get(PRODUCTION), "previous": list(refs.get("previous", []))}
-        except (ValueError, AttributeError) as error:
-            raise HubError(f"{path} is corrupt ({error}); fix or delete it and promote a version again.") from None
+        raise NotImplementedError
+
+    def download(self, revision: str = PRODUCTION) -> Path:
+        """A local folder holding the version's files."""
+        raise NotImplementedError
+
+    def push(self, folder: Path, write_card: Callable[[str], str] | None = None) -> str:
+        """Publish the files in folder as the next version; write_card(version) renders README.md."""
+        raise NotImplementedError
+
+    def _update_refs(self, change: Callable[[dict], dict]) -> dict:
+        """Apply change to the refs atomically, against concurrent writers; returns the new refs."""
+        raise NotImplementedError
 
     def production(self) -> str | None:
         return self.refs()[PRODUCTION]
 
     def resolve(self, revision: str = PRODUCTION) -> str:
-        """"production" or "vN" → the version folder name, checked to exist."""
+        """"production" or "vN" → the version's name, checked to exist."""
         version = self.production() if revision == PRODUCTION else revision
         if version is None:
-            raise HubError(f"{self.repo} has no production model yet: train one with "
+            raise HubError(f"{self.name} has no production model yet: train one with "
                            "`python -m training.train --data-dir DIR`.")
         if version not in self.versions():
             known = ", ".join(self.versions()) or "none"
-            raise HubError(f"No model version {version!r} in {self.repo} (versions: {known}).")
+            raise HubError(f"No model version {version!r} in {self.name} (versions: {known}).")
         return version
-
-    def download(self, revision: str = PRODUCTION) -> Path:
-        """A local folder holding the version's files (for this hub, the version folder itself)."""
-        return self.repo / self.resolve(revision)
 
     def load(self, revision: str, settings: Settings) -> Classifier:
         version = self.resolve(revision)
@@ -107,13 +117,55 @@ class LocalHub:
                          "validation": metrics.get("validation", {})})
         return rows
 
-    # Writing: each under the lock, each atomic
+    def promote(self, version: str) -> None:
+        version = self.resolve(version)
+
+        def change(refs: dict) -> dict:
+            if refs[PRODUCTION] != version:
+                if refs[PRODUCTION]:
+                    refs["previous"].append(refs[PRODUCTION])
+                refs[PRODUCTION] = version
+            return refs
+
+        self._update_refs(change)
+
+    def rollback(self) -> str:
+        """Serve the version that production replaced; returns it."""
+        def change(refs: dict) -> dict:
+            if not refs["previous"]:
+                raise HubError("There is no earlier production version to roll back to.")
+            refs[PRODUCTION] = refs["previous"].pop()
+            return refs
+
+        return self._update_refs(change)[PRODUCTION]
+
+
+class LocalHub(ModelHub):
+    def __init__(self, root: Path, name: str):
+        self.repo = Path(root) / name
+        self.name = str(self.repo)
+
+    def _locked(self) -> FileLock:
+        """A lock across processes, so two writers never pick the same version number or lose a ref."""
+        self.repo.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.repo / ".lock"), timeout=60)
+
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first; a folder still being written is never listed."""
+        if not self.repo.is_dir():
+            return []
+        found = [(int(match.group(1)), path.name) for path in self.repo.iterdir()
+                 if (match := VERSION_PATTERN.match(path.name)) and (path / CONFIG_FILE).is_file()]
+        return [name for _, name in sorted(found)]
+
+    def refs(self) -> dict:
+        path = self.repo / REFS_FILE
+        return parse_refs(path.read_text(), str(path)) if path.is_file() else dict(EMPTY_REFS, previous=[])
+
+    def download(self, revision: str = PRODUCTION) -> Path:
+        return self.repo / self.resolve(revision)
 
     def push(self, folder: Path, write_card: Callable[[str], str] | None = None) -> str:
-        """Publish the files in folder as the next version and return its name (v1, v2, …).
-
-        write_card(version) renders README.md once the version's name is known.
-        """
         folder = Path(folder)
         if not (folder / CONFIG_FILE).is_file():
             raise HubError(f"{folder} has no {CONFIG_FILE}; it is not a model version.")
@@ -121,8 +173,7 @@ class LocalHub:
             # Under the lock no other write is under way: a staging folder here is a crashed writer's.
             for debris in self.repo.glob(".staging-*"):
                 shutil.rmtree(debris, ignore_errors=True)
-            versions = self.versions()
-            version = f"v{int(versions[-1][1:]) + 1}" if versions else "v1"
+            version = next_version(self.versions())
             staging = self.repo / f".staging-{uuid.uuid4().hex}"
             try:
                 shutil.copytree(folder, staging)
@@ -140,37 +191,145 @@ class LocalHub:
                 shutil.rmtree(staging, ignore_errors=True)
         return version
 
-    def promote(self, version: str) -> None:
+    def _update_refs(self, change: Callable[[dict], dict]) -> dict:
         with self._locked():
-            version = self.resolve(version)
-            refs = self.refs()
-            if refs[PRODUCTION] == version:
-                return
-            if refs[PRODUCTION]:
-                refs["previous"].append(refs[PRODUCTION])
-            refs[PRODUCTION] = version
-            self._write_refs(refs)
+            refs = change(self.refs())
+            handle, temporary = tempfile.mkstemp(dir=self.repo, prefix=".refs-", suffix=".tmp")
+            os.chmod(temporary, 0o644)
+            with os.fdopen(handle, "w") as file:
+                json.dump(refs, file, indent=2)
+                file.write("\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.repo / REFS_FILE)
+            _fsync(self.repo)
+            return refs
 
-    def rollback(self) -> str:
-        """Serve the version that production replaced; returns it."""
-        with self._locked():
-            refs = self.refs()
-            if not refs["previous"]:
-                raise HubError("There is no earlier production version to roll back to.")
-            refs[PRODUCTION] = refs["previous"].pop()
-            self._write_refs(refs)
-            return refs[PRODUCTION]
 
-    def _write_refs(self, refs: dict) -> None:
-        handle, temporary = tempfile.mkstemp(dir=self.repo, prefix=".refs-", suffix=".tmp")
-        os.chmod(temporary, 0o644)
-        with os.fdopen(handle, "w") as file:
-            json.dump(refs, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.repo / REFS_FILE)
-        _fsync(self.repo)
+class HFHub(ModelHub):
+    """A Hugging Face Hub model repo, through huggingface_hub (HF_TOKEN and HF_ENDPOINT as it reads them).
+
+    The production alias is refs.json on `main`, changed by a commit whose parent must be the `main` the
+    change was computed from: the Hub moves the branch atomically and refuses a stale parent, so two
+    promoters never overwrite each other. (A tag or branch cannot be moved in one call: delete + create
+    leaves a moment with no production.)
+    """
+
+    ships_full_model = True
+
+    def __init__(self, repo_id: str, pending_dir: Path, endpoint: str | None = None, attempts: int = 4):
+        from huggingface_hub import HfApi
+
+        # Read here, not at import as huggingface_hub does, so the endpoint can change within one process.
+        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+        self.repo_id = repo_id
+        self.name = f"the Hub repo {repo_id}"
+        self.pending_dir = Path(pending_dir)
+        self.attempts = attempts
+        self.api = HfApi(endpoint=self.endpoint)
+
+    def _retry(self, call: Callable):
+        """Transient failures (connection, timeout, HTTP 5xx and 429) are retried with backoff."""
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        for attempt in range(self.attempts):
+            try:
+                return call()
+            except (httpx2.ConnectError, httpx2.TimeoutException, HfHubHTTPError) as error:
+                status = getattr(getattr(error, "response", None), "status_code", None)
+                transient = status is None or status >= 500 or status == 429
+                if not transient or attempt == self.attempts - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+
+    def versions(self) -> list[str]:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            tags = self._retry(lambda: self.api.list_repo_refs(self.repo_id)).tags
+        except RepositoryNotFoundError:
+            return []
+        return sorted((tag.name for tag in tags if VERSION_PATTERN.match(tag.name)), key=lambda name: int(name[1:]))
+
+    def _refs_at(self, revision: str) -> dict:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            path = self._retry(lambda: hf_hub_download(self.repo_id, REFS_FILE, revision=revision,
+                                                          endpoint=self.endpoint))
+        except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+            return dict(EMPTY_REFS, previous=[])
+        return parse_refs(Path(path).read_text(), f"{REFS_FILE} in {self.name}")
+
+    def refs(self) -> dict:
+        return self._refs_at("main")
+
+    def resolve(self, revision: str = PRODUCTION) -> str:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            # Offline, the tags cannot be listed: trust the cache, which download() reads or refuses clearly.
+            version = self.production() if revision == PRODUCTION else revision
+            if version is None:
+                raise HubError(f"{self.name} has no production model in the local cache (offline).")
+            return version
+        return super().resolve(revision)
+
+    def download(self, revision: str = PRODUCTION) -> Path:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        version = self.resolve(revision)
+        try:
+            return Path(self._retry(lambda: snapshot_download(self.repo_id, revision=version,
+                                                              endpoint=self.endpoint)))
+        except (HfHubHTTPError, LocalEntryNotFoundError) as error:
+            raise HubError(f"Cannot download {version} of {self.name} ({error}).") from None
+
+    def push(self, folder: Path, write_card: Callable[[str], str] | None = None) -> str:
+        """One commit with every file of the version, then the tag vN on that commit."""
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file():
+            raise HubError(f"{folder} has no {CONFIG_FILE}; it is not a model version.")
+        pending = self.pending_dir / f"push-{uuid.uuid4().hex}"
+        shutil.copytree(folder, pending)
+        try:
+            self._retry(lambda: self.api.create_repo(self.repo_id, exist_ok=True))
+            version = next_version(self.versions())
+            if write_card:
+                (pending / CARD_FILE).write_text(write_card(version))
+            commit = self._retry(lambda: self.api.upload_folder(
+                repo_id=self.repo_id, folder_path=pending, commit_message=f"Add {version}"))
+            self._retry(lambda: self.api.create_tag(self.repo_id, tag=version, revision=commit.oid,
+                                                    tag_message=f"Model version {version}"))
+        except (HfHubHTTPError, httpx2.HTTPError, OSError) as error:
+            raise HubError(f"Pushing to {self.name} failed ({error}); the version's files are kept in "
+                           f"{pending}.") from None
+        shutil.rmtree(pending, ignore_errors=True)
+        return version
+
+    def _update_refs(self, change: Callable[[dict], dict]) -> dict:
+        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub.errors import HfHubHTTPError
+
+        for _ in range(10):
+            head = self._retry(lambda: self.api.repo_info(self.repo_id, revision="main")).sha
+            refs = change(self._refs_at(head))
+            content = (json.dumps(refs, indent=2) + "\n").encode()
+            try:
+                self._retry(lambda: self.api.create_commit(
+                    self.repo_id, operations=[CommitOperationAdd(REFS_FILE, content)], parent_commit=head,
+                    commit_message=f"production: {refs[PRODUCTION]}"))
+                return refs
+            except HfHubHTTPError as error:
+                if getattr(error.response, "status_code", None) not in (409, 412):
+                    raise HubError(f"Cannot update {REFS_FILE} in {self.name} ({error}).") from None
+        raise HubError(f"{self.name} kept changing while the production alias was being moved; try again.")
 
 
 def _fsync(path: Path) -> None:
@@ -181,5 +340,7 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def open_hub(settings: Settings) -> LocalHub:
+def open_hub(settings: Settings) -> ModelHub:
+    if settings.hub_repo:
+        return HFHub(settings.hub_repo, settings.data_dir / "pending-pushes")
     return LocalHub(settings.models_dir, settings.model_name)

@@ -19,7 +19,7 @@ from .config import Settings
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
 from .evaluation import compute_metrics, save_plots
-from .hub import METRICS_FILE, LocalHub
+from .hub import METRICS_FILE, ModelHub
 from .novelty import NoveltyDetector
 
 MIN_IMAGES_PER_CLASS = 5
@@ -175,11 +175,11 @@ def _class_weight(labels: np.ndarray) -> dict[int, float] | None:
     return {index: float(len(labels) / (2 * count)) for index, count in enumerate(counts)}
 
 
-def publish(trained: TrainedModel, hub: LocalHub, model_name: str) -> str:
+def publish(trained: TrainedModel, hub: ModelHub, model_name: str) -> str:
     """Write the trained model as the hub's next version; returns the version name."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        trained.classifier.save(folder)
+        trained.classifier.save(folder, full_model=hub.ships_full_model)
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")

@@ -67,3 +67,57 @@ def small_photo_dir(tmp_path_factory) -> Path:
         for example in chooser.sample([example for example in examples if example.label == label], 30):
             (root / example.source).write_bytes(example.data)
     return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_in_thread(app):
+    """Run an ASGI app with uvicorn on a free loopback port; returns (url, stop)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{server.config.port}", stop
+
+
+HUB_TOKEN = "hf_test_token"
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """The Hub-protocol test server on loopback: (endpoint URL, its state)."""
+    from tests.hub_server import create_hub_app
+
+    app, state = create_hub_app(token=HUB_TOKEN)
+    url, stop = serve_in_thread(app)
+    yield url, state
+    stop()
+
+
+@pytest.fixture
+def hf_env(hub_server, tmp_path, monkeypatch):
+    """Point this process's huggingface_hub at the test server, with a private cache."""
+    from huggingface_hub import constants
+
+    url, _ = hub_server
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    return {"HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_TOKEN": HUB_TOKEN}

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
-import threading
 import time
 import urllib.request
 import json
 
 import pytest
-import uvicorn
 from gradio_client import Client, handle_file
 
 from catdog_model.config import PROJECT_ROOT
-from tests.conftest import requires_weights
+from tests.conftest import requires_weights, serve_in_thread
 
 pytestmark = [requires_weights]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +29,9 @@ def server(tmp_path_factory, cache_dir):
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
                                    data_dir=root / "data", cache_dir=cache_dir, admin_token="s3cret")
     service = Service(settings)
-    port = free_port()
-    uvicorn_server = uvicorn.Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port,
-                                                   log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    while not uvicorn_server.started:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/", service
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    url, stop = serve_in_thread(build_app(service))
+    yield url + "/", service
+    stop()
 
 
 def get_json(url: str) -> dict:

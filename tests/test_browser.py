@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from catdog_model.config import PROJECT_ROOT
-from tests.conftest import WEIGHTS_DIR, requires_weights
-from tests.test_app import free_port
+from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [requires_weights,
