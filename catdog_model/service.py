@@ -55,6 +55,8 @@ class Service:
         self.retrain_state = RetrainState()
         self._retrain_lock = threading.Lock()
         self.reload()
+        if settings.reload_seconds > 0:
+            threading.Thread(target=self._follow_production, name="follow-production", daemon=True).start()
 
     # Serving
 
@@ -72,6 +74,20 @@ class Service:
             self.load_error = None
         except LOAD_ERRORS as error:
             self.load_error = str(error)
+
+    def _follow_production(self) -> None:
+        """Replicas behind a load balancer share one hub: each one swaps models when the alias moves."""
+        while True:
+            time.sleep(self.settings.reload_seconds)
+            try:
+                production = self.hub.production()
+            except Exception as error:  # A hub that is down for a moment must not stop the replica.
+                logger.warning("cannot read the production alias: %s", error)
+                continue
+            serving = self.classifier.version if self.classifier else None
+            if production != serving:
+                logger.info("production moved from %s to %s; reloading", serving, production)
+                self.reload()
 
     def _serving(self) -> Classifier:
         classifier = self.classifier

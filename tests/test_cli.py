@@ -59,3 +59,28 @@ def test_train_evaluate_and_benchmark(small_photo_dir, env, tmp_path):
 def test_user_mistakes_end_with_a_sentence_not_a_traceback(arguments, message, env):
     result = run(arguments, env, expect=2)
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@requires_weights
+def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_photo_dir, env, hf_env, hub_server,
+                                                                        tmp_path):
+    from catdog_model.hub import HFHub
+
+    _, state = hub_server
+    hub_env = {**env, **hf_env, "CATDOG_HUB_REPO": "tester/catdog-cli", "CATDOG_DATA_DIR": str(tmp_path / "data")}
+    trained = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "5",
+                              "--image-size", "160"], hub_env).stdout)
+    assert trained["version"] == "v1" and trained["production"] == "v1"
+    hub = HFHub("tester/catdog-cli", tmp_path / "pending")
+    assert hub.versions() == ["v1"] and hub.production() == "v1"
+    files = {path.name for path in hub.download("v1").iterdir()}
+    assert {"config.json", "head.weights.h5", "metrics.json", "README.md", "model.keras"} <= files
+    card = (hub.download("v1") / "README.md").read_text()
+    assert "model-index:" in card and "library_name: keras" in card
+
+    # The evaluation loads production from the Hub: model.keras carries the backbone, no weights file needed.
+    no_weights = {**hub_env, "CATDOG_WEIGHTS_DIR": str(tmp_path / "empty"), "KERAS_HOME": str(tmp_path / "keras")}
+    state.requests.clear()
+    result = json.loads(run(["eval.evaluate", "--data-dir", str(small_photo_dir), "--json"], no_weights).stdout)
+    assert result["version"] == "v1" and result["n_images"] == 60
+    assert any("/resolve/" in request for request in state.requests)
