@@ -14,6 +14,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
 
 from catdog_model.config import Settings  # noqa: E402
 from catdog_model.hub import HubError  # noqa: E402
@@ -171,7 +172,13 @@ def build_demo(service: Service) -> gr.Blocks:
 
 def build_app(service: Service) -> FastAPI:
     app = FastAPI()
-    app.get("/health")(service.health)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        # 503 until a model is loaded, so load balancers and Docker's HEALTHCHECK skip a replica that can't serve.
+        body = service.health()
+        return JSONResponse(body, status_code=200 if body["model_loaded"] else 503)
+
     app.get("/api/status")(service.status)
     return gr.mount_gradio_app(app, build_demo(service), path="/",
                                max_file_size=service.settings.max_upload_mb * 1024 * 1024)

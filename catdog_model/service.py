@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import os
 import logging
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 from .backbone import BackboneUnavailable
 from .classifier import Classifier, ModelLoadError, Prediction
 from .config import Settings
-from .data import IMAGE_SUFFIXES, Dataset, deduplicate, load_folder, split_examples
+from .data import IMAGE_SUFFIXES, Dataset, deduplicate, load_folder, load_hf_dataset, split_examples
 from .evaluation import compute_metrics
 from .hub import HubError, open_hub
 from .images import content_hash, read_bytes
@@ -25,6 +26,7 @@ from .uploads import UploadStore
 
 LOAD_ERRORS = (HubError, ModelLoadError, BackboneUnavailable)
 logger = logging.getLogger(__name__)
+UPLOAD_SYNC_MINUTES = 1
 
 
 class ServiceError(ValueError):
@@ -49,6 +51,7 @@ class Service:
         self.hub = open_hub(settings)
         self.log = PredictionLog(settings.data_dir / "predictions.sqlite")
         self.uploads = UploadStore(settings.data_dir / "uploads", settings.max_pixels)
+        self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
         self.classifier: Classifier | None = None
         self.load_error: str | None = None
@@ -134,8 +137,34 @@ class Service:
         files = [(Path(path).name, Path(path).read_bytes()) for path in paths]
         return [dataclasses.asdict(result) for result in self.uploads.add(label, files)]
 
+    def _upload_sync(self):
+        """A Space's disk is wiped on restart: accepted uploads are also committed, in batches, to a Hub
+        dataset repo (CATDOG_HUB_DATASET)."""
+        from huggingface_hub import CommitScheduler, HfApi
+
+        self.uploads.root.mkdir(parents=True, exist_ok=True)
+        return CommitScheduler(repo_id=self.settings.hub_dataset, repo_type="dataset", folder_path=self.uploads.root,
+                               every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=os.environ.get("HF_ENDPOINT")))
+
+    def sync_uploads(self) -> None:
+        """Commit pending uploads to the Hub dataset now rather than at the next scheduled batch."""
+        if self.upload_sync:
+            self.upload_sync.trigger().result()
+
+    def hub_uploads(self) -> Dataset:
+        """The uploads kept in the Hub dataset, read back through `datasets` (imagefolder)."""
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(self.settings.hub_dataset, repo_type="dataset",
+                                        endpoint=os.environ.get("HF_ENDPOINT")))
+        if not any((folder / label).is_dir() for label in ("cat", "dog")):
+            return Dataset([])
+        return load_hf_dataset(str(folder))
+
     def training_dataset(self) -> Dataset:
         examples = list(self.uploads.dataset().examples)
+        if self.settings.hub_dataset:
+            examples += self.hub_uploads().examples
         if self.settings.base_data_dir and self.settings.base_data_dir.is_dir():
             examples = load_folder(self.settings.base_data_dir).examples + examples
         return deduplicate(examples)

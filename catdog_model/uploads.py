@@ -9,10 +9,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from PIL import Image
+
 from . import LABELS
 from .data import Dataset, Example, IMAGE_SUFFIXES, normalize_label
 from .images import InvalidImage, content_hash, load_image
 
+FORMAT_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+                   "MPO": ".jpg"}
+STORED_SUFFIXES = set(FORMAT_SUFFIXES.values()) | {".img"}
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_BYTES = 500 * 1024 * 1024
 
@@ -25,17 +30,18 @@ class UploadResult:
 
 
 class UploadStore:
-    """root/<label>/<sha256>.img — the hash is the name, so a file name from a user never becomes a path."""
+    """root/<label>/<sha256>.<format> — the hash is the name, so a file name from a user never becomes a path,
+    and the suffix is the decoded format, so `datasets`' imagefolder reads the folder back."""
 
     def __init__(self, root: Path, max_pixels: int):
         self.root = Path(root)
         self.max_pixels = max_pixels
 
-    def _path(self, label: str, sha256: str) -> Path:
-        return self.root / label / f"{sha256}.img"
-
     def known(self, sha256: str) -> str | None:
-        return next((label for label in LABELS if self._path(label, sha256).is_file()), None)
+        return next((label for label in LABELS if any((self.root / label).glob(f"{sha256}.*"))), None)
+
+    def _files(self, label: str) -> list[Path]:
+        return sorted(path for path in (self.root / label).glob("*.*") if path.suffix in STORED_SUFFIXES)
 
     def add(self, label: str, files: list[tuple[str, bytes]]) -> list[UploadResult]:
         """Store each image under the class; zip archives are opened and their images stored."""
@@ -47,6 +53,7 @@ class UploadStore:
                 continue
             try:
                 load_image(data, size=32, max_pixels=self.max_pixels)
+                suffix = FORMAT_SUFFIXES.get(Image.open(io.BytesIO(data)).format, ".img")
             except InvalidImage as error:
                 results.append(UploadResult(name, "rejected", str(error)))
                 continue
@@ -55,19 +62,19 @@ class UploadStore:
             if existing:
                 results.append(UploadResult(name, "duplicate", f"the same image is already stored as a {existing}"))
                 continue
-            _write_atomically(self._path(label, sha256), data)
+            _write_atomically(self.root / label / f"{sha256}{suffix}", data)
             results.append(UploadResult(name, "added"))
         return results
 
     def dataset(self) -> Dataset:
         examples = []
         for label in LABELS:
-            for path in sorted((self.root / label).glob("*.img")):
+            for path in self._files(label):
                 examples.append(Example(path.stem, label, f"uploads/{label}/{path.name}", path.read_bytes()))
         return Dataset(examples)
 
     def counts(self) -> dict[str, int]:
-        return {label: len(list((self.root / label).glob("*.img"))) for label in LABELS}
+        return {label: len(self._files(label)) for label in LABELS}
 
 
 def _expand_archives(files: list[tuple[str, bytes]]):

@@ -1,0 +1,90 @@
+"""No Docker engine runs here, so the image's own command is run on this checkout: its ENV, its CMD, and its
+HEALTHCHECK, the way the container would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from catdog_model.config import PROJECT_ROOT
+from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
+
+DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
+
+
+def instruction(name: str) -> list[str]:
+    joined = DOCKERFILE.replace("\\\n", " ")
+    return [line.split(None, 1)[1].strip() for line in joined.splitlines() if line.startswith(name + " ")]
+
+
+def command(text: str) -> list[str]:
+    """An exec-form command, with the image's `python` played by this venv's interpreter."""
+    words = json.loads(text)
+    return [sys.executable if words[0] == "python" else words[0], *words[1:]]
+
+
+def image_environment() -> dict[str, str]:
+    return dict(shlex.split(pair)[0].split("=", 1) for line in instruction("ENV") for pair in
+                re.findall(r'\S+=(?:"[^"]*"|\S+)', line))
+
+
+def test_the_image_is_slim_non_root_and_healthchecked():
+    assert instruction("FROM") == ["python:3.11-slim"]
+    assert instruction("USER") and instruction("USER")[0] not in ("root", "0")
+    assert instruction("EXPOSE") == ["7860"]
+    assert json.loads(instruction("CMD")[0]) == ["python", "app.py"]
+    assert image_environment()["GRADIO_SERVER_NAME"] == "0.0.0.0"
+    assert "tensorflow-cpu" in (PROJECT_ROOT / "requirements.txt").read_text()
+    ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "data"} <= set(ignored)
+
+
+@requires_weights
+def test_the_image_command_serves_and_its_healthcheck_passes(tmp_path):
+    port = str(free_port())
+    env = {**os.environ, **image_environment(), "GRADIO_SERVER_PORT": port, "CATDOG_DATA_DIR": str(tmp_path),
+           "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR), "CATDOG_OFFLINE": "1"}
+    healthcheck = command(instruction("HEALTHCHECK")[0].split("CMD", 1)[1])
+    process = subprocess.Popen(command(instruction("CMD")[0]), cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while subprocess.run(healthcheck, env=env, capture_output=True).returncode != 0:
+            assert time.time() < deadline and process.poll() is None, "the app did not become healthy"
+            time.sleep(1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+            assert json.loads(response.read())["model_loaded"] is True
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_the_healthcheck_fails_while_no_model_is_loaded(tmp_path):
+    port = str(free_port())
+    env = {**os.environ, **image_environment(), "GRADIO_SERVER_PORT": port, "CATDOG_DATA_DIR": str(tmp_path),
+           "CATDOG_MODELS_DIR": str(tmp_path / "no-models"), "CATDOG_OFFLINE": "1"}
+    healthcheck = command(instruction("HEALTHCHECK")[0].split("CMD", 1)[1])
+    process = subprocess.Popen(command(instruction("CMD")[0]), cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            except urllib.error.HTTPError as error:
+                assert error.code == 503 and json.loads(error.read())["model_loaded"] is False
+                break
+            except OSError:
+                assert time.time() < deadline and process.poll() is None
+                time.sleep(1)
+        assert subprocess.run(healthcheck, env=env, capture_output=True).returncode != 0
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
