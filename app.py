@@ -22,6 +22,7 @@ from catdog_model.service import Service  # noqa: E402
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
+PREDICT_CONCURRENCY = 16
 
 
 def user_errors(function):
@@ -116,8 +117,11 @@ def build_demo(service: Service) -> gr.Blocks:
                     predict_button = gr.Button("Classify", variant="primary")
             if examples := service.example_images():
                 gr.Examples(examples, inputs=image)
-            predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details")
-            gr.Button(visible=False).click(predict, image, label, api_name="predict")
+            # Requests run side by side so that the micro-batcher can share model calls between them.
+            predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details",
+                                 concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+            gr.Button(visible=False).click(predict, image, label, api_name="predict",
+                                           concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")

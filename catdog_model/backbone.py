@@ -23,6 +23,21 @@ class BackboneUnavailable(RuntimeError):
     """The ImageNet weights cannot be found, downloaded or verified."""
 
 
+def limit_threads(threads: int) -> bool:
+    """Run TensorFlow on this many threads (0: its own choice); only possible before its first operation."""
+    if threads <= 0:
+        return True
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        # Two inter-op threads: a retraining's operations and a request's can run side by side.
+        tf.config.threading.set_inter_op_parallelism_threads(max(threads, 2))
+        return True
+    except RuntimeError:  # TensorFlow already ran in this process (tests): keep its pools.
+        return False
+
+
 def weights_file_name(alpha: float) -> str:
     # The convolution weights do not depend on the input size, so the 224 file serves every size.
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"

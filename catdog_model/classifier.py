@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
+from .batching import MicroBatcher
 from .images import DEFAULT_MAX_PIXELS, load_image
 from .novelty import NOVELTY_FILE, NoveltyDetector
 
@@ -74,6 +76,8 @@ class Classifier:
         self.low_confidence = low_confidence
         self.max_pixels = max_pixels
         self.novelty = novelty
+        self._batcher: MicroBatcher | None = None
+        self._batcher_lock = threading.Lock()
         # One trace per value of tta; reduce_retracing lets a trace serve every batch size.
         self._forward = tf.function(self._probabilities, reduce_retracing=True)
 
@@ -109,15 +113,27 @@ class Classifier:
         return (np.concatenate([p_dog.numpy() for p_dog, _ in chunks]),
                 np.concatenate([embeddings.numpy() for _, embeddings in chunks]))
 
+    def decode(self, source) -> np.ndarray:
+        return load_image(source, size=self.spec.image_size, max_pixels=self.max_pixels)
+
     def predict(self, sources) -> list[Prediction]:
         """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
         if not isinstance(sources, (list, tuple)):
             sources = [sources]
-        size = self.spec.image_size
-        images = np.stack([load_image(source, size=size, max_pixels=self.max_pixels) for source in sources])
+        return self.predict_decoded(np.stack([self.decode(source) for source in sources]))
+
+    def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
         p_dogs, embeddings = self.predict_arrays(images)
         novelty = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
         return [self._prediction(float(p_dog), score) for p_dog, score in zip(p_dogs, novelty)]
+
+    def predict_concurrently(self, source) -> Prediction:
+        """For servers: decode on the caller's thread, then share one model call with concurrent callers."""
+        image = self.decode(source)
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = MicroBatcher(self.predict_decoded)
+        return self._batcher.submit(image)
 
     def _prediction(self, p_dog: float, novelty: float | None) -> Prediction:
         p_dog = min(max(p_dog, 0.0), 1.0)

@@ -46,6 +46,8 @@ class Settings:
     hub_repo: str | None
     hub_dataset: str | None
     reload_seconds: float
+    noop_model: bool
+    serving_threads: int
     promotion_tolerance: float
 
     @classmethod
@@ -70,4 +72,6 @@ class Settings:
             hub_repo=os.environ.get("CATDOG_HUB_REPO") or None,
             hub_dataset=os.environ.get("CATDOG_HUB_DATASET") or None,
             reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0),
+            noop_model=os.environ.get("CATDOG_NOOP_MODEL", "") == "1",
+            serving_threads=_number("CATDOG_SERVING_THREADS", 1, int),
         )

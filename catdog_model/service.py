@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import BackboneUnavailable
+from .backbone import BackboneUnavailable, limit_threads
 from .classifier import Classifier, ModelLoadError, Prediction
 from .config import Settings
 from .data import IMAGE_SUFFIXES, Dataset, deduplicate, load_folder, load_hf_dataset, split_examples
@@ -27,6 +27,7 @@ from .uploads import UploadStore
 LOAD_ERRORS = (HubError, ModelLoadError, BackboneUnavailable)
 logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
+RETRAIN_BATCH_SIZE = 4
 
 
 class ServiceError(ValueError):
@@ -44,8 +45,21 @@ class RetrainState:
     error: str | None = None
 
 
+class ConstantModel:
+    """CATDOG_NOOP_MODEL=1, for load tests only: the same app and endpoint with no decoding and no inference,
+    to measure what serving costs by itself."""
+
+    version = "noop"
+
+    def predict_concurrently(self, source) -> Prediction:
+        return Prediction("cat", 0.5, 0.5, self.version)
+
+
 class Service:
     def __init__(self, settings: Settings, training_config: TrainingConfig = TrainingConfig()):
+        # On a small machine one inference thread serves more requests: the other cores stay free for the web
+        # server's own work (measured in README, "Serving under load").
+        limit_threads(settings.serving_threads)
         self.settings = settings
         self.training_config = training_config
         self.hub = open_hub(settings)
@@ -72,6 +86,9 @@ class Service:
 
     def reload(self) -> None:
         """Load production; the swap is one assignment, so predictions in flight finish on the old model."""
+        if self.settings.noop_model:
+            self.classifier = ConstantModel()
+            return
         try:
             self.classifier = self._load_ready("production")
             self.load_error = None
@@ -103,7 +120,7 @@ class Service:
         classifier = self._serving()
         started = time.perf_counter()
         data = read_bytes(source)
-        prediction = classifier.predict(data)[0]
+        prediction = classifier.predict_concurrently(data)
         latency_ms = (time.perf_counter() - started) * 1000
         self.log.record(LoggedPrediction(time.time(), prediction.version, prediction.label, prediction.p_dog,
                                          latency_ms, content_hash(data), origin, bool(prediction.flags)))
@@ -193,7 +210,9 @@ class Service:
         try:
             dataset = self.training_dataset()
             state.log.append(f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates.")
-            trained = train(dataset, self.settings, self.training_config, progress=self._progress,
+            # Small embedding batches: each backbone call is short, so requests never wait long behind one.
+            trained = train(dataset, dataclasses.replace(self.settings, batch_size=RETRAIN_BATCH_SIZE),
+                            self.training_config, progress=self._progress,
                             source=str(self.settings.data_dir / "uploads"), command="retrain from the app")
             version = publish(trained, self.hub, self.settings.model_name)
             state.log.append(f"Published {version}.")

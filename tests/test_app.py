@@ -11,10 +11,12 @@ import json
 import pytest
 from gradio_client import Client, handle_file
 
-from catdog_model.config import PROJECT_ROOT
+from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.hub import LocalHub, next_version
 from tests.conftest import requires_weights, serve_in_thread
 
 pytestmark = [requires_weights]
+SHIPPED = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,9 @@ def get_json(url: str) -> dict:
 
 
 def test_health_status_and_every_endpoint_listed(server):
-    url, _ = server
-    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": "v2"}
-    assert get_json(url + "api/status")["versions"] == ["v1", "v2"]
+    url, service = server
+    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": SHIPPED.production()}
+    assert get_json(url + "api/status")["versions"] == SHIPPED.versions()
     endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
     for name in ("predict", "predict_batch", "upload_training_data", "retrain", "retrain_status", "promote",
                  "rollback", "metrics", "dataset_stats", "versions"):
@@ -81,7 +83,7 @@ def test_mutations_need_the_admin_token(server):
         client.predict("v1", "wrong", api_name="/promote")
     with pytest.raises(Exception, match="admin token"):
         client.predict("", api_name="/rollback")
-    assert service.hub.production() == "v2"
+    assert service.hub.production() == SHIPPED.production()
 
 
 def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, small_photo_dir):
@@ -103,16 +105,17 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
         time.sleep(1)
     assert status["stage"] == "done", status
     result = status["result"]
-    assert result["version"] == "v3"
+    new = next_version(SHIPPED.versions())
+    assert result["version"] == new
     assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12  # the same held-out photos
     assert result["promoted"] == result["gate_passed"]
 
-    assert client.predict("v3", "s3cret", api_name="/promote") == "Production is now v3."
-    assert get_json(url + "health")["model_version"] == "v3"
-    assert "v2" in client.predict("s3cret", api_name="/rollback")
-    assert get_json(url + "health")["model_version"] == "v2"
+    assert client.predict(new, "s3cret", api_name="/promote") == f"Production is now {new}."
+    assert get_json(url + "health")["model_version"] == new
+    assert SHIPPED.production() in client.predict("s3cret", api_name="/rollback")
+    assert get_json(url + "health")["model_version"] == SHIPPED.production()
     versions = client.predict(api_name="/versions")
-    assert [row[0] for row in versions["data"]] == ["v1", "v2", "v3"]
+    assert [row[0] for row in versions["data"]] == SHIPPED.versions() + [new]
 
 
 def test_predict_over_plain_http_upload_call_and_event_stream(server, small_photo_dir):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from catdog_model.config import PROJECT_ROOT
+from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.hub import LocalHub
 from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
@@ -73,7 +74,8 @@ def test_predict_tab_labels_an_uploaded_photo(page, small_photo_dir):
     page.locator("input[type=file]").first.set_input_files(str(photo))
     page.locator(f"img[src*='{photo.name}']").first.wait_for(timeout=30_000)  # the upload has finished
     page.get_by_role("button", name="Classify", exact=True).click()
-    page.get_by_text("Model v2").wait_for(timeout=60_000)
+    shipped = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
+    page.get_by_text(f"Model {shipped}").wait_for(timeout=60_000)
     assert page.get_by_test_id("label-output-value").first.inner_text().strip() == "dog"
     screenshot(page, "predict.png")
 

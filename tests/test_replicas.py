@@ -12,7 +12,8 @@ import json
 
 from gradio_client import Client
 
-from catdog_model.config import PROJECT_ROOT
+from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.hub import LocalHub
 from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
 
 pytestmark = [requires_weights]
@@ -37,6 +38,7 @@ def wait_for(condition, seconds: float):
 
 def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
     shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shipped = LocalHub(tmp_path / "models", Settings.from_env().model_name).production()
     replicas = []
     for name in ("a", "b"):
         port = free_port()
@@ -49,7 +51,7 @@ def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
         replicas.append((process, f"http://127.0.0.1:{port}/"))
     try:
         for _, url in replicas:
-            assert wait_for(lambda: health(url), 120)["model_version"] == "v2"
+            assert wait_for(lambda: health(url), 120)["model_version"] == shipped
         (_, first), (_, second) = replicas
         assert Client(first, verbose=False).predict("v1", "", api_name="/promote") == "Production is now v1."
         assert health(first)["model_version"] == "v1"  # the replica that promoted swaps at once

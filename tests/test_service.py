@@ -10,7 +10,10 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.service import Service, ServiceError
+from catdog_model.hub import LocalHub
 from tests.conftest import WEIGHTS_DIR, requires_weights
+
+SHIPPED = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
 
 
 def make_settings(root, cache_dir, **changes) -> Settings:
@@ -49,8 +52,8 @@ def test_promotion_while_predictions_run_fails_no_request(service, small_photo_d
     for client in clients:
         client.join()
     assert failures == []
-    assert seen_versions == {"v1", "v2"}
-    assert service.health()["model_version"] == "v2"
+    assert seen_versions == {"v1", SHIPPED}
+    assert service.health()["model_version"] == SHIPPED
 
 
 @requires_weights
@@ -59,7 +62,8 @@ def test_figures_examples_and_versions_for_the_metrics_tab(service, small_photo_
     service.log.flush()
     figures = service.figures()
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures.values())
-    assert [row["production"] for row in service.versions()] == [False, True]
+    assert [row["production"] for row in service.versions()] == [row["version"] == SHIPPED
+                                                               for row in service.versions()]
     assert service.metrics()["monitoring"]["count"] == 1
     examples = service.example_images()
     assert len(examples) == 4 and {path.split("/")[-2] for path in examples} == {"cats", "dogs"}
@@ -102,4 +106,4 @@ def test_a_version_that_cannot_load_is_never_promoted(service):
     weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
     with pytest.raises(ServiceError, match="v1 cannot be promoted: .*does not match the sha256"):
         service.promote("v1")
-    assert service.hub.production() == "v2" and service.health()["model_version"] == "v2"
+    assert service.hub.production() == SHIPPED and service.health()["model_version"] == SHIPPED

@@ -1,0 +1,171 @@
+"""Load-test /predict with Locust, beside the same app with a no-op model, in one run.
+
+    python -m eval.loadtest [--users 10] [--seconds 60] [--retrain] [--json]
+
+For each of catdog and the no-op model (CATDOG_NOOP_MODEL=1): start `python app.py` on a free loopback port
+(time to ready), run eval/locustfile.py's PredictUser headless with --users users and with 1 user, and record
+throughput, end-to-end p50/p95/p99, failures and the server's peak RSS. With --retrain, also measure 1-user
+latency while a retraining runs. Locust runs on the same machine and shares its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from catdog_model.config import PROJECT_ROOT
+
+DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"
+LOCUSTFILE = PROJECT_ROOT / "eval" / "locustfile.py"
+END_TO_END = "predict (end to end)"
+LABEL_CHECK = "label check"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class App:
+    """`python app.py` in a child process, with its start-up time and peak memory."""
+
+    def __init__(self, env: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        started = time.perf_counter()
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT,
+                                        env={**env, "GRADIO_SERVER_PORT": str(self.port)},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not self.ready():
+            if self.process.poll() is not None or time.perf_counter() - started > 180:
+                raise RuntimeError("the app did not start")
+            time.sleep(0.2)
+        self.ready_seconds = time.perf_counter() - started
+        self.peak_rss = 0
+        self._watching = True
+        threading.Thread(target=self._watch_memory, daemon=True).start()
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                return json.loads(response.read())["model_loaded"]
+        except OSError:
+            return False
+
+    def _watch_memory(self) -> None:
+        process = psutil.Process(self.process.pid)
+        while self._watching:
+            try:
+                self.peak_rss = max(self.peak_rss, process.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._watching = False
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def run_locust(url: str, users: int, seconds: int, env: dict[str, str]) -> dict:
+    """Locust headless against url; the end-to-end row of its statistics."""
+    with tempfile.TemporaryDirectory() as folder:
+        prefix = Path(folder) / "run"
+        subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
+                        "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+                        "--only-summary", "--stop-timeout", "10", "PredictUser"],
+                       env=env, cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(f"{prefix}_stats.csv") as file:
+            rows = {row["Name"]: row for row in csv.DictReader(file)}
+    row = rows[END_TO_END]
+    wrong = int(rows[LABEL_CHECK]["Failure Count"]) if LABEL_CHECK in rows else None
+    return {"users": users, "seconds": seconds, "requests": int(row["Request Count"]),
+            "failures": int(row["Failure Count"]), "wrong_labels": wrong, "requests_per_s": round(float(row["Requests/s"]), 2),
+            "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]), "p99_ms": float(row["99%"])}
+
+
+def start_retrain(url: str) -> None:
+    from gradio_client import Client
+
+    Client(url, verbose=False).predict("", api_name="/retrain")
+
+
+def measure(name: str, env: dict[str, str], arguments) -> dict:
+    app = App(env)
+    try:
+        result = {"ready_s": round(app.ready_seconds, 1),
+                  "load": run_locust(app.url, arguments.users, arguments.seconds, env),
+                  "one_user": run_locust(app.url, 1, arguments.one_user_seconds, env)}
+        result["peak_rss_mb"] = round(app.peak_rss / 2**20, 1)
+        if arguments.retrain and name == "catdog":
+            start_retrain(app.url)
+            result["one_user_during_retrain"] = run_locust(app.url, 1, arguments.one_user_seconds, env)
+            result["peak_rss_with_retrain_mb"] = round(app.peak_rss / 2**20, 1)
+        return result
+    finally:
+        app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.loadtest", description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=60, help="length of the --users run")
+    parser.add_argument("--one-user-seconds", type=int, default=20, help="length of each 1-user run")
+    parser.add_argument("--images", default=str(DEFAULT_IMAGES) if DEFAULT_IMAGES.is_dir() else None,
+                        help="folder with cats/ and dogs/ (default: ../shared/data/cats_vs_dogs if present)")
+    parser.add_argument("--retrain", action="store_true", help="also measure latency while a retraining runs")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    arguments = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="catdog-loadtest-"))
+    # Each app gets a private copy of the models and data, so a retraining here never touches the repository.
+    shutil.copytree(PROJECT_ROOT / "models", work / "models", ignore=shutil.ignore_patterns(".lock"))
+    base = {**os.environ, "CATDOG_MODELS_DIR": str(work / "models"), "CATDOG_RELOAD_SECONDS": "0",
+            "PYTHONPATH": str(PROJECT_ROOT)}
+    base.pop("CATDOG_ADMIN_TOKEN", None)
+    if arguments.images:
+        base.update(CATDOG_LOAD_IMAGES=arguments.images, CATDOG_BASE_DATA_DIR=arguments.images)
+    results = {
+        "catdog": measure("catdog", {**base, "CATDOG_DATA_DIR": str(work / "data")}, arguments),
+        "noop": measure("noop", {**base, "CATDOG_DATA_DIR": str(work / "noop-data"), "CATDOG_NOOP_MODEL": "1",
+                                 "CATDOG_LOAD_CHECK_LABELS": "0"}, arguments),
+        "images": "real photos" if arguments.images else "generated JPEGs",
+    }
+    catdog, noop = results["catdog"], results["noop"]
+    results["throughput_ratio"] = round(catdog["load"]["requests_per_s"] / max(noop["load"]["requests_per_s"], 1e-9), 3)
+    shutil.rmtree(work, ignore_errors=True)
+    if arguments.json:
+        print(json.dumps(results))
+        return
+    print(f"{'':28}{'catdog':>12}{'no-op':>12}")
+    rows = [("ready (s)", "ready_s", None), (f"req/s, {arguments.users} users", "load", "requests_per_s"),
+            ("p50 ms", "load", "p50_ms"), ("p95 ms", "load", "p95_ms"), ("p99 ms", "load", "p99_ms"),
+            ("failures", "load", "failures"), ("wrong labels", "load", "wrong_labels"),
+            ("p50 ms, 1 user", "one_user", "p50_ms"),
+            ("peak RSS (MB)", "peak_rss_mb", None)]
+    for title, key, field in rows:
+        values = [result[key] if field is None else result[key][field] for result in (catdog, noop)]
+        print(f"{title:<28}{values[0]!s:>12}{values[1]!s:>12}")
+    print(f"throughput catdog / no-op: {results['throughput_ratio']}")
+    if "one_user_during_retrain" in catdog:
+        during = catdog["one_user_during_retrain"]
+        print(f"1 user during a retraining: p50 {during['p50_ms']} ms, p95 {during['p95_ms']} ms "
+              f"(idle p95 {catdog['one_user']['p95_ms']} ms)")
+
+
+if __name__ == "__main__":
+    main()
