@@ -120,7 +120,10 @@ def build_demo(service: Service) -> gr.Blocks:
             # Requests run side by side so that the micro-batcher can share model calls between them.
             predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details",
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
-            gr.Button(visible=False).click(predict, image, label, api_name="predict",
+            # The API takes the raw file, so every byte a client sends reaches catdog's own validation (and a
+            # sentence that says what is wrong), not an image component's decoding first.
+            api_image = gr.File(visible=False, type="filepath")
+            gr.Button(visible=False).click(predict, api_image, label, api_name="predict",
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")

@@ -36,6 +36,7 @@ class Settings:
     cache_dir: Path
     max_pixels: int
     max_upload_mb: int
+    max_files: int
     min_side: int
     batch_size: int
     low_confidence: float
@@ -61,6 +62,7 @@ class Settings:
             cache_dir=_path("CATDOG_CACHE_DIR", None) or data_dir / "cache",
             max_pixels=_number("CATDOG_MAX_PIXELS", 50_000_000, int),
             max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", 50, int),
+            max_files=_number("CATDOG_MAX_FILES", 500, int),
             min_side=_number("CATDOG_MIN_SIDE", 16, int),
             batch_size=_number("CATDOG_BATCH_SIZE", 32, int),
             low_confidence=_number("CATDOG_LOW_CONFIDENCE", 0.8),

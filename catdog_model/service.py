@@ -128,6 +128,7 @@ class Service:
 
     def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
         """One row per file: file, label, p_dog, confidence, flags — or the reason it was rejected."""
+        self._check_count(paths)
         rows = []
         for path in paths:
             name = Path(path).name
@@ -142,6 +143,11 @@ class Service:
 
     # Data and training
 
+    def _check_count(self, paths: list) -> None:
+        if len(paths) > self.settings.max_files:
+            raise ServiceError(f"{len(paths)} files in one request; the limit is {self.settings.max_files} "
+                               "(CATDOG_MAX_FILES). Send them in smaller groups.")
+
     def check_token(self, token: str | None) -> None:
         expected = self.settings.admin_token
         if expected and not hmac.compare_digest((token or "").encode(), expected.encode()):
@@ -151,6 +157,7 @@ class Service:
     def upload(self, label: str, paths: list[str]) -> list[dict]:
         if not paths:
             raise ServiceError("No files were uploaded: choose one or more images or a zip archive.")
+        self._check_count(paths)
         files = [(Path(path).name, Path(path).read_bytes()) for path in paths]
         return [dataclasses.asdict(result) for result in self.uploads.add(label, files)]
 
