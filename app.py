@@ -23,6 +23,7 @@ from catdog_model.service import Service  # noqa: E402
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 PREDICT_CONCURRENCY = 16
+SESSION_CAPACITY = 256
 
 
 def user_errors(function):
@@ -187,7 +188,11 @@ def build_app(service: Service) -> FastAPI:
         return JSONResponse(body, status_code=200 if body["model_loaded"] else 503)
 
     app.get("/api/status")(service.status)
-    return gr.mount_gradio_app(app, build_demo(service), path="/",
+    demo = build_demo(service)
+    # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
+    # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
+    demo.state_session_capacity = SESSION_CAPACITY
+    return gr.mount_gradio_app(app, demo, path="/",
                                max_file_size=service.settings.max_upload_mb * 1024 * 1024)
 
 

@@ -121,3 +121,21 @@ def hf_env(hub_server, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     return {"HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_TOKEN": HUB_TOKEN}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    """The app on a real loopback server, with a private copy of the shipped models and admin token s3cret."""
+    import shutil
+
+    from app import build_app
+    from catdog_model.service import Service
+
+    root = tmp_path_factory.mktemp("app")
+    shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
+    settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
+                                   data_dir=root / "data", cache_dir=cache_dir, admin_token="s3cret")
+    service = Service(settings)
+    url, stop = serve_in_thread(build_app(service))
+    yield url + "/", service
+    stop()

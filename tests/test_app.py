@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 import time
 import urllib.request
 import json
@@ -13,27 +11,10 @@ from gradio_client import Client, handle_file
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub, next_version
-from tests.conftest import requires_weights, serve_in_thread
+from tests.conftest import requires_weights
 
 pytestmark = [requires_weights]
 SHIPPED = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, cache_dir):
-    from app import build_app
-    from catdog_model.config import Settings
-    from catdog_model.service import Service
-    from tests.conftest import WEIGHTS_DIR
-
-    root = tmp_path_factory.mktemp("app")
-    shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
-    settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
-                                   data_dir=root / "data", cache_dir=cache_dir, admin_token="s3cret")
-    service = Service(settings)
-    url, stop = serve_in_thread(build_app(service))
-    yield url + "/", service
-    stop()
 
 
 def get_json(url: str) -> dict:

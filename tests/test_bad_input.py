@@ -3,8 +3,6 @@ or a sentence that says what is wrong — never a crash, a stack trace, or a fil
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights
-from tests.test_app import server  # noqa: F401  (the fixture: a real app on loopback)
 from tests.test_images import encode, half_red_half_blue, png_header_only
 
 pytestmark = [requires_weights]
@@ -42,7 +39,7 @@ def unusual_images() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_files_get_a_sentence_through_gradio_client(server, tmp_path, name):  # noqa: F811
+def test_bad_files_get_a_sentence_through_gradio_client(server, tmp_path, name):
     url, _ = server
     data, message = BAD[name]
     path = tmp_path / name
@@ -52,7 +49,7 @@ def test_bad_files_get_a_sentence_through_gradio_client(server, tmp_path, name):
     assert "Traceback" not in str(raised.value)
 
 
-def test_bad_files_over_plain_http_end_in_an_error_event_with_the_sentence(server):  # noqa: F811
+def test_bad_files_over_plain_http_end_in_an_error_event_with_the_sentence(server):
     url, _ = server
     with httpx.Client(base_url=url, timeout=60) as http:
         for name, (data, message) in BAD.items():
@@ -64,7 +61,7 @@ def test_bad_files_over_plain_http_end_in_an_error_event_with_the_sentence(serve
         assert http.get("health").json()["model_loaded"] is True
 
 
-def test_unusual_but_valid_images_are_classified(server, tmp_path):  # noqa: F811
+def test_unusual_but_valid_images_are_classified(server, tmp_path):
     url, _ = server
     client = Client(url, verbose=False)
     for name, data in unusual_images().items():
@@ -75,7 +72,7 @@ def test_unusual_but_valid_images_are_classified(server, tmp_path):  # noqa: F81
 
 
 @requires_photos
-def test_a_30_megapixel_photo_is_classified(server, tmp_path):  # noqa: F811
+def test_a_30_megapixel_photo_is_classified(server, tmp_path):
     url, _ = server
     photo = Image.open(sorted((PHOTOS_DIR / "dogs").glob("*.jpg"))[0]).convert("RGB").resize((6400, 4800))
     path = tmp_path / "big.jpg"
@@ -83,7 +80,7 @@ def test_a_30_megapixel_photo_is_classified(server, tmp_path):  # noqa: F811
     assert Client(url, verbose=False).predict(handle_file(str(path)), api_name="/predict")["label"] == "dog"
 
 
-def test_training_uploads_refuse_bad_files_and_hostile_names_stay_inside(server, tmp_path):  # noqa: F811
+def test_training_uploads_refuse_bad_files_and_hostile_names_stay_inside(server, tmp_path):
     url, service = server
     client = Client(url, verbose=False)
     hostile = tmp_path / "..%2F..%2Fescape.jpg"
@@ -106,7 +103,7 @@ def test_training_uploads_refuse_bad_files_and_hostile_names_stay_inside(server,
         client.predict("cat", [], "s3cret", api_name="/upload_training_data")
 
 
-def test_too_many_files_in_one_request_is_refused(server, tmp_path, monkeypatch):  # noqa: F811
+def test_too_many_files_in_one_request_is_refused(server, tmp_path, monkeypatch):
     import dataclasses
 
     url, service = server
