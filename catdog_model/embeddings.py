@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -11,6 +9,7 @@ import numpy as np
 
 from .backbone import Backbone, flip_horizontal
 from .images import InvalidImage, load_image
+from .sqlite import connect
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -26,14 +25,8 @@ class EmbeddingCache:
             connection.execute("CREATE TABLE IF NOT EXISTS embeddings (backbone TEXT, sha256 TEXT, view TEXT, "
                                "vector BLOB, PRIMARY KEY (backbone, sha256, view))")
 
-    @contextlib.contextmanager
     def _connect(self):
-        connection = sqlite3.connect(self.path, timeout=30)
-        try:
-            with connection:
-                yield connection
-        finally:
-            connection.close()
+        return connect(self.path)
 
     def get_many(self, backbone_id: str, view: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         hashes = list(hashes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import queue
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .sqlite import connect
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,8 @@ class PredictionLog:
         self._writer = threading.Thread(target=self._write_forever, name="prediction-log", daemon=True)
         self._writer.start()
 
-    @contextlib.contextmanager
     def _connect(self):
-        connection = sqlite3.connect(self.path, timeout=30)
-        try:
-            with connection:
-                yield connection
-        finally:
-            connection.close()
+        return connect(self.path)
 
     def record(self, prediction: LoggedPrediction) -> None:
         self._queue.put(prediction)
