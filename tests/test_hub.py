@@ -61,23 +61,6 @@ def test_versions_are_immutable(hub, staged):
     assert oct(weights.stat().st_mode & 0o777) == "0o444"
 
 
-def test_promote_and_rollback(hub, staged):
-    for _ in range(3):
-        hub.push(staged)
-    with pytest.raises(HubError, match="no production model"):
-        hub.resolve("production")
-    hub.promote("v1")
-    hub.promote("v3")
-    hub.promote("v3")  # promoting production again changes nothing
-    assert hub.production() == "v3"
-    assert [row["production"] for row in hub.list_versions()] == [False, False, True]
-    assert hub.rollback() == "v1"
-    assert hub.production() == "v1"
-    with pytest.raises(HubError, match="no earlier production version"):
-        hub.rollback()
-    assert hub.list_versions()[0]["created_at"] == "2026-11-27T00:00:00+00:00"
-
-
 def test_unknown_version_and_corrupt_refs_are_clear_errors(hub, staged):
     hub.push(staged)
     with pytest.raises(HubError, match=r"No model version 'v7' .*versions: v1"):

@@ -49,7 +49,9 @@ def test_promote_rollback_and_clear_errors(hub, staged):
         hub.resolve("production")
     hub.promote("v1")
     hub.promote("v3")
+    hub.promote("v3")  # promoting production again changes nothing
     assert hub.production() == "v3" and hub.resolve() == "v3"
+    assert hub.list_versions()[0]["created_at"] == "2026-11-27T00:00:00+00:00"
     assert [row["production"] for row in hub.list_versions()] == [False, False, True]
     assert hub.rollback() == "v1"
     with pytest.raises(HubError, match="no earlier production version"):
