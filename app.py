@@ -3,38 +3,24 @@ Wiring only: every decision is in catdog_model.service."""
 
 from __future__ import annotations
 
-import functools
+import logging
 import os
-import tempfile
 import time
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+import gradio as gr
+import pandas as pd
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
-import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-
-from catdog_model.config import Settings  # noqa: E402
-from catdog_model.hub import HubError  # noqa: E402
-from catdog_model.service import Service  # noqa: E402
+from catdog_model.config import Settings
+from catdog_model.service import Service
+from catdog_model.web import UploadedFilesOnly, public_message, user_errors
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
-
-
-def user_errors(function):
-    """Mistakes a user can fix reach them as a gr.Error sentence, not a stack trace."""
-    @functools.wraps(function)
-    def wrapper(*arguments, **keywords):
-        try:
-            return function(*arguments, **keywords)
-        except (ValueError, HubError) as error:
-            raise gr.Error(str(error)) from None
-    return wrapper
 
 
 def build_demo(service: Service) -> gr.Blocks:
@@ -45,25 +31,35 @@ def build_demo(service: Service) -> gr.Blocks:
         return service.predict(image, origin="api")[0].as_label_dict()
 
     @user_errors
-    def predict_with_details(image: str | None):
-        if not image:
+    def predict_with_details(image: dict | None):
+        # The photo arrives unprocessed (preprocess=False): catdog's decoder, with its memory budget, is the
+        # only one that ever reads it.
+        if not image or not image.get("path"):
             raise ValueError(NO_IMAGE)
-        prediction, latency_ms = service.predict(image, origin="ui")
+        prediction, latency_ms = service.predict(image["path"], origin="ui")
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
     @user_errors
     def predict_batch(files: list[str] | None):
-        table = pd.DataFrame(service.predict_batch(files or [], origin="api"), columns=BATCH_COLUMNS)
-        csv_path = os.path.join(tempfile.mkdtemp(prefix="catdog-batch-"), "predictions.csv")
-        table.to_csv(csv_path, index=False)
-        return table, csv_path
+        rows = service.predict_batch(files or [], origin="api")
+        return pd.DataFrame(rows, columns=BATCH_COLUMNS), str(service.save_batch_csv(rows))
 
     @user_errors
     def upload_training_data(label: str, files: list[str] | None, token: str):
         service.check_token(token)
         results = service.upload(label, files or [])
         return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats()
+
+    @user_errors
+    def confirm_suspects(token: str):
+        service.check_token(token)
+        return service.review_suspects(confirm=True), service.dataset_stats()
+
+    @user_errors
+    def discard_suspects(token: str):
+        service.check_token(token)
+        return service.review_suspects(confirm=False), service.dataset_stats()
 
     def retrain_status() -> dict:
         state = service.retrain_state
@@ -99,15 +95,20 @@ def build_demo(service: Service) -> gr.Blocks:
         service.check_token(token)
         return f"Rolled back: production is now {service.rollback()}."
 
+    @user_errors
     def refresh_metrics():
         figures = service.figures()
         return (service.metrics(), figures["confusion_matrix"], figures["roc_curve"], figures["versions"],
                 figures["monitoring"], pd.DataFrame(service.versions()), service.dataset_stats())
 
-    with gr.Blocks(title="catdog") as demo:
+    cache_seconds = int(service.settings.file_cache_minutes * 60)
+    # Uploaded files and results leave Gradio's cache once they are this old (checked four times as often).
+    with gr.Blocks(title="catdog", analytics_enabled=False,
+                   delete_cache=(max(1, cache_seconds // 4), max(1, cache_seconds))) as demo:
         gr.Markdown("# catdog — cats vs. dogs")
         if service.load_error:
-            gr.Markdown(f"⚠️ **No model is loaded, so predictions are unavailable:** {service.load_error}")
+            gr.Markdown("⚠️ **No model is loaded, so predictions are unavailable:** "
+                        f"{public_message(service.load_error)}")
         token = gr.Textbox(label="Admin token", type="password", visible=bool(service.settings.admin_token))
         with gr.Tab("Predict"):
             with gr.Row():
@@ -120,7 +121,7 @@ def build_demo(service: Service) -> gr.Blocks:
                 gr.Examples(examples, inputs=image)
             # Requests run side by side so that the micro-batcher can share model calls between them.
             predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details",
-                                 concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+                                 concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict", preprocess=False)
             # The API takes the raw file, so every byte a client sends reaches catdog's own validation (and a
             # sentence that says what is wrong), not an image component's decoding first.
             api_image = gr.File(visible=False, type="filepath")
@@ -140,6 +141,14 @@ def build_demo(service: Service) -> gr.Blocks:
             stats = gr.JSON(label="Dataset")
             upload_button.click(upload_training_data, [upload_label, upload_files, token], [upload_results, stats],
                                 api_name="upload_training_data")
+            gr.Markdown("Images that production confidently calls the other class are held as *suspect*, out of "
+                        "training, until you confirm or discard them.")
+            with gr.Row():
+                confirm_button = gr.Button("Confirm suspect images")
+                discard_button = gr.Button("Discard suspect images")
+            suspects_message = gr.Markdown()
+            confirm_button.click(confirm_suspects, token, [suspects_message, stats], api_name="confirm_suspects")
+            discard_button.click(discard_suspects, token, [suspects_message, stats], api_name="discard_suspects")
             with gr.Row():
                 retrain_button = gr.Button("Retrain", variant="primary")
                 status_button = gr.Button("Check status")
@@ -182,20 +191,28 @@ def build_app(service: Service) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:  # on the event loop: it answers even while every worker thread is busy
         # 503 until a model is loaded, so load balancers and Docker's HEALTHCHECK skip a replica that can't serve.
         body = service.health()
         return JSONResponse(body, status_code=200 if body["model_loaded"] else 503)
 
-    app.get("/api/status")(service.status)
+    @app.get("/api/status")
+    def status() -> dict:
+        body = service.status()
+        return {**body, "load_error": body["load_error"] and public_message(body["load_error"])}
+
+    app.add_middleware(UploadedFilesOnly)
     demo = build_demo(service)
     # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
     # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
     demo.state_session_capacity = SESSION_CAPACITY
-    return gr.mount_gradio_app(app, demo, path="/",
+    # show_error=False: only catdog's own sentences (gr.Error) reach a client, never an unexpected exception's text.
+    return gr.mount_gradio_app(app, demo, path="/", show_error=False,
                                max_file_size=service.settings.max_upload_mb * 1024 * 1024)
 
 
 if __name__ == "__main__":
-    uvicorn.run(build_app(Service(Settings.from_env())), host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    uvicorn.run(build_app(Service(settings)), host=settings.server_name,
                 port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

@@ -12,12 +12,13 @@ import numpy as np
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
 from .batching import MicroBatcher
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .images import DEFAULT_LIMITS, ImageLimits, load_image
 from .novelty import NOVELTY_FILE, NoveltyDetector
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.weights.h5"
 FULL_MODEL_FILE = "model.keras"
+CARD_FILE = "README.md"  # rendered by the hub when the version is pushed; prose, not read when loading
 
 
 class ModelLoadError(RuntimeError):
@@ -64,7 +65,7 @@ def build_head(config: HeadConfig):
 
 class Classifier:
     def __init__(self, backbone: Backbone, head, head_config: HeadConfig, tta: bool = False,
-                 version: str | None = None, low_confidence: float = 0.8, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 version: str | None = None, low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS,
                  novelty: NoveltyDetector | None = None):
         import tensorflow as tf
 
@@ -74,7 +75,7 @@ class Classifier:
         self.tta = tta
         self.version = version
         self.low_confidence = low_confidence
-        self.max_pixels = max_pixels
+        self.limits = limits
         self.novelty = novelty
         self._batcher: MicroBatcher | None = None
         self._batcher_lock = threading.Lock()
@@ -114,7 +115,7 @@ class Classifier:
                 np.concatenate([embeddings.numpy() for _, embeddings in chunks]))
 
     def decode(self, source) -> np.ndarray:
-        return load_image(source, size=self.spec.image_size, max_pixels=self.max_pixels)
+        return load_image(source, size=self.spec.image_size, limits=self.limits)
 
     def predict(self, sources) -> list[Prediction]:
         """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
@@ -134,6 +135,14 @@ class Classifier:
             if self._batcher is None:
                 self._batcher = MicroBatcher(self.predict_decoded)
         return self._batcher.submit(image)
+
+    def close(self) -> None:
+        """Stop the micro-batcher's thread (after the requests already queued), so a model that is swapped out
+        is freed rather than kept alive by its thread."""
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher.close()
+                self._batcher = None
 
     def _prediction(self, p_dog: float, novelty: float | None) -> Prediction:
         p_dog = min(max(p_dog, 0.0), 1.0)
@@ -213,4 +222,14 @@ def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: H
     config = {"labels": list(LABELS), "positive_label": "dog", "backbone": spec.to_dict(),
               "head": dataclasses.asdict(head_config), "tta": tta,
               "files": {name: file_sha256(directory / name) for name in files}}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def seal_version_files(directory: Path) -> None:
+    """List every file of the version (but the card) with its sha256 in config.json: loading then refuses a
+    version in which any file was changed."""
+    directory = Path(directory)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    config["files"] = {path.name: file_sha256(path) for path in sorted(directory.iterdir())
+                       if path.is_file() and path.name not in (CONFIG_FILE, CARD_FILE)}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -6,7 +6,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def _path(name: str, default: str | None) -> Path | None:
@@ -38,6 +41,7 @@ class Settings:
     max_upload_mb: int
     max_files: int
     min_side: int
+    decode_memory_mb: int
     batch_size: int
     low_confidence: float
     base_data_dir: Path | None
@@ -50,6 +54,12 @@ class Settings:
     noop_model: bool
     serving_threads: int
     promotion_tolerance: float
+    trusted_data_dir: Path | None
+    gate_min_images: int
+    gate_min_accuracy: float
+    suspect_confidence: float
+    server_name: str
+    file_cache_minutes: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -60,10 +70,11 @@ class Settings:
             model_name=os.environ.get("CATDOG_MODEL_NAME", "catdog-mobilenetv2"),
             data_dir=data_dir,
             cache_dir=_path("CATDOG_CACHE_DIR", None) or data_dir / "cache",
-            max_pixels=_number("CATDOG_MAX_PIXELS", 50_000_000, int),
+            max_pixels=_number("CATDOG_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
             max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", 50, int),
             max_files=_number("CATDOG_MAX_FILES", 500, int),
-            min_side=_number("CATDOG_MIN_SIDE", 16, int),
+            min_side=_number("CATDOG_MIN_SIDE", DEFAULT_MIN_SIDE, int),
+            decode_memory_mb=_number("CATDOG_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB, int),
             batch_size=_number("CATDOG_BATCH_SIZE", 32, int),
             low_confidence=_number("CATDOG_LOW_CONFIDENCE", 0.8),
             base_data_dir=_path("CATDOG_BASE_DATA_DIR", None),
@@ -76,4 +87,19 @@ class Settings:
             reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0),
             noop_model=os.environ.get("CATDOG_NOOP_MODEL", "") == "1",
             serving_threads=_number("CATDOG_SERVING_THREADS", 1, int),
+            trusted_data_dir=_path("CATDOG_TRUSTED_DATA_DIR", None),
+            gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
+            gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
+            suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
+            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 60.0),
         )
+
+    def image_limits(self) -> ImageLimits:
+        """The limits every decode in one process shares (call once per process: it holds the memory budget)."""
+        return ImageLimits(self.max_pixels, self.min_side, self.decode_memory_mb * 2**20)
+
+    @property
+    def on_loopback(self) -> bool:
+        """Only this machine can reach the server."""
+        return self.server_name in LOOPBACK_HOSTS or self.server_name.startswith("127.")

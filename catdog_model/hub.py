@@ -23,13 +23,13 @@ from typing import Callable
 
 from filelock import FileLock
 
-from .classifier import CONFIG_FILE, Classifier
+from .classifier import CARD_FILE, CONFIG_FILE, Classifier
 from .config import Settings
+from .images import ImageLimits
 
 PRODUCTION = "production"
 REFS_FILE = "refs.json"
 METRICS_FILE = "metrics.json"
-CARD_FILE = "README.md"
 VERSION_PATTERN = re.compile(r"^v(\d+)$")
 EMPTY_REFS = {PRODUCTION: None, "previous": []}
 
@@ -90,18 +90,18 @@ class ModelHub:
             raise HubError(f"No model version {version!r} in {self.name} (versions: {known}).")
         return version
 
-    def load(self, revision: str, settings: Settings) -> Classifier:
+    def load(self, revision: str, settings: Settings, limits: ImageLimits | None = None) -> Classifier:
         version = self.resolve(revision)
         return Classifier.load(self.download(version), settings.weights_dir, version=version,
                                batch_size=settings.batch_size, low_confidence=settings.low_confidence,
-                               max_pixels=settings.max_pixels)
+                               limits=limits or settings.image_limits())
 
     def metrics(self, revision: str = PRODUCTION) -> dict:
         path = self.download(revision) / METRICS_FILE
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise HubError(f"Cannot read {path} ({error}).") from None
+            raise HubError(f"Cannot read {METRICS_FILE} of {revision} in {self.name} ({error}).") from None
 
     def list_versions(self) -> list[dict]:
         """Each version with its creation date, test metrics and whether it is production."""
@@ -143,7 +143,7 @@ class ModelHub:
 class LocalHub(ModelHub):
     def __init__(self, root: Path, name: str):
         self.repo = Path(root) / name
-        self.name = str(self.repo)
+        self.name = f"the local hub {name}"
 
     def _locked(self) -> FileLock:
         """A lock across processes, so two writers never pick the same version number or lose a ref."""
@@ -160,7 +160,8 @@ class LocalHub(ModelHub):
 
     def refs(self) -> dict:
         path = self.repo / REFS_FILE
-        return parse_refs(path.read_text(), str(path)) if path.is_file() else dict(EMPTY_REFS, previous=[])
+        return (parse_refs(path.read_text(), f"{REFS_FILE} in {self.name}") if path.is_file()
+                else dict(EMPTY_REFS, previous=[]))
 
     def download(self, revision: str = PRODUCTION) -> Path:
         return self.repo / self.resolve(revision)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -12,10 +15,60 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
+DEFAULT_DECODE_MEMORY_MB = 256
+# Pillow holds a pixel in 1 byte (modes 1, L, P), 2 (16-bit gray) or 4 (everything else, RGB included).
+ONE_BYTE_MODES = {"1", "L", "P"}
+TWO_BYTE_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# Modes that cannot be shrunk as they are (palette indices must not be averaged) are converted at full size
+# first; this many more bytes per pixel pay for that.
+CONVERSION_BYTES = {"1": 4, "P": 4, "PA": 4, **{mode: 24 for mode in TWO_BYTE_MODES}}
+REDUCED_SIDE_FACTOR = 2  # shrink by whole factors to at least twice the model's input before the final resize
 
 
 class InvalidImage(ValueError):
     """The input is not an image we can classify; the message is a sentence for the user."""
+
+
+class MemoryBudget:
+    """Bytes that concurrent decodes may hold at once: a decode waits until its share is free, so many large
+    images arriving together are decoded a few at a time instead of all at once."""
+
+    def __init__(self, capacity: int, wait_seconds: float = 60.0):
+        self.capacity = capacity
+        self.wait_seconds = wait_seconds
+        self.in_use = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, amount: int):
+        with self._condition:
+            if not self._condition.wait_for(lambda: self.in_use + amount <= self.capacity, self.wait_seconds):
+                raise InvalidImage("The server is busy decoding other large images; try again in a minute.")
+            self.in_use += amount
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.in_use -= amount
+                self._condition.notify_all()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """What one image may cost. decode_bytes is both the most one decode may use and the budget that
+    concurrent decodes share."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+    decode_bytes: int = DEFAULT_DECODE_MEMORY_MB * 2**20
+    budget: MemoryBudget = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.budget is None:
+            object.__setattr__(self, "budget", MemoryBudget(self.decode_bytes))
+
+
+DEFAULT_LIMITS = ImageLimits()
 
 
 def content_hash(data: bytes) -> str:
@@ -36,31 +89,57 @@ def read_bytes(source) -> bytes:
     raise InvalidImage(f"Expected image bytes, a file path, a PIL image or an array, not {type(source).__name__}.")
 
 
-def load_image(source, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Return the image as an RGB uint8 array, resized to size×size when size is given.
 
-    Accepts bytes, a path, a binary file object, a PIL image or a numpy array.
+    Accepts bytes, a path, a binary file object, a PIL image or a numpy array. Encoded images are checked
+    from their header (pixels, sides, memory to decode) before any pixel is decoded.
     """
     if isinstance(source, np.ndarray):
         image = _image_from_array(source)
     elif isinstance(source, Image.Image):
         image = source
     else:
-        image = _open(read_bytes(source), max_pixels)
-    _check_size(image, max_pixels, min_side)
+        image = _open(read_bytes(source), limits.max_pixels)
+    _check_size(image, limits)
     if size is not None and image.format == "JPEG":
         # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
         image.draft("RGB", (size, size))
-    try:
-        image.load()
-    except Exception as error:  # Pillow raises many types for broken data; all mean the same to a user.
-        raise InvalidImage("The image data is truncated or corrupt, so it cannot be decoded.") from error
-    image = _upright(image)
-    image = _to_rgb(image)
-    if size is not None:
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    cost = decode_cost(image)
+    if cost > limits.decode_bytes:
+        raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
+                           f"{cost / 2**20:.0f} MB; the limit is {limits.decode_bytes / 2**20:.0f} MB. "
+                           "Send a smaller image.")
+    with limits.budget.reserve(cost):
+        try:
+            image.load()
+        except Exception as error:  # Pillow raises many types for broken data; all mean the same to a user.
+            raise InvalidImage("The image data is truncated or corrupt, so it cannot be decoded.") from error
+        if size is not None:
+            image = _shrink(image, size)
+        image = _upright(image)
+        image = _to_rgb(image)
+        if size is not None:
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Bytes that decoding the image (at its current draft size) and shrinking it may hold at once."""
+    mode = image.mode
+    per_pixel = 1 if mode in ONE_BYTE_MODES else 2 if mode in TWO_BYTE_MODES else 4
+    return image.size[0] * image.size[1] * (per_pixel + CONVERSION_BYTES.get(mode, 0))
+
+
+def _shrink(image: Image.Image, size: int) -> Image.Image:
+    """Right after decoding, shrink by a whole factor (a cheap box filter) so that every later step works on
+    a small image; the full-size pixels are released as soon as this returns."""
+    factor = min(image.size) // (REDUCED_SIDE_FACTOR * size)
+    if factor < 2:
+        return image
+    if image.mode in CONVERSION_BYTES:
+        image = _to_rgb(image)
+    return image.reduce(factor)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -79,12 +158,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _check_size(image: Image.Image, max_pixels: int, min_side: int) -> None:
+def _check_size(image: Image.Image, limits: ImageLimits) -> None:
     width, height = image.size
-    if width * height > max_pixels:
-        raise InvalidImage(f"The image is {width}×{height} pixels, over the limit of {max_pixels:,} pixels.")
-    if min(width, height) < min_side:
-        raise InvalidImage(f"The image is {width}×{height} pixels; each side must be at least {min_side} pixels.")
+    if width * height > limits.max_pixels:
+        raise InvalidImage(f"The image is {width}×{height} pixels, over the limit of {limits.max_pixels:,} pixels.")
+    if min(width, height) < limits.min_side:
+        raise InvalidImage(f"The image is {width}×{height} pixels; each side must be at least {limits.min_side} "
+                           "pixels.")
 
 
 def _image_from_array(array: np.ndarray) -> Image.Image:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hmac
 import os
 import logging
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,9 @@ import numpy as np
 from .backbone import BackboneUnavailable, limit_threads
 from .classifier import Classifier, ModelLoadError, Prediction
 from .config import Settings
-from .data import IMAGE_SUFFIXES, Dataset, deduplicate, load_folder, load_hf_dataset, split_examples
+from .data import IMAGE_SUFFIXES, Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
 from .evaluation import compute_metrics
+from .gate import promotion_gate
 from .hub import HubError, open_hub
 from .images import content_hash, read_bytes
 from .monitoring import LoggedPrediction, PredictionLog
@@ -32,6 +35,10 @@ RETRAIN_BATCH_SIZE = 4
 
 class ServiceError(ValueError):
     """Something the user asked that cannot be done; the message says what to do instead."""
+
+
+class NotAllowed(ServiceError):
+    """A mutating action without the admin token (or with a wrong one)."""
 
 
 @dataclasses.dataclass
@@ -62,15 +69,22 @@ class Service:
         limit_threads(settings.serving_threads)
         self.settings = settings
         self.training_config = training_config
+        self.limits = settings.image_limits()
         self.hub = open_hub(settings)
         self.log = PredictionLog(settings.data_dir / "predictions.sqlite")
-        self.uploads = UploadStore(settings.data_dir / "uploads", settings.max_pixels)
+        self.uploads = UploadStore(settings.data_dir / "uploads", self.limits)
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
         self.classifier: Classifier | None = None
         self.load_error: str | None = None
         self.retrain_state = RetrainState()
         self._retrain_lock = threading.Lock()
+        # Every change of production (the hub's alias, loading, the swap) happens under this one lock, so the
+        # alias and the model being served never disagree, whoever promotes, rolls back or follows a replica.
+        self._production_lock = threading.RLock()
+        if not settings.admin_token and not settings.on_loopback:
+            logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
+                           "promotion and rollback are refused until it is set.", settings.server_name)
         self.reload()
         if settings.reload_seconds > 0:
             threading.Thread(target=self._follow_production, name="follow-production", daemon=True).start()
@@ -78,36 +92,43 @@ class Service:
     # Serving
 
     def _load_ready(self, revision: str) -> Classifier:
-        classifier = self.hub.load(revision, self.settings)
+        classifier = self.hub.load(revision, self.settings, self.limits)
         # The first call traces the compiled function (about a second): pay it here, not in a request.
         size = classifier.spec.image_size
         classifier.predict_arrays(np.zeros((1, size, size, 3), np.uint8))
         return classifier
 
+    def _swap(self, classifier: Classifier) -> None:
+        """One assignment, so predictions in flight finish on the old model; its batcher thread then ends."""
+        old, self.classifier, self.load_error = self.classifier, classifier, None
+        if old is not None and old is not classifier and hasattr(old, "close"):
+            old.close()
+
     def reload(self) -> None:
-        """Load production; the swap is one assignment, so predictions in flight finish on the old model."""
+        """Load production and serve it."""
         if self.settings.noop_model:
             self.classifier = ConstantModel()
             return
-        try:
-            self.classifier = self._load_ready("production")
-            self.load_error = None
-        except LOAD_ERRORS as error:
-            self.load_error = str(error)
+        with self._production_lock:
+            try:
+                self._swap(self._load_ready("production"))
+            except LOAD_ERRORS as error:
+                self.load_error = str(error)
 
     def _follow_production(self) -> None:
         """Replicas behind a load balancer share one hub: each one swaps models when the alias moves."""
         while True:
             time.sleep(self.settings.reload_seconds)
-            try:
-                production = self.hub.production()
-            except Exception as error:  # A hub that is down for a moment must not stop the replica.
-                logger.warning("cannot read the production alias: %s", error)
-                continue
-            serving = self.classifier.version if self.classifier else None
-            if production != serving:
-                logger.info("production moved from %s to %s; reloading", serving, production)
-                self.reload()
+            with self._production_lock:
+                try:
+                    production = self.hub.production()
+                except Exception as error:  # A hub that is down for a moment must not stop the replica.
+                    logger.warning("cannot read the production alias: %s", error)
+                    continue
+                serving = self.classifier.version if self.classifier else None
+                if production is not None and production != serving:
+                    logger.info("production moved from %s to %s; reloading", serving, production)
+                    self.reload()
 
     def _serving(self) -> Classifier:
         classifier = self.classifier
@@ -141,6 +162,22 @@ class Service:
                          "confidence": round(prediction.confidence, 4), "flags": ", ".join(prediction.flags)})
         return rows
 
+    def save_batch_csv(self, rows: list[dict]) -> Path:
+        """The batch's rows as a CSV file to download. Files older than CATDOG_FILE_CACHE_MINUTES are removed
+        here, so the folder never grows without bound."""
+        folder = self.settings.data_dir / "batch-results"
+        folder.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - self.settings.file_cache_minutes * 60
+        for old in folder.glob("*.csv"):
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        path = folder / f"predictions-{uuid.uuid4().hex[:12]}.csv"
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["file"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
     # Data and training
 
     def _check_count(self, paths: list) -> None:
@@ -149,17 +186,46 @@ class Service:
                                "(CATDOG_MAX_FILES). Send them in smaller groups.")
 
     def check_token(self, token: str | None) -> None:
+        """Mutating actions need the admin token; without one configured, only on a server that listens on
+        loopback (nobody else can reach it)."""
         expected = self.settings.admin_token
-        if expected and not hmac.compare_digest((token or "").encode(), expected.encode()):
-            raise ServiceError("This action needs the admin token (CATDOG_ADMIN_TOKEN); the token given is missing "
-                               "or wrong.")
+        if not expected:
+            if self.settings.on_loopback:
+                return
+            raise NotAllowed(f"This server listens on {self.settings.server_name}, so changing data or models "
+                             "needs an admin token: set CATDOG_ADMIN_TOKEN and restart the app.")
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise NotAllowed("This action needs the admin token (CATDOG_ADMIN_TOKEN); the token given is missing "
+                             "or wrong.")
 
     def upload(self, label: str, paths: list[str]) -> list[dict]:
         if not paths:
             raise ServiceError("No files were uploaded: choose one or more images or a zip archive.")
         self._check_count(paths)
         files = [(Path(path).name, Path(path).read_bytes()) for path in paths]
-        return [dataclasses.asdict(result) for result in self.uploads.add(label, files)]
+        return [dataclasses.asdict(result) for result in self.uploads.add(label, files, self._doubt_labels)]
+
+    def _doubt_labels(self, label: str, images: list[bytes]) -> list[str | None]:
+        """Why production doubts each image's label, or None: an image it confidently calls the other class
+        is held back until an admin confirms it (mislabelled uploads must not train the next version)."""
+        classifier = self.classifier
+        if not isinstance(classifier, Classifier):
+            return [None] * len(images)
+        doubts = []
+        for image, prediction in zip(images, classifier.predict(images)):
+            if prediction.label != label and prediction.confidence >= self.settings.suspect_confidence:
+                doubts.append(f"production ({prediction.version}) says {prediction.label} with "
+                              f"{prediction.confidence:.0%} confidence; kept out of training until an admin "
+                              "confirms the suspect images")
+            else:
+                doubts.append(None)
+        return doubts
+
+    def review_suspects(self, confirm: bool) -> str:
+        count = self.uploads.review_suspects(confirm)
+        if not count:
+            return "There are no suspect images."
+        return f"{count} suspect images {'confirmed: they join training' if confirm else 'discarded'}."
 
     def _upload_sync(self):
         """A Space's disk is wiped on restart: accepted uploads are also committed, in batches, to a Hub
@@ -185,19 +251,34 @@ class Service:
             return Dataset([])
         return load_hf_dataset(str(folder))
 
+    def _base_examples(self) -> list[Example]:
+        base = self.settings.base_data_dir
+        return load_folder(base).examples if base and base.is_dir() else []
+
+    def trusted_examples(self) -> list[Example]:
+        """The fixed held-out photos the gate judges on: CATDOG_TRUSTED_DATA_DIR, else the base data's test
+        split; never uploads."""
+        trusted = self.settings.trusted_data_dir
+        if trusted and trusted.is_dir():
+            return load_folder(trusted).examples
+        config = self.training_config
+        return split_examples(self._base_examples(), config.seed, config.validation_fraction,
+                              config.test_fraction).test
+
     def training_dataset(self) -> Dataset:
-        examples = list(self.uploads.dataset().examples)
+        """Base data and confirmed uploads, less the trusted photos (a candidate never trains on its judge)."""
+        examples = self._base_examples() + list(self.uploads.dataset().examples)
         if self.settings.hub_dataset:
             examples += self.hub_uploads().examples
-        if self.settings.base_data_dir and self.settings.base_data_dir.is_dir():
-            examples = load_folder(self.settings.base_data_dir).examples + examples
-        return deduplicate(examples)
+        trusted = {example.sha256 for example in self.trusted_examples()}
+        return deduplicate([example for example in examples if example.sha256 not in trusted])
 
     def dataset_stats(self) -> dict:
         base = (load_folder(self.settings.base_data_dir).counts()
                 if self.settings.base_data_dir and self.settings.base_data_dir.is_dir() else {"cat": 0, "dog": 0})
         uploads = self.uploads.counts()
-        return {"base": base, "uploads": uploads, "total": {label: base[label] + uploads[label] for label in base}}
+        return {"base": base, "uploads": uploads, "suspect": self.uploads.suspect_counts(),
+                "total": {label: base[label] + uploads[label] for label in base}}
 
     def start_retrain(self) -> str:
         if not self._retrain_lock.acquire(blocking=False):
@@ -224,10 +305,12 @@ class Service:
             version = publish(trained, self.hub, self.settings.model_name)
             state.log.append(f"Published {version}.")
             state.stage = "comparing"
-            comparison = self.compare(version, dataset)
+            comparison = self.compare(version, self.trusted_examples())
             promoted = self.settings.auto_promote and comparison["gate_passed"]
             if promoted:
                 self.promote(version)
+            elif comparison["gate_passed"]:
+                comparison["reason"] += " (CATDOG_AUTO_PROMOTE is off: promote it by hand)"
             state.log.append(f"{version} {'promoted' if promoted else 'not promoted'}: {comparison['reason']}")
             state.result = {"version": version, "promoted": promoted, **comparison}
             state.stage = "done"
@@ -240,24 +323,25 @@ class Service:
             state.running = False
             self._retrain_lock.release()
 
-    def compare(self, candidate: str, dataset: Dataset) -> dict:
-        """Candidate and production on the same held-out photos: the candidate's test split."""
-        data = self.hub.metrics(candidate)["data"]
-        held_out = split_examples(dataset.examples, data["split_seed"], data["validation_fraction"],
-                                  data["test_fraction"]).test
-        results = {"candidate": self._evaluate(candidate, held_out)}
+    def compare(self, candidate: str, trusted: list[Example]) -> dict:
+        """Candidate and production on the same trusted held-out photos, and the gate's decision."""
         production = self.hub.production()
-        if production is None or production == candidate:
-            return {**results, "production": None, "gate_passed": True, "reason": "there is no production model"}
-        results["production"] = self._evaluate(production, held_out)
-        margin = results["candidate"]["accuracy"] - results["production"]["accuracy"]
-        passed = margin >= -self.settings.promotion_tolerance
-        reason = (f"accuracy {results['candidate']['accuracy']:.4f} vs production {production} "
-                  f"{results['production']['accuracy']:.4f} on {len(held_out)} held-out images")
-        return {**results, "production_version": production, "gate_passed": passed, "reason": reason}
+        if production == candidate:
+            production = None
+        results = {"candidate": None, "production": None, "production_version": production}
+        if trusted:
+            results["candidate"] = self._evaluate(candidate, trusted)
+            if production:
+                results["production"] = self._evaluate(production, trusted)
+        decision = promotion_gate(
+            results["candidate"]["accuracy"] if results["candidate"] else None,
+            results["production"]["accuracy"] if results["production"] else None,
+            len(trusted), self.settings.gate_min_images, self.settings.promotion_tolerance,
+            self.settings.gate_min_accuracy)
+        return {**results, "gate_passed": decision.passed, "reason": decision.reason}
 
     def _evaluate(self, version: str, examples) -> dict:
-        classifier = self.hub.load(version, self.settings)
+        classifier = self.hub.load(version, self.settings, self.limits)
         embeddings, kept, _ = embed_examples(classifier.backbone, examples, embedding_cache(self.settings),
                                              classifier.views())
         return {"version": version, **compute_metrics([example.label for example in kept],
@@ -267,19 +351,34 @@ class Service:
 
     def promote(self, version: str) -> str:
         """Serve version; it is loaded first, so a version that cannot load never becomes production."""
-        version = self.hub.resolve(version)
-        try:
-            classifier = self._load_ready(version)
-        except LOAD_ERRORS as error:
-            raise ServiceError(f"{version} cannot be promoted: {error}") from None
-        self.hub.promote(version)
-        self.classifier, self.load_error = classifier, None
+        if not isinstance(version, str) or not version.strip():
+            raise ServiceError("Say which version to promote, for example v3 (see the versions table).")
+        with self._production_lock:
+            version = self.hub.resolve(version.strip())
+            classifier = self._loaded_or_refused(version, "promoted")
+            self.hub.promote(version)
+            self._swap(classifier)
         return version
 
     def rollback(self) -> str:
-        version = self.hub.rollback()
-        self.reload()
+        """Serve the version production replaced; like promote, it is loaded first."""
+        with self._production_lock:
+            previous = self.hub.refs()["previous"]
+            if not previous:
+                raise ServiceError("There is no earlier production version to roll back to.")
+            classifier = self._loaded_or_refused(previous[-1], "rolled back to")
+            version = self.hub.rollback()
+            if version == classifier.version:
+                self._swap(classifier)
+            else:  # another process moved the alias in between: serve what the hub now says
+                self.reload()
         return version
+
+    def _loaded_or_refused(self, version: str, action: str) -> Classifier:
+        try:
+            return self._load_ready(version)
+        except LOAD_ERRORS as error:
+            raise ServiceError(f"{version} cannot be {action}: {error}") from None
 
     def versions(self) -> list[dict]:
         return [{"version": row["version"], "production": row["production"], "created_at": row["created_at"],
@@ -307,8 +406,8 @@ class Service:
         result = self.retrain_state.result
         if not result:
             return []
-        production = result.get("production") or {}
-        return [{"metric": name, "candidate": result["candidate"].get(name), "production": production.get(name)}
+        candidate, production = result.get("candidate") or {}, result.get("production") or {}
+        return [{"metric": name, "candidate": candidate.get(name), "production": production.get(name)}
                 for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "n_images")]
 
     def example_images(self, per_class: int = 2) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, get_backbone
 from .card import render_model_card
-from .classifier import Classifier, HeadConfig, build_head
+from .classifier import Classifier, HeadConfig, build_head, seal_version_files
 from .config import Settings
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
@@ -56,6 +56,7 @@ class TrainedModel:
     history: dict
     test_labels: list[str]
     test_p_dog: np.ndarray
+    fitted_sha256: list[str]  # the images the head was fitted on: the training split only
 
 
 def embedding_cache(settings: Settings) -> EmbeddingCache:
@@ -92,14 +93,15 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     embedding_seconds = time.perf_counter() - started
     position = {example.sha256: index for index, example in enumerate(kept)}
 
-    def gather(examples: list[Example]) -> tuple[dict[str, np.ndarray], list[str]]:
+    def gather(examples: list[Example]) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
         present = [example for example in examples if example.sha256 in position]
         rows = [position[example.sha256] for example in present]
-        return {view: array[rows] for view, array in arrays.items()}, [example.label for example in present]
+        return ({view: array[rows] for view, array in arrays.items()}, [example.label for example in present],
+                [example.sha256 for example in present])
 
-    train_views, train_labels = gather(splits.train)
-    validation_views, validation_labels = gather(splits.validation)
-    test_views, test_labels = gather(splits.test)
+    train_views, train_labels, fitted_sha256 = gather(splits.train)
+    validation_views, validation_labels, _ = gather(splits.validation)
+    test_views, test_labels, _ = gather(splits.test)
     train_y = np.array([LABELS.index(label) for label in train_labels])
     train_x = train_views["original"]
     if config.augment:
@@ -126,7 +128,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     fit_seconds = time.perf_counter() - fit_started
 
     classifier = Classifier(backbone, head, head_config, tta=config.tta == "on",
-                            low_confidence=settings.low_confidence, max_pixels=settings.max_pixels)
+                            low_confidence=settings.low_confidence, limits=settings.image_limits())
     if config.tta == "auto":
         # Averaging with the mirror image is kept only if it lowers the validation log loss.
         plain = classifier.p_dog_from_embeddings(validation_views, tta=False)
@@ -164,7 +166,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         },
         "command": command,
     }
-    return TrainedModel(classifier, metrics, history, test_labels, test_p_dog)
+    return TrainedModel(classifier, metrics, history, test_labels, test_p_dog, fitted_sha256)
 
 
 def _class_weight(labels: np.ndarray) -> dict[int, float] | None:
@@ -183,6 +185,7 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str) -> str:
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")
+        seal_version_files(folder)
         config = json.loads((folder / "config.json").read_text())
         version = hub.push(folder, write_card=lambda version: render_model_card(model_name, version, config,
                                                                                   trained.metrics))

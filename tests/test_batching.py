@@ -48,3 +48,12 @@ def test_a_failing_batch_fails_only_its_own_requests():
     with pytest.raises(ValueError, match="model broke"):
         batcher.submit(np.full((2, 2, 3), 255, np.uint8))
     assert batcher.submit(np.zeros((2, 2, 3), np.uint8)) == "ok"
+
+
+def test_a_closed_batcher_ends_its_thread_and_still_answers_late_requests():
+    batcher = MicroBatcher(lambda images: [int(image[0, 0, 0]) for image in images])
+    assert batcher.submit(np.full((2, 2, 3), 3, np.uint8)) == 3
+    batcher.close()
+    batcher._thread.join(timeout=5)
+    assert not batcher._thread.is_alive()
+    assert batcher.submit(np.full((2, 2, 3), 7, np.uint8)) == 7

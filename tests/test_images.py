@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
-from catdog_model.images import InvalidImage, load_image
+from catdog_model.images import ImageLimits, InvalidImage, MemoryBudget, load_image
 
 
 def encode(image: Image.Image, format: str, **options) -> bytes:
@@ -61,7 +64,7 @@ def test_decompression_bomb_is_rejected_before_decoding():
 def test_pixel_limit_is_configurable():
     data = encode(half_red_half_blue(200, 100), "PNG")
     with pytest.raises(InvalidImage, match="200×100 pixels, over the limit of 10,000"):
-        load_image(data, max_pixels=10_000)
+        load_image(data, limits=ImageLimits(max_pixels=10_000))
 
 
 @pytest.mark.parametrize("size", [(1, 1), (15, 200)])
@@ -166,6 +169,51 @@ def test_corrupted_real_jpegs_give_an_image_or_invalid_image(garbage, position):
     position = position % len(data)
     data[position:position + len(garbage)] = garbage
     try:
-        load_image(bytes(data), size=32)
-    except InvalidImage:
-        pass
+        result = load_image(bytes(data), size=32)
+    except InvalidImage as error:
+        assert str(error)
+    else:
+        assert result.shape == (32, 32, 3) and result.dtype == np.uint8
+
+
+def test_the_minimum_side_is_configurable():
+    data = encode(half_red_half_blue(50, 50), "PNG")
+    assert load_image(data).shape == (50, 50, 3)
+    with pytest.raises(InvalidImage, match="each side must be at least 100 pixels"):
+        load_image(data, limits=ImageLimits(min_side=100))
+
+
+def test_the_decoding_budget_counts_channels_not_just_pixels():
+    limits = ImageLimits(decode_bytes=10 * 2**20)
+    gray = encode(Image.new("L", (2000, 2000), 90), "PNG")  # 4 MB decoded
+    transparent = encode(Image.new("RGBA", (2000, 2000), (9, 9, 9, 9)), "PNG")  # 16 MB decoded
+    assert load_image(gray, size=64, limits=limits).shape == (64, 64, 3)
+    with pytest.raises(InvalidImage, match="would take 15 MB; the limit is 10 MB"):
+        load_image(transparent, size=64, limits=limits)
+
+
+def test_concurrent_large_decodes_share_one_memory_budget():
+    class RecordingBudget(MemoryBudget):
+        peak = 0
+
+        @contextlib.contextmanager
+        def reserve(self, amount):
+            with super().reserve(amount):
+                RecordingBudget.peak = max(RecordingBudget.peak, self.in_use)
+                time.sleep(0.05)
+                yield
+
+    data = encode(Image.new("RGBA", (1500, 1500), (200, 10, 10, 255)), "PNG")  # 9 MB decoded each
+    limits = ImageLimits(decode_bytes=20 * 2**20, budget=RecordingBudget(20 * 2**20))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: load_image(data, size=32, limits=limits), range(8)))
+    assert all(result[0, 0].tolist() == [200, 10, 10] for result in results)
+    assert 0 < RecordingBudget.peak <= 20 * 2**20  # two at a time, never eight
+    assert limits.budget.in_use == 0
+
+
+def test_a_large_transparent_png_is_shrunk_right_after_decoding():
+    image = Image.new("RGBA", (4000, 3000), (0, 0, 255, 255))
+    image.paste((255, 0, 0, 255), (0, 0, 2000, 3000))
+    result = load_image(encode(image, "PNG"), size=64)
+    assert result.shape == (64, 64, 3) and result[32, 5].tolist() == [255, 0, 0] and result[32, 60].tolist() == [0, 0, 255]

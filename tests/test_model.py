@@ -135,3 +135,33 @@ def test_the_shipped_production_model_is_right_on_photos_it_never_saw(settings):
     accuracy = np.mean([p.label == example.label for p, example in zip(predictions, sample)])
     assert accuracy >= 0.94
     assert metrics["test"]["accuracy"] >= 0.98 and metrics["test"]["n_images"] == len(test_split)
+
+
+def test_the_head_is_fitted_on_the_training_split_only(small_trained):
+    settings, dataset, trained, hub = small_trained
+    splits = split_examples(dataset.examples, SMALL.seed, SMALL.validation_fraction, SMALL.test_fraction)
+    held_out = {example.sha256 for example in splits.validation + splits.test}
+    assert sorted(trained.fitted_sha256) == sorted(example.sha256 for example in splits.train)
+    assert held_out and not held_out & set(trained.fitted_sha256)
+
+
+def test_a_version_with_any_file_changed_is_refused(small_trained, tmp_path):
+    import json
+    import shutil
+
+    from catdog_model.classifier import Classifier, ModelLoadError
+
+    settings, _, _, hub = small_trained
+    original = hub.download("v1")
+    listed = json.loads((original / "config.json").read_text())["files"]
+    assert {"head.weights.h5", "novelty.npz", "metrics.json", "history.json", "confusion_matrix.png"} <= set(listed)
+    for name in [*listed, "config.json"]:
+        copy = tmp_path / name
+        shutil.copytree(original, copy)
+        (copy / name).chmod(0o644)
+        if name == "config.json":  # the file that holds the hashes: changing one of them is caught too
+            (copy / name).write_text((copy / name).read_text().replace(listed["novelty.npz"], "0" * 64))
+        else:
+            (copy / name).write_bytes((copy / name).read_bytes() + b" ")
+        with pytest.raises(ModelLoadError, match="does not match the sha256"):
+            Classifier.load(copy, settings.weights_dir)

@@ -55,7 +55,7 @@ def test_a_failing_log_write_is_reported_and_the_writer_carries_on(tmp_path, cap
 
 
 def test_uploads_are_validated_deduplicated_and_named_by_content(tmp_path):
-    store = UploadStore(tmp_path / "uploads", max_pixels=10_000_000)
+    store = UploadStore(tmp_path / "uploads")
     results = store.add("Cats", [("../../etc/evil.jpg", jpeg(1)), ("same.jpg", jpeg(1)), ("empty.jpg", b""),
                                  ("notes.jpg", b"hello")])
     assert [result.status for result in results] == ["added", "duplicate", "rejected", "rejected"]
@@ -68,7 +68,7 @@ def test_uploads_are_validated_deduplicated_and_named_by_content(tmp_path):
 
 
 def test_zip_archives_with_nested_folders_and_refused_bombs(tmp_path):
-    store = UploadStore(tmp_path / "uploads", max_pixels=10_000_000)
+    store = UploadStore(tmp_path / "uploads")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as writer:
         writer.writestr("a/b/one.jpg", jpeg(2))

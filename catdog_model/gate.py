@@ -1,0 +1,35 @@
+"""The promotion gate: may a retrained version replace production without a person deciding?
+
+Both versions are judged on a trusted, fixed set of held-out photos (never on the uploads a candidate was
+trained from, which a user could have labelled wrongly on purpose)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+def promotion_gate(candidate_accuracy: float | None, production_accuracy: float | None, trusted_images: int,
+                   min_images: int, tolerance: float, min_accuracy: float) -> GateDecision:
+    """Pass when the candidate is at least as accurate as production (less tolerance) on at least min_images
+    trusted photos, and at least min_accuracy (so that a first model trained on poisoned uploads, with no
+    production to compare against, never goes live by itself). candidate_accuracy is None when there is no
+    trusted set; production_accuracy is None when there is no production version."""
+    if candidate_accuracy is None or trusted_images < min_images:
+        return GateDecision(False, f"not promoted automatically: the trusted held-out set has {trusted_images} "
+                                   f"images and at least {min_images} are needed (CATDOG_BASE_DATA_DIR or "
+                                   "CATDOG_TRUSTED_DATA_DIR); check the candidate and promote it by hand")
+    judged = f"on {trusted_images} trusted held-out images"
+    if candidate_accuracy < min_accuracy:
+        return GateDecision(False, f"accuracy {candidate_accuracy:.4f} {judged} is under the minimum of "
+                                   f"{min_accuracy:.4f} (CATDOG_GATE_MIN_ACCURACY)")
+    if production_accuracy is None:
+        return GateDecision(True, f"accuracy {candidate_accuracy:.4f} {judged}; there is no production model")
+    passed = candidate_accuracy >= production_accuracy - tolerance
+    verdict = "at least" if passed else "below"
+    return GateDecision(passed, f"accuracy {candidate_accuracy:.4f} vs production {production_accuracy:.4f} {judged}: "
+                                f"{verdict} production's less the tolerance of {tolerance:.4f}")

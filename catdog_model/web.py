@@ -1,0 +1,125 @@
+"""What the web layer enforces around Gradio: file inputs must be files this app received through its upload
+route, and every refusal reaches the user as catdog's own sentence (logged as one line, no traceback)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import re
+import stat
+
+from .hub import HubError
+
+logger = logging.getLogger(__name__)
+
+UPLOADED_FILES_ONLY = ("Only files uploaded to this app can be used as input: upload the file first (gradio_client's "
+                       "handle_file, or POST /gradio_api/upload) and send the path that the upload returns.")
+GRADIO_API = "/gradio_api/"
+UPLOAD_ROUTE = "/gradio_api/upload"
+# An absolute path in a message tells a caller how the server's disk is laid out: only its last part is kept.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"()]+/)+([^\s/'\"()]*)")
+
+
+def public_message(text: str) -> str:
+    """The message as a user may see it: absolute paths reduced to their last part."""
+    return ABSOLUTE_PATH.sub(r"\1", str(text))
+
+
+def is_uploaded_file(path, upload_folder: str) -> bool:
+    """True for a regular file inside the upload folder, after symlinks and `..` are resolved."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        return False
+    root = os.path.realpath(upload_folder)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, root]) != root or real == root:
+        return False
+    try:
+        return stat.S_ISREG(os.stat(real).st_mode)  # not a FIFO, a device or a folder
+    except OSError:
+        return False
+
+
+def file_paths(value) -> list:
+    """Every "path" of every file object in a request's JSON, however deeply nested."""
+    if isinstance(value, dict):
+        found = [value["path"]] if "path" in value else []
+        return found + [path for item in value.values() for path in file_paths(item)]
+    if isinstance(value, list):
+        return [path for item in value for path in file_paths(item)]
+    return []
+
+
+class UploadedFilesOnly:
+    """ASGI middleware: a call whose inputs name a file that was not uploaded is refused before Gradio reads,
+    hashes or copies anything (Gradio 6 skips its own check in apps mounted with mount_gradio_app)."""
+
+    def __init__(self, app, upload_folder=None):
+        from gradio.utils import get_upload_folder
+
+        self.app = app
+        self.upload_folder = upload_folder or get_upload_folder
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or GRADIO_API not in path or path.endswith(
+                UPLOAD_ROUTE):
+            return await self.app(scope, receive, send)
+        messages, body = [], b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        try:
+            paths = file_paths(json.loads(body)) if body else []
+        except ValueError:
+            paths = []  # not JSON: Gradio refuses it itself
+        upload_folder = self.upload_folder()
+        if not all(is_uploaded_file(candidate, upload_folder) for candidate in paths):
+            logger.warning("refused a request to %s naming a file that was not uploaded", path)
+            await _send_json(send, 400, {"error": UPLOADED_FILES_ONLY})
+            return
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, content: dict) -> None:
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, HubError)):
+    """Mistakes a user can fix reach them as a gr.Error sentence, logged as one line, not a stack trace.
+    Works for plain functions and for generators (events that stream progress)."""
+    import gradio as gr
+
+    def refusal(error: Exception) -> Exception:
+        message = public_message(error)
+        logger.info("refused %s: %s", function.__name__, message)
+        return gr.Error(message, print_exception=False)
+
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def stream(*arguments, **keywords):
+            try:
+                yield from function(*arguments, **keywords)
+            except expected as error:
+                raise refusal(error) from None
+        return stream
+
+    @functools.wraps(function)
+    def call(*arguments, **keywords):
+        try:
+            return function(*arguments, **keywords)
+        except expected as error:
+            raise refusal(error) from None
+    return call
