@@ -88,7 +88,7 @@ def build_demo(service: Service) -> gr.Blocks:
     @user_errors
     def promote(version: str, token: str) -> str:
         service.check_token(token)
-        return f"Production is now {service.promote(version.strip())}."
+        return f"Production is now {service.promote(version)}."
 
     @user_errors
     def rollback(token: str) -> str:

@@ -21,7 +21,7 @@ from .data import IMAGE_SUFFIXES, Dataset, Example, deduplicate, load_folder, lo
 from .evaluation import compute_metrics
 from .gate import promotion_gate
 from .hub import HubError, open_hub
-from .images import content_hash, read_bytes
+from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .monitoring import LoggedPrediction, PredictionLog
 from .reports import plot_monitoring, plot_versions
 from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
@@ -67,6 +67,7 @@ class Service:
         # On a small machine one inference thread serves more requests: the other cores stay free for the web
         # server's own work (measured in README, "Serving under load").
         limit_threads(settings.serving_threads)
+        return_large_buffers_to_the_system()
         self.settings = settings
         self.training_config = training_config
         self.limits = settings.image_limits()

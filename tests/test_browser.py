@@ -30,6 +30,7 @@ def app_url(tmp_path_factory, small_photo_dir, cache_dir):
     port = free_port()
     env = {**os.environ, "CATDOG_MODELS_DIR": str(root / "models"), "CATDOG_DATA_DIR": str(root / "data"),
            "CATDOG_CACHE_DIR": str(cache_dir), "CATDOG_EXAMPLES_DIR": str(small_photo_dir),
+           "CATDOG_BASE_DATA_DIR": str(small_photo_dir),
            "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1", "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR)}
     env.pop("CATDOG_ADMIN_TOKEN", None)
     process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -92,7 +93,27 @@ def test_retrain_tab_takes_uploaded_images(page, small_photo_dir):
     added = page.get_by_text("added", exact=True).locator("visible=true")
     added.first.wait_for(timeout=60_000)
     assert added.count() == 3
+
+
+def test_retrain_button_follows_progress_to_the_end_and_shows_the_gate(page):
+    page.get_by_role("button", name="Retrain", exact=True).click()
+    # 12 trusted photos (the base data's test split) are too few for automatic promotion: the reason is shown.
+    page.get_by_text("not promoted automatically").first.wait_for(timeout=300_000)
+    page.get_by_text("log_loss", exact=True).locator("visible=true").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Check status").click()
+    page.get_by_text("Published v").first.wait_for(timeout=30_000)
     screenshot(page, "retrain.png")
+
+
+def test_suspect_promote_and_rollback_buttons_answer(page):
+    page.get_by_role("button", name="Confirm suspect images").click()
+    page.get_by_text("There are no suspect images.").first.wait_for(timeout=30_000)
+    shipped = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
+    page.get_by_label("Version to promote (e.g. v3)").fill("v1")
+    page.get_by_role("button", name="Promote").click()
+    page.get_by_text("Production is now v1.").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Roll back").click()
+    page.get_by_text(f"Rolled back: production is now {shipped}.").wait_for(timeout=60_000)
 
 
 def test_metrics_tab_shows_the_plots(page):

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 import threading
+import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.service import Service, ServiceError
 from catdog_model.hub import LocalHub
-from tests.conftest import WEIGHTS_DIR, requires_weights
+from catdog_model.data import load_folder
+from tests.conftest import PHOTOS_DIR, WEIGHTS_DIR, requires_photos, requires_weights
 
 SHIPPED = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
 
 
 def make_settings(root, cache_dir, **changes) -> Settings:
-    return dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
-                               data_dir=root / "data", cache_dir=cache_dir, **changes)
+    return dataclasses.replace(Settings.from_env(), **{"weights_dir": WEIGHTS_DIR, "models_dir": root / "models",
+                                                       "data_dir": root / "data", "cache_dir": cache_dir, **changes})
 
 
 @pytest.fixture
@@ -107,3 +112,154 @@ def test_a_version_that_cannot_load_is_never_promoted(service):
     with pytest.raises(ServiceError, match="v1 cannot be promoted: .*does not match the sha256"):
         service.promote("v1")
     assert service.hub.production() == SHIPPED and service.health()["model_version"] == SHIPPED
+
+
+def wait_for_retraining(service: Service, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while service.retrain_state.running and time.time() < deadline:
+        time.sleep(0.2)
+
+
+@requires_weights
+def test_promote_and_rollback_at_the_same_moment_leave_alias_and_served_model_agreeing(service):
+    for _ in range(5):
+        service.promote("v1")
+        service.rollback()
+        barrier = threading.Barrier(2)
+
+        def act(action):
+            barrier.wait()
+            try:
+                action()
+            except ServiceError:
+                pass  # the loser may find nothing left to roll back to; that is a sentence, not a crash
+
+        threads = [threading.Thread(target=act, args=(lambda: service.promote("v2"),)),
+                   threading.Thread(target=act, args=(service.rollback,))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert service.hub.production() == service.health()["model_version"]
+
+
+@requires_weights
+def test_rollback_refuses_a_version_that_cannot_load(service):
+    service.promote("v1")
+    weights = service.hub.repo / SHIPPED / "head.weights.h5"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
+    with pytest.raises(ServiceError, match=f"{SHIPPED} cannot be rolled back to: .*does not match the sha256"):
+        service.rollback()
+    assert service.hub.production() == "v1" and service.health()["model_version"] == "v1"
+
+
+@requires_weights
+def test_model_swaps_leave_no_threads_behind(service, small_photo_dir):
+    photo = sorted((small_photo_dir / "cats").iterdir())[0].read_bytes()
+    service.predict(photo)
+    threads_before = threading.active_count()
+    for _ in range(10):
+        service.promote("v1")
+        service.predict(photo)
+        service.rollback()
+        service.predict(photo)
+    time.sleep(0.5)
+    assert threading.active_count() <= threads_before
+
+
+@requires_weights
+def test_flags_reach_the_answer_and_the_log(tmp_path, cache_dir, small_photo_dir):
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    photo = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise, "PNG")
+    doubtful = Service(make_settings(tmp_path / "strict", cache_dir, models_dir=tmp_path / "models",
+                                     low_confidence=1.0))
+    assert doubtful.predict(photo)[0].flags == ("low_confidence",)
+    relaxed = Service(make_settings(tmp_path / "relaxed", cache_dir, models_dir=tmp_path / "models",
+                                    low_confidence=0.5))
+    assert relaxed.predict(photo)[0].flags == ()
+    assert "unfamiliar" in relaxed.predict(noise.getvalue())[0].flags
+    for logged in (doubtful, relaxed):
+        logged.log.flush()
+    assert [row.flagged for row in doubtful.log.rows()] == [True]
+    assert [row.flagged for row in relaxed.log.rows()] == [False, True]
+
+
+@requires_weights
+def test_the_minimum_side_applies_to_predictions_and_uploads(tmp_path, cache_dir):
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    small = tmp_path / "small.png"
+    Image.new("RGB", (50, 50), "orange").save(small)
+    strict = Service(make_settings(tmp_path, cache_dir, models_dir=tmp_path / "models", min_side=100))
+    with pytest.raises(ValueError, match="at least 100 pixels"):
+        strict.predict(str(small))
+    assert strict.upload("cat", [str(small)])[0]["status"] == "rejected"
+
+
+@pytest.fixture
+def gated(tmp_path, cache_dir, small_photo_dir):
+    """A service whose base data is the small photo set: its test split (12 photos) is the trusted set."""
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+
+    def make(**changes) -> Service:
+        return Service(make_settings(tmp_path, cache_dir, base_data_dir=small_photo_dir, gate_min_images=10,
+                                     **changes))
+    return make
+
+
+@requires_weights
+def test_the_gate_judges_on_trusted_photos_that_training_never_sees(gated):
+    service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0)
+    trusted = {example.sha256 for example in service.trusted_examples()}
+    assert len(trusted) == 12
+    assert not trusted & {example.sha256 for example in service.training_dataset().examples}
+    service.start_retrain()
+    wait_for_retraining(service)
+    result = service.retrain_state.result
+    assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12
+    assert result["gate_passed"] and result["promoted"]
+    assert service.hub.production() == result["version"] == service.health()["model_version"]
+
+
+@requires_weights
+def test_with_auto_promotion_off_a_passing_candidate_waits(gated):
+    service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
+    service.start_retrain()
+    wait_for_retraining(service)
+    result = service.retrain_state.result
+    assert result["gate_passed"] and not result["promoted"]
+    assert "CATDOG_AUTO_PROMOTE is off" in result["reason"]
+    assert service.hub.production() == SHIPPED
+
+
+@requires_weights
+@requires_photos
+def test_swapped_labels_are_held_as_suspect_and_production_keeps_its_accuracy(tmp_path, cache_dir):
+    """The attack: 25 dog photos uploaded as "cat" and 25 cats as "dog", then retraining, with no base data."""
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    service = Service(make_settings(tmp_path, cache_dir))
+    photos = load_folder(PHOTOS_DIR).examples
+    cats = [example for example in photos if example.label == "cat"]
+    dogs = [example for example in photos if example.label == "dog"]
+    other = cats[100:120] + dogs[100:120]
+
+    def accuracy() -> float:
+        return sum(service.predict(example.data)[0].label == example.label for example in other) / len(other)
+
+    before = accuracy()
+    for claimed, examples in (("cat", dogs[:25]), ("dog", cats[:25])):
+        paths = []
+        for example in examples:
+            path = tmp_path / "attack" / f"{example.sha256}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(example.data)
+            paths.append(str(path))
+        statuses = [row["status"] for row in service.upload(claimed, paths)]
+        assert statuses.count("suspect") >= 23, statuses
+    assert sum(service.dataset_stats()["suspect"].values()) >= 46
+    service.start_retrain()
+    wait_for_retraining(service)
+    assert not (service.retrain_state.result or {}).get("promoted")
+    assert service.hub.production() == SHIPPED and accuracy() == before

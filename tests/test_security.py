@@ -1,0 +1,206 @@
+"""Attacks on the running app, each repeated from an adversarial review: files the client never uploaded,
+refused requests, mutations without the token, and limits that must come from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio.utils import get_upload_folder
+from gradio_client import Client, handle_file
+
+from catdog_model.config import Settings
+from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, public_message
+from tests.conftest import requires_weights
+
+pytestmark = [requires_weights]
+FILE_ENDPOINTS = {"predict": lambda file: [file], "predict_with_details": lambda file: [file],
+                  "predict_batch": lambda file: [[file]],
+                  "upload_training_data": lambda file: ["cat", [file], "s3cret"]}
+
+
+def file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> dict[str, str]:
+    """Paths an attacker might name: system files, a device, and inside the upload folder a symlink out, a
+    FIFO and a `..` escape."""
+    upload_folder = Path(get_upload_folder())
+    upload_folder.mkdir(parents=True, exist_ok=True)
+    trap = upload_folder / f"catdog-test-{os.getpid()}"
+    trap.mkdir(exist_ok=True)
+    (trap / "link.jpg").unlink(missing_ok=True)
+    (trap / "link.jpg").symlink_to("/etc/passwd")
+    (trap / "pipe.jpg").unlink(missing_ok=True)
+    os.mkfifo(trap / "pipe.jpg")
+    yield {"system file": "/etc/passwd", "environment": "/proc/self/environ", "endless device": "/dev/zero",
+           "missing file": "/etc/no-such-file", "symlink out of the upload folder": str(trap / "link.jpg"),
+           "fifo in the upload folder": str(trap / "pipe.jpg"), "dot-dot escape": f"{trap}/../../../etc/passwd",
+           "relative path": "etc/passwd", "the upload folder itself": str(upload_folder)}
+    for name in ("link.jpg", "pipe.jpg"):
+        (trap / name).unlink(missing_ok=True)
+    trap.rmdir()
+
+
+def test_only_regular_files_inside_the_upload_folder_count_as_uploaded(planted, tmp_path):
+    folder = get_upload_folder()
+    for path in planted.values():
+        assert not is_uploaded_file(path, folder), path
+    inside = Path(folder) / "catdog-test-file.jpg"
+    inside.write_bytes(b"x")
+    try:
+        assert is_uploaded_file(str(inside), folder)
+    finally:
+        inside.unlink()
+
+
+@pytest.mark.parametrize("endpoint", sorted(FILE_ENDPOINTS))
+def test_paths_never_uploaded_are_refused_over_http_with_one_sentence(server, planted, endpoint):
+    url, service = server
+    uploads_before = service.uploads.counts()
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for kind, path in planted.items():
+            response = http.post(f"gradio_api/call/{endpoint}", json={"data": FILE_ENDPOINTS[endpoint](file_data(path))})
+            assert response.status_code == 400, (kind, response.text)
+            assert response.json() == {"error": UPLOADED_FILES_ONLY}, kind  # the same words, exists or not
+            # The browser's route is guarded the same way.
+            joined = http.post("gradio_api/queue/join", json={"data": FILE_ENDPOINTS[endpoint](file_data(path)),
+                                                              "fn_index": 0, "session_hash": "attacker"})
+            assert joined.status_code == 400, (kind, joined.text)
+        started = time.perf_counter()
+        assert http.get("health").json()["model_loaded"] is True
+        assert time.perf_counter() - started < 1
+    assert service.uploads.counts() == uploads_before
+
+
+def test_paths_never_uploaded_are_refused_through_gradio_client(server, planted):
+    url, _ = server
+    client = Client(url, verbose=False)
+    for kind, path in planted.items():
+        with pytest.raises(Exception) as raised:
+            client.predict({"path": path}, api_name="/predict")
+        assert "root:" not in str(raised.value) and "s3cret" not in str(raised.value), kind
+
+
+def test_nothing_of_the_servers_disk_reaches_gradios_cache(server, planted):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for path in planted.values():
+            http.post("gradio_api/call/predict", json={"data": [file_data(path)]})
+    secrets = [Path("/etc/passwd").read_bytes()[:64], b"CATDOG_", b"PATH="]
+    for cached in Path(get_upload_folder()).rglob("*"):
+        if cached.is_file() and not cached.is_symlink() and cached.stat().st_size < 10_000_000:
+            content = cached.read_bytes()
+            assert not any(secret in content for secret in secrets), cached
+
+
+def test_a_bad_file_in_the_ui_endpoint_gets_catdogs_sentence(server, tmp_path):
+    url, _ = server
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("minutes of the meeting, not a photo")
+    with pytest.raises(Exception, match="not an image that can be read") as raised:
+        Client(url, verbose=False).predict(handle_file(str(notes)), api_name="/predict_with_details")
+    assert "preprocess" not in str(raised.value) and "/tmp" not in str(raised.value)
+
+
+def test_promote_without_a_version_gets_a_sentence(server):
+    url, _ = server
+    for version in (None, "", "   "):
+        with pytest.raises(Exception, match="Say which version to promote"):
+            Client(url, verbose=False).predict(version, "s3cret", api_name="/promote")
+
+
+MUTATIONS = {"upload_training_data": lambda photo, token: ["cat", [handle_file(str(photo))], token],
+             "retrain": lambda photo, token: [token], "retrain_and_follow": lambda photo, token: [token],
+             "promote": lambda photo, token: ["v1", token], "rollback": lambda photo, token: [token],
+             "confirm_suspects": lambda photo, token: [token], "discard_suspects": lambda photo, token: [token]}
+
+
+@pytest.mark.parametrize("endpoint", sorted(MUTATIONS))
+def test_mutations_without_the_right_token_change_nothing(server, small_photo_dir, endpoint, caplog, capfd):
+    caplog.set_level(logging.INFO, logger="catdog_model.web")
+    url, service = server
+    photo = sorted((small_photo_dir / "cats").iterdir())[5]
+    before = (service.uploads.counts(), service.uploads.suspect_counts(), service.hub.refs(),
+              service.health()["model_version"])
+    client = Client(url, verbose=False)
+    for token in (None, "", "wrong", "s3cret "):
+        with pytest.raises(Exception, match="needs the admin token"):
+            client.predict(*MUTATIONS[endpoint](photo, token), api_name=f"/{endpoint}")
+    after = (service.uploads.counts(), service.uploads.suspect_counts(), service.hub.refs(),
+             service.health()["model_version"])
+    assert after == before
+    assert service.retrain_state.stage == "idle" and not service.retrain_state.running
+    # Each refusal is one line in the server's log, never a traceback.
+    assert "Traceback" not in capfd.readouterr().err
+    assert sum("refused" in record.getMessage() for record in caplog.records) >= 4
+
+
+def test_without_a_token_mutations_are_allowed_only_on_loopback(settings):
+    from catdog_model.service import NotAllowed, Service
+
+    Service(dataclasses.replace(settings, admin_token=None, server_name="127.0.0.1")).check_token(None)
+    exposed = Service(dataclasses.replace(settings, admin_token=None, server_name="0.0.0.0"))
+    with pytest.raises(NotAllowed, match="set CATDOG_ADMIN_TOKEN"):
+        exposed.check_token(None)
+    with pytest.raises(NotAllowed, match="set CATDOG_ADMIN_TOKEN"):
+        exposed.check_token("anything")
+
+
+def test_messages_never_show_absolute_paths():
+    assert public_message("No file at /srv/catdog/data/uploads/cat/x.jpg.") == "No file at x.jpg."
+    assert public_message("weights not in CATDOG_WEIGHTS_DIR (/work/shared/weights)") == \
+        "weights not in CATDOG_WEIGHTS_DIR (weights)"
+    assert public_message("use https://huggingface.co/a/b and 3/4") == "use https://huggingface.co/a/b and 3/4"
+
+
+LIMITS_FROM_ENVIRONMENT = {"CATDOG_MAX_PIXELS": ("max_pixels", "1234567"), "CATDOG_MAX_FILES": ("max_files", "7"),
+                           "CATDOG_MIN_SIDE": ("min_side", "33"), "CATDOG_MAX_UPLOAD_MB": ("max_upload_mb", "3"),
+                           "CATDOG_DECODE_MEMORY_MB": ("decode_memory_mb", "77"),
+                           "CATDOG_LOW_CONFIDENCE": ("low_confidence", "0.66"),
+                           "CATDOG_SUSPECT_CONFIDENCE": ("suspect_confidence", "0.77"),
+                           "CATDOG_GATE_MIN_IMAGES": ("gate_min_images", "55"),
+                           "CATDOG_GATE_MIN_ACCURACY": ("gate_min_accuracy", "0.88"),
+                           "CATDOG_PROMOTION_TOLERANCE": ("promotion_tolerance", "0.02"),
+                           "CATDOG_AUTO_PROMOTE": ("auto_promote", "0"),
+                           "CATDOG_FILE_CACHE_MINUTES": ("file_cache_minutes", "9")}
+
+
+def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, settings):
+    from catdog_model.service import Service
+
+    for name, (_, value) in LIMITS_FROM_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    from_env = Settings.from_env()
+    for name, (field, value) in LIMITS_FROM_ENVIRONMENT.items():
+        expected = False if field == "auto_promote" else type(getattr(from_env, field))(value)
+        assert getattr(from_env, field) == expected, name
+    service = Service(dataclasses.replace(from_env, weights_dir=settings.weights_dir, models_dir=settings.models_dir,
+                                          data_dir=settings.data_dir, cache_dir=settings.cache_dir))
+    assert (service.limits.max_pixels, service.limits.min_side, service.limits.decode_bytes) == (
+        1234567, 33, 77 * 2**20)
+    assert service.uploads.limits is service.limits
+    with pytest.raises(ValueError, match="8 files in one request; the limit is 7"):
+        service.upload("cat", ["a.jpg"] * 8)
+
+
+def test_the_upload_size_limit_reaches_gradio(settings):
+    from app import build_app
+    from catdog_model.service import Service
+    from tests.conftest import serve_in_thread
+
+    url, stop = serve_in_thread(build_app(Service(dataclasses.replace(settings, max_upload_mb=1))))
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            small = http.post("/gradio_api/upload", files={"files": ("small.jpg", b"x" * 500_000)})
+            large = http.post("/gradio_api/upload", files={"files": ("large.jpg", b"x" * 1_500_000)})
+        assert small.status_code == 200 and large.status_code == 413
+    finally:
+        stop()
