@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from catdog_model.config import Settings
 from catdog_model.service import Service
-from catdog_model.web import UploadedFilesOnly, public_message, user_errors
+from catdog_model.web import UploadedFilesOnly, input_paths, public_message, user_errors
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
@@ -24,31 +24,31 @@ SESSION_CAPACITY = 256
 
 
 def build_demo(service: Service) -> gr.Blocks:
+    # File inputs arrive unprocessed (preprocess=False, see input_paths): catdog's decoder, with its limits
+    # and memory budget, is the only one that ever reads them.
     @user_errors
-    def predict(image: str | None) -> dict:
-        if not image:
+    def predict(image: dict | None) -> dict:
+        if not input_paths(image):
             raise ValueError(NO_IMAGE)
-        return service.predict(image, origin="api")[0].as_label_dict()
+        return service.predict(input_paths(image)[0], origin="api")[0].as_label_dict()
 
     @user_errors
     def predict_with_details(image: dict | None):
-        # The photo arrives unprocessed (preprocess=False): catdog's decoder, with its memory budget, is the
-        # only one that ever reads it.
-        if not image or not image.get("path"):
+        if not input_paths(image):
             raise ValueError(NO_IMAGE)
-        prediction, latency_ms = service.predict(image["path"], origin="ui")
+        prediction, latency_ms = service.predict(input_paths(image)[0], origin="ui")
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
     @user_errors
-    def predict_batch(files: list[str] | None):
-        rows = service.predict_batch(files or [], origin="api")
+    def predict_batch(files: list[dict] | None):
+        rows = service.predict_batch(input_paths(files), origin="api")
         return pd.DataFrame(rows, columns=BATCH_COLUMNS), str(service.save_batch_csv(rows))
 
     @user_errors
-    def upload_training_data(label: str, files: list[str] | None, token: str):
+    def upload_training_data(label: str, files: list[dict] | None, token: str):
         service.check_token(token)
-        results = service.upload(label, files or [])
+        results = service.upload(label, input_paths(files))
         return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats()
 
     @user_errors
@@ -125,14 +125,15 @@ def build_demo(service: Service) -> gr.Blocks:
             # The API takes the raw file, so every byte a client sends reaches catdog's own validation (and a
             # sentence that says what is wrong), not an image component's decoding first.
             api_image = gr.File(visible=False, type="filepath")
-            gr.Button(visible=False).click(predict, api_image, label, api_name="predict",
+            gr.Button(visible=False).click(predict, api_image, label, api_name="predict", preprocess=False,
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")
             batch_table = gr.Dataframe(headers=BATCH_COLUMNS, label="Results")
             batch_csv = gr.File(label="Results as CSV")
-            batch_button.click(predict_batch, batch_files, [batch_table, batch_csv], api_name="predict_batch")
+            batch_button.click(predict_batch, batch_files, [batch_table, batch_csv], api_name="predict_batch",
+                               preprocess=False)
         with gr.Tab("Retrain"):
             upload_label = gr.Radio(["cat", "dog"], value="cat", label="Class of these images")
             upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip archive")
@@ -140,7 +141,7 @@ def build_demo(service: Service) -> gr.Blocks:
             upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
             stats = gr.JSON(label="Dataset")
             upload_button.click(upload_training_data, [upload_label, upload_files, token], [upload_results, stats],
-                                api_name="upload_training_data")
+                                api_name="upload_training_data", preprocess=False)
             gr.Markdown("Images that production confidently calls the other class are held as *suspect*, out of "
                         "training, until you confirm or discard them.")
             with gr.Row():

@@ -52,6 +52,14 @@ def file_paths(value) -> list:
     return []
 
 
+def input_paths(value) -> list[str]:
+    """The server paths of the files given to an event registered with preprocess=False (a file object, a list
+    of them, or nothing). Events take files this way because gr.File's own preprocessing leaves an empty
+    temporary file behind for every file (Gradio 6.31), and gr.Image's decodes the picture before catdog's
+    limits apply."""
+    return [path for path in file_paths(value or []) if isinstance(path, str)]
+
+
 class UploadedFilesOnly:
     """ASGI middleware: a call whose inputs name a file that was not uploaded is refused before Gradio reads,
     hashes or copies anything (Gradio 6 skips its own check in apps mounted with mount_gradio_app)."""

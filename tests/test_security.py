@@ -204,3 +204,35 @@ def test_the_upload_size_limit_reaches_gradio(settings):
         assert small.status_code == 200 and large.status_code == 413
     finally:
         stop()
+
+
+def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, small_photo_dir, tmp_path,
+                                                                     monkeypatch):
+    from app import build_app
+    from catdog_model.service import Service
+    from tests.conftest import serve_in_thread
+
+    import shutil
+
+    from catdog_model.config import PROJECT_ROOT
+
+    shutil.copytree(PROJECT_ROOT / "models", settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    gradio_files = tmp_path / "gradio-files"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_files))
+    service = Service(dataclasses.replace(settings, file_cache_minutes=0.05))  # 3 seconds
+    url, stop = serve_in_thread(build_app(service))
+    photos = sorted((small_photo_dir / "dogs").iterdir())[:4]
+    try:
+        client = Client(url, verbose=False)
+        for photo in photos:
+            assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
+            client.predict([handle_file(str(photo))], api_name="/predict_batch")
+        # Nothing but the uploads and the results Gradio serves: no empty temporary files beside them.
+        assert all(path.stat().st_size > 0 for path in gradio_files.rglob("*") if path.is_file())
+        time.sleep(5)
+        client.predict([handle_file(str(photos[0]))], api_name="/predict_batch")
+        time.sleep(5)
+        assert [path for path in gradio_files.rglob("*") if path.is_file()] == []
+        assert len(list((settings.data_dir / "batch-results").glob("*.csv"))) == 1
+    finally:
+        stop()
