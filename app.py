@@ -61,23 +61,18 @@ def build_demo(service: Service) -> gr.Blocks:
         service.check_token(token)
         return service.review_suspects(confirm=False), service.dataset_stats()
 
-    def retrain_status() -> dict:
-        state = service.retrain_state
-        return {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
-                "log": state.log[-20:], "result": state.result, "error": state.error}
-
     @user_errors
     def retrain(token: str) -> dict:
         service.check_token(token)
         service.start_retrain()
-        return retrain_status()
+        return service.retrain_status()
 
     @user_errors
     def retrain_and_follow(token: str, progress=gr.Progress()):
         service.check_token(token)
         service.start_retrain()
         while True:
-            status = retrain_status()
+            status = service.retrain_status()
             if status["total"]:
                 progress((status["done"], status["total"]), desc=status["stage"])
             yield status, pd.DataFrame(service.comparison())
@@ -158,7 +153,7 @@ def build_demo(service: Service) -> gr.Blocks:
                                       label="New version beside production, on the same held-out photos")
             retrain_button.click(retrain_and_follow, token, [status, comparison], api_name="retrain_and_follow")
             gr.Button(visible=False).click(retrain, token, status, api_name="retrain")
-            status_button.click(retrain_status, None, status, api_name="retrain_status")
+            status_button.click(service.retrain_status, None, status, api_name="retrain_status")
             version_box = gr.Textbox(label="Version to promote (e.g. v3)")
             with gr.Row():
                 promote_button = gr.Button("Promote")

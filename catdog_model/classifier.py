@@ -79,6 +79,7 @@ class Classifier:
         self.novelty = novelty
         self._batcher: MicroBatcher | None = None
         self._batcher_lock = threading.Lock()
+        self._closed = False
         # One trace per value of tta; reduce_retracing lets a trace serve every batch size.
         self._forward = tf.function(self._probabilities, reduce_retracing=True)
 
@@ -132,14 +133,18 @@ class Classifier:
         """For servers: decode on the caller's thread, then share one model call with concurrent callers."""
         image = self.decode(source)
         with self._batcher_lock:
-            if self._batcher is None:
+            if self._batcher is None and not self._closed:
                 self._batcher = MicroBatcher(self.predict_decoded)
-        return self._batcher.submit(image)
+            batcher = self._batcher
+        if batcher is None:  # swapped out while this request decoded: answer it without a new thread
+            return self.predict_decoded(image[np.newaxis])[0]
+        return batcher.submit(image)
 
     def close(self) -> None:
         """Stop the micro-batcher's thread (after the requests already queued), so a model that is swapped out
         is freed rather than kept alive by its thread."""
         with self._batcher_lock:
+            self._closed = True
             if self._batcher is not None:
                 self._batcher.close()
                 self._batcher = None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 
 from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def _path(name: str, default: str | None) -> Path | None:
@@ -102,4 +102,9 @@ class Settings:
     @property
     def on_loopback(self) -> bool:
         """Only this machine can reach the server."""
-        return self.server_name in LOOPBACK_HOSTS or self.server_name.startswith("127.")
+        if self.server_name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.server_name).is_loopback
+        except ValueError:  # a host name other than localhost may resolve to any interface
+            return False

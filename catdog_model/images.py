@@ -22,7 +22,11 @@ ONE_BYTE_MODES = {"1", "L", "P"}
 TWO_BYTE_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 # Modes that cannot be shrunk as they are (palette indices must not be averaged) are converted at full size
 # first; this many more bytes per pixel pay for that.
-CONVERSION_BYTES = {"1": 4, "P": 4, "PA": 4, **{mode: 24 for mode in TWO_BYTE_MODES}}
+CONVERSION_BYTES = {"1": 4, "P": 16, "PA": 16, **{mode: 24 for mode in TWO_BYTE_MODES}}
+# A progressive JPEG keeps every DCT coefficient of the full image while it decodes, whatever the draft scale.
+PROGRESSIVE_JPEG_BYTES = 6
+# Only these formats are opened: an icon file, say, declares one size in its header and decodes another.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 REDUCED_SIDE_FACTOR = 2  # shrink by whole factors to at least twice the model's input before the final resize
 
@@ -117,10 +121,12 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
     else:
         image = _open(read_bytes(source), limits.max_pixels)
     _check_size(image, limits)
-    if size is not None and image.format == "JPEG":
+    width, height = image.size
+    cost = width * height * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
+    if size is not None and image.format in ("JPEG", "MPO"):
         # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
         image.draft("RGB", (size, size))
-    cost = decode_cost(image)
+    cost += decode_cost(image)
     if cost > limits.decode_bytes:
         raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
                            f"{cost / 2**20:.0f} MB; the limit is {limits.decode_bytes / 2**20:.0f} MB. "
@@ -149,12 +155,12 @@ def decode_cost(image: Image.Image) -> int:
 def _shrink(image: Image.Image, size: int) -> Image.Image:
     """Right after decoding, shrink by a whole factor (a cheap box filter) so that every later step works on
     a small image; the full-size pixels are released as soon as this returns."""
-    factor = min(image.size) // (REDUCED_SIDE_FACTOR * size)
-    if factor < 2:
+    factors = tuple(max(1, side // (REDUCED_SIDE_FACTOR * size)) for side in image.size)
+    if factors == (1, 1):
         return image
     if image.mode in CONVERSION_BYTES:
         image = _to_rgb(image)
-    return image.reduce(factor)
+    return image.reduce(factors)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -163,7 +169,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as error:
         raise InvalidImage(f"The image has more than {max_pixels:,} pixels, the limit.") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

@@ -25,7 +25,8 @@ from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .monitoring import LoggedPrediction, PredictionLog
 from .reports import plot_monitoring, plot_versions
 from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
-from .uploads import UploadStore
+from .uploads import SUSPECT_FOLDER, UploadStore
+from .web import public_message
 
 LOAD_ERRORS = (HubError, ModelLoadError, BackboneUnavailable)
 logger = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ class Service:
             try:
                 prediction, _ = self.predict(path, origin)
             except ValueError as error:
-                rows.append({"file": name, "label": "", "p_dog": None, "confidence": None, "flags": str(error)})
+                rows.append({"file": name, "label": "", "p_dog": None, "confidence": None,
+                             "flags": public_message(error)})
                 continue
             rows.append({"file": name, "label": prediction.label, "p_dog": round(prediction.p_dog, 4),
                          "confidence": round(prediction.confidence, 4), "flags": ", ".join(prediction.flags)})
@@ -234,8 +236,10 @@ class Service:
         from huggingface_hub import CommitScheduler, HfApi
 
         self.uploads.root.mkdir(parents=True, exist_ok=True)
+        # Suspect images stay on this disk: only confirmed uploads are kept in the dataset.
         return CommitScheduler(repo_id=self.settings.hub_dataset, repo_type="dataset", folder_path=self.uploads.root,
-                               every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=os.environ.get("HF_ENDPOINT")))
+                               every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=os.environ.get("HF_ENDPOINT")),
+                               ignore_patterns=[f"{SUSPECT_FOLDER}/*", f"{SUSPECT_FOLDER}/**"])
 
     def sync_uploads(self) -> None:
         """Commit pending uploads to the Hub dataset now rather than at the next scheduled batch."""
@@ -307,11 +311,16 @@ class Service:
             state.log.append(f"Published {version}.")
             state.stage = "comparing"
             comparison = self.compare(version, self.trusted_examples())
-            promoted = self.settings.auto_promote and comparison["gate_passed"]
-            if promoted:
-                self.promote(version)
-            elif comparison["gate_passed"]:
-                comparison["reason"] += " (CATDOG_AUTO_PROMOTE is off: promote it by hand)"
+            with self._production_lock:
+                # The decision holds only against the production it was judged beside.
+                unchanged = self.hub.production() in (comparison["production_version"], version)
+                promoted = self.settings.auto_promote and comparison["gate_passed"] and unchanged
+                if promoted:
+                    self.promote(version)
+                elif comparison["gate_passed"] and not unchanged:
+                    comparison["reason"] += " (production changed during the comparison: compare again)"
+                elif comparison["gate_passed"]:
+                    comparison["reason"] += " (CATDOG_AUTO_PROMOTE is off: promote it by hand)"
             state.log.append(f"{version} {'promoted' if promoted else 'not promoted'}: {comparison['reason']}")
             state.result = {"version": version, "promoted": promoted, **comparison}
             state.stage = "done"
@@ -323,6 +332,12 @@ class Service:
         finally:
             state.running = False
             self._retrain_lock.release()
+
+    def retrain_status(self) -> dict:
+        state = self.retrain_state
+        return {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
+                "log": [public_message(line) for line in state.log[-20:]], "result": state.result,
+                "error": state.error and public_message(state.error)}
 
     def compare(self, candidate: str, trusted: list[Example]) -> dict:
         """Candidate and production on the same trusted held-out photos, and the gate's decision."""

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 UPLOADED_FILES_ONLY = ("Only files uploaded to this app can be used as input: upload the file first (gradio_client's "
                        "handle_file, or POST /gradio_api/upload) and send the path that the upload returns.")
 GRADIO_API = "/gradio_api/"
+MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything larger is refused unread
 UPLOAD_ROUTE = "/gradio_api/upload"
 # An absolute path in a message tells a caller how the server's disk is laid out: only its last part is kept.
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"()]+/)+([^\s/'\"()]*)")
@@ -75,19 +76,25 @@ class UploadedFilesOnly:
         if scope["type"] != "http" or scope["method"] != "POST" or GRADIO_API not in path or path.endswith(
                 UPLOAD_ROUTE):
             return await self.app(scope, receive, send)
-        messages, body = [], b""
+        messages, size = [], 0
         while True:
             message = await receive()
             messages.append(message)
-            body += message.get("body", b"")
+            size += len(message.get("body", b""))
+            if size > MAX_CALL_BYTES:
+                await _send_json(send, 413, {"error": f"A call may hold at most {MAX_CALL_BYTES // 1024} KB of "
+                                                      "JSON; upload files first and send their paths."})
+                return
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
+        body = b"".join(message.get("body", b"") for message in messages)
         try:
             paths = file_paths(json.loads(body)) if body else []
         except ValueError:
             paths = []  # not JSON: Gradio refuses it itself
         upload_folder = self.upload_folder()
-        if not all(is_uploaded_file(candidate, upload_folder) for candidate in paths):
+        candidates = {path if isinstance(path, str) else None for path in paths}  # each distinct path checked once
+        if not all(is_uploaded_file(candidate, upload_folder) for candidate in candidates):
             logger.warning("refused a request to %s naming a file that was not uploaded", path)
             await _send_json(send, 400, {"error": UPLOADED_FILES_ONLY})
             return

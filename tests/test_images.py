@@ -217,3 +217,21 @@ def test_a_large_transparent_png_is_shrunk_right_after_decoding():
     image.paste((255, 0, 0, 255), (0, 0, 2000, 3000))
     result = load_image(encode(image, "PNG"), size=64)
     assert result.shape == (64, 64, 3) and result[32, 5].tolist() == [255, 0, 0] and result[32, 60].tolist() == [0, 0, 255]
+
+
+def test_formats_whose_header_can_lie_about_the_size_are_refused():
+    with pytest.raises(InvalidImage, match="not an image that can be read"):
+        load_image(encode(Image.new("RGB", (64, 64), "red"), "ICO"))
+
+
+def test_a_progressive_jpeg_is_charged_for_its_full_size_coefficients():
+    photo = half_red_half_blue(2000, 2000)
+    limits = ImageLimits(decode_bytes=20 * 2**20)
+    assert load_image(encode(photo, "JPEG"), size=64, limits=limits).shape == (64, 64, 3)
+    with pytest.raises(InvalidImage, match="the limit is 20 MB"):
+        load_image(encode(photo, "JPEG", progressive=True), size=64, limits=limits)
+
+
+def test_a_long_thin_image_is_shrunk_along_its_long_side():
+    result = load_image(encode(Image.new("RGBA", (300, 20000), (0, 200, 0, 255)), "PNG"), size=64)
+    assert result.shape == (64, 64, 3) and result[32, 32].tolist() == [0, 200, 0]

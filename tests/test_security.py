@@ -236,3 +236,18 @@ def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, sm
         assert len(list((settings.data_dir / "batch-results").glob("*.csv"))) == 1
     finally:
         stop()
+
+
+@pytest.mark.parametrize("name, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("127.0.0.2", True), ("0.0.0.0", False), ("::", False), ("", False),
+                                            ("127.example.com", False), ("localhost.example.com", False)])
+def test_only_loopback_addresses_count_as_loopback(settings, name, loopback):
+    assert dataclasses.replace(settings, server_name=name).on_loopback is loopback
+
+
+def test_an_oversized_call_is_refused_unread(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as http:
+        response = http.post("gradio_api/call/predict", json={"data": ["x" * 3_000_000]})
+        assert response.status_code == 413 and "at most 1024 KB" in response.json()["error"]
+        assert http.get("health").json()["model_loaded"] is True

@@ -166,6 +166,10 @@ def test_model_swaps_leave_no_threads_behind(service, small_photo_dir):
         service.predict(photo)
     time.sleep(0.5)
     assert threading.active_count() <= threads_before
+    swapped_out = service.classifier
+    swapped_out.close()  # a request that still holds a swapped-out model is answered, without a new thread
+    assert swapped_out.predict_concurrently(photo).label == "cat"
+    assert threading.active_count() <= threads_before - 1
 
 
 @requires_weights
