@@ -5,6 +5,7 @@ import sys
 
 from .cli import user_errors
 from .config import Settings
+from .classifier import load_classifier
 from .hub import open_hub
 from .images import InvalidImage
 
@@ -14,7 +15,7 @@ def main(paths: list[str]) -> None:
         sys.exit(__doc__)
     with user_errors():
         settings = Settings.from_env()
-        classifier = open_hub(settings).load("production", settings)
+        classifier = load_classifier(open_hub(settings), "production", settings)
     for path in paths:
         try:
             prediction = classifier.predict(path)[0]

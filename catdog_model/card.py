@@ -29,5 +29,5 @@ def render_model_card(model_name: str, version: str, config: dict, metrics: dict
         alpha=config["backbone"]["alpha"], image_size=config["backbone"]["image_size"],
         weights_file=config["backbone"]["weights_file"], head_description=head_description, tta=config["tta"],
         test=test, validation=metrics["validation"], data=metrics["data"], training=metrics["training"],
-        novelty=metrics["novelty"], command=metrics["command"])
+        novelty=metrics.get("novelty"), command=metrics["command"])
     return str(card)

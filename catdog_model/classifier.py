@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
-from .batching import MicroBatcher
 from .images import DEFAULT_LIMITS, ImageLimits, load_image
 from .novelty import NOVELTY_FILE, NoveltyDetector
+from .serving import CARD_FILE, CONFIG_FILE, ModelLoadError, Prediction, make_prediction, read_config
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.weights.h5"
 FULL_MODEL_FILE = "model.keras"
-CARD_FILE = "README.md"  # rendered by the hub when the version is pushed; prose, not read when loading
-
-
-class ModelLoadError(RuntimeError):
-    """A model version's files are missing, corrupt or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,24 +23,6 @@ class HeadConfig:
     embedding_dim: int = 1280
     hidden_units: int = 0
     dropout_rate: float = 0.2
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    label: str
-    p_cat: float
-    p_dog: float
-    version: str | None
-    flags: tuple[str, ...] = ()  # "low_confidence", "unfamiliar"
-    novelty: float | None = None  # distance from the training photos; above the version's threshold: unfamiliar
-
-    @property
-    def confidence(self) -> float:
-        return max(self.p_cat, self.p_dog)
-
-    def as_label_dict(self) -> dict[str, float]:
-        """The {label: probability} mapping that gr.Label shows."""
-        return {"cat": self.p_cat, "dog": self.p_dog}
 
 
 def build_head(config: HeadConfig):
@@ -77,9 +52,6 @@ class Classifier:
         self.low_confidence = low_confidence
         self.limits = limits
         self.novelty = novelty
-        self._batcher: MicroBatcher | None = None
-        self._batcher_lock = threading.Lock()
-        self._closed = False
         # One trace per value of tta; reduce_retracing lets a trace serve every batch size.
         self._forward = tf.function(self._probabilities, reduce_retracing=True)
 
@@ -129,35 +101,9 @@ class Classifier:
         novelty = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
         return [self._prediction(float(p_dog), score) for p_dog, score in zip(p_dogs, novelty)]
 
-    def predict_concurrently(self, source) -> Prediction:
-        """For servers: decode on the caller's thread, then share one model call with concurrent callers."""
-        image = self.decode(source)
-        with self._batcher_lock:
-            if self._batcher is None and not self._closed:
-                self._batcher = MicroBatcher(self.predict_decoded)
-            batcher = self._batcher
-        if batcher is None:  # swapped out while this request decoded: answer it without a new thread
-            return self.predict_decoded(image[np.newaxis])[0]
-        return batcher.submit(image)
-
-    def close(self) -> None:
-        """Stop the micro-batcher's thread (after the requests already queued), so a model that is swapped out
-        is freed rather than kept alive by its thread."""
-        with self._batcher_lock:
-            self._closed = True
-            if self._batcher is not None:
-                self._batcher.close()
-                self._batcher = None
-
     def _prediction(self, p_dog: float, novelty: float | None) -> Prediction:
-        p_dog = min(max(p_dog, 0.0), 1.0)
-        flags = []
-        if max(p_dog, 1 - p_dog) < self.low_confidence:
-            flags.append("low_confidence")
-        if novelty is not None and novelty > self.novelty.threshold:
-            flags.append("unfamiliar")
-        return Prediction(label=LABELS[int(p_dog >= 0.5)], p_cat=1.0 - p_dog, p_dog=p_dog, version=self.version,
-                          flags=tuple(flags), novelty=None if novelty is None else round(float(novelty), 4))
+        threshold = self.novelty.threshold if self.novelty else None
+        return make_prediction(p_dog, novelty, threshold, self.low_confidence, self.version)
 
     def save(self, directory: Path, full_model: bool = False) -> None:
         """Write config.json and the head's weights; the backbone is referenced, not copied, unless full_model:
@@ -175,22 +121,13 @@ class Classifier:
     def load(cls, directory: Path, weights_dir: Path | None, version: str | None = None,
              batch_size: int = 32, **options) -> "Classifier":
         directory = Path(directory)
+        config = read_config(directory)
+        expected = config["files"]
         try:
-            config = json.loads((directory / CONFIG_FILE).read_text())
             spec = BackboneSpec.from_dict(config["backbone"])
             head_config = HeadConfig(**config["head"])
-            expected = config["files"]
-        except FileNotFoundError:
-            raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is missing.") from None
-        except (ValueError, KeyError, TypeError) as error:
+        except (KeyError, TypeError) as error:
             raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is corrupt ({error}).") from None
-        for name, sha in expected.items():
-            path = directory / name
-            if not path.is_file():
-                raise ModelLoadError(f"{directory.name}: {name} is missing.")
-            if file_sha256(path) != sha:
-                raise ModelLoadError(f"{directory.name}: {name} does not match the sha256 in {CONFIG_FILE}; "
-                                     "the file is corrupt or was changed after the version was written.")
         novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in expected else None
         if FULL_MODEL_FILE in expected:
             import keras
@@ -238,3 +175,11 @@ def seal_version_files(directory: Path) -> None:
     config["files"] = {path.name: file_sha256(path) for path in sorted(directory.iterdir())
                        if path.is_file() and path.name not in (CONFIG_FILE, CARD_FILE)}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_classifier(hub, revision: str, settings, limits: ImageLimits | None = None) -> Classifier:
+    """The Keras model of a hub version (training, evaluation, export); serving loads model.onnx instead."""
+    version = hub.resolve(revision)
+    return Classifier.load(hub.download(version), settings.weights_dir, version=version,
+                           batch_size=settings.batch_size, low_confidence=settings.low_confidence,
+                           limits=limits or settings.image_limits())

@@ -9,9 +9,10 @@ from tqdm import tqdm
 
 from .backbone import BackboneUnavailable
 from .classifier import ModelLoadError
+from .export import ExportError
 from .hub import HubError
 
-USER_ERRORS = (ValueError, HubError, BackboneUnavailable, ModelLoadError, FileNotFoundError)
+USER_ERRORS = (ValueError, HubError, BackboneUnavailable, ModelLoadError, ExportError, FileNotFoundError)
 
 
 class ProgressBars:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 from pathlib import Path
 
@@ -95,6 +96,18 @@ class Settings:
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 60.0),
         )
 
+    def to_json(self) -> str:
+        """The settings for a child process (retraining), which may not share this process's environment."""
+        return json.dumps({key: str(value) if isinstance(value, Path) else value
+                           for key, value in dataclasses.asdict(self).items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        values = json.loads(text)
+        paths = {field.name for field in dataclasses.fields(cls) if "Path" in str(field.type)}
+        return cls(**{key: Path(value) if key in paths and value is not None else value
+                      for key, value in values.items()})
+
     def image_limits(self) -> ImageLimits:
         """The limits every decode in one process shares (call once per process: it holds the memory budget)."""
         return ImageLimits(self.max_pixels, self.min_side, self.decode_memory_mb * 2**20)
@@ -108,3 +121,27 @@ class Settings:
             return ipaddress.ip_address(self.server_name).is_loopback
         except ValueError:  # a host name other than localhost may resolve to any interface
             return False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 42
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    dropout_rate: float = 0.3
+    hidden_units: int = 128
+    patience: int = 6
+    augment: bool = True  # also train on mirror images
+    tta: str = "auto"  # "auto": average with the mirror image when that lowers validation loss; "on"; "off"
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    alpha: float = 0.5
+    # 288 rather than the weights' native 224: more detail, chosen on validation loss (README, "Accuracy").
+    image_size: int = 288
+
+    def __post_init__(self):
+        if self.tta not in ("auto", "on", "off"):
+            raise ValueError(f"tta must be 'auto', 'on' or 'off', not {self.tta!r}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1.")

@@ -23,9 +23,8 @@ from typing import Callable
 
 from filelock import FileLock
 
-from .classifier import CARD_FILE, CONFIG_FILE, Classifier
+from .serving import CARD_FILE, CONFIG_FILE
 from .config import Settings
-from .images import ImageLimits
 
 PRODUCTION = "production"
 REFS_FILE = "refs.json"
@@ -89,12 +88,6 @@ class ModelHub:
             known = ", ".join(self.versions()) or "none"
             raise HubError(f"No model version {version!r} in {self.name} (versions: {known}).")
         return version
-
-    def load(self, revision: str, settings: Settings, limits: ImageLimits | None = None) -> Classifier:
-        version = self.resolve(revision)
-        return Classifier.load(self.download(version), settings.weights_dir, version=version,
-                               batch_size=settings.batch_size, low_confidence=settings.low_confidence,
-                               limits=limits or settings.image_limits())
 
     def metrics(self, revision: str = PRODUCTION) -> dict:
         path = self.download(revision) / METRICS_FILE

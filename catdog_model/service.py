@@ -1,4 +1,5 @@
-"""What the app calls: predict, take uploads, retrain in the background, compare, promote and roll back."""
+"""What the app calls: serve production (load, swap, follow the alias, predict, log), take uploads, start a
+retraining in its own process, promote and roll back. No TensorFlow here: models are served from model.onnx."""
 
 from __future__ import annotations
 
@@ -14,24 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import BackboneUnavailable, limit_threads
-from .classifier import Classifier, ModelLoadError, Prediction
-from .config import Settings
-from .data import IMAGE_SUFFIXES, Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
-from .evaluation import compute_metrics
-from .gate import promotion_gate
+from .config import Settings, TrainingConfig
+from .data import IMAGE_SUFFIXES, Example, load_folder
 from .hub import HubError, open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .monitoring import LoggedPrediction, PredictionLog
 from .reports import plot_monitoring, plot_versions
-from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
+from .retraining import Retrainer, trusted_examples, training_dataset
+from .serving import ModelLoadError, Prediction, ServingModel
 from .uploads import SUSPECT_FOLDER, UploadStore
 from .web import public_message
 
-LOAD_ERRORS = (HubError, ModelLoadError, BackboneUnavailable)
+LOAD_ERRORS = (HubError, ModelLoadError)
 logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
-RETRAIN_BATCH_SIZE = 4
 
 
 class ServiceError(ValueError):
@@ -40,17 +37,6 @@ class ServiceError(ValueError):
 
 class NotAllowed(ServiceError):
     """A mutating action without the admin token (or with a wrong one)."""
-
-
-@dataclasses.dataclass
-class RetrainState:
-    running: bool = False
-    stage: str = "idle"
-    done: int = 0
-    total: int = 0
-    log: list[str] = dataclasses.field(default_factory=list)
-    result: dict | None = None
-    error: str | None = None
 
 
 class ConstantModel:
@@ -64,23 +50,18 @@ class ConstantModel:
 
 
 class Service:
-    def __init__(self, settings: Settings, training_config: TrainingConfig = TrainingConfig()):
-        # On a small machine one inference thread serves more requests: the other cores stay free for the web
-        # server's own work (measured in README, "Serving under load").
-        limit_threads(settings.serving_threads)
+    def __init__(self, settings: Settings):
         return_large_buffers_to_the_system()
         self.settings = settings
-        self.training_config = training_config
         self.limits = settings.image_limits()
         self.hub = open_hub(settings)
         self.log = PredictionLog(settings.data_dir / "predictions.sqlite")
         self.uploads = UploadStore(settings.data_dir / "uploads", self.limits)
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
-        self.classifier: Classifier | None = None
+        self.classifier: ServingModel | None = None
         self.load_error: str | None = None
-        self.retrain_state = RetrainState()
-        self._retrain_lock = threading.Lock()
+        self.retrainer = Retrainer(settings, self._after_retraining)
         # Every change of production (the hub's alias, loading, the swap) happens under this one lock, so the
         # alias and the model being served never disagree, whoever promotes, rolls back or follows a replica.
         self._production_lock = threading.RLock()
@@ -93,14 +74,16 @@ class Service:
 
     # Serving
 
-    def _load_ready(self, revision: str) -> Classifier:
-        classifier = self.hub.load(revision, self.settings, self.limits)
-        # The first call traces the compiled function (about a second): pay it here, not in a request.
-        size = classifier.spec.image_size
-        classifier.predict_arrays(np.zeros((1, size, size, 3), np.uint8))
-        return classifier
+    def _load_ready(self, revision: str) -> ServingModel:
+        version = self.hub.resolve(revision)
+        # One inference thread (CATDOG_SERVING_THREADS) leaves the other core to the web server's own work.
+        model = ServingModel.load(self.hub.download(version), version, threads=self.settings.serving_threads,
+                                  low_confidence=self.settings.low_confidence, limits=self.limits)
+        # The first call allocates ONNX Runtime's buffers: pay it here, not in a request.
+        model.run(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
+        return model
 
-    def _swap(self, classifier: Classifier) -> None:
+    def _swap(self, classifier: ServingModel) -> None:
         """One assignment, so predictions in flight finish on the old model; its batcher thread then ends."""
         old, self.classifier, self.load_error = self.classifier, classifier, None
         if old is not None and old is not classifier and hasattr(old, "close"):
@@ -132,7 +115,7 @@ class Service:
                     logger.info("production moved from %s to %s; reloading", serving, production)
                     self.reload()
 
-    def _serving(self) -> Classifier:
+    def _serving(self) -> ServingModel:
         classifier = self.classifier
         if classifier is None:
             raise ServiceError(f"No model is loaded: {self.load_error}")
@@ -212,7 +195,7 @@ class Service:
         """Why production doubts each image's label, or None: an image it confidently calls the other class
         is held back until an admin confirms it (mislabelled uploads must not train the next version)."""
         classifier = self.classifier
-        if not isinstance(classifier, Classifier):
+        if not isinstance(classifier, ServingModel):
             return [None] * len(images)
         doubts = []
         for image, prediction in zip(images, classifier.predict(images)):
@@ -246,37 +229,12 @@ class Service:
         if self.upload_sync:
             self.upload_sync.trigger().result()
 
-    def hub_uploads(self) -> Dataset:
-        """The uploads kept in the Hub dataset, read back through `datasets` (imagefolder)."""
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(self.settings.hub_dataset, repo_type="dataset",
-                                        endpoint=os.environ.get("HF_ENDPOINT")))
-        if not any((folder / label).is_dir() for label in ("cat", "dog")):
-            return Dataset([])
-        return load_hf_dataset(str(folder))
-
-    def _base_examples(self) -> list[Example]:
-        base = self.settings.base_data_dir
-        return load_folder(base).examples if base and base.is_dir() else []
-
     def trusted_examples(self) -> list[Example]:
-        """The fixed held-out photos the gate judges on: CATDOG_TRUSTED_DATA_DIR, else the base data's test
-        split; never uploads."""
-        trusted = self.settings.trusted_data_dir
-        if trusted and trusted.is_dir():
-            return load_folder(trusted).examples
-        config = self.training_config
-        return split_examples(self._base_examples(), config.seed, config.validation_fraction,
-                              config.test_fraction).test
+        config = TrainingConfig()
+        return trusted_examples(self.settings, config.seed, config.validation_fraction, config.test_fraction)
 
-    def training_dataset(self) -> Dataset:
-        """Base data and confirmed uploads, less the trusted photos (a candidate never trains on its judge)."""
-        examples = self._base_examples() + list(self.uploads.dataset().examples)
-        if self.settings.hub_dataset:
-            examples += self.hub_uploads().examples
-        trusted = {example.sha256 for example in self.trusted_examples()}
-        return deduplicate([example for example in examples if example.sha256 not in trusted])
+    def training_dataset(self):
+        return training_dataset(self.settings, self.uploads, self.trusted_examples())
 
     def dataset_stats(self) -> dict:
         base = (load_folder(self.settings.base_data_dir).counts()
@@ -285,83 +243,35 @@ class Service:
         return {"base": base, "uploads": uploads, "suspect": self.uploads.suspect_counts(),
                 "total": {label: base[label] + uploads[label] for label in base}}
 
+    @property
+    def retrain_state(self):
+        return self.retrainer.state
+
     def start_retrain(self) -> str:
-        if not self._retrain_lock.acquire(blocking=False):
+        if not self.retrainer.start():
             raise ServiceError("A retraining is already running; wait for it to finish (see its status).")
-        self.retrain_state = RetrainState(running=True, stage="starting", log=["Retraining started."])
-        threading.Thread(target=self._retrain, name="retrain", daemon=True).start()
         return "Retraining started."
 
-    def _progress(self, stage: str, done: int, total: int) -> None:
-        state = self.retrain_state
-        if stage != state.stage:
-            state.log.append(f"{stage}: {total} to do")
-        state.stage, state.done, state.total = stage, done, total
-
-    def _retrain(self) -> None:
-        state = self.retrain_state
-        try:
-            dataset = self.training_dataset()
-            state.log.append(f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates.")
-            # Small embedding batches: each backbone call is short, so requests never wait long behind one.
-            trained = train(dataset, dataclasses.replace(self.settings, batch_size=RETRAIN_BATCH_SIZE),
-                            self.training_config, progress=self._progress,
-                            source=str(self.settings.data_dir / "uploads"), command="retrain from the app")
-            version = publish(trained, self.hub, self.settings.model_name)
-            state.log.append(f"Published {version}.")
-            state.stage = "comparing"
-            comparison = self.compare(version, self.trusted_examples())
-            with self._production_lock:
-                # The decision holds only against the production it was judged beside.
-                unchanged = self.hub.production() in (comparison["production_version"], version)
-                promoted = self.settings.auto_promote and comparison["gate_passed"] and unchanged
-                if promoted:
-                    self.promote(version)
-                elif comparison["gate_passed"] and not unchanged:
-                    comparison["reason"] += " (production changed during the comparison: compare again)"
-                elif comparison["gate_passed"]:
-                    comparison["reason"] += " (CATDOG_AUTO_PROMOTE is off: promote it by hand)"
-            state.log.append(f"{version} {'promoted' if promoted else 'not promoted'}: {comparison['reason']}")
-            state.result = {"version": version, "promoted": promoted, **comparison}
-            state.stage = "done"
-        except Exception as error:  # Whatever happens in the background must reach the user, not vanish.
-            state.error = str(error) or type(error).__name__
-            state.stage = "failed"
-            state.log.append(f"Failed: {state.error}")
-            logger.exception("retraining failed")
-        finally:
-            state.running = False
-            self._retrain_lock.release()
+    def _after_retraining(self, result: dict) -> None:
+        """The child's decision holds only against the production it was judged beside."""
+        with self._production_lock:
+            unchanged = self.hub.production() in (result["production_version"], result["version"])
+            promoted = self.settings.auto_promote and result["gate_passed"] and unchanged
+            if promoted:
+                self.promote(result["version"])
+            elif result["gate_passed"] and not unchanged:
+                result["reason"] += " (production changed during the comparison: compare again)"
+            elif result["gate_passed"]:
+                result["reason"] += " (CATDOG_AUTO_PROMOTE is off: promote it by hand)"
+        result["promoted"] = promoted
+        self.retrainer.state.log.append(f"{result['version']} {'promoted' if promoted else 'not promoted'}: "
+                                        f"{result['reason']}")
 
     def retrain_status(self) -> dict:
         state = self.retrain_state
         return {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
                 "log": [public_message(line) for line in state.log[-20:]], "result": state.result,
                 "error": state.error and public_message(state.error)}
-
-    def compare(self, candidate: str, trusted: list[Example]) -> dict:
-        """Candidate and production on the same trusted held-out photos, and the gate's decision."""
-        production = self.hub.production()
-        if production == candidate:
-            production = None
-        results = {"candidate": None, "production": None, "production_version": production}
-        if trusted:
-            results["candidate"] = self._evaluate(candidate, trusted)
-            if production:
-                results["production"] = self._evaluate(production, trusted)
-        decision = promotion_gate(
-            results["candidate"]["accuracy"] if results["candidate"] else None,
-            results["production"]["accuracy"] if results["production"] else None,
-            len(trusted), self.settings.gate_min_images, self.settings.promotion_tolerance,
-            self.settings.gate_min_accuracy)
-        return {**results, "gate_passed": decision.passed, "reason": decision.reason}
-
-    def _evaluate(self, version: str, examples) -> dict:
-        classifier = self.hub.load(version, self.settings, self.limits)
-        embeddings, kept, _ = embed_examples(classifier.backbone, examples, embedding_cache(self.settings),
-                                             classifier.views())
-        return {"version": version, **compute_metrics([example.label for example in kept],
-                                                      classifier.p_dog_from_embeddings(embeddings))}
 
     # Versions
 
@@ -390,7 +300,7 @@ class Service:
                 self.reload()
         return version
 
-    def _loaded_or_refused(self, version: str, action: str) -> Classifier:
+    def _loaded_or_refused(self, version: str, action: str) -> ServingModel:
         try:
             return self._load_ready(version)
         except LOAD_ERRORS as error:

@@ -15,38 +15,15 @@ from . import LABELS
 from .backbone import Backbone, BackboneSpec, get_backbone
 from .card import render_model_card
 from .classifier import Classifier, HeadConfig, build_head, seal_version_files
-from .config import Settings
+from .config import Settings, TrainingConfig
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
 from .evaluation import compute_metrics, save_plots
+from .export import export_onnx
 from .hub import METRICS_FILE, ModelHub
 from .novelty import NoveltyDetector
 
 MIN_IMAGES_PER_CLASS = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    seed: int = 42
-    epochs: int = 60
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    dropout_rate: float = 0.3
-    hidden_units: int = 128
-    patience: int = 6
-    augment: bool = True  # also train on mirror images
-    tta: str = "auto"  # "auto": average with the mirror image when that lowers validation loss; "on"; "off"
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.2
-    alpha: float = 0.5
-    # 288 rather than the weights' native 224: more detail, chosen on validation loss (README, "Accuracy").
-    image_size: int = 288
-
-    def __post_init__(self):
-        if self.tta not in ("auto", "on", "off"):
-            raise ValueError(f"tta must be 'auto', 'on' or 'off', not {self.tta!r}.")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1.")
 
 
 @dataclasses.dataclass
@@ -182,6 +159,7 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str) -> str:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         trained.classifier.save(folder, full_model=hub.ships_full_model)
+        export_onnx(trained.classifier, folder)  # checked against Keras: a version never serves other answers
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")

@@ -22,6 +22,7 @@ import numpy as np
 from catdog_model.cli import user_errors
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.data import load_folder
+from catdog_model.classifier import load_classifier
 from catdog_model.hub import open_hub
 from catdog_model.images import load_image
 from catdog_model.training import train
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings = Settings.from_env()
         started = time.perf_counter()
-        classifier = open_hub(settings).load("production", settings)
+        classifier = load_classifier(open_hub(settings), "production", settings)
         results["model_load_s"] = round(time.perf_counter() - started, 2)
         results["version"], results["tta"] = classifier.version, classifier.tta
         dataset = load_folder(arguments.data_dir) if arguments.data_dir else None

@@ -13,6 +13,7 @@ from catdog_model.cli import ProgressBars, user_errors
 from catdog_model.config import Settings
 from catdog_model.data import load_folder, split_examples
 from catdog_model.evaluation import compute_metrics, save_plots
+from catdog_model.classifier import load_classifier
 from catdog_model.hub import PRODUCTION, open_hub
 from catdog_model.training import embed_examples, embedding_cache
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
         hub = open_hub(settings)
         version = hub.resolve(arguments.version)
-        classifier = hub.load(version, settings)
+        classifier = load_classifier(hub, version, settings)
         examples = load_folder(arguments.data_dir).examples
         if arguments.split != "all":
             data = hub.metrics(version)["data"]

@@ -19,6 +19,7 @@ import numpy as np
 from catdog_model.cli import user_errors
 from catdog_model.config import Settings
 from catdog_model.data import load_folder, split_examples
+from catdog_model.classifier import load_classifier
 from catdog_model.hub import PRODUCTION, open_hub
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
         hub = open_hub(settings)
         version = hub.resolve(arguments.version)
-        classifier = hub.load(version, settings)
+        classifier = load_classifier(hub, version, settings)
         if classifier.novelty is None:
             raise ValueError(f"{version} has no novelty detector (trained before it existed).")
         data = hub.metrics(version)["data"]

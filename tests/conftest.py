@@ -132,10 +132,41 @@ def server(tmp_path_factory, cache_dir):
     from catdog_model.service import Service
 
     root = tmp_path_factory.mktemp("app")
-    shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
                                    data_dir=root / "data", cache_dir=cache_dir, admin_token="s3cret")
     service = Service(settings)
     url, stop = serve_in_thread(build_app(service))
     yield url + "/", service
     stop()
+
+
+OTHER_VERSION = "v5"  # in shipped_models(): a second servable version, besides production
+_prepared: list[Path] = []
+
+
+def shipped_models() -> Path:
+    """A copy of the repository's models/ where, besides production, v1 and v2 are servable too: their
+    serving exports are published as v5 and v6 (as `python -m training.export` does), and production is
+    promoted back last, so a rollback reaches v6. Built once per test run."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from catdog_model.hub import LocalHub
+
+    if not _prepared:
+        root = Path(tempfile.mkdtemp(prefix="catdog-shipped-")) / "models"
+        shutil.copytree(PROJECT_ROOT / "models", root, ignore=shutil.ignore_patterns(".lock"))
+        env = {**os.environ, "CATDOG_MODELS_DIR": str(root), "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR),
+               "CATDOG_OFFLINE": "1", "CATDOG_DATA_DIR": str(root.parent / "data"), "PYTHONPATH": str(PROJECT_ROOT)}
+        for version in ("v1", "v2"):
+            subprocess.run([sys.executable, "-m", "training.export", "--version", version], env=env, check=True,
+                           capture_output=True, cwd=PROJECT_ROOT)
+        hub = LocalHub(root, Settings.from_env().model_name)
+        production = hub.production()
+        for version in ("v5", "v6", production):
+            hub.promote(version)
+        _prepared.append(root)
+    return _prepared[0]

@@ -11,10 +11,10 @@ from gradio_client import Client, handle_file
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub, next_version
-from tests.conftest import requires_weights
+from tests.conftest import requires_weights, shipped_models
 
 pytestmark = [requires_weights]
-SHIPPED = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name)
+SHIPPED = LocalHub(shipped_models(), Settings.from_env().model_name)
 
 
 def get_json(url: str) -> dict:

@@ -16,7 +16,7 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
-from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
+from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [requires_weights,
@@ -26,7 +26,7 @@ pytestmark = [requires_weights,
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, small_photo_dir, cache_dir):
     root = tmp_path_factory.mktemp("browser-app")
-    shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
     port = free_port()
     env = {**os.environ, "CATDOG_MODELS_DIR": str(root / "models"), "CATDOG_DATA_DIR": str(root / "data"),
            "CATDOG_CACHE_DIR": str(cache_dir), "CATDOG_EXAMPLES_DIR": str(small_photo_dir),
@@ -75,7 +75,7 @@ def test_predict_tab_labels_an_uploaded_photo(page, small_photo_dir):
     page.locator("input[type=file]").first.set_input_files(str(photo))
     page.locator(f"img[src*='{photo.name}']").first.wait_for(timeout=30_000)  # the upload has finished
     page.get_by_role("button", name="Classify", exact=True).click()
-    shipped = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
+    shipped = LocalHub(shipped_models(), Settings.from_env().model_name).production()
     page.get_by_text(f"Model {shipped}").wait_for(timeout=60_000)
     assert page.get_by_test_id("label-output-value").first.inner_text().strip() == "dog"
     screenshot(page, "predict.png")
@@ -108,10 +108,10 @@ def test_retrain_button_follows_progress_to_the_end_and_shows_the_gate(page):
 def test_suspect_promote_and_rollback_buttons_answer(page):
     page.get_by_role("button", name="Confirm suspect images").click()
     page.get_by_text("There are no suspect images.").first.wait_for(timeout=30_000)
-    shipped = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
-    page.get_by_label("Version to promote (e.g. v3)").fill("v1")
+    shipped = LocalHub(shipped_models(), Settings.from_env().model_name).production()
+    page.get_by_label("Version to promote (e.g. v3)").fill(OTHER_VERSION)
     page.get_by_role("button", name="Promote").click()
-    page.get_by_text("Production is now v1.").wait_for(timeout=60_000)
+    page.get_by_text(f"Production is now {OTHER_VERSION}.").wait_for(timeout=60_000)
     page.get_by_role("button", name="Roll back").click()
     page.get_by_text(f"Rolled back: production is now {shipped}.").wait_for(timeout=60_000)
 

@@ -19,7 +19,7 @@ from catdog_model.classifier import CONFIG_FILE
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from eval.loadtest import App
-from tests.conftest import WEIGHTS_DIR, requires_weights
+from tests.conftest import WEIGHTS_DIR, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 
@@ -55,7 +55,7 @@ def assert_uploads_whole(root) -> list:
 
 
 def test_kill_during_retraining(tmp_path, small_photo_dir):
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     hub = LocalHub(tmp_path / "models", Settings.from_env().model_name)
     production, versions_before = hub.production(), hub.versions()
     env = app_env(tmp_path, tmp_path / "fresh-cache")  # an empty cache: the retraining has to embed
@@ -91,7 +91,7 @@ def test_kill_during_retraining(tmp_path, small_photo_dir):
 
 
 def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     env = app_env(tmp_path, cache_dir)
     app = App(env)
     photos = [handle_file(str(path)) for folder in ("cats", "dogs") for path in sorted((small_photo_dir / folder)

@@ -11,10 +11,11 @@ from catdog_model.backbone import BackboneSpec, BackboneUnavailable, locate_weig
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.data import load_folder, split_examples
 from catdog_model.embeddings import EmbeddingCache, embed_images
+from catdog_model.classifier import load_classifier
 from catdog_model.hub import LocalHub, open_hub
 from catdog_model.images import InvalidImage
 from catdog_model.training import TrainingConfig, embed_examples, embedding_cache, publish, train
-from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights
+from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 SMALL = TrainingConfig(seed=5, epochs=15, image_size=160)  # small and quick; the shipped model uses the defaults
@@ -64,7 +65,7 @@ def test_training_on_real_photos_gives_a_version_that_loads_and_predicts(small_t
     card = (hub.repo / "v1" / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: keras" in card and "model-index:" in card
     assert "python -m eval.evaluate" in card
-    classifier = hub.load("production", settings)
+    classifier = load_classifier(hub, "production", settings)
     assert classifier.version == "v1" and classifier.spec.image_size == 160
     splits = split_examples(dataset.examples, SMALL.seed)
     predictions = classifier.predict([example.data for example in splits.train])
@@ -83,7 +84,7 @@ def test_same_seed_gives_the_same_model(small_trained, small_photo_dir):
 
 def test_predict_matches_the_cached_embedding_path(small_trained):
     settings, dataset, trained, hub = small_trained
-    classifier = hub.load("v1", settings)
+    classifier = load_classifier(hub, "v1", settings)
     examples = dataset.examples[:10]
     direct = np.array([p.p_dog for p in classifier.predict([example.data for example in examples])])
     embeddings, _, _ = embed_examples(classifier.backbone, examples, embedding_cache(settings), classifier.views())
@@ -94,7 +95,7 @@ def test_predict_matches_the_cached_embedding_path(small_trained):
 
 def test_bad_images_are_rejected_by_predict_and_reported_by_training(small_trained, tmp_path):
     settings, dataset, _, hub = small_trained
-    classifier = hub.load("v1", settings)
+    classifier = load_classifier(hub, "v1", settings)
     with pytest.raises(InvalidImage, match="empty"):
         classifier.predict(b"")
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
@@ -122,11 +123,11 @@ def test_training_from_a_datasets_imagefolder(small_photo_dir, settings):
 
 @requires_photos
 def test_the_shipped_production_model_is_right_on_photos_it_never_saw(settings):
-    shipped = LocalHub(PROJECT_ROOT / "models", settings.model_name)
+    shipped = LocalHub(shipped_models(), settings.model_name)
     if shipped.production() is None:
         pytest.skip("no shipped model in models/")
     metrics = shipped.metrics()
-    classifier = shipped.load("production", settings)
+    classifier = load_classifier(shipped, "production", settings)
     data = metrics["data"]
     test_split = split_examples(load_folder(PHOTOS_DIR).examples, data["split_seed"], data["validation_fraction"],
                                 data["test_fraction"]).test

@@ -14,7 +14,7 @@ from gradio_client import Client
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
-from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
+from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 
@@ -37,7 +37,7 @@ def wait_for(condition, seconds: float):
 
 
 def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     shipped = LocalHub(tmp_path / "models", Settings.from_env().model_name).production()
     replicas = []
     for name in ("a", "b"):
@@ -53,9 +53,9 @@ def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
         for _, url in replicas:
             assert wait_for(lambda: health(url), 120)["model_version"] == shipped
         (_, first), (_, second) = replicas
-        assert Client(first, verbose=False).predict("v1", "", api_name="/promote") == "Production is now v1."
-        assert health(first)["model_version"] == "v1"  # the replica that promoted swaps at once
-        assert wait_for(lambda: health(second)["model_version"] == "v1", 30)  # the other within its interval
+        assert Client(first, verbose=False).predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
+        assert health(first)["model_version"] == OTHER_VERSION  # the replica that promoted swaps at once
+        assert wait_for(lambda: health(second)["model_version"] == OTHER_VERSION, 30)  # the other within its interval
     finally:
         for process, _ in replicas:
             process.terminate()

@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 
 from catdog_model.config import Settings
 from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, public_message
-from tests.conftest import requires_weights
+from tests.conftest import requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 FILE_ENDPOINTS = {"predict": lambda file: [file], "predict_with_details": lambda file: [file],
@@ -216,7 +216,7 @@ def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, sm
 
     from catdog_model.config import PROJECT_ROOT
 
-    shutil.copytree(PROJECT_ROOT / "models", settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
     gradio_files = tmp_path / "gradio-files"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_files))
     service = Service(dataclasses.replace(settings, file_cache_minutes=0.05))  # 3 seconds

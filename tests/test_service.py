@@ -16,9 +16,9 @@ from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.service import Service, ServiceError
 from catdog_model.hub import LocalHub
 from catdog_model.data import load_folder
-from tests.conftest import PHOTOS_DIR, WEIGHTS_DIR, requires_photos, requires_weights
+from tests.conftest import OTHER_VERSION, PHOTOS_DIR, WEIGHTS_DIR, requires_photos, requires_weights, shipped_models
 
-SHIPPED = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name).production()
+SHIPPED = LocalHub(shipped_models(), Settings.from_env().model_name).production()
 
 
 def make_settings(root, cache_dir, **changes) -> Settings:
@@ -28,7 +28,7 @@ def make_settings(root, cache_dir, **changes) -> Settings:
 
 @pytest.fixture
 def service(tmp_path, cache_dir, small_photo_dir) -> Service:
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     return Service(make_settings(tmp_path, cache_dir, examples_dir=small_photo_dir))
 
 
@@ -51,13 +51,13 @@ def test_promotion_while_predictions_run_fails_no_request(service, small_photo_d
     for client in clients:
         client.start()
     for _ in range(3):
-        service.promote("v1")
+        service.promote(OTHER_VERSION)
         service.rollback()
     stop.set()
     for client in clients:
         client.join()
     assert failures == []
-    assert seen_versions == {"v1", SHIPPED}
+    assert seen_versions == {OTHER_VERSION, SHIPPED}
     assert service.health()["model_version"] == SHIPPED
 
 
@@ -106,11 +106,11 @@ def test_the_admin_token_is_checked_only_when_set(tmp_path, cache_dir):
 
 @requires_weights
 def test_a_version_that_cannot_load_is_never_promoted(service):
-    weights = service.hub.repo / "v1" / "head.weights.h5"
+    weights = service.hub.repo / OTHER_VERSION / "head.weights.h5"
     weights.chmod(0o644)
     weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
-    with pytest.raises(ServiceError, match="v1 cannot be promoted: .*does not match the sha256"):
-        service.promote("v1")
+    with pytest.raises(ServiceError, match=f"{OTHER_VERSION} cannot be promoted: .*does not match the sha256"):
+        service.promote(OTHER_VERSION)
     assert service.hub.production() == SHIPPED and service.health()["model_version"] == SHIPPED
 
 
@@ -123,7 +123,7 @@ def wait_for_retraining(service: Service, seconds: float = 300) -> None:
 @requires_weights
 def test_promote_and_rollback_at_the_same_moment_leave_alias_and_served_model_agreeing(service):
     for _ in range(5):
-        service.promote("v1")
+        service.promote(OTHER_VERSION)
         service.rollback()
         barrier = threading.Barrier(2)
 
@@ -134,7 +134,7 @@ def test_promote_and_rollback_at_the_same_moment_leave_alias_and_served_model_ag
             except ServiceError:
                 pass  # the loser may find nothing left to roll back to; that is a sentence, not a crash
 
-        threads = [threading.Thread(target=act, args=(lambda: service.promote("v2"),)),
+        threads = [threading.Thread(target=act, args=(lambda: service.promote("v6"),)),
                    threading.Thread(target=act, args=(service.rollback,))]
         for thread in threads:
             thread.start()
@@ -145,13 +145,13 @@ def test_promote_and_rollback_at_the_same_moment_leave_alias_and_served_model_ag
 
 @requires_weights
 def test_rollback_refuses_a_version_that_cannot_load(service):
-    service.promote("v1")
+    service.promote(OTHER_VERSION)
     weights = service.hub.repo / SHIPPED / "head.weights.h5"
     weights.chmod(0o644)
     weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
     with pytest.raises(ServiceError, match=f"{SHIPPED} cannot be rolled back to: .*does not match the sha256"):
         service.rollback()
-    assert service.hub.production() == "v1" and service.health()["model_version"] == "v1"
+    assert service.hub.production() == OTHER_VERSION and service.health()["model_version"] == OTHER_VERSION
 
 
 @requires_weights
@@ -160,7 +160,7 @@ def test_model_swaps_leave_no_threads_behind(service, small_photo_dir):
     service.predict(photo)
     threads_before = threading.active_count()
     for _ in range(10):
-        service.promote("v1")
+        service.promote(OTHER_VERSION)
         service.predict(photo)
         service.rollback()
         service.predict(photo)
@@ -174,7 +174,7 @@ def test_model_swaps_leave_no_threads_behind(service, small_photo_dir):
 
 @requires_weights
 def test_flags_reach_the_answer_and_the_log(tmp_path, cache_dir, small_photo_dir):
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     photo = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise, "PNG")
@@ -193,7 +193,7 @@ def test_flags_reach_the_answer_and_the_log(tmp_path, cache_dir, small_photo_dir
 
 @requires_weights
 def test_the_minimum_side_applies_to_predictions_and_uploads(tmp_path, cache_dir):
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     small = tmp_path / "small.png"
     Image.new("RGB", (50, 50), "orange").save(small)
     strict = Service(make_settings(tmp_path, cache_dir, models_dir=tmp_path / "models", min_side=100))
@@ -205,7 +205,7 @@ def test_the_minimum_side_applies_to_predictions_and_uploads(tmp_path, cache_dir
 @pytest.fixture
 def gated(tmp_path, cache_dir, small_photo_dir):
     """A service whose base data is the small photo set: its test split (12 photos) is the trusted set."""
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
 
     def make(**changes) -> Service:
         return Service(make_settings(tmp_path, cache_dir, base_data_dir=small_photo_dir, gate_min_images=10,
@@ -242,7 +242,7 @@ def test_with_auto_promotion_off_a_passing_candidate_waits(gated):
 @requires_photos
 def test_swapped_labels_are_held_as_suspect_and_production_keeps_its_accuracy(tmp_path, cache_dir):
     """The attack: 25 dog photos uploaded as "cat" and 25 cats as "dog", then retraining, with no base data."""
-    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     service = Service(make_settings(tmp_path, cache_dir))
     photos = load_folder(PHOTOS_DIR).examples
     cats = [example for example in photos if example.label == "cat"]

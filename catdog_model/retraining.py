@@ -1,0 +1,217 @@
+"""Retraining from the app, in its own process: the server never imports TensorFlow and keeps serving at its
+own memory while a child trains, publishes, compares and reports.
+
+Child:  python -m catdog_model.retraining, settings as JSON in CATDOG_RETRAIN_SETTINGS (not on the command
+        line, where `ps` would show the admin token) — prints one JSON object a line:
+        {"stage", "done", "total"} while it works, {"log": …} for notes, {"result": …} at the end.
+Server: Retrainer starts one child at a time, follows its lines, and hears how it ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .config import PROJECT_ROOT, Settings
+from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
+from .uploads import UploadStore
+
+logger = logging.getLogger(__name__)
+RETRAIN_BATCH_SIZE = 4  # small embedding batches: each backbone call is short, so requests never wait long
+PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass
+class RetrainState:
+    running: bool = False
+    stage: str = "idle"
+    done: int = 0
+    total: int = 0
+    log: list[str] = dataclasses.field(default_factory=list)
+    result: dict | None = None
+    error: str | None = None
+
+
+# What the server and the child both need to know about the data.
+
+def base_examples(settings: Settings) -> list[Example]:
+    base = settings.base_data_dir
+    return load_folder(base).examples if base and base.is_dir() else []
+
+
+def trusted_examples(settings: Settings, seed: int, validation_fraction: float,
+                     test_fraction: float) -> list[Example]:
+    """The fixed held-out photos the gate judges on: CATDOG_TRUSTED_DATA_DIR, else the base data's test split;
+    never uploads."""
+    trusted = settings.trusted_data_dir
+    if trusted and trusted.is_dir():
+        return load_folder(trusted).examples
+    return split_examples(base_examples(settings), seed, validation_fraction, test_fraction).test
+
+
+def hub_uploads(settings: Settings) -> Dataset:
+    """The uploads kept in the Hub dataset, read back through `datasets` (imagefolder)."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(settings.hub_dataset, repo_type="dataset",
+                                    endpoint=os.environ.get("HF_ENDPOINT")))
+    if not any((folder / label).is_dir() for label in ("cat", "dog")):
+        return Dataset([])
+    return load_hf_dataset(str(folder))
+
+
+def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Example]) -> Dataset:
+    """Base data and confirmed uploads, less the trusted photos (a candidate never trains on its judge)."""
+    examples = base_examples(settings) + list(uploads.dataset().examples)
+    if settings.hub_dataset:
+        examples += hub_uploads(settings).examples
+    excluded = {example.sha256 for example in trusted}
+    return deduplicate([example for example in examples if example.sha256 not in excluded])
+
+
+# The child.
+
+def run(settings: Settings, emit: Callable[[dict], None]) -> dict:
+    """Train on base data + uploads, publish, compare with production on the trusted photos, decide."""
+    from .classifier import load_classifier
+    from .evaluation import compute_metrics
+    from .gate import promotion_gate
+    from .hub import open_hub
+    from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
+
+    config = TrainingConfig()
+    hub = open_hub(settings)
+    uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
+    trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
+    dataset = training_dataset(settings, uploads, trusted)
+    emit({"log": f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates; "
+                 f"{len(trusted)} trusted held-out photos."})
+    trained = train(dataset, dataclasses.replace(settings, batch_size=RETRAIN_BATCH_SIZE), config,
+                    progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}),
+                    source=str(settings.data_dir / "uploads"), command="retrain from the app")
+    emit({"stage": "publishing", "done": 0, "total": 1})
+    version = publish(trained, hub, settings.model_name)
+    emit({"log": f"Published {version}."})
+    emit({"stage": "comparing", "done": 0, "total": 1})
+    production = hub.production()
+    production = None if production == version else production
+
+    def evaluate(revision: str) -> dict:
+        classifier = load_classifier(hub, revision, settings)
+        embeddings, kept, _ = embed_examples(classifier.backbone, trusted, embedding_cache(settings),
+                                             classifier.views())
+        return {"version": revision, **compute_metrics([example.label for example in kept],
+                                                       classifier.p_dog_from_embeddings(embeddings))}
+
+    candidate_metrics = evaluate(version) if trusted else None
+    production_metrics = evaluate(production) if trusted and production else None
+    decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
+                              production_metrics and production_metrics["accuracy"], len(trusted),
+                              settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy)
+    return {"version": version, "candidate": candidate_metrics, "production": production_metrics,
+            "production_version": production, "gate_passed": decision.passed, "reason": decision.reason}
+
+
+SETTINGS_VARIABLE = "CATDOG_RETRAIN_SETTINGS"
+
+
+def main() -> None:
+    settings = Settings.from_json(os.environ[SETTINGS_VARIABLE])
+
+    def emit(message: dict) -> None:
+        print(json.dumps(message), flush=True)
+
+    try:
+        emit({"result": run(settings, emit)})
+    except Exception as error:  # whatever went wrong reaches the server as one sentence, then the exit code
+        emit({"error": str(error) or type(error).__name__})
+        logger.exception("retraining failed")
+        sys.exit(1)
+
+
+# The server's side.
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: the kernel kills it if the server dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Retrainer:
+    """One retraining child at a time; on_result(result) runs in the server when a child succeeds."""
+
+    def __init__(self, settings: Settings, on_result: Callable[[dict], None]):
+        self.settings = settings
+        self.on_result = on_result
+        self.state = RetrainState()
+        self.process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> bool:
+        """False if a retraining is already running."""
+        with self._lock:
+            if self.state.running:
+                return False
+            self.state = RetrainState(running=True, stage="starting", log=["Retraining started."])
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "catdog_model.retraining"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json()})
+        threading.Thread(target=self._follow, args=(self.process, self.state), name="retrain-follow",
+                         daemon=True).start()
+        return True
+
+    def _follow(self, process: subprocess.Popen, state: RetrainState) -> None:
+        stderr: list[str] = []
+        reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)
+        reader.start()
+        for line in process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "stage" in message:
+                if message["stage"] != state.stage:
+                    state.log.append(f"{message['stage']}: {message['total']} to do")
+                state.stage, state.done, state.total = message["stage"], message["done"], message["total"]
+            state.log.extend([message["log"]] if "log" in message else [])
+            state.error = message.get("error", state.error)
+            state.result = message.get("result", state.result)
+        code = process.wait()
+        reader.join(timeout=5)
+        if code == 0 and state.result:
+            try:
+                self.on_result(state.result)
+                state.stage = "done"
+            except Exception as error:  # a promotion that fails is reported like a failed retraining
+                state.error, state.stage = str(error), "failed"
+        else:
+            if code < 0:
+                state.error = f"The retraining process was stopped by signal {signal.Signals(-code).name}."
+            elif not state.error:
+                state.error = f"The retraining process failed (exit code {code})."
+            state.stage = "failed"
+            logger.warning("retraining failed: %s %s", state.error, "".join(stderr[-20:]).strip())
+        state.log.append(f"Failed: {state.error}" if state.stage == "failed" else "Finished.")
+        state.running = False
+
+    def stop(self) -> None:
+        """End a running child (the server is shutting down)."""
+        process = self.process
+        if process and process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Serving without TensorFlow: a version's model.onnx on ONNX Runtime, its files verified, images decoded by
+catdog's own funnel, concurrent requests sharing model calls, and the flags of every prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import LABELS
+from .backbone import file_sha256
+from .batching import MicroBatcher
+from .images import DEFAULT_LIMITS, ImageLimits, load_image
+from .novelty import NOVELTY_FILE, NoveltyDetector
+
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"  # rendered by the hub when the version is pushed; prose, not read when loading
+ONNX_FILE = "model.onnx"
+
+
+class ModelLoadError(RuntimeError):
+    """A model version's files are missing, corrupt or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    label: str
+    p_cat: float
+    p_dog: float
+    version: str | None
+    flags: tuple[str, ...] = ()  # "low_confidence", "unfamiliar"
+    novelty: float | None = None  # distance from the training photos; above the version's threshold: unfamiliar
+
+    @property
+    def confidence(self) -> float:
+        return max(self.p_cat, self.p_dog)
+
+    def as_label_dict(self) -> dict[str, float]:
+        """The {label: probability} mapping that gr.Label shows."""
+        return {"cat": self.p_cat, "dog": self.p_dog}
+
+
+def make_prediction(p_dog: float, novelty: float | None, threshold: float | None, low_confidence: float,
+                    version: str | None) -> Prediction:
+    p_dog = min(max(float(p_dog), 0.0), 1.0)
+    flags = []
+    if max(p_dog, 1 - p_dog) < low_confidence:
+        flags.append("low_confidence")
+    if novelty is not None and threshold is not None and novelty > threshold:
+        flags.append("unfamiliar")
+    return Prediction(label=LABELS[int(p_dog >= 0.5)], p_cat=1.0 - p_dog, p_dog=p_dog, version=version,
+                      flags=tuple(flags), novelty=None if novelty is None else round(float(novelty), 4))
+
+
+def read_config(directory: Path) -> dict:
+    """config.json, after checking every file it lists against its sha256."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        expected = dict(config["files"])
+    except FileNotFoundError:
+        raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is missing.") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is corrupt ({error}).") from None
+    for name, sha in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelLoadError(f"{directory.name}: {name} is missing.")
+        if file_sha256(path) != sha:
+            raise ModelLoadError(f"{directory.name}: {name} does not match the sha256 in {CONFIG_FILE}; "
+                                 "the file is corrupt or was changed after the version was written.")
+    return config
+
+
+def onnx_session(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: ONNX Runtime's choice
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class ServingModel:
+    """One version, ready to serve: predict() for lists, predict_concurrently() for a server's requests."""
+
+    def __init__(self, session, image_size: int, version: str | None, novelty: NoveltyDetector | None,
+                 low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS):
+        self.session = session
+        self.image_size = image_size
+        self.version = version
+        self.novelty = novelty
+        self.low_confidence = low_confidence
+        self.limits = limits
+        self._batcher: MicroBatcher | None = None
+        self._batcher_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def load(cls, directory: Path, version: str | None = None, threads: int = 1, **options) -> "ServingModel":
+        directory = Path(directory)
+        config = read_config(directory)
+        if ONNX_FILE not in config["files"]:
+            raise ModelLoadError(f"{directory.name} has no serving export ({ONNX_FILE}); publish one with "
+                                 f"`python -m training.export --version {version or directory.name}` "
+                                 "(same weights and metrics, a new version).")
+        novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in config["files"] else None
+        try:
+            session = onnx_session(directory / ONNX_FILE, threads)
+        except Exception as error:  # ONNX Runtime raises its own types for a bad file
+            raise ModelLoadError(f"{directory.name}: cannot read {ONNX_FILE} ({error}).") from None
+        return cls(session, int(config["backbone"]["image_size"]), version, novelty, **options)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(dog) and embeddings of uint8 images (N, size, size, 3)."""
+        p_dog, embeddings = self.session.run(["p_dog", "embedding"], {"image": images})
+        return p_dog, embeddings
+
+    def decode(self, source) -> np.ndarray:
+        return load_image(source, size=self.image_size, limits=self.limits)
+
+    def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
+        p_dogs, embeddings = self.run(images)
+        scores = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
+        threshold = self.novelty.threshold if self.novelty else None
+        return [make_prediction(p_dog, score, threshold, self.low_confidence, self.version)
+                for p_dog, score in zip(p_dogs, scores)]
+
+    def predict(self, sources) -> list[Prediction]:
+        """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
+        if not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        return self.predict_decoded(np.stack([self.decode(source) for source in sources]))
+
+    def predict_concurrently(self, source) -> Prediction:
+        """For servers: decode on the caller's thread, then share one model call with concurrent callers."""
+        image = self.decode(source)
+        with self._batcher_lock:
+            if self._batcher is None and not self._closed:
+                self._batcher = MicroBatcher(self.predict_decoded)
+            batcher = self._batcher
+        if batcher is None:  # swapped out while this request decoded: answer it without a new thread
+            return self.predict_decoded(image[np.newaxis])[0]
+        return batcher.submit(image)
+
+    def close(self) -> None:
+        """Stop the micro-batcher's thread (after the requests already queued), so a model that is swapped out
+        is freed rather than kept alive by its thread."""
+        with self._batcher_lock:
+            self._closed = True
+            if self._batcher is not None:
+                self._batcher.close()
+                self._batcher = None
