@@ -10,17 +10,18 @@ import time
 import gradio as gr
 import pandas as pd
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 
 from catdog_model.config import Settings
 from catdog_model.service import Service
-from catdog_model.web import UploadedFilesOnly, input_paths, public_message, user_errors
+from catdog_model.web import UploadedFilesOnly, input_paths, public_message, rest_prediction, user_errors
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
+ANALYTICS_EVENTS = 1000
 
 
 def build_demo(service: Service) -> gr.Blocks:
@@ -96,6 +97,11 @@ def build_demo(service: Service) -> gr.Blocks:
         return (service.metrics(), figures["confusion_matrix"], figures["roc_curve"], figures["versions"],
                 figures["monitoring"], pd.DataFrame(service.versions()), service.dataset_stats())
 
+    # Gradio's queue rebuilds an analytics summary (a pandas DataFrame over up to 10,000 recent events) after
+    # every event by default: a few milliseconds of each call under load. Rarely, over fewer events, here.
+    # Read when the Blocks (and their queue) are built, so set just before.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVENTS))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", str(ANALYTICS_EVENTS))
     cache_seconds = int(service.settings.file_cache_minutes * 60)
     # Uploaded files and results leave Gradio's cache once they are this old (checked four times as often).
     with gr.Blocks(title="catdog", analytics_enabled=False,
@@ -196,6 +202,12 @@ def build_app(service: Service) -> FastAPI:
     def status() -> dict:
         body = service.status()
         return {**body, "load_error": body["load_error"] and public_message(body["load_error"])}
+
+    @app.post("/api/predict")
+    def predict_rest(file: UploadFile = File(...)) -> JSONResponse:
+        """One multipart POST (field `file`), JSON back: the fast path for scripts and load tests."""
+        status_code, body = rest_prediction(service, file.file, file.size)
+        return JSONResponse(body, status_code=status_code)
 
     app.add_middleware(UploadedFilesOnly)
     demo = build_demo(service)

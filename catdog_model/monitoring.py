@@ -29,7 +29,7 @@ class LoggedPrediction:
     p_dog: float
     latency_ms: float
     sha256: str | None
-    source: str  # "ui" or "api"
+    source: str  # "ui", "api" (Gradio) or "rest" (/api/predict)
     flagged: bool = False
 
 
@@ -95,7 +95,7 @@ class PredictionLog:
             "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
             "latency_p95_ms": round(float(np.percentile(latencies, 95)), 2),
             "labels": {label: sum(row.label == label for row in rows) for label in ("cat", "dog")},
-            "sources": {source: sum(row.source == source for row in rows) for source in ("ui", "api")},
+            "sources": {source: sum(row.source == source for row in rows) for source in ("ui", "api", "rest")},
             "flagged_share": round(sum(row.flagged for row in rows) / len(rows), 4),
             "confidence_histogram": {"edges": [round(edge, 2) for edge in edges.tolist()],
                                      "counts": histogram.tolist()},

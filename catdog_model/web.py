@@ -138,3 +138,21 @@ def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, H
         except expected as error:
             raise refusal(error) from None
     return call
+
+
+def rest_prediction(service, file, size: int | None) -> tuple[int, dict]:
+    """POST /api/predict: the HTTP status and JSON for one uploaded file, on the same path as Gradio's
+    /predict (validation, limits, prediction log). 200 with label, p_cat, p_dog, flags and version; 400 for a
+    file that is not a usable image; 413 over CATDOG_MAX_UPLOAD_MB; 503 while no model is loaded."""
+    limit = service.settings.max_upload_mb * 2**20
+    if size is not None and size > limit:
+        return 413, {"error": f"The file is larger than {service.settings.max_upload_mb} MB (CATDOG_MAX_UPLOAD_MB)."}
+    if service.classifier is None:
+        return 503, {"error": public_message(f"No model is loaded: {service.load_error}")}
+    try:
+        prediction, _ = service.predict(file.read(limit + 1), origin="rest")
+    except (ValueError, HubError) as error:
+        logger.info("refused /api/predict: %s", public_message(error))
+        return 400, {"error": public_message(error)}
+    return 200, {"label": prediction.label, "p_cat": prediction.p_cat, "p_dog": prediction.p_dog,
+                 "flags": list(prediction.flags), "version": prediction.version}

@@ -1,0 +1,173 @@
+"""Serving on ONNX Runtime: the export agrees with Keras, a version without one is refused with the command that
+makes it, the server never imports TensorFlow, retraining runs (and fails, and dies) in its own process, and
+the plain REST route answers like Gradio's /predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from catdog_model.classifier import load_classifier
+from catdog_model.config import Settings
+from catdog_model.export import ExportError, check_export, sample_images
+from catdog_model.hub import LocalHub
+from catdog_model.serving import ModelLoadError, ServingModel
+from catdog_model.service import Service, ServiceError
+from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, shipped_models
+
+pytestmark = [requires_weights]
+
+
+def hub_copy(root: Path) -> LocalHub:
+    shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
+    return LocalHub(root / "models", Settings.from_env().model_name)
+
+
+def test_the_export_answers_as_the_keras_model_does(settings, small_photo_dir, tmp_path):
+    hub = hub_copy(tmp_path)
+    keras_model = load_classifier(hub, "production", dataclasses.replace(settings, weights_dir=WEIGHTS_DIR))
+    served = ServingModel.load(hub.download("production"), hub.production())
+    photos = [path.read_bytes() for folder in ("cats", "dogs") for path in sorted((small_photo_dir / folder).iterdir())]
+    images = np.concatenate([np.stack([served.decode(photo) for photo in photos]), sample_images(served.image_size)])
+    expected_p_dog, expected_embeddings = keras_model.predict_arrays(images)
+    p_dog, embeddings = served.run(images)
+    assert np.abs(p_dog - expected_p_dog).max() < 1e-4
+    assert np.abs(embeddings - expected_embeddings).max() < 1e-3
+    assert [prediction.label for prediction in served.predict(photos)] == ["cat"] * 30 + ["dog"] * 30
+
+
+def test_an_export_that_disagrees_with_keras_is_refused(settings, tmp_path):
+    hub = hub_copy(tmp_path)
+    other_model = load_classifier(hub, "v1", dataclasses.replace(settings, weights_dir=WEIGHTS_DIR))
+    with pytest.raises(ExportError, match="differs from the Keras model by up to .* the version was not written"):
+        check_export(other_model, hub.download("production") / "model.onnx")
+
+
+def test_a_version_without_an_export_is_refused_for_serving_with_the_command(settings, tmp_path):
+    hub = hub_copy(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"v3 has no serving export .*python -m training.export --version v3"):
+        ServingModel.load(hub.download("v3"), "v3")
+    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models"))
+    with pytest.raises(ServiceError, match="v3 cannot be promoted: .*python -m training.export --version v3"):
+        service.promote("v3")
+    assert service.health()["model_version"] == hub.production()
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def app_process(tmp_path, cache_dir, small_photo_dir):
+    from eval.loadtest import App
+
+    hub_copy(tmp_path)
+    env = {**os.environ, "CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_DATA_DIR": str(tmp_path / "data"),
+           "CATDOG_CACHE_DIR": str(cache_dir), "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR), "CATDOG_OFFLINE": "1",
+           "CATDOG_BASE_DATA_DIR": str(small_photo_dir), "CATDOG_RELOAD_SECONDS": "0",
+           "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env.pop("CATDOG_ADMIN_TOKEN", None)
+    app = App(env)
+    yield app
+    if app.process.poll() is None:
+        app.stop()
+
+
+def loaded_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrains(app_process, small_photo_dir):
+    from gradio_client import Client, handle_file
+
+    url = app_process.url
+    client = Client(url, verbose=False)
+    photo = sorted((small_photo_dir / "dogs").iterdir())[0]
+    assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
+    assert client.predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
+    client.predict("", api_name="/rollback")
+    client.predict("", api_name="/retrain")
+    assert wait_for(lambda: not client.predict(api_name="/retrain_status")["running"], 300)
+    status = client.predict(api_name="/retrain_status")
+    assert status["stage"] == "done", status
+    assert "Published" in " ".join(status["log"])
+    libraries = loaded_libraries(app_process.process.pid)
+    assert "tensorflow" not in libraries and "onnxruntime" in libraries
+    assert psutil.Process(app_process.process.pid).memory_info().rss < 700 * 2**20
+
+
+def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(app_process, small_photo_dir):
+    from gradio_client import Client
+
+    client = Client(app_process.url, verbose=False)
+    serving = httpx.get(app_process.url + "/health").json()["model_version"]
+    client.predict("", api_name="/retrain")
+    server = psutil.Process(app_process.process.pid)
+    assert wait_for(lambda: server.children(), 30)
+    child = server.children()[0]
+    assert wait_for(lambda: client.predict(api_name="/retrain_status")["stage"] not in ("starting",), 120)
+    os.kill(child.pid, signal.SIGKILL)
+    assert wait_for(lambda: not client.predict(api_name="/retrain_status")["running"], 30)
+    status = client.predict(api_name="/retrain_status")
+    assert status["stage"] == "failed" and "signal SIGKILL" in status["error"]
+    assert httpx.get(app_process.url + "/health").json()["model_version"] == serving
+    client.predict("", api_name="/retrain")  # and the next retraining may start
+    assert client.predict(api_name="/retrain_status")["running"]
+
+
+def test_a_retraining_child_never_outlives_the_server(app_process):
+    from gradio_client import Client
+
+    Client(app_process.url, verbose=False).predict("", api_name="/retrain")
+    server = psutil.Process(app_process.process.pid)
+    assert wait_for(lambda: server.children(), 30)
+    child = server.children()[0]
+    os.kill(server.pid, signal.SIGKILL)
+    app_process.process.wait(timeout=30)
+    assert wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 15)
+
+
+def test_the_rest_route_answers_like_the_gradio_api(server, small_photo_dir):
+    url, service = server
+    photo = sorted((small_photo_dir / "cats").iterdir())[3]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        answer = http.post("api/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["label"] == "cat" and body["version"] == service.health()["model_version"]
+        assert abs(body["p_cat"] + body["p_dog"] - 1) < 1e-6 and isinstance(body["flags"], list)
+        refused = http.post("api/predict", files={"file": ("notes.jpg", b"not a photo", "image/jpeg")})
+        assert refused.status_code == 400 and "not an image that can be read" in refused.json()["error"]
+        empty = http.post("api/predict", files={"file": ("empty.jpg", b"", "image/jpeg")})
+        assert empty.status_code == 400 and "empty" in empty.json()["error"]
+        assert http.post("api/predict").status_code == 422  # no file field at all
+    service.log.flush()
+    assert service.log.statistics()["sources"]["rest"] >= 1
+
+
+def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
+    from app import build_app
+    from tests.conftest import serve_in_thread
+
+    hub_copy(tmp_path)
+    url, stop = serve_in_thread(build_app(Service(dataclasses.replace(settings, models_dir=tmp_path / "models",
+                                                                      max_upload_mb=1))))
+    try:
+        answer = httpx.post(url + "/api/predict", files={"file": ("big.jpg", b"x" * 1_500_000)}, timeout=30)
+        assert answer.status_code == 413 and "CATDOG_MAX_UPLOAD_MB" in answer.json()["error"]
+    finally:
+        stop()
