@@ -1,11 +1,15 @@
-"""Load-test /predict with Locust, beside the same app with a no-op model, in one run.
+"""Load-test catdog with Locust against the ceilings it is compared with, all in one run, on one machine.
 
     python -m eval.loadtest [--users 10] [--seconds 60] [--retrain] [--json]
 
-For each of catdog and the no-op model (CATDOG_NOOP_MODEL=1): start `python app.py` on a free loopback port
-(time to ready), run eval/locustfile.py's PredictUser headless with --users users and with 1 user, and record
-throughput, end-to-end p50/p95/p99, failures and the server's peak RSS. With --retrain, also measure 1-user
-latency while a retraining runs. Locust runs on the same machine and shares its cores.
+Servers, each started on a free loopback port (time to ready measured) and load-tested in turn:
+- the minimal Gradio app (eval/minimal_apps.py: one endpoint, constant answer) — Gradio's ceiling here;
+- catdog (`python app.py`) through Gradio's /predict, and through POST /api/predict;
+- catdog with a no-op model (CATDOG_NOOP_MODEL=1): what catdog's own web layer costs;
+- a minimal FastAPI app serving the same model.onnx (decode + one ONNX Runtime call) — the REST ceiling.
+Each gets --users users for --seconds (throughput, p50/p95/p99, failures) and 1 user (latency); catdog's
+RSS is read after its load. With --retrain, catdog's 1-user latency is measured again while a retraining
+runs. Locust runs on the same machine and shares its cores.
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ def free_port() -> int:
 class App:
     """`python app.py` in a child process, with its start-up time and peak memory."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], command: tuple[str, ...] = ("app.py",)):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT,
+        self.process = subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT,
                                         env={**env, "GRADIO_SERVER_PORT": str(self.port)},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not self.ready():
@@ -81,13 +85,13 @@ class App:
         self.process.wait(timeout=30)
 
 
-def run_locust(url: str, users: int, seconds: int, env: dict[str, str]) -> dict:
-    """Locust headless against url; the end-to-end row of its statistics."""
+def run_locust(url: str, users: int, seconds: int, env: dict[str, str], user: str = "PredictUser") -> dict:
+    """Locust headless against url with one of eval/locustfile.py's users; the end-to-end row of its statistics."""
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "run"
         subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
                         "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
-                        "--only-summary", "--stop-timeout", "10", "PredictUser"],
+                        "--only-summary", "--stop-timeout", "10", user],
                        env=env, cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(f"{prefix}_stats.csv") as file:
             rows = {row["Name"]: row for row in csv.DictReader(file)}
@@ -104,26 +108,33 @@ def start_retrain(url: str) -> None:
     Client(url, verbose=False).predict("", api_name="/retrain")
 
 
-def measure(name: str, env: dict[str, str], arguments) -> dict:
-    app = App(env)
+def measure(env: dict[str, str], arguments, command: tuple[str, ...] = ("app.py",), user: str = "PredictUser",
+            retrain: bool = False, rest: bool = False) -> dict:
+    app = App(env, command)
     try:
-        result = {"ready_s": round(app.ready_seconds, 1),
-                  "load": run_locust(app.url, arguments.users, arguments.seconds, env),
-                  "one_user": run_locust(app.url, 1, arguments.one_user_seconds, env)}
-        result["peak_rss_mb"] = round(app.peak_rss / 2**20, 1)
-        if arguments.retrain and name == "catdog":
+        result = {"ready_s": round(app.ready_seconds, 1), "load": run_locust(app.url, arguments.users,
+                                                                            arguments.seconds, env, user)}
+        result["rss_mb_after_load"] = round(psutil.Process(app.process.pid).memory_info().rss / 2**20, 1)
+        result["one_user"] = run_locust(app.url, 1, arguments.one_user_seconds, env, user)
+        if rest:
+            result["rest"] = run_locust(app.url, arguments.users, arguments.seconds, env, "RestUser")
+        if retrain:
             start_retrain(app.url)
-            result["one_user_during_retrain"] = run_locust(app.url, 1, arguments.one_user_seconds, env)
-            result["peak_rss_with_retrain_mb"] = round(app.peak_rss / 2**20, 1)
+            result["one_user_during_retrain"] = run_locust(app.url, 1, arguments.one_user_seconds, env, user)
+        result["peak_rss_mb"] = round(app.peak_rss / 2**20, 1)
         return result
     finally:
         app.stop()
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / max(denominator, 1e-9), 3)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval.loadtest", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--seconds", type=int, default=60, help="length of the --users run")
+    parser.add_argument("--seconds", type=int, default=60, help="length of each --users run")
     parser.add_argument("--one-user-seconds", type=int, default=20, help="length of each 1-user run")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES) if DEFAULT_IMAGES.is_dir() else None,
                         help="folder with cats/ and dogs/ (default: ../shared/data/cats_vs_dogs if present)")
@@ -139,28 +150,45 @@ def main(argv: list[str] | None = None) -> None:
     base.pop("CATDOG_ADMIN_TOKEN", None)
     if arguments.images:
         base.update(CATDOG_LOAD_IMAGES=arguments.images, CATDOG_BASE_DATA_DIR=arguments.images)
+    from catdog_model.config import Settings
+    from catdog_model.hub import LocalHub
+
+    model = LocalHub(work / "models", Settings.from_env().model_name).download() / "model.onnx"
+    unchecked = {**base, "CATDOG_LOAD_CHECK_LABELS": "0"}
     results = {
-        "catdog": measure("catdog", {**base, "CATDOG_DATA_DIR": str(work / "data")}, arguments),
-        "noop": measure("noop", {**base, "CATDOG_DATA_DIR": str(work / "noop-data"), "CATDOG_NOOP_MODEL": "1",
-                                 "CATDOG_LOAD_CHECK_LABELS": "0"}, arguments),
+        "minimal_gradio": measure(unchecked, arguments, ("-m", "eval.minimal_apps", "gradio")),
+        "catdog": measure({**base, "CATDOG_DATA_DIR": str(work / "data")}, arguments, retrain=arguments.retrain,
+                          rest=True),
+        "noop": measure({**unchecked, "CATDOG_DATA_DIR": str(work / "noop-data"), "CATDOG_NOOP_MODEL": "1"},
+                        arguments),
+        "minimal_fastapi": measure(base, arguments, ("-m", "eval.minimal_apps", "fastapi", "--model", str(model)),
+                                   user="RestUser"),
         "images": "real photos" if arguments.images else "generated JPEGs",
     }
-    catdog, noop = results["catdog"], results["noop"]
-    results["throughput_ratio"] = round(catdog["load"]["requests_per_s"] / max(noop["load"]["requests_per_s"], 1e-9), 3)
     shutil.rmtree(work, ignore_errors=True)
+    catdog, gradio, noop, fastapi = (results[name] for name in ("catdog", "minimal_gradio", "noop", "minimal_fastapi"))
+    results["ratios"] = {
+        "catdog_to_minimal_gradio": ratio(catdog["load"]["requests_per_s"], gradio["load"]["requests_per_s"]),
+        "catdog_to_noop": ratio(catdog["load"]["requests_per_s"], noop["load"]["requests_per_s"]),
+        "rest_to_minimal_fastapi": ratio(catdog["rest"]["requests_per_s"], fastapi["load"]["requests_per_s"]),
+        "ready_to_minimal_gradio": ratio(catdog["ready_s"], gradio["ready_s"]),
+    }
     if arguments.json:
         print(json.dumps(results))
         return
-    print(f"{'':28}{'catdog':>12}{'no-op':>12}")
+    names = ("minimal_gradio", "catdog", "noop", "minimal_fastapi")
+    print(f"{'':24}" + "".join(f"{name:>17}" for name in names))
     rows = [("ready (s)", "ready_s", None), (f"req/s, {arguments.users} users", "load", "requests_per_s"),
-            ("p50 ms", "load", "p50_ms"), ("p95 ms", "load", "p95_ms"), ("p99 ms", "load", "p99_ms"),
-            ("failures", "load", "failures"), ("wrong labels", "load", "wrong_labels"),
-            ("p50 ms, 1 user", "one_user", "p50_ms"),
-            ("peak RSS (MB)", "peak_rss_mb", None)]
+            ("p50 ms", "load", "p50_ms"), ("p95 ms", "load", "p95_ms"), ("failures", "load", "failures"),
+            ("p50 ms, 1 user", "one_user", "p50_ms"), ("p95 ms, 1 user", "one_user", "p95_ms"),
+            ("RSS after load (MB)", "rss_mb_after_load", None), ("peak RSS (MB)", "peak_rss_mb", None)]
     for title, key, field in rows:
-        values = [result[key] if field is None else result[key][field] for result in (catdog, noop)]
-        print(f"{title:<28}{values[0]!s:>12}{values[1]!s:>12}")
-    print(f"throughput catdog / no-op: {results['throughput_ratio']}")
+        values = [results[name][key] if field is None else results[name][key][field] for name in names]
+        print(f"{title:<24}" + "".join(f"{value!s:>17}" for value in values))
+    rest = catdog["rest"]
+    print(f"catdog POST /api/predict: {rest['requests_per_s']} req/s, p50 {rest['p50_ms']} ms, "
+          f"failures {rest['failures']}, wrong labels {rest['wrong_labels']}")
+    print("ratios: " + ", ".join(f"{name} {value}" for name, value in results["ratios"].items()))
     if "one_user_during_retrain" in catdog:
         during = catdog["one_user_during_retrain"]
         print(f"1 user during a retraining: p50 {during['p50_ms']} ms, p95 {during['p95_ms']} ms "

@@ -3,7 +3,7 @@
     locust -f eval/locustfile.py --headless -u 10 -r 10 -t 60s --host http://127.0.0.1:7860 PredictUser
 
 PredictUser speaks plain HTTP: POST /gradio_api/upload, POST /gradio_api/call/predict, then reads the event
-stream to its `complete` event. Each step is timed, and the whole round trip is reported as "predict
+stream to its `complete` event. RestUser sends the photo in one multipart POST to /api/predict. Each step is timed, and the whole round trip is reported as "predict
 (end to end)". GradioClientUser does the same through gradio_client. Photos come from CATDOG_LOAD_IMAGES
 (a folder with cats/ and dogs/), else generated JPEGs. A round trip that fails or ends in an `error` event
 is a failure of "predict (end to end)"; a completed one whose label is wrong is a failure of "label check"
@@ -85,6 +85,21 @@ class PredictUser(HttpUser):
                 raise RuntimeError(f"the event stream ended without a result: {stream.text[-300:]}")
             result = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))[0]
             check_label(label, result)
+        except Exception as error:  # every failure of the round trip is one failed request
+            report(started, error)
+            return
+        report(started, None)
+
+
+class RestUser(HttpUser):
+    @task
+    def predict(self):
+        label, name, data = random.choice(IMAGES)
+        started = time.perf_counter()
+        try:
+            answer = self.client.post("/api/predict", files={"file": (name, data, "image/jpeg")}, name="rest")
+            answer.raise_for_status()
+            check_label(label, answer.json())
         except Exception as error:  # every failure of the round trip is one failed request
             report(started, error)
             return

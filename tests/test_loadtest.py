@@ -11,15 +11,17 @@ from tests.conftest import requires_weights
 
 
 @requires_weights
-def test_loadtest_runs_both_servers_and_reports(small_photo_dir, env):
+def test_loadtest_runs_every_server_and_reports_the_ratios(small_photo_dir, env):
     result = subprocess.run([sys.executable, "-m", "eval.loadtest", "--users", "2", "--seconds", "4",
                              "--one-user-seconds", "3", "--images", str(small_photo_dir), "--json"],
                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    for name in ("catdog", "noop"):
+    for name in ("minimal_gradio", "catdog", "noop", "minimal_fastapi"):
         load = report[name]["load"]
-        assert load["requests"] > 0 and load["failures"] == 0
+        assert load["requests"] > 0 and load["failures"] == 0, name
         assert report[name]["ready_s"] > 0 and report[name]["peak_rss_mb"] > 0
+    assert report["catdog"]["rest"]["requests"] > 0 and report["catdog"]["rest"]["failures"] == 0
     assert report["catdog"]["load"]["wrong_labels"] is not None
-    assert report["throughput_ratio"] > 0
+    assert set(report["ratios"]) == {"catdog_to_minimal_gradio", "catdog_to_noop", "rest_to_minimal_fastapi",
+                                     "ready_to_minimal_gradio"}
