@@ -8,45 +8,30 @@ import dataclasses
 import hmac
 import os
 import logging
-import threading
 import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 
 from .config import Settings, TrainingConfig
+from .errors import ServiceError
 from .data import IMAGE_SUFFIXES, Example, load_folder
-from .hub import HubError, open_hub
+from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .monitoring import LoggedPrediction, PredictionLog
 from .reports import plot_monitoring, plot_versions
+from .production import Production
 from .retraining import Retrainer, trusted_examples, training_dataset
-from .serving import ModelLoadError, Prediction, ServingModel
+from .serving import Prediction, ServingModel
 from .uploads import SUSPECT_FOLDER, UploadStore
 from .web import public_message
 
-LOAD_ERRORS = (HubError, ModelLoadError)
 logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
 
 
-class ServiceError(ValueError):
-    """Something the user asked that cannot be done; the message says what to do instead."""
-
-
 class NotAllowed(ServiceError):
     """A mutating action without the admin token (or with a wrong one)."""
-
-
-class ConstantModel:
-    """CATDOG_NOOP_MODEL=1, for load tests only: the same app and endpoint with no decoding and no inference,
-    to measure what serving costs by itself."""
-
-    version = "noop"
-
-    def predict_concurrently(self, source) -> Prediction:
-        return Prediction("cat", 0.5, 0.5, self.version)
 
 
 class Service:
@@ -59,74 +44,37 @@ class Service:
         self.uploads = UploadStore(settings.data_dir / "uploads", self.limits)
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
-        self.classifier: ServingModel | None = None
-        self.load_error: str | None = None
         self.retrainer = Retrainer(settings, self._after_retraining)
-        # Every change of production (the hub's alias, loading, the swap) happens under this one lock, so the
-        # alias and the model being served never disagree, whoever promotes, rolls back or follows a replica.
-        self._production_lock = threading.RLock()
         if not settings.admin_token and not settings.on_loopback:
             logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
                            "promotion and rollback are refused until it is set.", settings.server_name)
-        self.reload()
-        if settings.reload_seconds > 0:
-            threading.Thread(target=self._follow_production, name="follow-production", daemon=True).start()
+        self.production = Production(settings, self.hub, self.limits)
 
-    # Serving
+    # Serving: the production unit decides what is served; here each prediction is also logged.
 
-    def _load_ready(self, revision: str) -> ServingModel:
-        version = self.hub.resolve(revision)
-        # One inference thread (CATDOG_SERVING_THREADS) leaves the other core to the web server's own work.
-        model = ServingModel.load(self.hub.download(version), version, threads=self.settings.serving_threads,
-                                  low_confidence=self.settings.low_confidence, limits=self.limits)
-        # The first call allocates ONNX Runtime's buffers: pay it here, not in a request.
-        model.run(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
-        return model
+    @property
+    def classifier(self) -> ServingModel | None:
+        return self.production.model
 
-    def _swap(self, classifier: ServingModel) -> None:
-        """One assignment, so predictions in flight finish on the old model; its batcher thread then ends."""
-        old, self.classifier, self.load_error = self.classifier, classifier, None
-        if old is not None and old is not classifier and hasattr(old, "close"):
-            old.close()
+    @property
+    def load_error(self) -> str | None:
+        return self.production.load_error
 
-    def reload(self) -> None:
-        """Load production and serve it."""
-        if self.settings.noop_model:
-            self.classifier = ConstantModel()
-            return
-        with self._production_lock:
-            try:
-                self._swap(self._load_ready("production"))
-            except LOAD_ERRORS as error:
-                self.load_error = str(error)
+    def health(self) -> dict:
+        return self.production.health()
 
-    def _follow_production(self) -> None:
-        """Replicas behind a load balancer share one hub: each one swaps models when the alias moves."""
-        while True:
-            time.sleep(self.settings.reload_seconds)
-            with self._production_lock:
-                try:
-                    production = self.hub.production()
-                except Exception as error:  # A hub that is down for a moment must not stop the replica.
-                    logger.warning("cannot read the production alias: %s", error)
-                    continue
-                serving = self.classifier.version if self.classifier else None
-                if production is not None and production != serving:
-                    logger.info("production moved from %s to %s; reloading", serving, production)
-                    self.reload()
+    def promote(self, version: str) -> str:
+        return self.production.promote(version)
 
-    def _serving(self) -> ServingModel:
-        classifier = self.classifier
-        if classifier is None:
-            raise ServiceError(f"No model is loaded: {self.load_error}")
-        return classifier
+    def rollback(self) -> str:
+        return self.production.rollback()
 
     def predict(self, source, origin: str = "api") -> tuple[Prediction, float]:
         """The prediction and its latency in ms; logged, unless logging fails."""
-        classifier = self._serving()
+        classifier = self.production.serving()
         started = time.perf_counter()
         data = read_bytes(source)
-        prediction = classifier.predict_concurrently(data)
+        prediction = classifier.predict_one(data)
         latency_ms = (time.perf_counter() - started) * 1000
         self.log.record(LoggedPrediction(time.time(), prediction.version, prediction.label, prediction.p_dog,
                                          latency_ms, content_hash(data), origin, bool(prediction.flags)))
@@ -254,7 +202,7 @@ class Service:
 
     def _after_retraining(self, result: dict) -> None:
         """The child's decision holds only against the production it was judged beside."""
-        with self._production_lock:
+        with self.production.lock:
             unchanged = self.hub.production() in (result["production_version"], result["version"])
             promoted = self.settings.auto_promote and result["gate_passed"] and unchanged
             if promoted:
@@ -272,39 +220,6 @@ class Service:
         return {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
                 "log": [public_message(line) for line in state.log[-20:]], "result": state.result,
                 "error": state.error and public_message(state.error)}
-
-    # Versions
-
-    def promote(self, version: str) -> str:
-        """Serve version; it is loaded first, so a version that cannot load never becomes production."""
-        if not isinstance(version, str) or not version.strip():
-            raise ServiceError("Say which version to promote, for example v3 (see the versions table).")
-        with self._production_lock:
-            version = self.hub.resolve(version.strip())
-            classifier = self._loaded_or_refused(version, "promoted")
-            self.hub.promote(version)
-            self._swap(classifier)
-        return version
-
-    def rollback(self) -> str:
-        """Serve the version production replaced; like promote, it is loaded first."""
-        with self._production_lock:
-            previous = self.hub.refs()["previous"]
-            if not previous:
-                raise ServiceError("There is no earlier production version to roll back to.")
-            classifier = self._loaded_or_refused(previous[-1], "rolled back to")
-            version = self.hub.rollback()
-            if version == classifier.version:
-                self._swap(classifier)
-            else:  # another process moved the alias in between: serve what the hub now says
-                self.reload()
-        return version
-
-    def _loaded_or_refused(self, version: str, action: str) -> ServingModel:
-        try:
-            return self._load_ready(version)
-        except LOAD_ERRORS as error:
-            raise ServiceError(f"{version} cannot be {action}: {error}") from None
 
     def versions(self) -> list[dict]:
         return [{"version": row["version"], "production": row["production"], "created_at": row["created_at"],
@@ -345,11 +260,6 @@ class Service:
             images = sorted(path for path in class_folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
             found += [str(path) for path in images[:per_class]]
         return found
-
-    def health(self) -> dict:
-        classifier = self.classifier
-        return {"status": "ok" if classifier else "not ready", "model_loaded": classifier is not None,
-                "model_version": classifier.version if classifier else None}
 
     def status(self) -> dict:
         return {**self.health(), "uptime_s": round(time.time() - self.started_at, 1), "load_error": self.load_error,

@@ -9,7 +9,7 @@ import json
 import pytest
 from gradio_client import Client, handle_file
 
-from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.config import Settings
 from catdog_model.hub import LocalHub, next_version
 from tests.conftest import requires_weights, shipped_models
 

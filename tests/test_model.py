@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from catdog_model.backbone import BackboneSpec, BackboneUnavailable, locate_weights
-from catdog_model.config import PROJECT_ROOT
 from catdog_model.data import load_folder, split_examples
 from catdog_model.embeddings import EmbeddingCache, embed_images
 from catdog_model.classifier import load_classifier

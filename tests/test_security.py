@@ -214,7 +214,6 @@ def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, sm
 
     import shutil
 
-    from catdog_model.config import PROJECT_ROOT
 
     shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
     gradio_files = tmp_path / "gradio-files"

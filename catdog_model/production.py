@@ -1,0 +1,126 @@
+"""Production, served: the hub's production version loaded from its model.onnx, swapped on promote and
+rollback, followed when another replica moves the alias — every change under one lock."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from .config import Settings
+from .errors import ServiceError
+from .hub import HubError, ModelHub
+from .images import ImageLimits
+from .serving import ModelLoadError, Prediction, ServingModel
+
+LOAD_ERRORS = (HubError, ModelLoadError)
+logger = logging.getLogger(__name__)
+
+
+class ConstantModel:
+    """CATDOG_NOOP_MODEL=1, for load tests only: the same app and endpoint with no decoding and no inference,
+    to measure what serving costs by itself."""
+
+    version = "noop"
+
+    def predict_one(self, source) -> Prediction:
+        return Prediction("cat", 0.5, 0.5, self.version)
+
+
+class Production:
+    def __init__(self, settings: Settings, hub: ModelHub, limits: ImageLimits):
+        self.settings = settings
+        self.hub = hub
+        self.limits = limits
+        self.model: ServingModel | ConstantModel | None = None
+        self.load_error: str | None = None
+        # Every change of production (the hub's alias, loading, the swap) happens under this one lock, so the
+        # alias and the model being served never disagree, whoever promotes, rolls back or follows a replica.
+        self.lock = threading.RLock()
+        self.reload()
+        if settings.reload_seconds > 0:
+            threading.Thread(target=self._follow, name="follow-production", daemon=True).start()
+
+    def _load_ready(self, revision: str) -> ServingModel:
+        version = self.hub.resolve(revision)
+        # One inference thread (CATDOG_SERVING_THREADS) leaves the other core to the web server's own work.
+        model = ServingModel.load(self.hub.download(version), version, threads=self.settings.serving_threads,
+                                  low_confidence=self.settings.low_confidence, limits=self.limits)
+        # The first call allocates ONNX Runtime's buffers: pay it here, not in a request.
+        model.run(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
+        return model
+
+    def _swap(self, model: ServingModel) -> None:
+        """One assignment, so predictions in flight finish on the old model."""
+        self.model, self.load_error = model, None
+
+    def reload(self) -> None:
+        """Load production and serve it."""
+        if self.settings.noop_model:
+            self.model = ConstantModel()
+            return
+        with self.lock:
+            try:
+                self._swap(self._load_ready("production"))
+            except LOAD_ERRORS as error:
+                self.load_error = str(error)
+
+    def _follow(self) -> None:
+        """Replicas behind a load balancer share one hub: each one swaps models when the alias moves."""
+        while True:
+            time.sleep(self.settings.reload_seconds)
+            with self.lock:
+                try:
+                    production = self.hub.production()
+                except Exception as error:  # A hub that is down for a moment must not stop the replica.
+                    logger.warning("cannot read the production alias: %s", error)
+                    continue
+                serving = self.model.version if self.model else None
+                if production is not None and production != serving:
+                    logger.info("production moved from %s to %s; reloading", serving, production)
+                    self.reload()
+
+    def serving(self) -> ServingModel | ConstantModel:
+        """The model to answer a request with; a sentence if there is none."""
+        model = self.model
+        if model is None:
+            raise ServiceError(f"No model is loaded: {self.load_error}")
+        return model
+
+    def promote(self, version: str) -> str:
+        """Serve version; it is loaded first, so a version that cannot load never becomes production."""
+        if not isinstance(version, str) or not version.strip():
+            raise ServiceError("Say which version to promote, for example v3 (see the versions table).")
+        with self.lock:
+            version = self.hub.resolve(version.strip())
+            classifier = self._loaded_or_refused(version, "promoted")
+            self.hub.promote(version)
+            self._swap(classifier)
+        return version
+
+    def rollback(self) -> str:
+        """Serve the version production replaced; like promote, it is loaded first."""
+        with self.lock:
+            previous = self.hub.refs()["previous"]
+            if not previous:
+                raise ServiceError("There is no earlier production version to roll back to.")
+            classifier = self._loaded_or_refused(previous[-1], "rolled back to")
+            version = self.hub.rollback()
+            if version == classifier.version:
+                self._swap(classifier)
+            else:  # another process moved the alias in between: serve what the hub now says
+                self.reload()
+        return version
+
+    def _loaded_or_refused(self, version: str, action: str) -> ServingModel:
+        try:
+            return self._load_ready(version)
+        except LOAD_ERRORS as error:
+            raise ServiceError(f"{version} cannot be {action}: {error}") from None
+
+    def health(self) -> dict:
+        model = self.model
+        return {"status": "ok" if model else "not ready", "model_loaded": model is not None,
+                "model_version": model.version if model else None}
