@@ -3,6 +3,8 @@ Wiring only: every decision is in catdog_model.service."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -15,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from catdog_model.config import Settings
 from catdog_model.service import Service
-from catdog_model.web import UploadedFilesOnly, input_paths, public_message, rest_prediction, user_errors
+from catdog_model.web import UploadedFilesOnly, forget_finished_sessions, input_paths, public_message, rest_prediction, user_errors
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
@@ -190,7 +192,16 @@ def build_demo(service: Service) -> gr.Blocks:
 
 
 def build_app(service: Service) -> FastAPI:
-    app = FastAPI()
+    demo = build_demo(service)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pruning = asyncio.create_task(forget_finished_sessions(demo))
+        yield
+        pruning.cancel()
+        service.retrainer.stop()
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.get("/health")
     async def health() -> JSONResponse:  # on the event loop: it answers even while every worker thread is busy
@@ -210,7 +221,6 @@ def build_app(service: Service) -> FastAPI:
         return JSONResponse(body, status_code=status_code)
 
     app.add_middleware(UploadedFilesOnly)
-    demo = build_demo(service)
     # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
     # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
     demo.state_session_capacity = SESSION_CAPACITY

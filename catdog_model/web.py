@@ -3,6 +3,7 @@ route, and every refusal reaches the user as catdog's own sentence (logged as on
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -110,6 +111,18 @@ async def _send_json(send, status: int, content: dict) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def forget_finished_sessions(blocks, every_seconds: float = 30.0) -> None:
+    """Gradio 6.31 keeps an empty entry in its queue's pending_event_ids_session for every session whose events
+    all finished, and every API call is a new session: under load the dict grows by tens of thousands of
+    entries (about 3 MB a minute here), and each event-stream request scans it. Empty entries are dropped
+    here, on the event loop, where Gradio changes the dict too, so no change of Gradio's interleaves."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        sessions = blocks._queue.pending_event_ids_session
+        for session_hash in [session_hash for session_hash, events in sessions.items() if not events]:
+            sessions.pop(session_hash, None)
 
 
 def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, HubError)):

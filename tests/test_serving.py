@@ -171,3 +171,21 @@ def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
         assert answer.status_code == 413 and "CATDOG_MAX_UPLOAD_MB" in answer.json()["error"]
     finally:
         stop()
+
+
+def test_finished_gradio_sessions_are_forgotten_and_pending_ones_kept():
+    import asyncio
+    from types import SimpleNamespace
+
+    from catdog_model.web import forget_finished_sessions
+
+    sessions = {f"finished-{index}": set() for index in range(1000)} | {"pending": {"event-1"}}
+    blocks = SimpleNamespace(_queue=SimpleNamespace(pending_event_ids_session=sessions))
+
+    async def run_briefly():
+        task = asyncio.create_task(forget_finished_sessions(blocks, every_seconds=0.01))
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(run_briefly())
+    assert sessions == {"pending": {"event-1"}}
