@@ -99,6 +99,7 @@ class BackboneSpec:
     name: str = "mobilenet_v2"
     weights_file: str = weights_file_name(0.5)
     pooling: str = "avg"
+    fine_tuned: str = ""  # empty: ImageNet's weights as they are; else a fingerprint of the fine-tuned weights
 
     @classmethod
     def for_alpha(cls, alpha: float, image_size: int = 224) -> "BackboneSpec":
@@ -111,7 +112,8 @@ class BackboneSpec:
     @property
     def id(self) -> str:
         """Identifies the embedding function: images embedded under one id never mix with another's."""
-        return f"{self.name}-{self.alpha}-{self.image_size}-{self.pooling}-{self.weights_sha256[:12]}"
+        tuned = f"-tuned-{self.fine_tuned}" if self.fine_tuned else ""
+        return f"{self.name}-{self.alpha}-{self.image_size}-{self.pooling}-{self.weights_sha256[:12]}{tuned}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,10 +20,12 @@ from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
 from .evaluation import compute_metrics, save_plots
 from .export import export_onnx
+from .finetune import FineTuneConfig, embed_views, fine_tune
 from .hub import METRICS_FILE, ModelHub
 from .novelty import NoveltyDetector
 
 MIN_IMAGES_PER_CLASS = 5
+NOVELTY_SAMPLE = 1024  # training photos embedded again after fine-tuning, for the unfamiliar flag's reference
 
 
 @dataclasses.dataclass
@@ -51,7 +53,10 @@ def embed_examples(backbone: Backbone, examples: list[Example], cache: Embedding
 
 
 def train(dataset: Dataset, settings: Settings, config: TrainingConfig = TrainingConfig(),
-          progress: ProgressCallback | None = None, source: str = "", command: str = "") -> TrainedModel:
+          progress: ProgressCallback | None = None, source: str = "", command: str = "",
+          fine_tuning: FineTuneConfig | None = None) -> TrainedModel:
+    """Phase 1: a head on cached frozen embeddings. With fine_tuning, phase 2 then trains the top of the backbone
+    with that head on augmented photos; validation and test are then measured with the fine-tuned backbone."""
     import keras
 
     counts = dataset.counts()
@@ -112,6 +117,21 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         mirrored = classifier.p_dog_from_embeddings(validation_views, tta=True)
         classifier.tta = bool(compute_metrics(validation_labels, mirrored)["log_loss"]
                               < compute_metrics(validation_labels, plain)["log_loss"])
+    fine_tuned = None
+    if fine_tuning:
+        present = {example.sha256 for example in kept}
+        classifier, fine_tuned = fine_tune(
+            classifier, [example for example in splits.train if example.sha256 in present],
+            [example for example in splits.validation if example.sha256 in present], fine_tuning, config.seed,
+            settings.weights_dir, progress)
+        views = classifier.views()
+        # The backbone changed, so every embedding is computed again with it (none from the frozen cache).
+        train_views = embed_views(classifier, [example for example in splits.train if example.sha256 in present]
+                                  [:NOVELTY_SAMPLE], views)
+        validation_views = embed_views(classifier, [example for example in splits.validation
+                                                    if example.sha256 in present], views)
+        test_views = embed_views(classifier, [example for example in splits.test if example.sha256 in present],
+                                 views)
     classifier.novelty = NoveltyDetector.fit(train_views["original"], validation_views["original"], config.seed)
     test_p_dog = classifier.p_dog_from_embeddings(test_views)
     evaluated = {
@@ -119,6 +139,8 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         "test": compute_metrics(test_labels, test_p_dog),
     }
     history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
+    if fine_tuned:
+        history["fine_tuning"] = fine_tuned["history"]
     metrics = {
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "validation": evaluated["validation"],
@@ -136,6 +158,8 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
             "images_embedded": cache.count(backbone.spec.id) - cached_before,
             "embedding_seconds": round(embedding_seconds, 2), "fit_seconds": round(fit_seconds, 2),
             "seconds": round(time.perf_counter() - started, 2),
+            **({"fine_tuning": {key: value for key, value in fine_tuned.items() if key != "history"}}
+               if fine_tuned else {}),
         },
         "novelty": {
             "threshold": round(classifier.novelty.threshold, 4),
@@ -158,7 +182,8 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str) -> str:
     """Write the trained model as the hub's next version; returns the version name."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        trained.classifier.save(folder, full_model=hub.ships_full_model)
+        # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model.
+        trained.classifier.save(folder, full_model=hub.ships_full_model or bool(trained.classifier.spec.fine_tuned))
         export_onnx(trained.classifier, folder)  # checked against Keras: a version never serves other answers
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")

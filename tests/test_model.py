@@ -165,3 +165,28 @@ def test_a_version_with_any_file_changed_is_refused(small_trained, tmp_path):
             (copy / name).write_bytes((copy / name).read_bytes() + b" ")
         with pytest.raises(ModelLoadError, match="does not match the sha256"):
             Classifier.load(copy, settings.weights_dir)
+
+
+def test_a_fine_tuned_version_carries_the_whole_model_and_serves_like_keras(small_photo_dir, settings):
+    import json
+
+    from catdog_model.finetune import FineTuneConfig
+    from catdog_model.serving import ServingModel
+
+    dataset = load_folder(small_photo_dir)
+    trained = train(dataset, settings, SMALL, source=str(small_photo_dir),
+                    fine_tuning=FineTuneConfig(blocks=1, epochs=1, batch_size=16))
+    assert trained.classifier.spec.fine_tuned and trained.metrics["training"]["fine_tuning"]["epochs_run"] == 1
+    assert trained.classifier.spec.id != BackboneSpec.for_alpha(SMALL.alpha, SMALL.image_size).id
+    hub = open_hub(settings)
+    version = publish(trained, hub, settings.model_name)
+    folder = hub.download(version)
+    config = json.loads((folder / "config.json").read_text())
+    assert {"model.keras", "model.onnx", "novelty.npz"} <= set(config["files"])
+    assert config["backbone"]["fine_tuned"] == trained.classifier.spec.fine_tuned
+    photos = [path.read_bytes() for path in sorted((small_photo_dir / "dogs").iterdir())[:4]]
+    reloaded = load_classifier(hub, version, dataclasses.replace(settings, weights_dir=None))  # no ImageNet file
+    served = ServingModel.load(folder, version)
+    expected = [prediction.p_dog for prediction in trained.classifier.predict(photos)]
+    for model in (reloaded, served):
+        assert np.allclose([prediction.p_dog for prediction in model.predict(photos)], expected, atol=1e-4)

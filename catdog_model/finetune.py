@@ -1,0 +1,137 @@
+"""Phase 2 of transfer learning: unfreeze the top of the backbone and train it with the head, on augmented
+photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe).
+
+BatchNormalization layers stay frozen and in inference mode: their statistics come from ImageNet, and a few
+thousand photos in small batches would only make them noisier."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+
+import numpy as np
+
+from . import LABELS
+from .backbone import Backbone, build_backbone
+from .classifier import Classifier
+from .data import Example
+from .embeddings import ProgressCallback
+from .images import InvalidImage, load_image
+
+# MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
+LAST_BLOCK = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig:
+    blocks: int = 4  # inverted-residual blocks unfrozen from the top (Conv_1 always)
+    epochs: int = 8
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    patience: int = 2
+    crop_margin: float = 0.15  # train images are decoded this much larger and randomly cropped back
+    rotation: float = 0.03  # fraction of a full turn, either way
+    contrast: float = 0.1
+
+    def __post_init__(self):
+        if not 0 <= self.blocks <= LAST_BLOCK:
+            raise ValueError(f"blocks must be between 0 and {LAST_BLOCK}, not {self.blocks}.")
+
+
+def unfreeze_top(backbone_model, blocks: int) -> list[str]:
+    """Make the top `blocks` blocks and Conv_1 trainable, BatchNormalization excepted; returns their names."""
+    import keras
+
+    base = next(layer for layer in backbone_model.layers if isinstance(layer, keras.Model))
+    prefixes = tuple(f"block_{index}_" for index in range(LAST_BLOCK - blocks + 1, LAST_BLOCK + 1)) + ("Conv_1",)
+    base.trainable = True
+    unfrozen = []
+    for layer in base.layers:
+        layer.trainable = (layer.name.startswith(prefixes)
+                           and not isinstance(layer, keras.layers.BatchNormalization))
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen
+
+
+def decode_all(examples: list[Example], size: int) -> tuple[np.ndarray, np.ndarray, list[Example]]:
+    """uint8 images (N, size, size, 3), labels (N,), and the examples that decoded."""
+    images, labels, kept = [], [], []
+    for example in examples:
+        try:
+            images.append(load_image(example.data, size=size))
+        except InvalidImage:
+            continue
+        labels.append(LABELS.index(example.label))
+        kept.append(example)
+    return np.stack(images), np.array(labels, dtype=np.float32), kept
+
+
+def fine_tune(classifier: Classifier, train: list[Example], validation: list[Example], config: FineTuneConfig,
+              seed: int, weights_dir, progress: ProgressCallback | None = None) -> tuple[Classifier, dict]:
+    """A new Classifier whose backbone's top is trained with the (phase-1) head; and what happened."""
+    import keras
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    spec = classifier.spec
+    size = spec.image_size
+    keras.utils.set_random_seed(seed)
+    # A fresh copy of the backbone: the shared frozen one keeps serving embeddings for other versions.
+    backbone_model = build_backbone(spec, weights_dir)
+    unfrozen = unfreeze_top(backbone_model, config.blocks)
+    head = keras.models.clone_model(classifier.head)
+    head.set_weights(classifier.head.get_weights())
+    image = keras.Input((size, size, 3), dtype="uint8", name="image")
+    model = keras.Model(image, head(backbone_model(image)), name="catdog")
+
+    margin_size = int(round(size * (1 + config.crop_margin)))
+    train_images, train_labels, _ = decode_all(train, margin_size)
+    validation_images, validation_labels, _ = decode_all(validation, size)
+    augment = keras.Sequential([
+        keras.layers.RandomCrop(size, size, seed=seed),
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed),
+        keras.layers.RandomContrast(config.contrast, seed=seed),
+    ], name="augment")
+
+    def augmented(images, labels):
+        pixels = augment(tf.cast(images, tf.float32), training=True)
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), labels
+
+    train_data = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+                  .shuffle(len(train_images), seed=seed).batch(config.batch_size)
+                  .map(augmented, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
+    ]
+    if progress:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: progress("fine-tuning", epoch + 1, config.epochs)))
+    fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,
+                       callbacks=callbacks, verbose=0)
+    # The fine-tuned backbone gets an identity of its own, so no embedding cached for another backbone is used.
+    digest = hashlib.sha256(b"".join(np.asarray(weight).tobytes() for weight in backbone_model.get_weights()))
+    tuned_spec = dataclasses.replace(spec, fine_tuned=digest.hexdigest()[:16])
+    tuned = Classifier(Backbone(tuned_spec, None, classifier.backbone.batch_size, model=backbone_model), head,
+                       classifier.head_config, tta=classifier.tta, low_confidence=classifier.low_confidence,
+                       limits=classifier.limits)
+    history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
+    return tuned, {"config": dataclasses.asdict(config), "unfrozen_layers": len(unfrozen),
+                   "epochs_run": len(history.get("loss", [])), "history": history,
+                   "seconds": round(time.perf_counter() - started, 1)}
+
+
+def embed_views(classifier: Classifier, examples: list[Example], views: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Embeddings of each view ("original", "flipped") of the examples, by the classifier's own backbone."""
+    from .backbone import flip_horizontal
+
+    images, _, _ = decode_all(examples, classifier.spec.image_size)
+    embedded = {"original": classifier.backbone.embed(images)}
+    if "flipped" in views:
+        embedded["flipped"] = classifier.backbone.embed(flip_horizontal(images))
+    return embedded
