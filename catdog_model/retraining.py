@@ -9,8 +9,6 @@ Server: Retrainer starts one child at a time, follows its lines, and hears how i
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -19,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +27,6 @@ from .uploads import UploadStore
 
 logger = logging.getLogger(__name__)
 RETRAIN_BATCH_SIZE = 4  # small embedding batches: each backbone call is short, so requests never wait long
-PR_SET_PDEATHSIG = 1
 
 
 @dataclasses.dataclass
@@ -125,7 +123,22 @@ def run(settings: Settings, emit: Callable[[dict], None]) -> dict:
 SETTINGS_VARIABLE = "CATDOG_RETRAIN_SETTINGS"
 
 
+def exit_with_parent(every_seconds: float = 1.0) -> None:
+    """End this process as soon as the server that started it is gone (even killed by SIGKILL): its parent
+    then becomes another process. (prctl's PR_SET_PDEATHSIG would fire when the server *thread* that started
+    the child ends — a Gradio worker thread, which its pool retires when idle.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main() -> None:
+    exit_with_parent()
     settings = Settings.from_json(os.environ[SETTINGS_VARIABLE])
 
     def emit(message: dict) -> None:
@@ -140,12 +153,6 @@ def main() -> None:
 
 
 # The server's side.
-
-def _die_with_parent() -> None:
-    """In the child, before it runs: the kernel kills it if the server dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 class Retrainer:
     """One retraining child at a time; on_result(result) runs in the server when a child succeeds."""
@@ -165,7 +172,7 @@ class Retrainer:
             self.state = RetrainState(running=True, stage="starting", log=["Retraining started."])
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "catdog_model.retraining"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent,
+                stderr=subprocess.PIPE, text=True,
                 env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json()})
         threading.Thread(target=self._follow, args=(self.process, self.state), name="retrain-follow",
                          daemon=True).start()

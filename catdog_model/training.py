@@ -119,11 +119,15 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
                               < compute_metrics(validation_labels, plain)["log_loss"])
     fine_tuned = None
     if fine_tuning:
+        # What phase 1 alone reached, on the same photos, for the comparison in metrics.json.
+        frozen = {"validation": compute_metrics(validation_labels, classifier.p_dog_from_embeddings(validation_views)),
+                  "test": compute_metrics(test_labels, classifier.p_dog_from_embeddings(test_views))}
         present = {example.sha256 for example in kept}
         classifier, fine_tuned = fine_tune(
             classifier, [example for example in splits.train if example.sha256 in present],
             [example for example in splits.validation if example.sha256 in present], fine_tuning, config.seed,
             settings.weights_dir, progress)
+        fine_tuned["frozen_backbone"] = frozen
         views = classifier.views()
         # The backbone changed, so every embedding is computed again with it (none from the frozen cache).
         train_views = embed_views(classifier, [example for example in splits.train if example.sha256 in present]
