@@ -10,9 +10,9 @@ import numpy as np
 
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
-from .images import DEFAULT_LIMITS, ImageLimits, load_image
+from .images import DEFAULT_LIMITS, ImageLimits
 from .novelty import NOVELTY_FILE, NoveltyDetector
-from .serving import CARD_FILE, CONFIG_FILE, ModelLoadError, Prediction, make_prediction, read_config
+from .serving import CARD_FILE, CONFIG_FILE, ImageModel, ModelLoadError, read_config
 
 WEIGHTS_FILE = "head.weights.h5"
 FULL_MODEL_FILE = "model.keras"
@@ -38,7 +38,9 @@ def build_head(config: HeadConfig):
     return keras.Model(inputs, outputs, name="head")
 
 
-class Classifier:
+class Classifier(ImageModel):
+    """The Keras model of a version: backbone + head, for training, evaluation and the export."""
+
     def __init__(self, backbone: Backbone, head, head_config: HeadConfig, tta: bool = False,
                  version: str | None = None, low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS,
                  novelty: NoveltyDetector | None = None):
@@ -80,30 +82,19 @@ class Classifier:
     def views(self) -> tuple[str, ...]:
         return ("original", "flipped") if self.tta else ("original",)
 
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.predict_arrays(images)
+
     def predict_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(dog) and embeddings for uint8 images (N, size, size, 3), in chunks."""
         step = self.backbone.batch_size
         chunks = [self._forward(images[start:start + step], self.tta) for start in range(0, len(images), step)]
         return (np.concatenate([p_dog.numpy() for p_dog, _ in chunks]),
                 np.concatenate([embeddings.numpy() for _, embeddings in chunks]))
-
-    def decode(self, source) -> np.ndarray:
-        return load_image(source, size=self.spec.image_size, limits=self.limits)
-
-    def predict(self, sources) -> list[Prediction]:
-        """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
-        if not isinstance(sources, (list, tuple)):
-            sources = [sources]
-        return self.predict_decoded(np.stack([self.decode(source) for source in sources]))
-
-    def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
-        p_dogs, embeddings = self.predict_arrays(images)
-        novelty = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
-        return [self._prediction(float(p_dog), score) for p_dog, score in zip(p_dogs, novelty)]
-
-    def _prediction(self, p_dog: float, novelty: float | None) -> Prediction:
-        threshold = self.novelty.threshold if self.novelty else None
-        return make_prediction(p_dog, novelty, threshold, self.low_confidence, self.version)
 
     def save(self, directory: Path, full_model: bool = False) -> None:
         """Write config.json and the head's weights; the backbone is referenced, not copied, unless full_model:

@@ -87,8 +87,41 @@ def onnx_session(path: Path, threads: int):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class ServingModel:
-    """One version, ready to serve: predict() for a list of images, predict_one() for a server's request."""
+class ImageModel:
+    """What the Keras model and its serving export both do with images: decode them with catdog's limits, run
+    the model (run() gives p(dog) and embeddings), and turn the answers into flagged Predictions."""
+
+    image_size: int
+    version: str | None
+    novelty: NoveltyDetector | None
+    low_confidence: float
+    limits: ImageLimits
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def decode(self, source) -> np.ndarray:
+        return load_image(source, size=self.image_size, limits=self.limits)
+
+    def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
+        p_dogs, embeddings = self.run(images)
+        scores = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
+        threshold = self.novelty.threshold if self.novelty else None
+        return [make_prediction(p_dog, score, threshold, self.low_confidence, self.version)
+                for p_dog, score in zip(p_dogs, scores)]
+
+    def predict(self, sources) -> list[Prediction]:
+        """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
+        if not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        return self.predict_decoded(np.stack([self.decode(source) for source in sources]))
+
+    def predict_one(self, source) -> Prediction:
+        return self.predict_decoded(self.decode(source)[np.newaxis])[0]
+
+
+class ServingModel(ImageModel):
+    """One version, ready to serve from its model.onnx."""
 
     def __init__(self, session, image_size: int, version: str | None, novelty: NoveltyDetector | None,
                  low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS):
@@ -118,22 +151,3 @@ class ServingModel:
         """p(dog) and embeddings of uint8 images (N, size, size, 3)."""
         p_dog, embeddings = self.session.run(["p_dog", "embedding"], {"image": images})
         return p_dog, embeddings
-
-    def decode(self, source) -> np.ndarray:
-        return load_image(source, size=self.image_size, limits=self.limits)
-
-    def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
-        p_dogs, embeddings = self.run(images)
-        scores = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
-        threshold = self.novelty.threshold if self.novelty else None
-        return [make_prediction(p_dog, score, threshold, self.low_confidence, self.version)
-                for p_dog, score in zip(p_dogs, scores)]
-
-    def predict(self, sources) -> list[Prediction]:
-        """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
-        if not isinstance(sources, (list, tuple)):
-            sources = [sources]
-        return self.predict_decoded(np.stack([self.decode(source) for source in sources]))
-
-    def predict_one(self, source) -> Prediction:
-        return self.predict_decoded(self.decode(source)[np.newaxis])[0]

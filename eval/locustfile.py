@@ -66,44 +66,46 @@ def check_label(expected: str | None, result: dict) -> None:
                             exception=wrong, context={})
 
 
+def round_trip(predict) -> None:
+    """Time predict(name, data) → result on a random photo: one end-to-end request, and its label checked."""
+    label, name, data = random.choice(IMAGES)
+    started = time.perf_counter()
+    try:
+        check_label(label, predict(name, data))
+    except Exception as error:  # every failure of the round trip is one failed request
+        report(started, error)
+        return
+    report(started, None)
+
+
 class PredictUser(HttpUser):
     @task
     def predict(self):
-        label, name, data = random.choice(IMAGES)
-        started = time.perf_counter()
-        try:
-            upload = self.client.post("/gradio_api/upload", files={"files": (name, data, "image/jpeg")},
-                                      name="1 upload")
-            upload.raise_for_status()
-            call = self.client.post("/gradio_api/call/predict", name="2 call",
-                                    json={"data": [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}]})
-            call.raise_for_status()
-            stream = self.client.get(f"/gradio_api/call/predict/{call.json()['event_id']}", name="3 event stream")
-            stream.raise_for_status()
-            lines = [line for line in stream.text.splitlines() if line]
-            if "event: complete" not in lines:
-                raise RuntimeError(f"the event stream ended without a result: {stream.text[-300:]}")
-            result = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))[0]
-            check_label(label, result)
-        except Exception as error:  # every failure of the round trip is one failed request
-            report(started, error)
-            return
-        report(started, None)
+        round_trip(self.gradio_api)
+
+    def gradio_api(self, name: str, data: bytes) -> dict:
+        upload = self.client.post("/gradio_api/upload", files={"files": (name, data, "image/jpeg")}, name="1 upload")
+        upload.raise_for_status()
+        call = self.client.post("/gradio_api/call/predict", name="2 call",
+                                json={"data": [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}]})
+        call.raise_for_status()
+        stream = self.client.get(f"/gradio_api/call/predict/{call.json()['event_id']}", name="3 event stream")
+        stream.raise_for_status()
+        lines = [line for line in stream.text.splitlines() if line]
+        if "event: complete" not in lines:
+            raise RuntimeError(f"the event stream ended without a result: {stream.text[-300:]}")
+        return json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))[0]
 
 
 class RestUser(HttpUser):
     @task
     def predict(self):
-        label, name, data = random.choice(IMAGES)
-        started = time.perf_counter()
-        try:
-            answer = self.client.post("/api/predict", files={"file": (name, data, "image/jpeg")}, name="rest")
-            answer.raise_for_status()
-            check_label(label, answer.json())
-        except Exception as error:  # every failure of the round trip is one failed request
-            report(started, error)
-            return
-        report(started, None)
+        round_trip(self.rest)
+
+    def rest(self, name: str, data: bytes) -> dict:
+        answer = self.client.post("/api/predict", files={"file": (name, data, "image/jpeg")}, name="rest")
+        answer.raise_for_status()
+        return answer.json()
 
 
 class GradioClientUser(User):
@@ -115,15 +117,11 @@ class GradioClientUser(User):
 
     @task
     def predict(self):
+        round_trip(self.gradio_client)
+
+    def gradio_client(self, name: str, data: bytes) -> dict:
         from gradio_client import handle_file
 
-        label, name, data = random.choice(IMAGES)
         path = self.folder / name
         path.write_bytes(data)
-        started = time.perf_counter()
-        try:
-            check_label(label, self.gradio.predict(handle_file(str(path)), api_name="/predict"))
-        except Exception as error:  # every failure of the round trip is one failed request
-            report(started, error)
-            return
-        report(started, None)
+        return self.gradio.predict(handle_file(str(path)), api_name="/predict")
