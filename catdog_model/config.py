@@ -93,7 +93,7 @@ class Settings:
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-            file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 60.0),
+            file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
         )
 
     def to_json(self) -> str:

@@ -3,7 +3,7 @@ latency drift and the server's memory.
 
     python -m eval.soak --minutes 10 [--users 10] [--json]
 
-Minute 1 is the warm-up: RSS growth is measured from its end to the end of the run (target: under 10 %).
+Minute 1 is the warm-up: RSS growth is measured from its end to the end of the run (target: under 5 %).
 """
 
 from __future__ import annotations
