@@ -16,8 +16,10 @@ from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 
 from catdog_model.config import Settings
+from catdog_model.monitoring import WINDOWS
 from catdog_model.service import Service
-from catdog_model.web import UploadedFilesOnly, forget_finished_sessions, input_paths, public_message, rest_prediction, user_errors
+from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_paths, public_message,
+                              rest_prediction, too_large_message, user_errors)
 
 BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
@@ -94,10 +96,12 @@ def build_demo(service: Service) -> gr.Blocks:
         return f"Rolled back: production is now {service.rollback()}."
 
     @user_errors
-    def refresh_metrics():
-        figures = service.figures()
-        return (service.metrics(), figures["confusion_matrix"], figures["roc_curve"], figures["versions"],
-                figures["monitoring"], pd.DataFrame(service.versions()), service.dataset_stats())
+    def refresh_metrics(window: str):
+        metrics = service.metrics(window)
+        figures = service.figures(metrics)
+        return (metrics, metrics["drift"]["sentence"], figures["confusion_matrix"], figures["roc_curve"],
+                figures["versions"], figures["monitoring"], pd.DataFrame(service.versions()),
+                service.dataset_stats())
 
     # Gradio's queue rebuilds an analytics summary (a pandas DataFrame over up to 10,000 recent events) after
     # every event by default: a few milliseconds of each call under load. Rarely, over fewer events, here.
@@ -170,7 +174,10 @@ def build_demo(service: Service) -> gr.Blocks:
             promote_button.click(promote, [version_box, token], version_message, api_name="promote")
             rollback_button.click(rollback, token, version_message, api_name="rollback")
         with gr.Tab("Metrics"):
-            refresh = gr.Button("Refresh", variant="primary")
+            with gr.Row():
+                window = gr.Radio(list(WINDOWS), value="day", label="Monitoring window (all replicas)")
+                refresh = gr.Button("Refresh", variant="primary")
+            drift_text = gr.Markdown()
             metrics_json = gr.JSON(label="Production and live monitoring")
             with gr.Row():
                 confusion_plot = gr.Image(label="Confusion matrix (test split)", type="filepath")
@@ -179,15 +186,14 @@ def build_demo(service: Service) -> gr.Blocks:
             monitoring_plot = gr.Image(label="Live monitoring", type="filepath")
             versions_table = gr.Dataframe(label="Versions")
             dataset_json = gr.JSON(label="Dataset")
-            refresh.click(refresh_metrics, None, [metrics_json, confusion_plot, roc_plot, versions_plot,
-                                                  monitoring_plot, versions_table, dataset_json],
-                          api_name="refresh_metrics")
-            gr.Button(visible=False).click(service.metrics, None, metrics_json, api_name="metrics")
+            metrics_outputs = [metrics_json, drift_text, confusion_plot, roc_plot, versions_plot, monitoring_plot,
+                               versions_table, dataset_json]
+            refresh.click(refresh_metrics, window, metrics_outputs, api_name="refresh_metrics")
+            gr.Button(visible=False).click(user_errors(service.metrics), window, metrics_json, api_name="metrics")
             gr.Button(visible=False).click(lambda: pd.DataFrame(service.versions()), None, versions_table,
                                            api_name="versions")
             gr.Button(visible=False).click(service.dataset_stats, None, dataset_json, api_name="dataset_stats")
-        demo.load(refresh_metrics, None, [metrics_json, confusion_plot, roc_plot, versions_plot, monitoring_plot,
-                                          versions_table, dataset_json], api_name=False)
+        demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
     return demo
 
 
@@ -221,6 +227,9 @@ def build_app(service: Service) -> FastAPI:
         return JSONResponse(body, status_code=status_code)
 
     app.add_middleware(UploadedFilesOnly)
+    # The multipart form's own framing adds a few hundred bytes to the file.
+    app.add_middleware(RequestBodyLimit, path="/api/predict", max_bytes=service.settings.max_upload_mb * 2**20 + 2**16,
+                       message=too_large_message(service.settings.max_upload_mb))
     # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
     # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
     demo.state_session_capacity = SESSION_CAPACITY

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import socket
 from pathlib import Path
 
 from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
@@ -61,6 +62,9 @@ class Settings:
     suspect_confidence: float
     server_name: str
     file_cache_minutes: float
+    database_url: str | None  # None: SQLite in data_dir
+    replica: str
+    log_buffer_rows: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -94,6 +98,10 @@ class Settings:
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
+            database_url=os.environ.get("CATDOG_DATABASE_URL") or None,
+            replica=os.environ.get("CATDOG_REPLICA")
+            or f"{socket.gethostname()}:{os.environ.get('GRADIO_SERVER_PORT', '7860')}",
+            log_buffer_rows=_number("CATDOG_LOG_BUFFER_ROWS", 100_000, int),
         )
 
     def to_json(self) -> str:
@@ -111,6 +119,10 @@ class Settings:
     def image_limits(self) -> ImageLimits:
         """The limits every decode in one process shares (call once per process: it holds the memory budget)."""
         return ImageLimits(self.max_pixels, self.min_side, self.decode_memory_mb * 2**20)
+
+    @property
+    def prediction_log_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'predictions.sqlite'}"
 
     @property
     def on_loopback(self) -> bool:

@@ -1,24 +1,67 @@
-"""The prediction log: every prediction in SQLite, written off the request path, and its statistics."""
+"""The prediction log: every prediction in one database (SQLite by default, PostgreSQL for replicas), written
+off the request path, and its statistics computed by the database over a window.
+
+A database that is down or slow never fails or slows a prediction: rows wait in a bounded buffer, the writer
+retries, and rows that did not fit are counted (`dropped_rows`) and shown."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import queue
-import sqlite3
 import threading
 import time
-from pathlib import Path
+import zlib
 
-import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
 
-from .sqlite import connect
+from . import LABELS
+from .errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS predictions (
-    time REAL NOT NULL, version TEXT, label TEXT NOT NULL, p_dog REAL NOT NULL, latency_ms REAL NOT NULL,
-    sha256 TEXT, source TEXT NOT NULL, flagged INTEGER NOT NULL DEFAULT 0)"""
+SCHEMA_VERSION = 2  # 1: the SQLite log of catdog ≤ 0.9 (no replica, no novelty score, no index)
+WINDOWS = {"hour": 3600.0, "day": 86400.0, "all": None}
+SOURCES = ("ui", "api", "rest")
+CONFIDENCE_BINS = 10  # from 0.5 to 1.0
+MAX_SERIES_POINTS = 300
+LATENCY_RESOLUTION_MS = 0.1
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("version", sa.String(64)),
+    sa.Column("label", sa.String(8), nullable=False),
+    sa.Column("p_dog", sa.Float, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("source", sa.String(8), nullable=False),
+    sa.Column("flagged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("novelty", sa.Float),
+    sa.Column("replica", sa.String(128), nullable=False, server_default=""),
+    sa.Index("predictions_by_time", "time"),
+    sa.Index("predictions_by_version_time", "version", "time"),
+)
+schema_versions = sa.Table("catdog_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+
+class floor(GenericFunction):  # noqa: N801 — SQL's own name
+    type = sa.Integer()
+    inherit_cache = True
+
+
+@compiles(floor, "sqlite")
+def _floor_on_sqlite(element, compiler, **kw):
+    # SQLite may lack FLOOR(); every value floored here is non-negative, where CAST truncates the same way.
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+
+
+class LogUnavailable(ServiceError):
+    """The prediction log's database cannot be reached or read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,72 +74,271 @@ class LoggedPrediction:
     sha256: str | None
     source: str  # "ui", "api" (Gradio) or "rest" (/api/predict)
     flagged: bool = False
+    novelty: float | None = None
+    replica: str = ""
+
+
+def describe_url(url: str) -> str:
+    """The database URL with its password hidden, for messages and logs."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "an invalid database URL"
+
+
+def open_engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"CATDOG_DATABASE_URL is not a database URL ({url!r}); use sqlite:///path/to/file.sqlite "
+                         "or postgresql+psycopg://user:password@host/database.") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            from pathlib import Path
+
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # A connection per use: one kept open would go on writing to a log file that was moved or deleted.
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "connect")
+        def _write_ahead_log(connection, _record):
+            connection.execute("PRAGMA journal_mode=WAL")
+
+        return engine
+    # A database that is down answers within seconds, not the operating system's TCP time-out.
+    return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                            connect_args={"connect_timeout": 3})
+
+
+def upgrade_schema(engine: sa.Engine) -> None:
+    """Create the tables, or bring an older catdog's log up to SCHEMA_VERSION; replicas may start at once."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # One replica at a time creates or upgrades; the others wait, then find it done.
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(b"catdog schema"))))
+        inspector = sa.inspect(connection)
+        tables = set(inspector.get_table_names())
+        if "catdog_schema" in tables:
+            found = connection.execute(sa.select(sa.func.max(schema_versions.c.version))).scalar() or 0
+        else:
+            found = 1 if "predictions" in tables else 0
+        if found > SCHEMA_VERSION:
+            raise LogUnavailable(f"The prediction log was written by a newer catdog (schema {found}; this one "
+                                 f"knows {SCHEMA_VERSION}): upgrade catdog on this replica.")
+        if found == 1:
+            present = {column["name"] for column in inspector.get_columns("predictions")}
+            for column in ("novelty", "replica"):
+                if column not in present:
+                    definition = predictions.c[column]
+                    ddl = sa.schema.CreateColumn(definition).compile(dialect=connection.dialect)
+                    connection.execute(sa.text(f"ALTER TABLE predictions ADD COLUMN {ddl}"))
+        metadata.create_all(connection, checkfirst=True)
+        for index in predictions.indexes:  # create_all leaves an older table's indexes out
+            index.create(connection, checkfirst=True)
+        if found != SCHEMA_VERSION:
+            connection.execute(schema_versions.delete())
+            connection.execute(schema_versions.insert().values(version=SCHEMA_VERSION))
+            logger.info("prediction log schema %d → %d", found, SCHEMA_VERSION)
 
 
 class PredictionLog:
-    """Rows go into a queue; one writer thread inserts them in batches. A failing write is logged and dropped:
-    it never fails the prediction that produced it."""
+    """Rows go into a bounded buffer; one writer thread inserts them in batches, and keeps a failed batch to
+    retry while the database is unreachable. Reading happens in the database, over a window of time."""
 
-    def __init__(self, path: Path, batch_seconds: float = 0.2):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, url: str, replica: str = "", buffer_rows: int = 100_000, batch_seconds: float = 0.2,
+                 retry_seconds: float = 2.0, batch_rows: int = 1000):
+        self.url = url
+        self.replica = replica
         self.batch_seconds = batch_seconds
-        self._queue: queue.Queue = queue.Queue()
-        with self._connect() as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(SCHEMA)
+        self.retry_seconds = retry_seconds
+        self.batch_rows = batch_rows
+        self.engine = open_engine(url)
+        self._buffer: queue.Queue = queue.Queue(maxsize=buffer_rows)
+        self.dropped_rows = 0
+        self.last_error: str | None = None
+        self.schema_ready = threading.Event()
         self._writer = threading.Thread(target=self._write_forever, name="prediction-log", daemon=True)
         self._writer.start()
+        # A replica starts and serves even while the database is down; the writer keeps trying.
+        self.schema_ready.wait(5)
 
-    def _connect(self):
-        return connect(self.path)
+    def _unreachable(self, error: Exception) -> str:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        return f"The prediction log's database {describe_url(self.url)} cannot be reached ({reason})."
 
     def record(self, prediction: LoggedPrediction) -> None:
-        self._queue.put(prediction)
+        """Never blocks: a full buffer (the database has been down a while) drops the row and counts it."""
+        try:
+            self._buffer.put_nowait(dataclasses.replace(prediction, replica=prediction.replica or self.replica))
+        except queue.Full:
+            self.dropped_rows += 1
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until every recorded row is written (or given up on)."""
+    @property
+    def pending_rows(self) -> int:
+        return self._buffer.qsize()
+
+    def health(self) -> dict:
+        """What the writer knows, even while the database is down: rows waiting, rows lost, the last error."""
+        return {"pending_rows": self.pending_rows, "dropped_rows": self.dropped_rows, "write_error": self.last_error}
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row recorded so far is written; False if the database did not take them in time."""
         done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._buffer.put(done, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        return done.wait(max(0.0, deadline - time.monotonic()))
 
     def _write_forever(self) -> None:
+        while not self.schema_ready.is_set():
+            try:
+                upgrade_schema(self.engine)
+                self.schema_ready.set()
+            except (SQLAlchemyError, LogUnavailable) as error:
+                self._failed(error)
+        rows: list[dict] = []
+        events: list[threading.Event] = []
         while True:
-            batch = [self._queue.get()]
-            time.sleep(self.batch_seconds)
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            rows = [dataclasses.astuple(item) for item in batch if isinstance(item, LoggedPrediction)]
+            if not rows and not events:
+                self._take(rows, events, self._buffer.get())
+                time.sleep(self.batch_seconds)
+            while len(rows) < self.batch_rows:  # the rows held here stay bounded while the database is down
+                try:
+                    self._take(rows, events, self._buffer.get_nowait())
+                except queue.Empty:
+                    break
             try:
                 if rows:
-                    with self._connect() as connection:
-                        connection.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            except sqlite3.Error as error:
-                logger.warning("could not write %d prediction log rows: %s", len(rows), error)
-            for item in batch:
-                if isinstance(item, threading.Event):
-                    item.set()
+                    with self.engine.begin() as connection:
+                        connection.execute(predictions.insert(), rows)
+                self.last_error = None
+            except SQLAlchemyError as error:
+                self._failed(error, len(rows))
+                continue
+            rows = []
+            for event in events:
+                event.set()
+            events = []
 
-    def rows(self, since: float = 0.0) -> list[LoggedPrediction]:
-        with self._connect() as connection:
-            found = connection.execute("SELECT * FROM predictions WHERE time >= ? ORDER BY time", [since])
-            return [LoggedPrediction(*row[:7], flagged=bool(row[7])) for row in found]
+    def _failed(self, error: Exception, rows: int = 0) -> None:
+        message = str(error) if isinstance(error, LogUnavailable) else self._unreachable(error)
+        if message != self.last_error:
+            logger.warning("%s %d rows wait in the buffer.", message, rows + self.pending_rows)
+        self.last_error = message
+        time.sleep(self.retry_seconds)
 
-    def statistics(self, since: float = 0.0) -> dict:
-        """Counts, latency percentiles, label mix, confidence histogram and share flagged."""
-        rows = self.rows(since)
-        if not rows:
-            return {"count": 0}
-        latencies = np.array([row.latency_ms for row in rows])
-        confidence = np.array([max(row.p_dog, 1 - row.p_dog) for row in rows])
-        histogram, edges = np.histogram(confidence, bins=10, range=(0.5, 1.0))
-        return {
-            "count": len(rows),
-            "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "latency_p95_ms": round(float(np.percentile(latencies, 95)), 2),
-            "labels": {label: sum(row.label == label for row in rows) for label in ("cat", "dog")},
-            "sources": {source: sum(row.source == source for row in rows) for source in ("ui", "api", "rest")},
-            "flagged_share": round(sum(row.flagged for row in rows) / len(rows), 4),
-            "confidence_histogram": {"edges": [round(edge, 2) for edge in edges.tolist()],
-                                     "counts": histogram.tolist()},
-        }
+    @staticmethod
+    def _take(rows: list, events: list, item) -> None:
+        if isinstance(item, threading.Event):
+            events.append(item)
+        else:
+            rows.append({**dataclasses.asdict(item), "flagged": int(item.flagged)})
+
+    # Reading: aggregates over a window, computed by the database.
+
+    def _read(self, work):
+        if not self.schema_ready.is_set():
+            raise LogUnavailable((self.last_error or "The prediction log's database is not ready yet.")
+                                 + " Predictions go on; their rows wait in a buffer.")
+        try:
+            with self.engine.connect() as connection:
+                return work(connection)
+        except SQLAlchemyError as error:
+            raise LogUnavailable(self._unreachable(error) + " Predictions go on; their rows wait in a buffer "
+                                 "and are written when it is back.") from None
+
+    def rows(self, since: float = 0.0, limit: int = 10_000) -> list[LoggedPrediction]:
+        """The most recent rows (at most `limit`), oldest first."""
+        query = (sa.select(*[predictions.c[field.name] for field in dataclasses.fields(LoggedPrediction)])
+                 .where(predictions.c.time >= since).order_by(predictions.c.time.desc()).limit(limit))
+        found = self._read(lambda connection: connection.execute(query).all())
+        return [LoggedPrediction(**{**row._asdict(), "flagged": bool(row.flagged)}) for row in reversed(found)]
+
+    def recent_values(self, version: str | None, since: float, limit: int = 5000) -> dict[str, list[float]]:
+        """p(dog) and novelty scores of the most recent predictions of one version, for the drift test."""
+        query = (sa.select(predictions.c.p_dog, predictions.c.novelty)
+                 .where(predictions.c.time >= since, predictions.c.version == version)
+                 .order_by(predictions.c.time.desc()).limit(limit))
+        found = self._read(lambda connection: connection.execute(query).all())
+        return {"p_dog": [row.p_dog for row in found],
+                "novelty": [row.novelty for row in found if row.novelty is not None]}
+
+    def statistics(self, window: str = "all", now: float | None = None, since: float | None = None) -> dict:
+        """Counts, latency percentiles, label and source mix, confidence histogram, share flagged, per-replica
+        counts and a time series — all aggregated by the database, across every replica."""
+        if window not in WINDOWS:
+            raise ServiceError(f"Unknown window {window!r}: use one of {', '.join(WINDOWS)}.")
+        now = time.time() if now is None else now
+        if since is None:
+            since = now - WINDOWS[window] if WINDOWS[window] else 0.0
+        return {"window": window, "since": since, **self._read(lambda connection: _aggregate(connection, since)),
+                **self.health()}
+
+
+def _confidence():
+    return sa.case((predictions.c.p_dog >= 0.5, predictions.c.p_dog), else_=1.0 - predictions.c.p_dog)
+
+
+def _aggregate(connection, since: float) -> dict:
+    table, in_window = predictions, predictions.c.time >= since
+    totals = connection.execute(sa.select(
+        sa.func.count(), sa.func.min(table.c.time), sa.func.max(table.c.time), sa.func.sum(table.c.flagged),
+        *[sa.func.sum(sa.case((table.c.label == label, 1), else_=0)) for label in LABELS],
+        *[sa.func.sum(sa.case((table.c.source == source, 1), else_=0)) for source in SOURCES],
+    ).where(in_window)).one()
+    count, first, last, flagged = totals[0], totals[1], totals[2], totals[3] or 0
+    if not count:
+        return {"count": 0}
+    label_counts, source_counts = totals[4:4 + len(LABELS)], totals[4 + len(LABELS):]
+
+    bucket = floor(table.c.latency_ms / LATENCY_RESOLUTION_MS)
+    latency = dict(connection.execute(sa.select(bucket, sa.func.count()).where(in_window).group_by(bucket)).all())
+
+    confidence_bin = sa.case(*[(_confidence() < 0.5 + (index + 1) * 0.5 / CONFIDENCE_BINS, index)
+                               for index in range(CONFIDENCE_BINS - 1)], else_=CONFIDENCE_BINS - 1)
+    confidence_counts = dict(connection.execute(
+        sa.select(confidence_bin, sa.func.count()).where(in_window).group_by(confidence_bin)).all())
+
+    replicas = dict(connection.execute(
+        sa.select(table.c.replica, sa.func.count()).where(in_window).group_by(table.c.replica)).all())
+
+    step = max(60.0, float(round((last - first) / MAX_SERIES_POINTS / 60) * 60 or 60))
+    period = floor(table.c.time / step)
+    series = connection.execute(sa.select(
+        period, sa.func.count(), sa.func.avg(table.c.latency_ms), sa.func.avg(_confidence()),
+        sa.func.avg(table.c.novelty), sa.func.avg(table.c.flagged),
+    ).where(in_window).group_by(period).order_by(period)).all()
+
+    edges = [round(0.5 + index * 0.5 / CONFIDENCE_BINS, 2) for index in range(CONFIDENCE_BINS + 1)]
+    return {
+        "count": count,
+        "latency_p50_ms": _percentile(latency, count, 0.50),
+        "latency_p95_ms": _percentile(latency, count, 0.95),
+        "labels": {label: int(value or 0) for label, value in zip(LABELS, label_counts)},
+        "sources": {source: int(value or 0) for source, value in zip(SOURCES, source_counts)},
+        "replicas": {name or "(unnamed)": value for name, value in sorted(replicas.items())},
+        "flagged_share": round(flagged / count, 4),
+        "confidence_histogram": {"edges": edges,
+                                 "counts": [confidence_counts.get(index, 0) for index in range(CONFIDENCE_BINS)]},
+        "first_time": first, "last_time": last,
+        "series": {"step_seconds": step, "start": [row[0] * step for row in series],
+                   "requests_per_minute": [round(row[1] * 60 / step, 2) for row in series],
+                   "latency_ms": [round(row[2], 2) for row in series],
+                   "confidence": [round(row[3], 4) for row in series],
+                   "novelty": [None if row[4] is None else round(row[4], 4) for row in series],
+                   "flagged_share": [round(float(row[5]), 4) for row in series]},
+    }
+
+
+def _percentile(histogram: dict[int, int], count: int, fraction: float) -> float:
+    """The value below which `fraction` of the rows fall, from buckets of LATENCY_RESOLUTION_MS."""
+    rank, seen = fraction * count, 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return round((bucket + 0.5) * LATENCY_RESOLUTION_MS, 2)
+    return round((max(histogram) + 0.5) * LATENCY_RESOLUTION_MS, 2)

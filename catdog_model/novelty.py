@@ -21,6 +21,8 @@ class NoveltyDetector:
     prototypes: np.ndarray  # unit-length training embeddings (n, dim)
     neighbours: int
     threshold: float
+    # The validation photos' scores and p(dog): what the drift test compares recent traffic with.
+    reference: dict[str, np.ndarray] | None = None
 
     @classmethod
     def fit(cls, train_embeddings: np.ndarray, validation_embeddings: np.ndarray, seed: int,
@@ -32,7 +34,9 @@ class NoveltyDetector:
         rows = np.random.default_rng(seed).permutation(len(train_embeddings))[:prototypes]
         detector = cls(_unit(train_embeddings[rows]).astype(np.float16).astype(np.float32),
                        min(neighbours, len(rows)), threshold=np.inf)
-        detector.threshold = float(np.quantile(detector.scores(validation_embeddings), quantile))
+        validation_scores = detector.scores(validation_embeddings)
+        detector.threshold = float(np.quantile(validation_scores, quantile))
+        detector.reference = {"novelty": validation_scores.astype(np.float32)}
         return detector
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
@@ -46,11 +50,14 @@ class NoveltyDetector:
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as file:
+            references = {f"reference_{name}": values for name, values in (self.reference or {}).items()}
             np.savez(file, prototypes=self.prototypes.astype(np.float16), neighbours=self.neighbours,
-                     threshold=self.threshold)
+                     threshold=self.threshold, **references)
 
     @classmethod
     def load(cls, path: Path) -> "NoveltyDetector":
         with np.load(path, allow_pickle=False) as stored:
+            reference = {name.removeprefix("reference_"): stored[name] for name in stored.files
+                         if name.startswith("reference_")}
             return cls(stored["prototypes"].astype(np.float32), int(stored["neighbours"]),
-                       float(stored["threshold"]))
+                       float(stored["threshold"]), reference if {"novelty", "p_dog"} <= set(reference) else None)

@@ -80,7 +80,11 @@ class Production:
                 serving = self.model.version if self.model else None
                 if production is not None and production != serving:
                     logger.info("production moved from %s to %s; reloading", serving, production)
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception as error:  # the next pass tries again; this thread must not end
+                        self.load_error = str(error)
+                        logger.warning("cannot load production %s: %s", production, error)
 
     def serving(self) -> ServingModel | ConstantModel:
         """The model to answer a request with; a sentence if there is none."""

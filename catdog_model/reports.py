@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
-import numpy as np
-
-from .monitoring import LoggedPrediction
 
 
 def _pyplot():
@@ -35,30 +33,44 @@ def plot_versions(versions: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_monitoring(rows: list[LoggedPrediction], path: Path) -> Path:
-    """Requests per minute, latency, label mix and confidence, from the prediction log."""
+def plot_monitoring(statistics: dict, drift: dict, path: Path) -> Path:
+    """Requests per minute, latency, label mix, confidence and unfamiliarity over the window — from the
+    database's aggregates, never from rows."""
     plt = _pyplot()
-    figure, axes = plt.subplots(2, 2, figsize=(9, 5.5))
-    (requests, latency), (labels, confidence) = axes
-    if rows:
-        times = np.array([row.time for row in rows])
-        minutes = np.floor((times - times.min()) / 60)
-        counts = np.bincount(minutes.astype(int))
-        requests.plot(np.arange(len(counts)), counts, marker="o")
-        latencies = np.array([row.latency_ms for row in rows])
-        latency.hist(latencies, bins=30, color="#9dc3e6")
-        for percent, style in ((50, "-"), (95, "--")):
-            latency.axvline(np.percentile(latencies, percent), color="#1f4e79", linestyle=style,
-                            label=f"p{percent} {np.percentile(latencies, percent):.0f} ms")
+    figure, axes = plt.subplots(2, 3, figsize=(12, 5.5))
+    (requests, latency, labels), (confidence, unfamiliar, flagged) = axes
+    if statistics.get("count"):
+        series = statistics["series"]
+        times = [datetime.datetime.fromtimestamp(start) for start in series["start"]]
+        requests.plot(times, series["requests_per_minute"], marker=".")
+        latency.plot(times, series["latency_ms"], marker=".", label="mean")
+        for name, style in (("latency_p50_ms", "-"), ("latency_p95_ms", "--")):
+            latency.axhline(statistics[name], color="#1f4e79", linestyle=style,
+                            label=f"{name.split('_')[1]} {statistics[name]:.0f} ms")
         latency.legend()
-        labels.bar(["cat", "dog"], [sum(row.label == label for row in rows) for label in ("cat", "dog")],
-                   color=["#f4b183", "#a9d18e"])
-        confidence.hist([max(row.p_dog, 1 - row.p_dog) for row in rows], bins=10, range=(0.5, 1.0),
-                        color="#9dc3e6")
-    requests.set_title("requests per minute")
-    latency.set_title("latency (ms)")
-    labels.set_title("labels")
-    confidence.set_title("confidence")
+        labels.bar(list(statistics["labels"]), list(statistics["labels"].values()), color=["#f4b183", "#a9d18e"])
+        edges = statistics["confidence_histogram"]["edges"]
+        confidence.bar(edges[:-1], statistics["confidence_histogram"]["counts"], width=edges[1] - edges[0],
+                       align="edge", color="#9dc3e6")
+        novelty = [(time, value) for time, value in zip(times, series["novelty"]) if value is not None]
+        if novelty:
+            unfamiliar.plot(*zip(*novelty), marker=".", label="recent")
+        reference = drift.get("tests", {}).get("novelty", {}).get("reference_mean")
+        if reference is not None:
+            unfamiliar.axhline(reference, color="#c00000", linestyle="--", label="validation photos")
+            unfamiliar.legend()
+        flagged.plot(times, series["flagged_share"], marker=".")
+        for axis in (requests, latency, unfamiliar, flagged):
+            axis.tick_params(axis="x", labelrotation=30, labelsize=7)
+    else:
+        for axis in axes.flat:
+            axis.text(0.5, 0.5, "no predictions in this window", ha="center", va="center",
+                      transform=axis.transAxes, color="#7f7f7f")
+    for axis, title in ((requests, "requests per minute"), (latency, "latency (ms)"), (labels, "labels"),
+                        (confidence, "confidence"), (unfamiliar, "mean unfamiliarity"),
+                        (flagged, "share flagged")):
+        axis.set_title(title)
+    figure.suptitle(drift.get("sentence", ""), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -121,13 +121,14 @@ def run(settings: Settings, emit: Callable[[dict], None]) -> dict:
 
 
 SETTINGS_VARIABLE = "CATDOG_RETRAIN_SETTINGS"
+PARENT_VARIABLE = "CATDOG_RETRAIN_PARENT"  # the server's pid: the child may start after the server is gone
 
 
 def exit_with_parent(every_seconds: float = 1.0) -> None:
     """End this process as soon as the server that started it is gone (even killed by SIGKILL): its parent
     then becomes another process. (prctl's PR_SET_PDEATHSIG would fire when the server *thread* that started
     the child ends — a Gradio worker thread, which its pool retires when idle.)"""
-    parent = os.getppid()
+    parent = int(os.environ.get(PARENT_VARIABLE) or os.getppid())
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -173,7 +174,8 @@ class Retrainer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "catdog_model.retraining"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json()})
+                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json(),
+                     PARENT_VARIABLE: str(os.getpid())})
         threading.Thread(target=self._follow, args=(self.process, self.state), name="retrain-follow",
                          daemon=True).start()
         return True
@@ -187,10 +189,13 @@ class Retrainer:
                 message = json.loads(line)
             except ValueError:
                 continue
+            if not isinstance(message, dict):  # a stray line from a library: not the child's protocol
+                continue
             if "stage" in message:
                 if message["stage"] != state.stage:
-                    state.log.append(f"{message['stage']}: {message['total']} to do")
-                state.stage, state.done, state.total = message["stage"], message["done"], message["total"]
+                    state.log.append(f"{message['stage']}: {message.get('total')} to do")
+                state.stage, state.done, state.total = (message["stage"], message.get("done", 0),
+                                                        message.get("total", 0))
             state.log.extend([message["log"]] if "log" in message else [])
             state.error = message.get("error", state.error)
             state.result = message.get("result", state.result)

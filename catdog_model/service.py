@@ -18,7 +18,8 @@ from .errors import ServiceError
 from .data import IMAGE_SUFFIXES, Example, load_folder
 from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
-from .monitoring import LoggedPrediction, PredictionLog
+from .drift import drift_report
+from .monitoring import WINDOWS, LoggedPrediction, LogUnavailable, PredictionLog
 from .reports import plot_monitoring, plot_versions
 from .production import Production
 from .retraining import Retrainer, trusted_examples, training_dataset
@@ -40,7 +41,7 @@ class Service:
         self.settings = settings
         self.limits = settings.image_limits()
         self.hub = open_hub(settings)
-        self.log = PredictionLog(settings.data_dir / "predictions.sqlite")
+        self.log = PredictionLog(settings.prediction_log_url, settings.replica, settings.log_buffer_rows)
         self.uploads = UploadStore(settings.data_dir / "uploads", self.limits)
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
@@ -77,7 +78,8 @@ class Service:
         prediction = classifier.predict_one(data)
         latency_ms = (time.perf_counter() - started) * 1000
         self.log.record(LoggedPrediction(time.time(), prediction.version, prediction.label, prediction.p_dog,
-                                         latency_ms, content_hash(data), origin, bool(prediction.flags)))
+                                         latency_ms, content_hash(data), origin, bool(prediction.flags),
+                                         prediction.novelty))
         return prediction, latency_ms
 
     def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
@@ -226,21 +228,42 @@ class Service:
                  "test_accuracy": row["test"].get("accuracy"), "test_roc_auc": row["test"].get("roc_auc"),
                  "test_images": row["test"].get("n_images")} for row in self.hub.list_versions()]
 
-    def metrics(self) -> dict:
-        """Production's test metrics and the live statistics of the prediction log."""
+    def metrics(self, window: str = "day") -> dict:
+        """Production's test metrics, and live monitoring and drift over the window, across all replicas."""
         production = self.hub.production()
         test = self.hub.metrics()["test"] if production else None
-        return {"production": production, "test": test, "monitoring": self.log.statistics()}
+        return {"production": production, "test": test, "monitoring": self.monitoring(window),
+                "drift": self.drift(window)}
 
-    def figures(self) -> dict[str, Path | None]:
-        """PNG paths: production's confusion matrix and ROC curve, accuracy across versions, monitoring."""
+    def monitoring(self, window: str = "day") -> dict:
+        """The prediction log's statistics; while its database is unreachable, the sentence and the buffer."""
+        try:
+            return self.log.statistics(window)
+        except LogUnavailable as error:
+            return {"window": window, "error": public_message(error), **self.log.health()}
+
+    def drift(self, window: str = "day") -> dict:
+        model = self.classifier
+        if not isinstance(model, ServingModel):
+            return {"verdict": "no model", "sentence": "No model is served.", "tests": {}}
+        since = time.time() - WINDOWS[window] if WINDOWS.get(window) else 0.0
+        try:
+            recent = self.log.recent_values(model.version, since)
+        except LogUnavailable as error:
+            return {"verdict": "unknown", "sentence": public_message(error), "tests": {}}
+        reference = model.novelty.reference if model.novelty else None
+        return drift_report(model.version, reference, recent)
+
+    def figures(self, metrics: dict) -> dict[str, Path | None]:
+        """PNG paths: production's confusion matrix and ROC curve, accuracy across versions, and the monitoring
+        and drift of `metrics` (what metrics() returned)."""
         folder = self.settings.data_dir / "figures"
         folder.mkdir(parents=True, exist_ok=True)
         production = self.hub.download() if self.hub.production() else None
         saved = {name: production / f"{name}.png" if production and (production / f"{name}.png").is_file()
                  else None for name in ("confusion_matrix", "roc_curve")}
         return {**saved, "versions": plot_versions(self.hub.list_versions(), folder / "versions.png"),
-                "monitoring": plot_monitoring(self.log.rows(), folder / "monitoring.png")}
+                "monitoring": plot_monitoring(metrics["monitoring"], metrics["drift"], folder / "monitoring.png")}
 
     def comparison(self) -> list[dict]:
         """The last retraining's candidate beside production, metric by metric, on the same photos."""
@@ -263,6 +286,6 @@ class Service:
 
     def status(self) -> dict:
         return {**self.health(), "uptime_s": round(time.time() - self.started_at, 1), "load_error": self.load_error,
-                "predictions": self.log.statistics(since=self.started_at).get("count", 0),
+                "predictions_last_hour": self.monitoring("hour").get("count"), "prediction_log": self.log.health(),
                 "versions": self.hub.versions(), "retraining": self.retrain_state.running,
                 "uploads": self.uploads.counts()}

@@ -138,8 +138,10 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
                                  views)
     classifier.novelty = NoveltyDetector.fit(train_views["original"], validation_views["original"], config.seed)
     test_p_dog = classifier.p_dog_from_embeddings(test_views)
+    validation_p_dog = classifier.p_dog_from_embeddings(validation_views)
+    classifier.novelty.reference["p_dog"] = np.asarray(validation_p_dog, dtype=np.float32)
     evaluated = {
-        "validation": compute_metrics(validation_labels, classifier.p_dog_from_embeddings(validation_views)),
+        "validation": compute_metrics(validation_labels, validation_p_dog),
         "test": compute_metrics(test_labels, test_p_dog),
     }
     history = {key: [float(value) for value in values] for key, values in fitted.history.items()}

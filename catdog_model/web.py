@@ -153,13 +153,56 @@ def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, H
     return call
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestBodyLimit:
+    """ASGI middleware: a request to `path` whose body passes max_bytes is refused with 413 as soon as it does,
+    before the multipart parser has spooled it to disk (Gradio's upload route stops at its limit the same way)."""
+
+    def __init__(self, app, path: str, max_bytes: int, message: str):
+        self.app, self.path, self.max_bytes, self.message = app, path, max_bytes, message
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _send_json(send, 413, {"error": self.message})
+        received, refused = 0, False
+
+        async def limited():
+            nonlocal received, refused
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes and not refused:
+                refused = True  # answered here, at once; what the app answers after that is dropped
+                await _send_json(send, 413, {"error": self.message})
+                raise _BodyTooLarge
+            return message
+
+        async def unless_refused(message):
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, limited, unless_refused)
+        except _BodyTooLarge:
+            pass
+
+
+def too_large_message(max_upload_mb: int) -> str:
+    return f"The file is larger than {max_upload_mb} MB (CATDOG_MAX_UPLOAD_MB)."
+
+
 def rest_prediction(service, file, size: int | None) -> tuple[int, dict]:
     """POST /api/predict: the HTTP status and JSON for one uploaded file, on the same path as Gradio's
     /predict (validation, limits, prediction log). 200 with label, p_cat, p_dog, flags and version; 400 for a
     file that is not a usable image; 413 over CATDOG_MAX_UPLOAD_MB; 503 while no model is loaded."""
     limit = service.settings.max_upload_mb * 2**20
     if size is not None and size > limit:
-        return 413, {"error": f"The file is larger than {service.settings.max_upload_mb} MB (CATDOG_MAX_UPLOAD_MB)."}
+        return 413, {"error": too_large_message(service.settings.max_upload_mb)}
     if service.classifier is None:
         return 503, {"error": public_message(f"No model is loaded: {service.load_error}")}
     try:

@@ -1,4 +1,5 @@
-"""Two app processes share one hub; a promotion through one is followed by the other."""
+"""Replicas: two app processes on one hub — alone, and behind a real nginx (the repository's config) on one
+real PostgreSQL prediction log."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from gradio_client import Client
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
-from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_weights, shipped_models
+from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_photos, requires_weights, shipped_models
+from tests.servers import Nginx, Postgres
 
 pytestmark = [requires_weights]
 
@@ -36,19 +38,32 @@ def wait_for(condition, seconds: float):
     return None
 
 
-def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
+def start_replicas(tmp_path, cache_dir, **environment) -> list[tuple[subprocess.Popen, str]]:
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
-    shipped = LocalHub(tmp_path / "models", Settings.from_env().model_name).production()
     replicas = []
     for name in ("a", "b"):
         port = free_port()
         env = {**os.environ, "CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR),
                "CATDOG_DATA_DIR": str(tmp_path / name), "CATDOG_CACHE_DIR": str(cache_dir),
-               "CATDOG_RELOAD_SECONDS": "1", "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1"}
+               "CATDOG_RELOAD_SECONDS": "1", "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1",
+               "CATDOG_REPLICA": name, **environment}
         env.pop("CATDOG_ADMIN_TOKEN", None)
         process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         replicas.append((process, f"http://127.0.0.1:{port}/"))
+    return replicas
+
+
+def stop(replicas) -> None:
+    for process, _ in replicas:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
+    replicas = start_replicas(tmp_path, cache_dir)
+    shipped = LocalHub(tmp_path / "models", Settings.from_env().model_name).production()
     try:
         for _, url in replicas:
             assert wait_for(lambda: health(url), 120)["model_version"] == shipped
@@ -57,6 +72,59 @@ def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
         assert health(first)["model_version"] == OTHER_VERSION  # the replica that promoted swaps at once
         assert wait_for(lambda: health(second)["model_version"] == OTHER_VERSION, 30)  # the other within its interval
     finally:
-        for process, _ in replicas:
-            process.terminate()
-            process.wait(timeout=20)
+        stop(replicas)
+
+
+@requires_photos
+def test_replicas_behind_nginx_share_one_postgresql_log_and_survive_losing_one(tmp_path, cache_dir,
+                                                                               small_photo_dir):
+    from eval.loadtest import run_locust
+
+    database = Postgres()
+    replicas = start_replicas(tmp_path, cache_dir, CATDOG_DATABASE_URL=database.new_database())
+    proxy = None
+    try:
+        for _, url in replicas:
+            assert wait_for(lambda: health(url), 120)
+        proxy = Nginx([url.removeprefix("http://").rstrip("/") for _, url in replicas])
+        env = {**os.environ, "CATDOG_LOAD_IMAGES": str(small_photo_dir)}
+        load = run_locust(proxy.url.rstrip("/"), users=6, seconds=10, env=env)
+        assert load["requests"] >= 20 and load["failures"] == 0
+
+        (first, first_url), (_, second_url) = replicas
+        def counted() -> dict | None:
+            monitoring = Client(second_url, verbose=False).predict("all", api_name="/metrics")["monitoring"]
+            return monitoring if monitoring.get("count", 0) >= load["requests"] else None
+        monitoring = wait_for(counted, 20)
+        assert set(monitoring["replicas"]) == {"a", "b"}  # both served, and either replica sees all traffic
+        first_view = Client(first_url, verbose=False).predict("all", api_name="/metrics")["monitoring"]
+        assert first_view["count"] == monitoring["count"]
+
+        through_proxy = Client(proxy.url, verbose=False)  # its cookie keeps upload, call and stream on one replica
+        assert through_proxy.predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
+        for _, url in replicas:
+            assert wait_for(lambda: health(url)["model_version"] == OTHER_VERSION, 30)
+
+        first.kill()
+        first.wait(timeout=10)
+        photo = sorted((small_photo_dir / "dogs").iterdir())[0]
+        for _ in range(10):  # new clients: some would have gone to the replica that is gone
+            request = urllib.request.Request(proxy.url + "api/predict", data=multipart(photo),
+                                             headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert json.loads(response.read())["version"] == OTHER_VERSION
+        from gradio_client import handle_file
+        assert Client(proxy.url, verbose=False).predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
+    finally:
+        if proxy:
+            proxy.close()
+        stop(replicas)
+        database.close()
+
+
+BOUNDARY = "catdogboundary"
+
+
+def multipart(path) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode()

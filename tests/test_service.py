@@ -65,11 +65,13 @@ def test_promotion_while_predictions_run_fails_no_request(service, small_photo_d
 def test_figures_examples_and_versions_for_the_metrics_tab(service, small_photo_dir):
     service.predict((small_photo_dir / "cats" / sorted((small_photo_dir / "cats").iterdir())[0].name).read_bytes())
     service.log.flush()
-    figures = service.figures()
+    metrics = service.metrics("hour")
+    figures = service.figures(metrics)
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures.values())
     assert [row["production"] for row in service.versions()] == [row["version"] == SHIPPED
                                                                for row in service.versions()]
-    assert service.metrics()["monitoring"]["count"] == 1
+    assert metrics["monitoring"]["count"] == 1 and metrics["monitoring"]["labels"] == {"cat": 1, "dog": 0}
+    assert metrics["drift"]["verdict"] in ("no reference", "too little traffic")
     examples = service.example_images()
     assert len(examples) == 4 and {path.split("/")[-2] for path in examples} == {"cats", "dogs"}
 

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -169,6 +170,17 @@ def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
     try:
         answer = httpx.post(url + "/api/predict", files={"file": ("big.jpg", b"x" * 1_500_000)}, timeout=30)
         assert answer.status_code == 413 and "CATDOG_MAX_UPLOAD_MB" in answer.json()["error"]
+        # A chunked body (no Content-Length) that goes on and on: 3 MB are sent, the rest never comes. The answer
+        # must come now, counted from what arrived — not after the parser has spooled the whole body to disk.
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port.rstrip("/"))), timeout=20) as connection:
+            connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                               b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+            head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="huge.jpg"\r\n\r\n'
+            connection.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+            for _ in range(48):
+                connection.sendall(b"%x\r\n%s\r\n" % (2**16, b"x" * 2**16))
+            assert connection.recv(4096).startswith(b"HTTP/1.1 413")
     finally:
         stop()
 

@@ -1,16 +1,13 @@
-"""The prediction log and the upload store: real SQLite files, real image bytes, real zip archives."""
+"""The upload store: real image bytes, real zip archives."""
 
 from __future__ import annotations
 
 import io
-import threading
-import time
 import zipfile
 
 import numpy as np
 from PIL import Image
 
-from catdog_model.monitoring import LoggedPrediction, PredictionLog
 from catdog_model.uploads import UploadStore
 
 
@@ -18,40 +15,6 @@ def jpeg(seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
     return buffer.getvalue()
-
-
-def row(index: int) -> LoggedPrediction:
-    return LoggedPrediction(time.time(), "v1", "dog" if index % 2 else "cat", 0.9 if index % 2 else 0.3,
-                            float(index), f"sha{index}", "api", flagged=index % 10 == 0)
-
-
-def test_twenty_concurrent_writers_lose_no_rows(tmp_path):
-    log = PredictionLog(tmp_path / "predictions.sqlite")
-    writers = [threading.Thread(target=lambda start=start: [log.record(row(start * 50 + n)) for n in range(50)])
-               for start in range(20)]
-    for writer in writers:
-        writer.start()
-    for writer in writers:
-        writer.join()
-    log.flush()
-    statistics = log.statistics()
-    assert statistics["count"] == 1000
-    assert statistics["labels"] == {"cat": 500, "dog": 500}
-    assert statistics["flagged_share"] == 0.1
-    assert sum(statistics["confidence_histogram"]["counts"]) == 1000
-    assert PredictionLog(tmp_path / "predictions.sqlite").statistics()["count"] == 1000  # survives a reopen
-
-
-def test_a_failing_log_write_is_reported_and_the_writer_carries_on(tmp_path, caplog):
-    log = PredictionLog(tmp_path / "predictions.sqlite")
-    (tmp_path / "predictions.sqlite").unlink()
-    (tmp_path / "predictions.sqlite").mkdir()  # the database path is now unusable
-    log.record(row(1))  # does not raise: the caller's prediction goes on
-    log.flush()
-    assert "could not write 1 prediction log rows" in caplog.text
-    log.record(row(2))
-    log.flush()
-    assert caplog.text.count("could not write") == 2  # the writer thread survived the first failure
 
 
 def test_uploads_are_validated_deduplicated_and_named_by_content(tmp_path):

@@ -1,0 +1,140 @@
+"""The prediction log on a real SQLite file and a real PostgreSQL server: no row lost, statistics computed by
+the database over a window, a database that goes down costs no prediction, an older log is upgraded."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from catdog_model.monitoring import SCHEMA_VERSION, LoggedPrediction, LogUnavailable, PredictionLog
+from tests.servers import Postgres, wait_for
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'predictions.sqlite'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+def row(index: int, at: float | None = None, replica: str = "") -> LoggedPrediction:
+    return LoggedPrediction(time.time() if at is None else at, "v1", "dog" if index % 2 else "cat",
+                            0.9 if index % 2 else 0.3, float(index % 100), f"sha{index}", "api",
+                            flagged=index % 10 == 0, novelty=0.1, replica=replica)
+
+
+def test_twenty_concurrent_writers_lose_no_rows(database_url):
+    log = PredictionLog(database_url, replica="a")
+    writers = [threading.Thread(target=lambda start=start: [log.record(row(start * 50 + n)) for n in range(50)])
+               for start in range(20)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert log.flush()
+    statistics = log.statistics()
+    assert statistics["count"] == 1000
+    assert statistics["labels"] == {"cat": 500, "dog": 500}
+    assert statistics["flagged_share"] == 0.1
+    assert statistics["replicas"] == {"a": 1000}
+    assert statistics["confidence_histogram"]["counts"] == [0, 0, 0, 0, 500, 0, 0, 0, 500, 0]  # 0.7 and 0.9
+    assert statistics["latency_p50_ms"] == pytest.approx(49, abs=0.1)  # latencies 0 … 99, ten times each
+    assert statistics["latency_p95_ms"] == pytest.approx(94, abs=0.1)
+    assert PredictionLog(database_url).statistics()["count"] == 1000  # survives a reopen
+
+
+def test_statistics_cover_only_the_window_and_every_replica(database_url):
+    now = time.time()
+    first, second = PredictionLog(database_url, replica="one"), PredictionLog(database_url, replica="two")
+    for index in range(30):
+        first.record(row(index, at=now - 2 * 86400))  # two days ago
+    for index in range(20):
+        first.record(row(index, at=now - 600))
+        second.record(row(index, at=now - 60))
+    assert first.flush() and second.flush()
+    assert second.statistics("hour", now=now)["replicas"] == {"one": 20, "two": 20}
+    assert first.statistics("day", now=now)["count"] == 40
+    everything = first.statistics("all", now=now)
+    assert everything["count"] == 70
+    assert sum(everything["series"]["requests_per_minute"]) * everything["series"]["step_seconds"] / 60 == 70
+    assert first.statistics("hour", now=now + 86400) == {"window": "hour", "since": now + 82800, "count": 0, **first.health()}
+    with pytest.raises(ValueError, match="Unknown window 'week': use one of hour, day, all"):
+        first.statistics("week")
+
+
+def test_a_database_that_goes_down_costs_no_prediction_and_loses_no_row(tmp_path):
+    server = Postgres()
+    try:
+        log = PredictionLog(server.new_database(), buffer_rows=50, retry_seconds=0.2, batch_rows=10)
+        for index in range(5):
+            log.record(row(index))
+        assert log.flush()
+        server.stop()
+        started = time.perf_counter()
+        for index in range(5, 45):
+            log.record(row(index))
+        assert time.perf_counter() - started < 0.05  # recording never waits for the database
+        with pytest.raises(LogUnavailable, match="cannot be reached .* Predictions go on"):
+            log.statistics()
+        wait_for(lambda: log.last_error)
+        assert "catdog@127.0.0.1" in log.last_error and "password" not in log.last_error
+        server.start()
+        assert log.flush(timeout=30)
+        assert log.statistics()["count"] == 45 and log.dropped_rows == 0
+    finally:
+        server.close()
+
+
+def test_a_full_buffer_drops_rows_and_counts_them(tmp_path):
+    url = f"sqlite:///{tmp_path / 'predictions.sqlite'}"
+    log = PredictionLog(url, buffer_rows=20, retry_seconds=0.2, batch_rows=10)
+    (tmp_path / "predictions.sqlite").unlink()
+    (tmp_path / "predictions.sqlite").mkdir()  # the database file is now unusable
+    for index in range(100):
+        log.record(row(index))
+    wait_for(lambda: log.last_error)
+    health = log.health()
+    assert 70 <= health["dropped_rows"] <= 80  # only the buffer (20) and one batch (10) wait
+    assert health["pending_rows"] <= 20 and "cannot be reached" in health["write_error"]
+    with pytest.raises(LogUnavailable):
+        log.statistics()
+
+
+def test_a_log_written_by_an_older_catdog_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "predictions.sqlite"
+    with sqlite3.connect(path) as connection:  # the schema of catdog ≤ 0.9
+        connection.execute("CREATE TABLE predictions (time REAL NOT NULL, version TEXT, label TEXT NOT NULL, "
+                           "p_dog REAL NOT NULL, latency_ms REAL NOT NULL, sha256 TEXT, source TEXT NOT NULL, "
+                           "flagged INTEGER NOT NULL DEFAULT 0)")
+        connection.execute("INSERT INTO predictions VALUES (?, 'v1', 'cat', 0.2, 12.0, 'abc', 'ui', 0)", [time.time()])
+    connection.close()
+    log = PredictionLog(f"sqlite:///{path}", replica="new")
+    log.record(row(1))
+    assert log.flush()
+    assert log.statistics()["replicas"] == {"(unnamed)": 1, "new": 1}
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version FROM catdog_schema").fetchall() == [(SCHEMA_VERSION,)]
+        indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    connection.close()
+    assert {"predictions_by_time", "predictions_by_version_time"} <= indexes
+
+
+def test_a_log_from_a_newer_catdog_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "predictions.sqlite"
+    PredictionLog(f"sqlite:///{path}").flush()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE catdog_schema SET version = ?", [SCHEMA_VERSION + 1])
+    connection.close()
+    log = PredictionLog(f"sqlite:///{path}", retry_seconds=0.2)
+    with pytest.raises(LogUnavailable, match="written by a newer catdog .* upgrade catdog on this replica"):
+        log.statistics()
