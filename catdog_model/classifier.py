@@ -12,7 +12,7 @@ from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
 from .images import DEFAULT_LIMITS, ImageLimits
 from .novelty import NOVELTY_FILE, NoveltyDetector
-from .serving import CARD_FILE, CONFIG_FILE, ImageModel, ModelLoadError, read_config
+from .serving import CARD_FILE, CONFIG_FILE, ONNX_FILE, ImageModel, ModelLoadError, read_config
 
 WEIGHTS_FILE = "head.weights.h5"
 FULL_MODEL_FILE = "model.keras"
@@ -103,8 +103,11 @@ class Classifier(ImageModel):
             import keras
 
             size = self.spec.image_size
+            # A copy of the head: the trained one is compiled, and Keras would save its optimizer's state too.
+            head = keras.models.clone_model(self.head)
+            head.set_weights(self.head.get_weights())
             image = keras.Input((size, size, 3), dtype="uint8", name="image")
-            keras.Model(image, self.head(self.backbone.model(image)), name="catdog").save(
+            keras.Model(image, head(self.backbone.model(image)), name="catdog").save(
                 Path(directory) / FULL_MODEL_FILE)
         save_version_files(directory, self.spec, self.head, self.head_config, self.tta, self.novelty)
 
@@ -112,7 +115,7 @@ class Classifier(ImageModel):
     def load(cls, directory: Path, weights_dir: Path | None, version: str | None = None,
              batch_size: int = 32, **options) -> "Classifier":
         directory = Path(directory)
-        config = read_config(directory)
+        config = read_config(directory, optional=(ONNX_FILE,))  # the Keras model does not need its export
         expected = config["files"]
         try:
             spec = BackboneSpec.from_dict(config["backbone"])

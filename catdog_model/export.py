@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import Classifier
-
-ONNX_FILE = "model.onnx"
+from .serving import ONNX_FILE
 ONNX_OPSET = 17
 MAX_P_DOG_DIFFERENCE = 1e-4
 FEATURE_MAP_LAYER = "out_relu"  # MobileNetV2's last convolutional activation, before pooling

@@ -57,8 +57,8 @@ def make_prediction(p_dog: float, novelty: float | None, threshold: float | None
                       flags=tuple(flags), novelty=None if novelty is None else round(float(novelty), 4))
 
 
-def read_config(directory: Path) -> dict:
-    """config.json, after checking every file it lists against its sha256."""
+def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
+    """config.json, after checking every file it lists against its sha256 (files in `optional` may be absent)."""
     directory = Path(directory)
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
@@ -69,8 +69,13 @@ def read_config(directory: Path) -> dict:
         raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is corrupt ({error}).") from None
     for name, sha in expected.items():
         path = directory / name
+        if not path.is_file() and name in optional:
+            continue
         if not path.is_file():
-            raise ModelLoadError(f"{directory.name}: {name} is missing.")
+            # The repository keeps the full-model files of its production version only.
+            hint = (f" Publish its export again with `python -m training.export --version {directory.name}`."
+                    if name == ONNX_FILE else "")
+            raise ModelLoadError(f"{directory.name}: {name} is missing.{hint}")
         if file_sha256(path) != sha:
             raise ModelLoadError(f"{directory.name}: {name} does not match the sha256 in {CONFIG_FILE}; "
                                  "the file is corrupt or was changed after the version was written.")
@@ -104,7 +109,9 @@ class ImageModel:
         return load_image(source, size=self.image_size, limits=self.limits)
 
     def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
-        p_dogs, embeddings = self.run(images)
+        return self.predictions_from(*self.run(images))
+
+    def predictions_from(self, p_dogs: np.ndarray, embeddings: np.ndarray) -> list[Prediction]:
         scores = self.novelty.scores(embeddings) if self.novelty else [None] * len(p_dogs)
         threshold = self.novelty.threshold if self.novelty else None
         return [make_prediction(p_dog, score, threshold, self.low_confidence, self.version)
@@ -124,8 +131,10 @@ class ServingModel(ImageModel):
     """One version, ready to serve from its model.onnx."""
 
     def __init__(self, session, image_size: int, version: str | None, novelty: NoveltyDetector | None,
-                 low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS):
+                 low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS, directory: Path | None = None):
         self.session = session
+        self.directory = directory
+        self._head = None
         self.image_size = image_size
         self.version = version
         self.novelty = novelty
@@ -145,9 +154,21 @@ class ServingModel(ImageModel):
             session = onnx_session(directory / ONNX_FILE, threads)
         except Exception as error:  # ONNX Runtime raises its own types for a bad file
             raise ModelLoadError(f"{directory.name}: cannot read {ONNX_FILE} ({error}).") from None
-        return cls(session, int(config["backbone"]["image_size"]), version, novelty, **options)
+        return cls(session, int(config["backbone"]["image_size"]), version, novelty, directory=directory, **options)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(dog) and embeddings of uint8 images (N, size, size, 3)."""
         p_dog, embeddings = self.session.run(["p_dog", "embedding"], {"image": images})
         return p_dog, embeddings
+
+    def explain(self, source) -> tuple[Prediction, np.ndarray]:
+        """The prediction and the photo with its Grad-CAM heat map laid over it (uint8, size × size × 3)."""
+        from .explain import Head, class_activation_map, overlay
+
+        image = self.decode(source)
+        if self._head is None:
+            self._head = Head.load(self.directory)
+        p_dog, embedding, feature_map = self.session.run(["p_dog", "embedding", "feature_map"],
+                                                         {"image": image[np.newaxis]})
+        prediction = self.predictions_from(p_dog, embedding)[0]
+        return prediction, overlay(image, class_activation_map(feature_map[0], self._head))

@@ -141,14 +141,17 @@ def server(tmp_path_factory, cache_dir):
     stop()
 
 
-OTHER_VERSION = "v5"  # in shipped_models(): a second servable version, besides production
+# In shipped_models(): the exports of v1 and v2, published after the repository's versions; this one is servable
+# besides production.
+OTHER_VERSION = f"v{len(list((PROJECT_ROOT / 'models' / Settings.from_env().model_name).glob('v*'))) + 1}"
 _prepared: list[Path] = []
 
 
 def shipped_models() -> Path:
     """A copy of the repository's models/ where, besides production, v1 and v2 are servable too: their
-    serving exports are published as v5 and v6 (as `python -m training.export` does), and production is
-    promoted back last, so a rollback reaches v6. Built once per test run."""
+    serving exports are published as the next two versions (OTHER_VERSION and the one after, as
+    `python -m training.export` does), and production is promoted back last, so a rollback reaches the second.
+    Built once per test run."""
     import shutil
     import subprocess
     import sys
@@ -166,7 +169,7 @@ def shipped_models() -> Path:
                            capture_output=True, cwd=PROJECT_ROOT)
         hub = LocalHub(root, Settings.from_env().model_name)
         production = hub.production()
-        for version in ("v5", "v6", production):
+        for version in (*hub.versions()[-2:], production):
             hub.promote(version)
         _prepared.append(root)
     return _prepared[0]

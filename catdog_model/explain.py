@@ -1,0 +1,71 @@
+"""Why the model said cat or dog: Grad-CAM (Selvaraju et al., 2017) on the serving export's last feature map.
+
+The head is small (average pooling → dense → dense → sigmoid), so the gradient of its logit with respect to
+the pooled embedding is a few lines of numpy, and the server needs no TensorFlow. Each position of the
+feature map scores Σ_c gradient_c · feature_c: positive where the photo looks like a dog to the model,
+negative where it looks like a cat."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HEAD_FILE = "head.weights.h5"
+DOG_COLOUR = np.array([230, 60, 30], dtype=np.float32)
+CAT_COLOUR = np.array([30, 110, 230], dtype=np.float32)
+OVERLAY_OPACITY = 0.55
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """The dense layers of a version's head, in order: [(kernel, bias), …], the last one giving the logit."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def load(cls, directory: Path) -> "Head":
+        import h5py
+
+        with h5py.File(Path(directory) / HEAD_FILE, "r") as weights:
+            dense = sorted((name for name in weights["layers"] if name.startswith("dense")),
+                           key=lambda name: int(name.removeprefix("dense").removeprefix("_") or 0))
+            return cls([(weights[f"layers/{name}/vars/0"][()], weights[f"layers/{name}/vars/1"][()])
+                        for name in dense])
+
+    def logit_gradient(self, embedding: np.ndarray) -> np.ndarray:
+        """d logit / d embedding for one embedding (dim,): back through ReLU hidden layers (dropout is off)."""
+        activations = [embedding]
+        for kernel, bias in self.layers[:-1]:
+            activations.append(np.maximum(activations[-1] @ kernel + bias, 0))
+        gradient = self.layers[-1][0][:, 0]
+        for (kernel, _), output in zip(reversed(self.layers[:-1]), reversed(activations[1:])):
+            gradient = kernel @ (gradient * (output > 0))
+        return gradient
+
+
+def class_activation_map(feature_map: np.ndarray, head: Head) -> np.ndarray:
+    """Signed Grad-CAM (h, w) of one feature map (h, w, channels): > 0 towards dog, < 0 towards cat."""
+    gradient = head.logit_gradient(feature_map.mean(axis=(0, 1)))
+    return feature_map @ gradient
+
+
+def overlay(image: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    """The photo (size, size, 3) with the map laid over it: red where it says dog, blue where it says cat,
+    stronger where the push is stronger (scaled to the map's largest push)."""
+    size = image.shape[:2][::-1]
+    scale = float(np.abs(activation).max()) or 1.0
+    resized = np.asarray(Image.fromarray((activation / scale).astype(np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR))
+    strength = np.clip(np.abs(resized), 0, 1)[..., np.newaxis] * OVERLAY_OPACITY
+    colour = np.where(resized[..., np.newaxis] > 0, DOG_COLOUR, CAT_COLOUR)
+    return np.round(image * (1 - strength) + colour * strength).astype(np.uint8)
+
+
+def hot_region(activation: np.ndarray, label: str, share: float = 0.2) -> np.ndarray:
+    """A boolean (h, w) mask of the positions that pushed hardest towards `label`: the top `share`."""
+    towards = activation if label == "dog" else -activation
+    cutoff = np.quantile(towards, 1 - share)
+    return (towards >= cutoff) & (towards > 0)
