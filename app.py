@@ -46,6 +46,13 @@ def build_demo(service: Service) -> gr.Blocks:
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
     @user_errors
+    def explain(image: dict | None):
+        if not input_paths(image):
+            raise ValueError(NO_IMAGE)
+        prediction, heat_map = service.explain(input_paths(image)[0])
+        return heat_map, prediction.as_label_dict()
+
+    @user_errors
     def predict_batch(files: list[dict] | None):
         rows = service.predict_batch(input_paths(files), origin="api")
         return pd.DataFrame(rows, columns=BATCH_COLUMNS), str(service.save_batch_csv(rows))
@@ -97,11 +104,10 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @user_errors
     def refresh_metrics(window: str):
-        metrics = service.metrics(window)
-        figures = service.figures(metrics)
-        return (metrics, metrics["drift"]["sentence"], figures["confusion_matrix"], figures["roc_curve"],
-                figures["versions"], figures["monitoring"], pd.DataFrame(service.versions()),
-                service.dataset_stats())
+        view = service.metrics_view(window)
+        return ([view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
+                                         "versions_table", "over_time", "over_time", "quality", "labels",
+                                         "confidence")] + [service.dataset_stats()])
 
     # Gradio's queue rebuilds an analytics summary (a pandas DataFrame over up to 10,000 recent events) after
     # every event by default: a few milliseconds of each call under load. Rarely, over fewer events, here.
@@ -123,17 +129,23 @@ def build_demo(service: Service) -> gr.Blocks:
                 with gr.Column():
                     label = gr.Label(num_top_classes=2, label="Prediction")
                     details = gr.Markdown()
-                    predict_button = gr.Button("Classify", variant="primary")
+                    with gr.Row():
+                        predict_button = gr.Button("Classify", variant="primary")
+                        explain_button = gr.Button("Show why")
+            heat_map = gr.Image(label="Why: red pushed towards dog, blue towards cat", type="numpy",
+                                interactive=False)
             if examples := service.example_images():
                 gr.Examples(examples, inputs=image)
             # Requests run side by side so that the micro-batcher can share model calls between them.
             predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details",
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict", preprocess=False)
-            # The API takes the raw file, so every byte a client sends reaches catdog's own validation (and a
-            # sentence that says what is wrong), not an image component's decoding first.
+            # /predict answers in gr.Label's format, which gr.api would not give, and takes the raw file, so every
+            # byte a client sends reaches catdog's own validation, not an image component's decoding first.
             api_image = gr.File(visible=False, type="filepath")
             gr.Button(visible=False).click(predict, api_image, label, api_name="predict", preprocess=False,
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+            explain_button.click(explain, image, [heat_map, label], api_name="explain", preprocess=False,
+                                 concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")
@@ -164,7 +176,6 @@ def build_demo(service: Service) -> gr.Blocks:
             comparison = gr.Dataframe(headers=["metric", "candidate", "production"],
                                       label="New version beside production, on the same held-out photos")
             retrain_button.click(retrain_and_follow, token, [status, comparison], api_name="retrain_and_follow")
-            gr.Button(visible=False).click(retrain, token, status, api_name="retrain")
             status_button.click(service.retrain_status, None, status, api_name="retrain_status")
             version_box = gr.Textbox(label="Version to promote (e.g. v3)")
             with gr.Row():
@@ -178,21 +189,44 @@ def build_demo(service: Service) -> gr.Blocks:
                 window = gr.Radio(list(WINDOWS), value="day", label="Monitoring window (all replicas)")
                 refresh = gr.Button("Refresh", variant="primary")
             drift_text = gr.Markdown()
-            metrics_json = gr.JSON(label="Production and live monitoring")
+            summary_text = gr.Markdown()
             with gr.Row():
+                production_table = gr.Dataframe(label="Production on its test split", interactive=False)
                 confusion_plot = gr.Image(label="Confusion matrix (test split)", type="filepath")
                 roc_plot = gr.Image(label="ROC curve (test split)", type="filepath")
-            versions_plot = gr.Image(label="Accuracy across versions", type="filepath")
-            monitoring_plot = gr.Image(label="Live monitoring", type="filepath")
-            versions_table = gr.Dataframe(label="Versions")
-            dataset_json = gr.JSON(label="Dataset")
-            metrics_outputs = [metrics_json, drift_text, confusion_plot, roc_plot, versions_plot, monitoring_plot,
-                               versions_table, dataset_json]
+            versions_table = gr.Dataframe(label="Versions", interactive=False)
+            with gr.Row():
+                requests_plot = gr.LinePlot(x="time", y="requests per minute", title="Requests per minute")
+                latency_plot = gr.LinePlot(x="time", y="mean latency (ms)", title="Mean latency (ms)")
+            with gr.Row():
+                quality_plot = gr.LinePlot(x="time", y="value", color="measure", y_lim=[0, 1],
+                                           title="Confidence, unfamiliarity and share flagged")
+                labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels")
+                confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence")
+            dataset_json = gr.JSON(label="Training data (photos per class)")
+            metrics_outputs = [drift_text, summary_text, production_table, confusion_plot, roc_plot, versions_table,
+                               requests_plot, latency_plot, quality_plot, labels_plot, confidence_plot, dataset_json]
             refresh.click(refresh_metrics, window, metrics_outputs, api_name="refresh_metrics")
-            gr.Button(visible=False).click(user_errors(service.metrics), window, metrics_json, api_name="metrics")
-            gr.Button(visible=False).click(lambda: pd.DataFrame(service.versions()), None, versions_table,
-                                           api_name="versions")
-            gr.Button(visible=False).click(service.dataset_stats, None, dataset_json, api_name="dataset_stats")
+
+        # Endpoints for programs, with no UI of their own.
+        @gr.api(api_name="metrics")
+        def metrics(window: str = "day") -> dict:
+            """Production's test metrics, live monitoring and drift over the window (hour, day or all)."""
+            return user_errors(service.metrics)(window)
+
+        @gr.api(api_name="versions")
+        def versions() -> list[dict]:
+            return service.versions()
+
+        @gr.api(api_name="retrain")
+        def start_retraining(token: str = "") -> dict:
+            """Start a retraining in the background; its status."""
+            return retrain(token)
+
+        @gr.api(api_name="dataset_stats")
+        def dataset_stats() -> dict:
+            return service.dataset_stats()
+
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
     return demo
 

@@ -1,77 +1,94 @@
-"""Figures for the Metrics tab: accuracy across versions, and live monitoring from the prediction log."""
+"""What the Metrics tab shows, as tables and as DataFrames for Gradio's own plots: production's test metrics,
+the versions, and live monitoring from the prediction log's aggregates (never from rows, never pyplot)."""
 
 from __future__ import annotations
 
-import datetime
-from pathlib import Path
+import math
+
+import pandas as pd
+
+from . import LABELS
+
+OVER_TIME_COLUMNS = ["time", "requests per minute", "mean latency (ms)"]
+QUALITY_COLUMNS = ["time", "measure", "value"]
+QUALITY_MEASURES = {"confidence": "mean confidence", "novelty": "mean unfamiliarity",
+                    "flagged_share": "share flagged"}
 
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_versions(versions: list[dict], path: Path) -> Path:
-    """Test accuracy of each version; production in a darker bar."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 3))
-    names = [row["version"] for row in versions]
-    accuracy = [row["test"].get("accuracy") or 0 for row in versions]
-    colors = ["#1f4e79" if row["production"] else "#9dc3e6" for row in versions]
-    axes.bar(names, accuracy, color=colors)
-    axes.set_ylim(max(0.0, min(accuracy, default=0.9) - 0.05), 1.0)
-    axes.set_ylabel("test accuracy")
-    axes.set_title("Versions (dark: production)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion: honest at 99 % on a few hundred photos."""
+    if total == 0:
+        return 0.0, 1.0
+    share = successes / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    spread = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - spread), min(1.0, centre + spread)
 
 
-def plot_monitoring(statistics: dict, drift: dict, path: Path) -> Path:
-    """Requests per minute, latency, label mix, confidence and unfamiliarity over the window — from the
-    database's aggregates, never from rows."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(2, 3, figsize=(12, 5.5))
-    (requests, latency, labels), (confidence, unfamiliar, flagged) = axes
-    if statistics.get("count"):
-        series = statistics["series"]
-        times = [datetime.datetime.fromtimestamp(start) for start in series["start"]]
-        requests.plot(times, series["requests_per_minute"], marker=".")
-        latency.plot(times, series["latency_ms"], marker=".", label="mean")
-        for name, style in (("latency_p50_ms", "-"), ("latency_p95_ms", "--")):
-            latency.axhline(statistics[name], color="#1f4e79", linestyle=style,
-                            label=f"{name.split('_')[1]} {statistics[name]:.0f} ms")
-        latency.legend()
-        labels.bar(list(statistics["labels"]), list(statistics["labels"].values()), color=["#f4b183", "#a9d18e"])
-        edges = statistics["confidence_histogram"]["edges"]
-        confidence.bar(edges[:-1], statistics["confidence_histogram"]["counts"], width=edges[1] - edges[0],
-                       align="edge", color="#9dc3e6")
-        novelty = [(time, value) for time, value in zip(times, series["novelty"]) if value is not None]
-        if novelty:
-            unfamiliar.plot(*zip(*novelty), marker=".", label="recent")
-        reference = drift.get("tests", {}).get("novelty", {}).get("reference_mean")
-        if reference is not None:
-            unfamiliar.axhline(reference, color="#c00000", linestyle="--", label="validation photos")
-            unfamiliar.legend()
-        flagged.plot(times, series["flagged_share"], marker=".")
-        for axis in (requests, latency, unfamiliar, flagged):
-            axis.tick_params(axis="x", labelrotation=30, labelsize=7)
-    else:
-        for axis in axes.flat:
-            axis.text(0.5, 0.5, "no predictions in this window", ha="center", va="center",
-                      transform=axis.transAxes, color="#7f7f7f")
-    for axis, title in ((requests, "requests per minute"), (latency, "latency (ms)"), (labels, "labels"),
-                        (confidence, "confidence"), (unfamiliar, "mean unfamiliarity"),
-                        (flagged, "share flagged")):
-        axis.set_title(title)
-    figure.suptitle(drift.get("sentence", ""), fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+def production_table(test: dict | None) -> pd.DataFrame:
+    """Production's test metrics, a row each: accuracy with its interval, precision, recall, F1, ROC-AUC."""
+    if not test:
+        return pd.DataFrame({"metric": ["production"], "value": ["no version is in production"]})
+    low, high = wilson_interval(round(test["accuracy"] * test["n_images"]), test["n_images"])
+    rows = [("accuracy", f"{test['accuracy']:.2%}  (95 % interval {low:.1%}–{high:.1%})")]
+    rows += [(name, "—" if test.get(key) is None else f"{test[key]:.4f}")
+             for name, key in (("precision (dog)", "precision"), ("recall (dog)", "recall"), ("F1", "f1"),
+                               ("ROC-AUC", "roc_auc"), ("log loss", "log_loss"))]
+    rows.append(("test photos", f"{test['n_images']:,}"))
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def versions_table(versions: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"version": row["version"], "production": "✔" if row["production"] else "",
+                          "test accuracy": None if row["test_accuracy"] is None else round(row["test_accuracy"], 4),
+                          "ROC-AUC": None if row["test_roc_auc"] is None else round(row["test_roc_auc"], 4),
+                          "test photos": row["test_images"], "created": (row["created_at"] or "")[:16]}
+                         for row in versions],
+                        columns=["version", "production", "test accuracy", "ROC-AUC", "test photos", "created"])
+
+
+def over_time(statistics: dict) -> pd.DataFrame:
+    """Requests per minute and mean latency per period of the window (no rows: an empty frame)."""
+    series = statistics.get("series") if statistics.get("count") else None
+    if not series:
+        return pd.DataFrame({column: [] for column in OVER_TIME_COLUMNS}).astype({"time": "datetime64[s]"})
+    return pd.DataFrame({"time": pd.to_datetime(series["start"], unit="s"),
+                         "requests per minute": series["requests_per_minute"],
+                         "mean latency (ms)": series["latency_ms"]})
+
+
+def quality_over_time(statistics: dict) -> pd.DataFrame:
+    """Mean confidence, mean unfamiliarity and share flagged per period, in one long frame (all 0–1)."""
+    series = statistics.get("series") if statistics.get("count") else None
+    rows = []
+    if series:
+        times = pd.to_datetime(series["start"], unit="s")
+        for key, measure in QUALITY_MEASURES.items():
+            rows += [(time, measure, value) for time, value in zip(times, series[key]) if value is not None]
+    frame = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    return frame.astype({"time": "datetime64[s]", "value": "float64"}) if not rows else frame
+
+
+def label_mix(statistics: dict) -> pd.DataFrame:
+    labels = statistics.get("labels") or {}
+    return pd.DataFrame({"label": list(LABELS), "predictions": [labels.get(label, 0) for label in LABELS]})
+
+
+def confidence_histogram(statistics: dict) -> pd.DataFrame:
+    histogram = statistics.get("confidence_histogram")
+    if not statistics.get("count") or not histogram:
+        return pd.DataFrame({"confidence": [], "predictions": []})
+    edges = histogram["edges"]
+    return pd.DataFrame({"confidence": [f"{low:.2f}–{high:.2f}" for low, high in zip(edges, edges[1:])],
+                         "predictions": histogram["counts"]})
+
+
+def monitoring_summary(statistics: dict, window: str) -> str:
+    """One line on the window's traffic, for people."""
+    if statistics.get("error"):
+        return f"⚠️ {statistics['error']}"
+    if not statistics.get("count"):
+        return f"No predictions in this window ({window})."
+    return (f"**{statistics['count']:,}** predictions in this window ({window}), latency p50 "
+            f"{statistics['latency_p50_ms']:.0f} ms / p95 {statistics['latency_p95_ms']:.0f} ms, "
+            f"{statistics['flagged_share']:.1%} flagged, served by {len(statistics['replicas'])} replica(s).")

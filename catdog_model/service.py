@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 
 from .config import Settings, TrainingConfig
 from .errors import ServiceError
@@ -20,7 +21,8 @@ from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .drift import drift_report
 from .monitoring import WINDOWS, LoggedPrediction, LogUnavailable, PredictionLog
-from .reports import plot_monitoring, plot_versions
+from .reports import (confidence_histogram, label_mix, monitoring_summary, over_time, production_table,
+                      quality_over_time, versions_table)
 from .production import Production
 from .retraining import Retrainer, trusted_examples, training_dataset
 from .serving import Prediction, ServingModel
@@ -81,6 +83,14 @@ class Service:
                                          latency_ms, content_hash(data), origin, bool(prediction.flags),
                                          prediction.novelty))
         return prediction, latency_ms
+
+    def explain(self, source) -> tuple[Prediction, np.ndarray]:
+        """The prediction and the photo with its heat map: red where it pushed towards dog, blue towards cat."""
+        model = self.production.serving()
+        if not isinstance(model, ServingModel):
+            raise ValueError("This server runs without a model (CATDOG_NOOP_MODEL), so it cannot explain.")
+        explanation = model.explain(read_bytes(source))
+        return explanation.prediction, explanation.overlay()
 
     def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
         """One row per file: file, label, p_dog, confidence, flags — or the reason it was rejected."""
@@ -254,16 +264,19 @@ class Service:
         reference = model.novelty.reference if model.novelty else None
         return drift_report(model.version, reference, recent)
 
-    def figures(self, metrics: dict) -> dict[str, Path | None]:
-        """PNG paths: production's confusion matrix and ROC curve, accuracy across versions, and the monitoring
-        and drift of `metrics` (what metrics() returned)."""
-        folder = self.settings.data_dir / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        production = self.hub.download() if self.hub.production() else None
-        saved = {name: production / f"{name}.png" if production and (production / f"{name}.png").is_file()
-                 else None for name in ("confusion_matrix", "roc_curve")}
-        return {**saved, "versions": plot_versions(self.hub.list_versions(), folder / "versions.png"),
-                "monitoring": plot_monitoring(metrics["monitoring"], metrics["drift"], folder / "monitoring.png")}
+    def metrics_view(self, window: str = "day") -> dict:
+        """What the Metrics tab shows: metrics() as tables, plot data and sentences, and production's own
+        confusion matrix and ROC curve (PNG files written with the version)."""
+        metrics = self.metrics(window)
+        folder = self.hub.download() if metrics["production"] else None
+        images = {name: folder / f"{name}.png" if folder and (folder / f"{name}.png").is_file() else None
+                  for name in ("confusion_matrix", "roc_curve")}
+        monitoring = metrics["monitoring"]
+        return {"metrics": metrics, **images, "production_table": production_table(metrics["test"]),
+                "versions_table": versions_table(self.versions()), "drift": metrics["drift"]["sentence"],
+                "summary": monitoring_summary(monitoring, window), "over_time": over_time(monitoring),
+                "quality": quality_over_time(monitoring), "labels": label_mix(monitoring),
+                "confidence": confidence_histogram(monitoring)}
 
     def comparison(self) -> list[dict]:
         """The last retraining's candidate beside production, metric by metric, on the same photos."""

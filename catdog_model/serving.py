@@ -161,14 +161,14 @@ class ServingModel(ImageModel):
         p_dog, embeddings = self.session.run(["p_dog", "embedding"], {"image": images})
         return p_dog, embeddings
 
-    def explain(self, source) -> tuple[Prediction, np.ndarray]:
-        """The prediction and the photo with its Grad-CAM heat map laid over it (uint8, size × size × 3)."""
-        from .explain import Head, class_activation_map, overlay
+    def explain(self, source):
+        """An Explanation: the prediction, and the Grad-CAM map of the photo as the model saw it."""
+        from .explain import Explanation, Head, class_activation_map
 
         image = self.decode(source)
         if self._head is None:
             self._head = Head.load(self.directory)
         p_dog, embedding, feature_map = self.session.run(["p_dog", "embedding", "feature_map"],
                                                          {"image": image[np.newaxis]})
-        prediction = self.predictions_from(p_dog, embedding)[0]
-        return prediction, overlay(image, class_activation_map(feature_map[0], self._head))
+        return Explanation(self.predictions_from(p_dog, embedding)[0], image,
+                           class_activation_map(feature_map[0], self._head))

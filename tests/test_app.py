@@ -27,8 +27,8 @@ def test_health_status_and_every_endpoint_listed(server):
     assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": SHIPPED.production()}
     assert get_json(url + "api/status")["versions"] == SHIPPED.versions()
     endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
-    for name in ("predict", "predict_batch", "upload_training_data", "retrain", "retrain_status", "promote",
-                 "rollback", "metrics", "dataset_stats", "versions"):
+    for name in ("predict", "explain", "predict_batch", "upload_training_data", "retrain", "retrain_status",
+                 "promote", "rollback", "metrics", "dataset_stats", "versions"):
         assert f"/{name}" in endpoints
 
 
@@ -42,6 +42,17 @@ def test_predict_real_photos_through_gradio_client(server, small_photo_dir):
         assert {item["label"] for item in result["confidences"]} == {"cat", "dog"}
     service.log.flush()
     assert service.log.statistics()["sources"]["api"] >= 2
+
+
+def test_explain_returns_the_photo_with_its_heat_map_and_the_label(server, small_photo_dir):
+    from PIL import Image
+
+    url, _ = server
+    photo = sorted((small_photo_dir / "dogs").iterdir())[2]
+    overlay, label = Client(url, verbose=False).predict(handle_file(str(photo)), api_name="/explain")
+    assert label["label"] == "dog"
+    with Image.open(overlay) as image:
+        assert image.size == (288, 288) and image.mode == "RGB"
 
 
 def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_dir, tmp_path):
@@ -98,7 +109,7 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
     assert SHIPPED.production() in client.predict("s3cret", api_name="/rollback")
     assert get_json(url + "health")["model_version"] == SHIPPED.production()
     versions = client.predict(api_name="/versions")
-    assert [row[0] for row in versions["data"]] == SHIPPED.versions() + [new]
+    assert [row["version"] for row in versions] == SHIPPED.versions() + [new]
 
 
 def test_predict_over_plain_http_upload_call_and_event_stream(server, small_photo_dir):

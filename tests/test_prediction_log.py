@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from catdog_model.monitoring import SCHEMA_VERSION, LoggedPrediction, LogUnavailable, PredictionLog
+from catdog_model.monitoring import SCHEMA_VERSION, LoggedPrediction, LogUnavailable, PredictionLog, predictions
 from tests.servers import Postgres, wait_for
 
 
@@ -126,7 +126,30 @@ def test_a_log_written_by_an_older_catdog_is_upgraded_in_place(tmp_path):
         assert connection.execute("SELECT version FROM catdog_schema").fetchall() == [(SCHEMA_VERSION,)]
         indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     connection.close()
-    assert {"predictions_by_time", "predictions_by_version_time"} <= indexes
+    assert {index.name for index in predictions.indexes} <= indexes
+
+
+def test_a_log_of_schema_2_gets_the_covering_index_in_place_of_its_time_index(tmp_path):
+    path = tmp_path / "predictions.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE predictions (time REAL NOT NULL, version TEXT, label TEXT NOT NULL, "
+                           "p_dog REAL NOT NULL, latency_ms REAL NOT NULL, sha256 TEXT, source TEXT NOT NULL, "
+                           "flagged INTEGER NOT NULL DEFAULT 0, novelty REAL, replica TEXT NOT NULL DEFAULT '')")
+        connection.execute("CREATE INDEX predictions_by_time ON predictions (time)")
+        connection.execute("CREATE TABLE catdog_schema (version INTEGER NOT NULL)")
+        connection.execute("INSERT INTO catdog_schema VALUES (2)")
+        connection.execute("INSERT INTO predictions VALUES (?, 'v1', 'dog', 0.9, 12.0, 'abc', 'rest', 0, 0.1, 'a')",
+                           [time.time()])
+    connection.close()
+    log = PredictionLog(f"sqlite:///{path}", replica="b")
+    log.record(row(1))
+    assert log.flush()
+    assert log.statistics()["replicas"] == {"a": 1, "b": 1}
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version FROM catdog_schema").fetchall() == [(SCHEMA_VERSION,)]
+        indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    connection.close()
+    assert "predictions_for_statistics" in indexes and "predictions_by_time" not in indexes
 
 
 def test_a_log_from_a_newer_catdog_is_refused_with_what_to_do(tmp_path):

@@ -1,4 +1,5 @@
-"""The service behind the tabs, without a browser: hot promotion under load, a missing model, the figures."""
+"""The service behind the tabs, without a browser: hot promotion under load, a missing model, the Metrics
+tab's tables and plot data."""
 
 from __future__ import annotations
 
@@ -62,16 +63,39 @@ def test_promotion_while_predictions_run_fails_no_request(service, small_photo_d
 
 
 @requires_weights
-def test_figures_examples_and_versions_for_the_metrics_tab(service, small_photo_dir):
-    service.predict((small_photo_dir / "cats" / sorted((small_photo_dir / "cats").iterdir())[0].name).read_bytes())
+def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_predictions(service,
+                                                                                        small_photo_dir):
+    empty = service.metrics_view("hour")
+    assert empty["summary"] == "No predictions in this window (hour)."
+    assert empty["over_time"].empty and list(empty["over_time"].columns)[:2] == ["time", "requests per minute"]
+    assert empty["confidence"].empty and empty["labels"]["predictions"].tolist() == [0, 0]
+    accuracy = empty["production_table"].set_index("metric").loc["accuracy", "value"]
+    assert "95 % interval" in accuracy and "%" in accuracy and "{" not in accuracy  # a sentence, not JSON
+    assert empty["confusion_matrix"].read_bytes()[:4] == b"\x89PNG" and empty["roc_curve"] is not None
+    production_rows = empty["versions_table"][empty["versions_table"]["production"] == "✔"]
+    assert production_rows["version"].tolist() == [SHIPPED]
+
+    cats = sorted((small_photo_dir / "cats").iterdir())
+    service.predict(cats[0].read_bytes())
     service.log.flush()
-    metrics = service.metrics("hour")
-    figures = service.figures(metrics)
-    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures.values())
+    one = service.metrics_view("hour")
+    assert one["summary"].startswith("**1** predictions") and len(one["over_time"]) == 1
+    assert one["labels"].set_index("label")["predictions"].to_dict() == {"cat": 1, "dog": 0}
+    assert one["confidence"]["predictions"].sum() == 1
+    assert set(one["quality"]["measure"]) >= {"mean confidence", "share flagged"}
+    assert one["metrics"]["drift"]["verdict"] in ("no reference", "too little traffic")
+
+    for photo in cats[1:6]:
+        service.predict(photo.read_bytes())
+    service.log.flush()
+    many = service.metrics_view("hour")
+    assert many["labels"]["predictions"].sum() == 6 and many["over_time"]["requests per minute"].sum() > 0
+
+
+@requires_weights
+def test_examples_and_versions_for_the_tabs(service):
     assert [row["production"] for row in service.versions()] == [row["version"] == SHIPPED
                                                                for row in service.versions()]
-    assert metrics["monitoring"]["count"] == 1 and metrics["monitoring"]["labels"] == {"cat": 1, "dog": 0}
-    assert metrics["drift"]["verdict"] in ("no reference", "too little traffic")
     examples = service.example_images()
     assert len(examples) == 4 and {path.split("/")[-2] for path in examples} == {"cats", "dogs"}
 
