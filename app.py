@@ -15,13 +15,14 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 
+from catdog_model import LABELS
 from catdog_model.config import Settings
+from catdog_model.errors import ServiceError
 from catdog_model.monitoring import WINDOWS
-from catdog_model.service import Service
+from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
 from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_paths, public_message,
                               rest_prediction, too_large_message, user_errors)
 
-BATCH_COLUMNS = ["file", "label", "p_dog", "confidence", "flags"]
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
@@ -34,13 +35,13 @@ def build_demo(service: Service) -> gr.Blocks:
     @user_errors
     def predict(image: dict | None) -> dict:
         if not input_paths(image):
-            raise ValueError(NO_IMAGE)
+            raise ServiceError(NO_IMAGE)
         return service.predict(input_paths(image)[0], origin="api")[0].as_label_dict()
 
     @user_errors
     def predict_with_details(image: dict | None):
         if not input_paths(image):
-            raise ValueError(NO_IMAGE)
+            raise ServiceError(NO_IMAGE)
         prediction, latency_ms = service.predict(input_paths(image)[0], origin="ui")
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
@@ -48,14 +49,14 @@ def build_demo(service: Service) -> gr.Blocks:
     @user_errors
     def explain(image: dict | None):
         if not input_paths(image):
-            raise ValueError(NO_IMAGE)
+            raise ServiceError(NO_IMAGE)
         prediction, heat_map = service.explain(input_paths(image)[0])
         return heat_map, prediction.as_label_dict()
 
     @user_errors
     def predict_batch(files: list[dict] | None):
         rows = service.predict_batch(input_paths(files), origin="api")
-        return pd.DataFrame(rows, columns=BATCH_COLUMNS), str(service.save_batch_csv(rows))
+        return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
 
     @user_errors
     def upload_training_data(label: str, files: list[dict] | None, token: str):
@@ -87,7 +88,7 @@ def build_demo(service: Service) -> gr.Blocks:
             status = service.retrain_status()
             if status["total"]:
                 progress((status["done"], status["total"]), desc=status["stage"])
-            yield status, pd.DataFrame(service.comparison())
+            yield status, pd.DataFrame(service.comparison(), columns=COMPARISON_COLUMNS)
             if not status["running"]:
                 return
             time.sleep(1)
@@ -149,12 +150,12 @@ def build_demo(service: Service) -> gr.Blocks:
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")
-            batch_table = gr.Dataframe(headers=BATCH_COLUMNS, label="Results")
+            batch_table = gr.Dataframe(headers=list(BATCH_COLUMNS), label="Results")
             batch_csv = gr.File(label="Results as CSV")
             batch_button.click(predict_batch, batch_files, [batch_table, batch_csv], api_name="predict_batch",
                                preprocess=False)
         with gr.Tab("Retrain"):
-            upload_label = gr.Radio(["cat", "dog"], value="cat", label="Class of these images")
+            upload_label = gr.Radio(list(LABELS), value=LABELS[0], label="Class of these images")
             upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip archive")
             upload_button = gr.Button("Add to training data")
             upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
@@ -173,7 +174,9 @@ def build_demo(service: Service) -> gr.Blocks:
                 retrain_button = gr.Button("Retrain", variant="primary")
                 status_button = gr.Button("Check status")
             status = gr.JSON(label="Retraining")
-            comparison = gr.Dataframe(headers=["metric", "candidate", "production"],
+            gr.Markdown("After a retraining, the new version stands beside production here, metric by metric, "
+                        "on the same held-out photos.")
+            comparison = gr.Dataframe(pd.DataFrame(columns=COMPARISON_COLUMNS), interactive=False,
                                       label="New version beside production, on the same held-out photos")
             retrain_button.click(retrain_and_follow, token, [status, comparison], api_name="retrain_and_follow")
             status_button.click(service.retrain_status, None, status, api_name="retrain_status")
@@ -275,5 +278,4 @@ def build_app(service: Service) -> FastAPI:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    uvicorn.run(build_app(Service(settings)), host=settings.server_name,
-                port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    uvicorn.run(build_app(Service(settings)), host=settings.server_name, port=settings.server_port)

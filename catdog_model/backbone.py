@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import CatdogError
+
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 # The sha256 of each file Keras downloads for MobileNetV2(include_top=False, weights="imagenet").
 KNOWN_WEIGHTS_SHA256 = {
@@ -19,7 +21,7 @@ KNOWN_WEIGHTS_SHA256 = {
 }
 
 
-class BackboneUnavailable(RuntimeError):
+class BackboneUnavailable(CatdogError, RuntimeError):
     """The ImageNet weights cannot be found, downloaded or verified."""
 
 

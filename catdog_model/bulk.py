@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
+from .errors import ServiceError
 from .images import ImageLimits, InvalidImage
 from .serving import CONFIG_FILE, ServingModel, read_config
 
@@ -39,11 +40,11 @@ def list_files(source: str) -> list[str]:
     elif Path(source).is_file():
         paths = [source]
     else:
-        raise ValueError(f"{source} is not a folder, a file or a glob that exists; for a Hugging Face dataset "
+        raise ServiceError(f"{source} is not a folder, a file or a glob that exists; for a Hugging Face dataset "
                          f"write {HF_PREFIX}NAME.")
     files = sorted(path for path in paths if os.path.isfile(path))
     if not files:
-        raise ValueError(f"{source} holds no files.")
+        raise ServiceError(f"{source} holds no files.")
     return files
 
 
@@ -107,7 +108,7 @@ def read_input(source: str | list[str], split: str):
 
     loaded = datasets.load_dataset(source.removeprefix(HF_PREFIX), split=split)
     if "image" not in loaded.column_names:
-        raise ValueError(f"{source} has columns {loaded.column_names}; expected an 'image' column.")
+        raise ServiceError(f"{source} has columns {loaded.column_names}; expected an 'image' column.")
     loaded = loaded.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
     return ray.data.from_huggingface(loaded).map_batches(huggingface_rows, batch_format="numpy"), len(loaded)
 

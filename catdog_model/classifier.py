@@ -12,7 +12,8 @@ from . import LABELS
 from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
 from .images import DEFAULT_LIMITS, ImageLimits
 from .novelty import NOVELTY_FILE, NoveltyDetector
-from .serving import CARD_FILE, CONFIG_FILE, ONNX_FILE, ImageModel, ModelLoadError, read_config
+from .serving import (CARD_FILE, CONFIG_FILE, DEFAULT_LOW_CONFIDENCE, ONNX_FILE, ImageModel, ModelLoadError,
+                      read_config)
 
 WEIGHTS_FILE = "head.weights.h5"
 FULL_MODEL_FILE = "model.keras"
@@ -42,7 +43,7 @@ class Classifier(ImageModel):
     """The Keras model of a version: backbone + head, for training, evaluation and the export."""
 
     def __init__(self, backbone: Backbone, head, head_config: HeadConfig, tta: bool = False,
-                 version: str | None = None, low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS,
+                 version: str | None = None, low_confidence: float = DEFAULT_LOW_CONFIDENCE, limits: ImageLimits = DEFAULT_LIMITS,
                  novelty: NoveltyDetector | None = None):
         import tensorflow as tf
 
@@ -175,5 +176,5 @@ def load_classifier(hub, revision: str, settings, limits: ImageLimits | None = N
     """The Keras model of a hub version (training, evaluation, export); serving loads model.onnx instead."""
     version = hub.resolve(revision)
     return Classifier.load(hub.download(version), settings.weights_dir, version=version,
-                           batch_size=settings.batch_size, low_confidence=settings.low_confidence,
+                           batch_size=settings.backbone_batch_size, low_confidence=settings.low_confidence,
                            limits=limits or settings.image_limits())

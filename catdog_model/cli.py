@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import sys
 
 from tqdm import tqdm
 
-from .backbone import BackboneUnavailable
-from .classifier import ModelLoadError
-from .export import ExportError
-from .hub import HubError
-
-USER_ERRORS = (ValueError, HubError, BackboneUnavailable, ModelLoadError, ExportError, FileNotFoundError)
+from .errors import CatdogError
 
 
 class ProgressBars:
@@ -41,6 +38,27 @@ def user_errors():
     """A mistake the user can fix ends the program with its sentence and exit status 2, not a traceback."""
     try:
         yield
-    except USER_ERRORS as error:
+    except CatdogError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_class, prefix: str = "") -> None:
+    """One --option per field of a config dataclass, with the field's default, and its help and choices from
+    the field's metadata: each option is written once, in the dataclass."""
+    types = {"int": int, "float": float, "str": str}
+    for field in dataclasses.fields(config_class):
+        name = f"--{prefix}{field.name}".replace("_", "-")
+        help_text = field.metadata.get("help")
+        if field.type in ("bool", bool):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+        else:
+            parser.add_argument(name, type=types.get(field.type, field.type), default=field.default,
+                                choices=field.metadata.get("choices"), help=help_text)
+
+
+def config_from_options(arguments: argparse.Namespace, config_class, prefix: str = ""):
+    """The config dataclass that add_config_options' options describe."""
+    prefix = prefix.replace("-", "_")
+    return config_class(**{field.name: getattr(arguments, prefix + field.name)
+                           for field in dataclasses.fields(config_class)})

@@ -9,7 +9,9 @@ import os
 import socket
 from pathlib import Path
 
+from .errors import ServiceError
 from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
+from .serving import DEFAULT_LOW_CONFIDENCE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,7 @@ def _number(name: str, default: float, kind: type = float):
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
+        raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Settings:
     max_files: int
     min_side: int
     decode_memory_mb: int
-    batch_size: int
+    backbone_batch_size: int  # images per backbone call (the head and fine-tuning have their own)
     low_confidence: float
     base_data_dir: Path | None
     examples_dir: Path | None
@@ -61,6 +63,7 @@ class Settings:
     gate_min_accuracy: float
     suspect_confidence: float
     server_name: str
+    server_port: int
     file_cache_minutes: float
     database_url: str | None  # None: SQLite in data_dir
     replica: str
@@ -80,8 +83,8 @@ class Settings:
             max_files=_number("CATDOG_MAX_FILES", 500, int),
             min_side=_number("CATDOG_MIN_SIDE", DEFAULT_MIN_SIDE, int),
             decode_memory_mb=_number("CATDOG_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB, int),
-            batch_size=_number("CATDOG_BATCH_SIZE", 32, int),
-            low_confidence=_number("CATDOG_LOW_CONFIDENCE", 0.8),
+            backbone_batch_size=_number("CATDOG_BACKBONE_BATCH_SIZE", 32, int),
+            low_confidence=_number("CATDOG_LOW_CONFIDENCE", DEFAULT_LOW_CONFIDENCE),
             base_data_dir=_path("CATDOG_BASE_DATA_DIR", None),
             examples_dir=_path("CATDOG_EXAMPLES_DIR", None) or _path("CATDOG_BASE_DATA_DIR", None),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
@@ -97,10 +100,11 @@ class Settings:
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            server_port=_number("GRADIO_SERVER_PORT", 7860, int),
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
             database_url=os.environ.get("CATDOG_DATABASE_URL") or None,
             replica=os.environ.get("CATDOG_REPLICA")
-            or f"{socket.gethostname()}:{os.environ.get('GRADIO_SERVER_PORT', '7860')}",
+            or f"{socket.gethostname()}:{_number('GRADIO_SERVER_PORT', 7860, int)}",
             log_buffer_rows=_number("CATDOG_LOG_BUFFER_ROWS", 100_000, int),
         )
 
@@ -135,25 +139,31 @@ class Settings:
             return False
 
 
+def option(default, help_text: str | None = None, choices: list | None = None):
+    """A config field whose command-line option (catdog_model.cli.add_config_options) has this help."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    seed: int = 42
-    epochs: int = 60
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    dropout_rate: float = 0.3
-    hidden_units: int = 128
-    patience: int = 6
-    augment: bool = True  # also train on mirror images
-    tta: str = "auto"  # "auto": average with the mirror image when that lowers validation loss; "on"; "off"
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.2
-    alpha: float = 0.5
+    seed: int = option(42, "seeds the split, the head's initial weights and shuffling")
+    epochs: int = option(60, "upper bound; early stopping ends sooner")
+    batch_size: int = option(64, "embeddings per step of the head's training")
+    learning_rate: float = option(1e-3, "the head's Adam learning rate")
+    dropout_rate: float = option(0.3)
+    hidden_units: int = option(128, "0: a linear head")
+    patience: int = option(6, "epochs without a lower validation loss before stopping")
+    augment: bool = option(True, "also train on mirror images")
+    tta: str = option("auto", "average with the mirror image at prediction time (auto: if validation loss says so)",
+                      ["auto", "on", "off"])
+    validation_fraction: float = option(0.1)
+    test_fraction: float = option(0.2)
+    alpha: float = option(0.5, "MobileNetV2 width", [0.35, 0.5])
     # 288 rather than the weights' native 224: more detail, chosen on validation loss (README, "Accuracy").
-    image_size: int = 288
+    image_size: int = option(288, "input side in pixels")
 
     def __post_init__(self):
         if self.tta not in ("auto", "on", "off"):
-            raise ValueError(f"tta must be 'auto', 'on' or 'off', not {self.tta!r}.")
+            raise ServiceError(f"tta must be 'auto', 'on' or 'off', not {self.tta!r}.")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1.")
+            raise ServiceError("epochs and batch_size must be at least 1.")

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from . import LABELS
+from .errors import ServiceError
 from .images import content_hash
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -48,7 +49,7 @@ class Splits:
 def normalize_label(name: str) -> str:
     label = LABEL_ALIASES.get(str(name).strip().lower())
     if label is None:
-        raise ValueError(f"Unknown class {name!r}: use one of {', '.join(sorted(LABEL_ALIASES))}.")
+        raise ServiceError(f"Unknown class {name!r}: use one of {', '.join(sorted(LABEL_ALIASES))}.")
     return label
 
 
@@ -68,12 +69,12 @@ def load_folder(root: Path) -> Dataset:
     """Images under root/<class>/ (cats/, dogs/, cat/ or dog/, nested folders allowed)."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder.")
+        raise ServiceError(f"{root} is not a folder.")
     examples = []
     class_folders = [folder for folder in sorted(root.iterdir())
                      if folder.is_dir() and folder.name.lower() in LABEL_ALIASES]
     if not class_folders:
-        raise ValueError(f"{root} has no class folders; expected cats/ and dogs/ (or cat/ and dog/).")
+        raise ServiceError(f"{root} has no class folders; expected cats/ and dogs/ (or cat/ and dog/).")
     for folder in class_folders:
         label = normalize_label(folder.name)
         for path in sorted(folder.rglob("*")):
@@ -90,7 +91,7 @@ def load_hf_dataset(name: str, split: str = "train", image_column: str = "image"
 
     loaded = datasets.load_dataset(name, split=split)
     if image_column not in loaded.column_names or label_column not in loaded.column_names:
-        raise ValueError(f"{name} has columns {loaded.column_names}; expected {image_column!r} and "
+        raise ServiceError(f"{name} has columns {loaded.column_names}; expected {image_column!r} and "
                          f"{label_column!r}.")
     label_feature = loaded.features[label_column]
     # The raw encoded bytes, not decoded pixels: content hashes must match the same file loaded from a folder.
@@ -105,12 +106,17 @@ def load_hf_dataset(name: str, split: str = "train", image_column: str = "image"
     return deduplicate(examples)
 
 
+def version_splits(examples: list[Example], data: dict) -> Splits:
+    """The examples cut as a version's training cut its data: `data` is the "data" of its metrics.json."""
+    return split_examples(examples, data["split_seed"], data["validation_fraction"], data["test_fraction"])
+
+
 def split_examples(examples: list[Example], seed: int, validation_fraction: float = 0.1,
                    test_fraction: float = 0.2) -> Splits:
     """Stratified, seeded split. Each image's place depends only on its content and the seed, so adding
     images later moves few existing ones between splits."""
     if not 0 < validation_fraction < 1 or not 0 < test_fraction < 1 or validation_fraction + test_fraction >= 1:
-        raise ValueError("validation_fraction and test_fraction must be between 0 and 1 and sum to under 1.")
+        raise ServiceError("validation_fraction and test_fraction must be between 0 and 1 and sum to under 1.")
     splits = Splits([], [], [])
     for label in LABELS:
         members = sorted((example for example in examples if example.label == label),

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from . import LABELS
+from .errors import ServiceError
 
 
 def compute_metrics(labels: list[str], p_dog: np.ndarray, threshold: float = 0.5) -> dict:
@@ -15,7 +16,7 @@ def compute_metrics(labels: list[str], p_dog: np.ndarray, threshold: float = 0.5
     if len(labels) != len(p_dog):
         raise ValueError(f"{len(labels)} labels but {len(p_dog)} probabilities.")
     if len(labels) == 0:
-        raise ValueError("No images to evaluate.")
+        raise ServiceError("No images to evaluate.")
     truth = np.array([LABELS.index(label) for label in labels])
     p_dog = np.clip(np.asarray(p_dog, dtype=np.float64), 0.0, 1.0)
     predicted = (p_dog >= threshold).astype(int)

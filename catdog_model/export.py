@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import Classifier
+from .errors import CatdogError
 from .serving import ONNX_FILE
 ONNX_OPSET = 17
 MAX_P_DOG_DIFFERENCE = 1e-4
 FEATURE_MAP_LAYER = "out_relu"  # MobileNetV2's last convolutional activation, before pooling
 
 
-class ExportError(RuntimeError):
+class ExportError(CatdogError, RuntimeError):
     """The export does not give the Keras model's answers; the version is not written."""
 
 

@@ -16,7 +16,9 @@ from . import LABELS
 from .backbone import Backbone, build_backbone
 from .classifier import Classifier
 from .data import Example
+from .config import option
 from .embeddings import ProgressCallback
+from .errors import ServiceError
 from .images import InvalidImage, load_image
 
 # MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
@@ -25,18 +27,18 @@ LAST_BLOCK = 16
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
-    blocks: int = 4  # inverted-residual blocks unfrozen from the top (Conv_1 always)
-    epochs: int = 8
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    patience: int = 2
-    crop_margin: float = 0.15  # train images are decoded this much larger and randomly cropped back
-    rotation: float = 0.03  # fraction of a full turn, either way
-    contrast: float = 0.1
+    blocks: int = option(8, "MobileNetV2 blocks unfrozen from the top (Conv_1 always), chosen on validation loss")
+    epochs: int = option(8, "upper bound; early stopping ends sooner")
+    batch_size: int = option(32, "photos per step")
+    learning_rate: float = option(2e-5, "Adam's learning rate; lowered on a validation-loss plateau")
+    patience: int = option(2, "epochs without a lower validation loss before stopping")
+    crop_margin: float = option(0.15, "photos are decoded this much larger and randomly cropped back")
+    rotation: float = option(0.03, "largest random rotation, as a fraction of a full turn")
+    contrast: float = option(0.1, "largest random contrast change")
 
     def __post_init__(self):
         if not 0 <= self.blocks <= LAST_BLOCK:
-            raise ValueError(f"blocks must be between 0 and {LAST_BLOCK}, not {self.blocks}.")
+            raise ServiceError(f"blocks must be between 0 and {LAST_BLOCK}, not {self.blocks}.")
 
 
 def unfreeze_top(backbone_model, blocks: int) -> list[str]:

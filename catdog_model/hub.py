@@ -23,6 +23,7 @@ from typing import Callable
 
 from filelock import FileLock
 
+from .errors import CatdogError
 from .serving import CARD_FILE, CONFIG_FILE
 from .config import Settings
 
@@ -33,7 +34,7 @@ VERSION_PATTERN = re.compile(r"^v(\d+)$")
 EMPTY_REFS = {PRODUCTION: None, "previous": []}
 
 
-class HubError(RuntimeError):
+class HubError(CatdogError, RuntimeError):
     """A version or alias that does not exist, or hub files that cannot be read or written."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ServiceError
+
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
 DEFAULT_DECODE_MEMORY_MB = 256
@@ -31,7 +33,7 @@ M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 REDUCED_SIDE_FACTOR = 2  # shrink by whole factors to at least twice the model's input before the final resize
 
 
-class InvalidImage(ValueError):
+class InvalidImage(ServiceError):
     """The input is not an image we can classify; the message is a sentence for the user."""
 
 

@@ -95,7 +95,7 @@ def open_engine(url: str) -> sa.Engine:
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
-        raise ValueError(f"CATDOG_DATABASE_URL is not a database URL ({url!r}); use sqlite:///path/to/file.sqlite "
+        raise ServiceError(f"CATDOG_DATABASE_URL is not a database URL ({url!r}); use sqlite:///path/to/file.sqlite "
                          "or postgresql+psycopg://user:password@host/database.") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:

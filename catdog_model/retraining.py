@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import LABELS
 from .config import PROJECT_ROOT, Settings
 from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
 from .uploads import UploadStore
@@ -63,7 +64,7 @@ def hub_uploads(settings: Settings) -> Dataset:
 
     folder = Path(snapshot_download(settings.hub_dataset, repo_type="dataset",
                                     endpoint=os.environ.get("HF_ENDPOINT")))
-    if not any((folder / label).is_dir() for label in ("cat", "dog")):
+    if not any((folder / label).is_dir() for label in LABELS):
         return Dataset([])
     return load_hf_dataset(str(folder))
 
@@ -94,7 +95,7 @@ def run(settings: Settings, emit: Callable[[dict], None]) -> dict:
     dataset = training_dataset(settings, uploads, trusted)
     emit({"log": f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates; "
                  f"{len(trusted)} trusted held-out photos."})
-    trained = train(dataset, dataclasses.replace(settings, batch_size=RETRAIN_BATCH_SIZE), config,
+    trained = train(dataset, dataclasses.replace(settings, backbone_batch_size=RETRAIN_BATCH_SIZE), config,
                     progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}),
                     source=str(settings.data_dir / "uploads"), command="retrain from the app")
     emit({"stage": "publishing", "done": 0, "total": 1})

@@ -15,15 +15,17 @@ import numpy as np
 
 from . import LABELS
 from .backbone import file_sha256
+from .errors import CatdogError
 from .images import DEFAULT_LIMITS, ImageLimits, load_image
 from .novelty import NOVELTY_FILE, NoveltyDetector
 
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"  # rendered by the hub when the version is pushed; prose, not read when loading
 ONNX_FILE = "model.onnx"
+DEFAULT_LOW_CONFIDENCE = 0.8  # below this p(label), a prediction is flagged low_confidence
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(CatdogError, RuntimeError):
     """A model version's files are missing, corrupt or inconsistent."""
 
 
@@ -131,7 +133,7 @@ class ServingModel(ImageModel):
     """One version, ready to serve from its model.onnx."""
 
     def __init__(self, session, image_size: int, version: str | None, novelty: NoveltyDetector | None,
-                 low_confidence: float = 0.8, limits: ImageLimits = DEFAULT_LIMITS, directory: Path | None = None):
+                 low_confidence: float = DEFAULT_LOW_CONFIDENCE, limits: ImageLimits = DEFAULT_LIMITS, directory: Path | None = None):
         self.session = session
         self.directory = directory
         self._head = None

@@ -18,6 +18,7 @@ from .classifier import Classifier, HeadConfig, build_head, seal_version_files
 from .config import Settings, TrainingConfig
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
+from .errors import ServiceError
 from .evaluation import compute_metrics, save_plots
 from .export import export_onnx
 from .finetune import FineTuneConfig, embed_views, fine_tune
@@ -61,12 +62,12 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
 
     counts = dataset.counts()
     if min(counts.values()) < MIN_IMAGES_PER_CLASS:
-        raise ValueError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
+        raise ServiceError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
                          f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
     started = time.perf_counter()
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
     backbone = get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights_dir,
-                            settings.batch_size)
+                            settings.backbone_batch_size)
     cache = embedding_cache(settings)
     views = ("original", "flipped") if config.augment or config.tta != "off" else ("original",)
     cached_before = cache.count(backbone.spec.id)

@@ -12,7 +12,7 @@ import os
 import re
 import stat
 
-from .hub import HubError
+from .errors import CatdogError
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ async def forget_finished_sessions(blocks, every_seconds: float = 30.0) -> None:
             sessions.pop(session_hash, None)
 
 
-def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, HubError)):
+def user_errors(function):
     """Mistakes a user can fix reach them as a gr.Error sentence, logged as one line, not a stack trace.
     Works for plain functions and for generators (events that stream progress)."""
     import gradio as gr
@@ -140,7 +140,7 @@ def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, H
         def stream(*arguments, **keywords):
             try:
                 yield from function(*arguments, **keywords)
-            except expected as error:
+            except CatdogError as error:
                 raise refusal(error) from None
         return stream
 
@@ -148,7 +148,7 @@ def user_errors(function, expected: tuple[type[Exception], ...] = (ValueError, H
     def call(*arguments, **keywords):
         try:
             return function(*arguments, **keywords)
-        except expected as error:
+        except CatdogError as error:
             raise refusal(error) from None
     return call
 
@@ -207,7 +207,7 @@ def rest_prediction(service, file, size: int | None) -> tuple[int, dict]:
         return 503, {"error": public_message(f"No model is loaded: {service.load_error}")}
     try:
         prediction, _ = service.predict(file.read(limit + 1), origin="rest")
-    except (ValueError, HubError) as error:
+    except CatdogError as error:
         logger.info("refused /api/predict: %s", public_message(error))
         return 400, {"error": public_message(error)}
     return 200, {"label": prediction.label, "p_cat": prediction.p_cat, "p_dog": prediction.p_dog,

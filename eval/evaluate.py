@@ -11,7 +11,7 @@ import sys
 
 from catdog_model.cli import ProgressBars, user_errors
 from catdog_model.config import Settings
-from catdog_model.data import load_folder, split_examples
+from catdog_model.data import load_folder, version_splits
 from catdog_model.evaluation import compute_metrics, save_plots
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import PRODUCTION, open_hub
@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         classifier = load_classifier(hub, version, settings)
         examples = load_folder(arguments.data_dir).examples
         if arguments.split != "all":
-            data = hub.metrics(version)["data"]
-            splits = split_examples(examples, data["split_seed"], data["validation_fraction"], data["test_fraction"])
-            examples = getattr(splits, arguments.split)
+            examples = getattr(version_splits(examples, hub.metrics(version)["data"]), arguments.split)
         progress = ProgressBars()
         embeddings, kept, rejected = embed_examples(classifier.backbone, examples, embedding_cache(settings),
                                                     classifier.views(), progress)

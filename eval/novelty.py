@@ -18,7 +18,8 @@ import numpy as np
 
 from catdog_model.cli import user_errors
 from catdog_model.config import Settings
-from catdog_model.data import load_folder, split_examples
+from catdog_model.errors import ServiceError
+from catdog_model.data import load_folder, version_splits
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import PRODUCTION, open_hub
 
@@ -50,10 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         version = hub.resolve(arguments.version)
         classifier = load_classifier(hub, version, settings)
         if classifier.novelty is None:
-            raise ValueError(f"{version} has no novelty detector (trained before it existed).")
-        data = hub.metrics(version)["data"]
-        test = split_examples(load_folder(arguments.data_dir).examples, data["split_seed"],
-                              data["validation_fraction"], data["test_fraction"]).test
+            raise ServiceError(f"{version} has no novelty detector (trained before it existed).")
+        test = version_splits(load_folder(arguments.data_dir).examples, hub.metrics(version)["data"]).test
         test_flagged = sum("unfamiliar" in p.flags for p in classifier.predict([example.data for example in test]))
         others = {path.name: path for path in package_photos()} | synthetic_images(classifier.spec.image_size)
         predictions = dict(zip(others, classifier.predict(list(others.values()))))

@@ -7,12 +7,14 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from catdog_model import LABELS
 from catdog_model.backbone import BackboneUnavailable, locate_weights
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.data import load_folder
+from tests.servers import free_port
 
 SHARED = PROJECT_ROOT.parent / "shared"
 PHOTOS_DIR = Path(os.environ.get("CATDOG_TEST_PHOTOS", SHARED / "data" / "cats_vs_dogs"))
@@ -21,6 +23,7 @@ WEIGHTS_DIR = Path(os.environ.get("CATDOG_WEIGHTS_DIR", SHARED / "weights"))
 
 def _weights_reason() -> str | None:
     os.environ.setdefault("CATDOG_OFFLINE", "1")  # tests never download
+    os.environ.setdefault("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR))  # for the app and programs that tests start
     try:
         locate_weights(0.5, WEIGHTS_DIR)
     except BackboneUnavailable as error:
@@ -69,12 +72,16 @@ def small_photo_dir(tmp_path_factory) -> Path:
     return root
 
 
-def free_port() -> int:
-    import socket
+def random_jpeg(seed: int, side: int = 32) -> bytes:
+    """A small JPEG of noise, different for each seed."""
+    import io
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
 
 
 def serve_in_thread(app):

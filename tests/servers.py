@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
 
 
 def _postgres_binary(name: str) -> str | None:

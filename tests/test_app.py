@@ -64,8 +64,8 @@ def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_d
                                                          api_name="/predict_batch")
     rows = table["data"]
     assert rows[0][:2] == [photo.name, "dog"]
-    assert rows[1][0] == "notes.jpg" and "not an image" in rows[1][4]
-    assert open(csv_path).read().startswith("file,label,p_dog,confidence,flags")
+    assert rows[1][0] == "notes.jpg" and rows[1][1] == "" and "not an image" in rows[1][5]
+    assert open(csv_path).read().startswith("file,label,p_dog,confidence,flags,error")
 
 
 def test_mutations_need_the_admin_token(server):

@@ -45,7 +45,7 @@ def test_train_evaluate_and_benchmark(small_photo_dir, env, tmp_path):
     human = run(["eval.evaluate", "--data-dir", str(small_photo_dir)], env).stdout
     assert "accuracy" in human and "v1" in human
 
-    benchmark = json.loads(run(["eval.benchmark", "--json", "--data-dir", str(small_photo_dir), "--repeats", "5",
+    benchmark = json.loads(run(["bench.benchmark", "--json", "--data-dir", str(small_photo_dir), "--repeats", "5",
                                 "--skip-training"], env).stdout)
     assert benchmark["predict_one_p50_ms"] > 0 and benchmark["predict_batch32_images_per_s"] > 0
     assert benchmark["peak_rss_mb"] > 0 and benchmark["version"] == "v1"

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from catdog_model.classifier import CONFIG_FILE
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
-from eval.loadtest import App
+from bench.loadtest import App
 from tests.conftest import WEIGHTS_DIR, requires_weights, shipped_models
 
 pytestmark = [requires_weights]

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from catdog_model.data import Example, load_folder, load_hf_dataset, normalize_label, split_examples
 from catdog_model.images import content_hash
-from tests.conftest import PHOTOS_DIR, requires_photos
-
-
-def jpeg(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, "JPEG")
-    return buffer.getvalue()
+from tests.conftest import PHOTOS_DIR, random_jpeg, requires_photos
 
 
 def make_examples(count_per_label: int) -> list[Example]:
     examples = []
     for index, label in enumerate(["cat"] * count_per_label + ["dog"] * count_per_label):
-        data = jpeg(index)
+        data = random_jpeg(index)
         examples.append(Example(content_hash(data), label, f"{label}/{index}.jpg", data))
     return examples
 
@@ -33,11 +23,11 @@ def test_class_folder_names_and_nested_folders(tmp_path):
     (tmp_path / "Cat" / "indoor").mkdir(parents=True)
     (tmp_path / "dogs").mkdir()
     (tmp_path / "notes").mkdir()
-    (tmp_path / "Cat" / "indoor" / "a.jpg").write_bytes(jpeg(1))
-    (tmp_path / "Cat" / "b.PNG").write_bytes(jpeg(2))
-    (tmp_path / "dogs" / "c.jpeg").write_bytes(jpeg(3))
+    (tmp_path / "Cat" / "indoor" / "a.jpg").write_bytes(random_jpeg(1))
+    (tmp_path / "Cat" / "b.PNG").write_bytes(random_jpeg(2))
+    (tmp_path / "dogs" / "c.jpeg").write_bytes(random_jpeg(3))
     (tmp_path / "dogs" / "readme.txt").write_text("not an image")
-    (tmp_path / "notes" / "d.jpg").write_bytes(jpeg(4))
+    (tmp_path / "notes" / "d.jpg").write_bytes(random_jpeg(4))
     dataset = load_folder(tmp_path)
     assert sorted((example.source, example.label) for example in dataset.examples) == [
         ("Cat/b.PNG", "cat"), ("Cat/indoor/a.jpg", "cat"), ("dogs/c.jpeg", "dog")]
@@ -46,9 +36,9 @@ def test_class_folder_names_and_nested_folders(tmp_path):
 def test_duplicates_by_content_are_dropped_and_reported(tmp_path):
     for folder in ("cats", "dogs"):
         (tmp_path / folder).mkdir()
-    (tmp_path / "cats" / "one.jpg").write_bytes(jpeg(1))
-    (tmp_path / "cats" / "one-again.jpg").write_bytes(jpeg(1))
-    (tmp_path / "dogs" / "two.jpg").write_bytes(jpeg(2))
+    (tmp_path / "cats" / "one.jpg").write_bytes(random_jpeg(1))
+    (tmp_path / "cats" / "one-again.jpg").write_bytes(random_jpeg(1))
+    (tmp_path / "dogs" / "two.jpg").write_bytes(random_jpeg(2))
     dataset = load_folder(tmp_path)
     assert len(dataset.examples) == 2
     assert dataset.duplicates == [("cats/one.jpg", "cats/one-again.jpg")]
@@ -104,7 +94,7 @@ def test_datasets_imagefolder_gives_the_same_examples_as_the_folder(tmp_path):
     for folder, seeds in (("cats", (1, 2, 3)), ("dogs", (4, 5))):
         (tmp_path / folder).mkdir()
         for seed in seeds:
-            (tmp_path / folder / f"{seed}.jpg").write_bytes(jpeg(seed))
+            (tmp_path / folder / f"{seed}.jpg").write_bytes(random_jpeg(seed))
     shutil.copy(tmp_path / "cats" / "1.jpg", tmp_path / "cats" / "copy.jpg")
     from_folder = load_folder(tmp_path)
     from_datasets = load_hf_dataset(str(tmp_path))

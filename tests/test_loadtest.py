@@ -12,7 +12,7 @@ from tests.conftest import requires_weights
 
 @requires_weights
 def test_loadtest_runs_every_server_and_reports_the_ratios(small_photo_dir, env):
-    result = subprocess.run([sys.executable, "-m", "eval.loadtest", "--users", "2", "--seconds", "4",
+    result = subprocess.run([sys.executable, "-m", "bench.loadtest", "--users", "2", "--seconds", "4",
                              "--one-user-seconds", "3", "--images", str(small_photo_dir), "--json"],
                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from catdog_model.backbone import BackboneSpec, BackboneUnavailable, locate_weights
-from catdog_model.data import load_folder, split_examples
+from catdog_model.data import load_folder, split_examples, version_splits
 from catdog_model.embeddings import EmbeddingCache, embed_images
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import LocalHub, open_hub
@@ -127,9 +127,7 @@ def test_the_shipped_production_model_is_right_on_photos_it_never_saw(settings):
         pytest.skip("no shipped model in models/")
     metrics = shipped.metrics()
     classifier = load_classifier(shipped, "production", settings)
-    data = metrics["data"]
-    test_split = split_examples(load_folder(PHOTOS_DIR).examples, data["split_seed"], data["validation_fraction"],
-                                data["test_fraction"]).test
+    test_split = version_splits(load_folder(PHOTOS_DIR).examples, metrics["data"]).test
     sample = test_split[::10]  # 50 of the held-out photos, both classes
     predictions = classifier.predict([example.data for example in sample])
     accuracy = np.mean([p.label == example.label for p, example in zip(predictions, sample)])

@@ -68,7 +68,7 @@ def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
 @requires_photos
 def test_replicas_behind_nginx_share_one_postgresql_log_and_survive_losing_one(tmp_path, cache_dir,
                                                                                small_photo_dir):
-    from eval.loadtest import run_locust
+    from bench.loadtest import run_locust
 
     database = Postgres()
     replicas = start_replicas(tmp_path, cache_dir, CATDOG_DATABASE_URL=database.new_database())

@@ -20,6 +20,7 @@ from tests.conftest import requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 FILE_ENDPOINTS = {"predict": lambda file: [file], "predict_with_details": lambda file: [file],
+                  "explain": lambda file: [file],
                   "predict_batch": lambda file: [[file]],
                   "upload_training_data": lambda file: ["cat", [file], "s3cret"]}
 

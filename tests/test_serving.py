@@ -74,7 +74,7 @@ def wait_for(condition, seconds: float) -> bool:
 
 @pytest.fixture
 def app_process(tmp_path, cache_dir, small_photo_dir):
-    from eval.loadtest import App
+    from bench.loadtest import App
 
     hub_copy(tmp_path)
     env = {**os.environ, "CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_DATA_DIR": str(tmp_path / "data"),

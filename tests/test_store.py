@@ -5,27 +5,20 @@ from __future__ import annotations
 import io
 import zipfile
 
-import numpy as np
-from PIL import Image
 
 from catdog_model.uploads import UploadStore
-
-
-def jpeg(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    return buffer.getvalue()
+from tests.conftest import random_jpeg
 
 
 def test_uploads_are_validated_deduplicated_and_named_by_content(tmp_path):
     store = UploadStore(tmp_path / "uploads")
-    results = store.add("Cats", [("../../etc/evil.jpg", jpeg(1)), ("same.jpg", jpeg(1)), ("empty.jpg", b""),
+    results = store.add("Cats", [("../../etc/evil.jpg", random_jpeg(1)), ("same.jpg", random_jpeg(1)), ("empty.jpg", b""),
                                  ("notes.jpg", b"hello")])
     assert [result.status for result in results] == ["added", "duplicate", "rejected", "rejected"]
     assert "empty" in results[2].reason
     stored = [path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file()]
     assert [path.parts[:2] for path in stored] == [("uploads", "cat")] and stored[0].suffix == ".jpg"
-    assert store.add("dog", [("again.jpg", jpeg(1))])[0].reason == "the same image is already stored as a cat"
+    assert store.add("dog", [("again.jpg", random_jpeg(1))])[0].reason == "the same image is already stored as a cat"
     assert store.counts() == {"cat": 1, "dog": 0}
     assert len(store.dataset().examples) == 1
 
@@ -34,8 +27,8 @@ def test_zip_archives_with_nested_folders_and_refused_bombs(tmp_path):
     store = UploadStore(tmp_path / "uploads")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as writer:
-        writer.writestr("a/b/one.jpg", jpeg(2))
-        writer.writestr("two.png", jpeg(3))
+        writer.writestr("a/b/one.jpg", random_jpeg(2))
+        writer.writestr("two.png", random_jpeg(3))
         writer.writestr("readme.txt", "skipped")
     results = store.add("dog", [("photos.zip", archive.getvalue())])
     assert [(result.file, result.status) for result in results] == [("photos.zip/a/b/one.jpg", "added"),

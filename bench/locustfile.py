@@ -1,6 +1,6 @@
 """Locust users that call /predict the way real API clients do.
 
-    locust -f eval/locustfile.py --headless -u 10 -r 10 -t 60s --host http://127.0.0.1:7860 PredictUser
+    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s --host http://127.0.0.1:7860 PredictUser
 
 PredictUser speaks plain HTTP: POST /gradio_api/upload, POST /gradio_api/call/predict, then reads the event
 stream to its `complete` event. RestUser sends the photo in one multipart POST to /api/predict. Each step is timed, and the whole round trip is reported as "predict

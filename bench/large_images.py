@@ -1,7 +1,7 @@
 """Memory under large images: N concurrent 7000×7000 RGBA PNGs (about 200 KB each on disk, 196 MB decoded)
 sent to /predict of a real app, watching the server's RSS and how fast /health answers meanwhile.
 
-    python -m eval.large_images [--requests 16] [--side 7000] [--json]
+    python -m bench.large_images [--requests 16] [--side 7000] [--json]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import psutil
 from PIL import Image
 
 from catdog_model.config import PROJECT_ROOT
-from eval.loadtest import App
+from bench.loadtest import App
 
 
 def large_png(side: int) -> bytes:
@@ -44,7 +44,7 @@ def predict(url: str, data: bytes) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.large_images", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.large_images", description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--side", type=int, default=7000)
     parser.add_argument("--json", action="store_true")

@@ -1,9 +1,9 @@
 """Load-test catdog with Locust against the ceilings it is compared with, all in one run, on one machine.
 
-    python -m eval.loadtest [--users 10] [--seconds 60] [--retrain] [--json]
+    python -m bench.loadtest [--users 10] [--seconds 60] [--retrain] [--json]
 
 Servers, each started on a free loopback port (time to ready measured) and load-tested in turn:
-- the minimal Gradio app (eval/minimal_apps.py: one endpoint, constant answer) — Gradio's ceiling here;
+- the minimal Gradio app (bench/minimal_apps.py: one endpoint, constant answer) — Gradio's ceiling here;
 - catdog (`python app.py`) through Gradio's /predict, and through POST /api/predict;
 - catdog with a no-op model (CATDOG_NOOP_MODEL=1): what catdog's own web layer costs;
 - a minimal FastAPI app serving the same model.onnx (decode + one ONNX Runtime call) — the REST ceiling.
@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,12 @@ from pathlib import Path
 import psutil
 
 from catdog_model.config import PROJECT_ROOT
+from tests.servers import free_port
 
 DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"
-LOCUSTFILE = PROJECT_ROOT / "eval" / "locustfile.py"
+LOCUSTFILE = PROJECT_ROOT / "bench" / "locustfile.py"
 END_TO_END = "predict (end to end)"
 LABEL_CHECK = "label check"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class App:
@@ -86,7 +80,7 @@ class App:
 
 
 def run_locust(url: str, users: int, seconds: int, env: dict[str, str], user: str = "PredictUser") -> dict:
-    """Locust headless against url with one of eval/locustfile.py's users; the end-to-end row of its statistics."""
+    """Locust headless against url with one of bench/locustfile.py's users; the end-to-end row of its statistics."""
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "run"
         subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
@@ -132,7 +126,7 @@ def ratio(numerator: float, denominator: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.loadtest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.loadtest", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=60, help="length of each --users run")
     parser.add_argument("--one-user-seconds", type=int, default=20, help="length of each 1-user run")
@@ -156,12 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     model = LocalHub(work / "models", Settings.from_env().model_name).download() / "model.onnx"
     unchecked = {**base, "CATDOG_LOAD_CHECK_LABELS": "0"}
     results = {
-        "minimal_gradio": measure(unchecked, arguments, ("-m", "eval.minimal_apps", "gradio")),
+        "minimal_gradio": measure(unchecked, arguments, ("-m", "bench.minimal_apps", "gradio")),
         "catdog": measure({**base, "CATDOG_DATA_DIR": str(work / "data")}, arguments, retrain=arguments.retrain,
                           rest=True),
         "noop": measure({**unchecked, "CATDOG_DATA_DIR": str(work / "noop-data"), "CATDOG_NOOP_MODEL": "1"},
                         arguments),
-        "minimal_fastapi": measure(base, arguments, ("-m", "eval.minimal_apps", "fastapi", "--model", str(model)),
+        "minimal_fastapi": measure(base, arguments, ("-m", "bench.minimal_apps", "fastapi", "--model", str(model)),
                                    user="RestUser"),
         "images": "real photos" if arguments.images else "generated JPEGs",
     }

@@ -2,9 +2,9 @@
 what the refresh reads for each window (hour, day, all): the statistics computed by the database and the
 drift test's recent values, best of three.
 
-    python -m eval.log_benchmark --rows 1000000                  # SQLite in a temporary folder
-    python -m eval.log_benchmark --rows 1000000 --postgres       # a throwaway PostgreSQL, started as the tests do
-    python -m eval.log_benchmark --rows 1000000 --database-url postgresql+psycopg://user@host/db
+    python -m bench.log_benchmark --rows 1000000                  # SQLite in a temporary folder
+    python -m bench.log_benchmark --rows 1000000 --postgres       # a throwaway PostgreSQL, started as the tests do
+    python -m bench.log_benchmark --rows 1000000 --database-url postgresql+psycopg://user@host/db
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def fill(log: PredictionLog, rows: int, now: float, seed: int = 0) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.log_benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.log_benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--database-url", help="an empty database to fill (default: SQLite in a temporary folder)")

@@ -1,10 +1,10 @@
 """The ceilings catdog is measured against, on the same machine in the same run:
 
-    python -m eval.minimal_apps gradio --port 7861      # one Gradio endpoint, file in, constant label out
-    python -m eval.minimal_apps fastapi --port 7862 --model models/catdog-mobilenetv2/v4/model.onnx
+    python -m bench.minimal_apps gradio --port 7861      # one Gradio endpoint, file in, constant label out
+    python -m bench.minimal_apps fastapi --port 7862 --model models/catdog-mobilenetv2/v4/model.onnx
                                                        # one multipart POST: decode + one ONNX Runtime call
 
-Both answer GET /health like catdog, so eval.loadtest starts and waits for them the same way.
+Both answer GET /health like catdog, so bench.loadtest starts and waits for them the same way.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def minimal_fastapi(model: str) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.minimal_apps", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.minimal_apps", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["gradio", "fastapi"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7861")))
     parser.add_argument("--model", help="model.onnx, for fastapi")

@@ -1,7 +1,7 @@
 """Bulk prediction on Ray Data against the in-process batch path, on the same photos: images per second of
 each, and whether they give the same labels.
 
-    python -m eval.bulk_benchmark [--photos 2000] [--data-dir ../shared/data/cats_vs_dogs] [--json]
+    python -m bench.bulk_benchmark [--photos 2000] [--data-dir ../shared/data/cats_vs_dogs] [--json]
 
 In-process is what one Python process can do: the production export on ONNX Runtime with every core
 (threads=0), batches of 32, decoding in the same loop. Ray runs one single-threaded model copy per core.

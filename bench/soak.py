@@ -1,7 +1,7 @@
 """Soak test: Locust at 10 users against the app for N minutes, one minute at a time, watching failures,
 latency drift and the server's memory.
 
-    python -m eval.soak --minutes 10 [--users 10] [--json]
+    python -m bench.soak --minutes 10 [--users 10] [--json]
 
 Minute 1 is the warm-up: RSS growth is measured from its end to the end of the run (target: under 5 %).
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 import psutil
 
 from catdog_model.config import PROJECT_ROOT
-from eval.loadtest import DEFAULT_IMAGES, App, run_locust
+from bench.loadtest import DEFAULT_IMAGES, App, run_locust
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--images", default=str(DEFAULT_IMAGES) if DEFAULT_IMAGES.is_dir() else None)

@@ -1,7 +1,7 @@
 """Benchmark the production model in process: prediction latency and throughput, embedding throughput,
 training time with an empty and a warm embedding cache, and peak memory.
 
-    python -m eval.benchmark [--json]
+    python -m bench.benchmark [--json]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else None,
                         help="real photos in cats/ and dogs/ (default: ../shared/data/cats_vs_dogs if present; "
                              "else generated JPEGs, and no training times)")

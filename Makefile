@@ -1,0 +1,22 @@
+# Two commands from a fresh clone (Python 3.11 and the package registries; Debian/Ubuntu: apt-get install make):
+#   make run    set up on first use, then the app on the shipped production model (http://127.0.0.1:7860)
+#   make test   set up on first use, test tools included, then the whole test suite
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: run test
+
+run: $(VENV)/installed
+	$(PYTHON) app.py
+
+test: $(VENV)/installed-test
+	$(PYTHON) -m pytest -q
+
+$(VENV)/installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/installed-test: $(VENV)/installed requirements-bulk.txt requirements-test.txt
+	$(VENV)/bin/pip install --quiet -r requirements-bulk.txt -r requirements-test.txt
+	touch $@
