@@ -104,8 +104,8 @@ class Classifier(ImageModel):
             import keras
 
             size = self.spec.image_size
-            # A copy of the head: the trained one is compiled, and Keras would save its optimizer's state too.
-            head = keras.models.clone_model(self.head)
+            # A fresh copy of the head: the trained one is compiled, and Keras would save its optimizer's state too.
+            head = build_head(self.head_config)
             head.set_weights(self.head.get_weights())
             image = keras.Input((size, size, 3), dtype="uint8", name="image")
             keras.Model(image, head(self.backbone.model(image)), name="catdog").save(

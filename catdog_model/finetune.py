@@ -115,6 +115,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: progress("fine-tuning", epoch + 1, config.epochs)))
     fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,
+                       shuffle=False,  # the dataset shuffles itself
                        callbacks=callbacks, verbose=0)
     # The fine-tuned backbone gets an identity of its own, so no embedding cached for another backbone is used.
     digest = hashlib.sha256(b"".join(np.asarray(weight).tobytes() for weight in backbone_model.get_weights()))
