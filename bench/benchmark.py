@@ -1,5 +1,6 @@
-"""Benchmark the production model in process: prediction latency and throughput, embedding throughput,
-training time with an empty and a warm embedding cache, and peak memory.
+"""Benchmark a version (default: production) in process: prediction latency and throughput of the Keras model
+and of its serving export (one ONNX Runtime thread, as the app runs it), embedding throughput, training time
+with an empty and a warm embedding cache, and peak memory.
 
     python -m bench.benchmark [--json]
 """
@@ -25,6 +26,7 @@ from catdog_model.data import load_folder
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import open_hub
 from catdog_model.images import load_image
+from catdog_model.serving import ServingModel
 from catdog_model.training import train
 
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"
@@ -35,6 +37,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else None,
                         help="real photos in cats/ and dogs/ (default: ../shared/data/cats_vs_dogs if present; "
                              "else generated JPEGs, and no training times)")
+    parser.add_argument("--version", default="production", help="the version to time (default: production)")
     parser.add_argument("--repeats", type=int, default=100, help="single-image predictions to time")
     parser.add_argument("--skip-training", action="store_true", help="do not time training")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings = Settings.from_env()
         started = time.perf_counter()
-        classifier = load_classifier(open_hub(settings), "production", settings)
+        hub = open_hub(settings)
+        classifier = load_classifier(hub, arguments.version, settings)
         results["model_load_s"] = round(time.perf_counter() - started, 2)
         results["version"], results["tta"] = classifier.version, classifier.tta
         dataset = load_folder(arguments.data_dir) if arguments.data_dir else None
@@ -86,6 +90,19 @@ def main(argv: list[str] | None = None) -> None:
             classifier.predict(batch)
         results["predict_batch32_images_per_s"] = round(rounds * 32 / (time.perf_counter() - started), 1)
 
+        serving = ServingModel.load(hub.download(classifier.version), classifier.version)  # as the app serves it
+        serving.predict(photos[:2])
+        latencies = []
+        for index in range(arguments.repeats):
+            started = time.perf_counter()
+            serving.predict_one(photos[index % len(photos)])
+            latencies.append(time.perf_counter() - started)
+        results["serve_one_p50_ms"] = percentile_ms(latencies, 50)
+        results["serve_one_p95_ms"] = percentile_ms(latencies, 95)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            serving.predict(batch)
+        results["serve_batch32_images_per_s"] = round(rounds * 32 / (time.perf_counter() - started), 1)
         started = time.perf_counter()
         decoded = np.stack([load_image(data, size=classifier.spec.image_size) for data in photos])
         results["decode_images_per_s"] = round(len(photos) / (time.perf_counter() - started), 1)

@@ -11,7 +11,7 @@ import sys
 
 from catdog_model.cli import ProgressBars, user_errors
 from catdog_model.config import Settings
-from catdog_model.data import load_folder, version_splits
+from catdog_model.data import deduplicate, load_folder, version_splits
 from catdog_model.evaluation import compute_metrics, save_plots
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import PRODUCTION, open_hub
@@ -20,7 +20,8 @@ from catdog_model.training import embed_examples, embedding_cache
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True, help="folder with class subfolders cats/ and dogs/")
+    parser.add_argument("--data-dir", required=True, action="append",
+                        help="folder with class subfolders cats/ and dogs/; repeat for more")
     parser.add_argument("--version", default=PRODUCTION, help="vN or production (default)")
     parser.add_argument("--split", choices=["all", "train", "validation", "test"], default="all",
                         help="only the images of this split, cut as the version's training cut them")
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         hub = open_hub(settings)
         version = hub.resolve(arguments.version)
         classifier = load_classifier(hub, version, settings)
-        examples = load_folder(arguments.data_dir).examples
+        examples = deduplicate([example for folder in arguments.data_dir
+                                for example in load_folder(folder).examples]).examples
         if arguments.split != "all":
             examples = getattr(version_splits(examples, hub.metrics(version)["data"]), arguments.split)
         progress = ProgressBars()
@@ -46,13 +48,13 @@ def main(argv: list[str] | None = None) -> None:
         labels = [example.label for example in kept]
         p_dog = classifier.p_dog_from_embeddings(embeddings)
         result = {**compute_metrics(labels, p_dog), "version": version, "split": arguments.split,
-                  "data_dir": arguments.data_dir, "n_rejected": len(rejected), "rejected": rejected}
+                  "data_dir": " + ".join(arguments.data_dir), "n_rejected": len(rejected), "rejected": rejected}
         if arguments.out:
             result["plots"] = [str(path) for path in save_plots(labels, p_dog, arguments.out, title=version)]
     if arguments.json:
         print(json.dumps(result))
         return
-    print(f"{version} on {arguments.data_dir} ({arguments.split}): {result['n_images']} images, "
+    print(f"{version} on {' + '.join(arguments.data_dir)} ({arguments.split}): {result['n_images']} images, "
           f"{result['n_rejected']} rejected")
     for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"):
         value = result[name]
