@@ -51,7 +51,8 @@ def build_demo(service: Service) -> gr.Blocks:
         if not input_paths(image):
             raise ServiceError(NO_IMAGE)
         prediction, heat_map = service.explain(input_paths(image)[0])
-        return heat_map, prediction.as_label_dict()
+        why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
+        return heat_map, prediction.as_label_dict(), why
 
     @user_errors
     def predict_batch(files: list[dict] | None):
@@ -145,7 +146,7 @@ def build_demo(service: Service) -> gr.Blocks:
             api_image = gr.File(visible=False, type="filepath")
             gr.Button(visible=False).click(predict, api_image, label, api_name="predict", preprocess=False,
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
-            explain_button.click(explain, image, [heat_map, label], api_name="explain", preprocess=False,
+            explain_button.click(explain, image, [heat_map, label, details], api_name="explain", preprocess=False,
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
@@ -219,7 +220,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
         @gr.api(api_name="versions")
         def versions() -> list[dict]:
-            return service.versions()
+            return user_errors(service.versions)()
 
         @gr.api(api_name="retrain")
         def start_retraining(token: str = "") -> dict:
@@ -228,7 +229,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:
-            return service.dataset_stats()
+            return user_errors(service.dataset_stats)()
 
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
     return demo

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from catdog_model.bulk import list_files, predict_to_parquet
-from catdog_model.config import Settings
+from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import open_hub
 from catdog_model.images import InvalidImage
 from catdog_model.serving import ServingModel
@@ -48,7 +48,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=2000)
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cats_vs_dogs"))
+    parser.add_argument("--data-dir", default=str(PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"))
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
     settings = Settings.from_env()

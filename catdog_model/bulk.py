@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
+from .data import open_hf_dataset
 from .errors import ServiceError
 from .images import ImageLimits, InvalidImage
 from .serving import CONFIG_FILE, ServingModel, read_config
@@ -48,6 +49,15 @@ def list_files(source: str) -> list[str]:
     return files
 
 
+def check_output_path(out: Path) -> None:
+    """Refuse, before any work, an output that cannot be written."""
+    if out.is_dir():
+        raise ServiceError(f"{out} is a folder; give --out a file name, such as {out / 'predictions.parquet'}.")
+    folder = next((parent for parent in out.absolute().parents if parent.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ServiceError(f"{out} cannot be written: {folder} is not a folder you may write in.")
+
+
 def version_files(directory: Path) -> dict[str, bytes]:
     """A version's files (those its config lists, verified), to ship to Ray workers on any node."""
     config = read_config(directory)
@@ -55,32 +65,47 @@ def version_files(directory: Path) -> dict[str, bytes]:
 
 
 class Predictor:
-    """A Ray Data actor: one serving model, loaded once, run on each batch of {path[, bytes]}."""
+    """A Ray Data actor: one serving model, loaded once, run on each batch of {path, bytes (or None: read the
+    path)}. Every row comes out, with its prediction or the reason it has none."""
 
-    def __init__(self, files: dict[str, bytes], version: str, low_confidence: float, max_pixels: int):
-        folder = Path(tempfile.mkdtemp(prefix="catdog-bulk-"))
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        self.model = ServingModel.load(folder, version, threads=1, low_confidence=low_confidence,
-                                       limits=ImageLimits(max_pixels=max_pixels))
+    def __init__(self, files: dict[str, bytes], version: str, low_confidence: float, limits: dict,
+                 max_file_bytes: int):
+        with tempfile.TemporaryDirectory(prefix="catdog-bulk-") as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            self.model = ServingModel.load(Path(folder), version, threads=1, low_confidence=low_confidence,
+                                           limits=ImageLimits(**limits))
+        self.max_file_bytes = max_file_bytes
+
+    def read(self, path: str | None, data) -> bytes:
+        if data is not None:
+            return bytes(data)
+        if not path:
+            raise InvalidImage("The dataset row holds no image.")
+        size = os.stat(path).st_size
+        if size > self.max_file_bytes:
+            raise InvalidImage(f"The file is {size / 2**20:.0f} MB; the limit is "
+                               f"{self.max_file_bytes / 2**20:.0f} MB (CATDOG_MAX_UPLOAD_MB).")
+        with open(path, "rb") as file:
+            return file.read()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        paths = [str(path) for path in batch["path"]]
+        paths = [None if path is None else str(path) for path in batch["path"]]
         contents = batch["bytes"] if "bytes" in batch else [None] * len(paths)
         images, decoded, errors = [], [], {}
         for index, (path, data) in enumerate(zip(paths, contents)):
             try:
-                images.append(self.model.decode(path if data is None else bytes(data)))
+                images.append(self.model.decode(self.read(path, data)))
                 decoded.append(index)
             except InvalidImage as error:
                 errors[index] = str(error)
             except OSError as error:
-                errors[index] = f"cannot read the file ({error.strerror or error})"
+                errors[index] = f"The file cannot be read ({error.strerror or error})."
         predictions = dict(zip(decoded, self.model.predict_decoded(np.stack(images)))) if images else {}
         rows = {column: [] for column in COLUMNS}
         for index, path in enumerate(paths):
             prediction = predictions.get(index)
-            rows["path"].append(path)
+            rows["path"].append(path or "")
             rows["label"].append(prediction.label if prediction else None)
             rows["p_dog"].append(round(prediction.p_dog, 6) if prediction else None)
             rows["confidence"].append(round(prediction.confidence, 6) if prediction else None)
@@ -91,11 +116,12 @@ class Predictor:
         return rows
 
 
-def huggingface_rows(batch: dict[str, np.ndarray]) -> dict[str, list]:
-    """{path, bytes} from a `datasets` image column read with decode=False."""
-    images = batch["image"]
-    return {"path": [image.get("path") or "" for image in images],
-            "bytes": [image.get("bytes") or Path(image["path"]).read_bytes() for image in images]}
+def huggingface_rows(batch: dict[str, np.ndarray], name: str) -> dict[str, list]:
+    """{path, bytes} from a `datasets` image column read with decode=False; a row without a file path is
+    named NAME[row] so that the output joins back to the dataset."""
+    images = [image if isinstance(image, dict) else {} for image in batch["image"]]
+    return {"path": [image.get("path") or f"{name}[{row}]" for image, row in zip(images, batch["row"])],
+            "bytes": [image.get("bytes") or None for image in images]}
 
 
 def read_input(source: str | list[str], split: str):
@@ -104,13 +130,22 @@ def read_input(source: str | list[str], split: str):
 
     if isinstance(source, list):
         return ray.data.from_items([{"path": path} for path in source]), len(source)
+    name = source.removeprefix(HF_PREFIX)
+    loaded = load_hf_images(name, split)
+    rows = ray.data.from_huggingface(loaded).map_batches(huggingface_rows, batch_format="numpy",
+                                                         fn_kwargs={"name": name})
+    return rows, len(loaded)
+
+
+def load_hf_images(name: str, split: str):
+    """The dataset's image column (undecoded) and a row number."""
     import datasets
 
-    loaded = datasets.load_dataset(source.removeprefix(HF_PREFIX), split=split)
+    loaded = open_hf_dataset(name, split)
     if "image" not in loaded.column_names:
-        raise ServiceError(f"{source} has columns {loaded.column_names}; expected an 'image' column.")
+        raise ServiceError(f"{name} has columns {loaded.column_names}; expected an 'image' column.")
     loaded = loaded.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-    return ray.data.from_huggingface(loaded).map_batches(huggingface_rows, batch_format="numpy"), len(loaded)
+    return loaded.add_column("row", list(range(len(loaded))))
 
 
 def predict_to_parquet(source: str | list[str], out: Path, model_dir: Path, version: str, settings: Settings,
@@ -128,22 +163,30 @@ def predict_to_parquet(source: str | list[str], out: Path, model_dir: Path, vers
     predictions = dataset.map_batches(
         Predictor, batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=1,
         fn_constructor_kwargs={"files": version_files(model_dir), "version": version,
-                               "low_confidence": settings.low_confidence, "max_pixels": settings.max_pixels})
+                               "low_confidence": settings.low_confidence,
+                               "limits": {"max_pixels": settings.max_pixels, "min_side": settings.min_side,
+                                          "decode_bytes": settings.decode_memory_mb * 2**20},
+                               "max_file_bytes": settings.max_upload_mb * 2**20})
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     schema = pyarrow.schema([("path", pyarrow.string()), ("label", pyarrow.string()), ("p_dog", pyarrow.float64()),
                              ("confidence", pyarrow.float64()), ("flags", pyarrow.string()),
                              ("novelty", pyarrow.float64()), ("version", pyarrow.string()),
                              ("error", pyarrow.string())])
     counts = {"rows": 0, "errors": 0}
-    with pyarrow.parquet.ParquetWriter(partial, schema) as writer, \
-            tqdm(total=total, unit="image", desc="predicting", file=sys.stderr, disable=not progress) as bar:
-        for batch in predictions.iter_batches(batch_size=1024, batch_format="pyarrow"):
-            writer.write_table(batch.select(list(COLUMNS)).cast(schema))
-            counts["rows"] += batch.num_rows
-            counts["errors"] += batch.num_rows - batch.column("error").null_count
-            bar.update(batch.num_rows)
-    partial.replace(out)
+    try:
+        with pyarrow.parquet.ParquetWriter(partial, schema) as writer, \
+                tqdm(total=total, unit="image", desc="predicting", file=sys.stderr, disable=not progress) as bar:
+            for batch in predictions.iter_batches(batch_size=1024, batch_format="pyarrow"):
+                writer.write_table(batch.select(list(COLUMNS)).cast(schema))
+                counts["rows"] += batch.num_rows
+                counts["errors"] += batch.num_rows - batch.column("error").null_count
+                bar.update(batch.num_rows)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        partial.replace(out)  # the Parquet file appears whole, or not at all
+    finally:
+        partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     return {"out": str(out), "version": version, **counts, "actors": actors, "seconds": round(seconds, 2),
             "images_per_second": round(counts["rows"] / seconds, 1)}
@@ -173,8 +216,13 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = hub.download(version)
         ServingModel.load(model_dir, version)  # a version that cannot serve fails here, before Ray starts
         source = arguments.input if arguments.input.startswith(HF_PREFIX) else list_files(arguments.input)
-        ray.init(address=arguments.address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"py_modules": [str(Path(__file__).parent)]} if arguments.address else None)
+        check_output_path(arguments.out)
+        try:
+            # "local": a new Ray on this machine, never one that RAY_ADDRESS or `ray start` left running.
+            ray.init(address=arguments.address or "local", include_dashboard=False, log_to_driver=False,
+                     runtime_env={"py_modules": [str(Path(__file__).parent)]} if arguments.address else None)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ServiceError(f"Cannot start or join Ray at {arguments.address or 'this machine'}: {error}") from None
         try:
             summary = predict_to_parquet(source, arguments.out, model_dir, version, settings,
                                          split=arguments.hf_split, actors=arguments.actors,

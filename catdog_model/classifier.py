@@ -43,7 +43,8 @@ class Classifier(ImageModel):
     """The Keras model of a version: backbone + head, for training, evaluation and the export."""
 
     def __init__(self, backbone: Backbone, head, head_config: HeadConfig, tta: bool = False,
-                 version: str | None = None, low_confidence: float = DEFAULT_LOW_CONFIDENCE, limits: ImageLimits = DEFAULT_LIMITS,
+                 version: str | None = None, low_confidence: float = DEFAULT_LOW_CONFIDENCE,
+                 limits: ImageLimits = DEFAULT_LIMITS,
                  novelty: NoveltyDetector | None = None):
         import tensorflow as tf
 

@@ -84,12 +84,22 @@ def load_folder(root: Path) -> Dataset:
     return deduplicate(examples)
 
 
-def load_hf_dataset(name: str, split: str = "train", image_column: str = "image",
-                    label_column: str = "label") -> Dataset:
-    """A dataset through `datasets.load_dataset`: a Hub name, or a local folder (read as `imagefolder`)."""
+def open_hf_dataset(name: str, split: str):
+    """`datasets.load_dataset(name, split=split)`: a Hub name, or a local folder (read as `imagefolder`)."""
     import datasets
 
-    loaded = datasets.load_dataset(name, split=split)
+    try:
+        return datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ValueError) as error:  # no such dataset, or no such split
+        raise ServiceError(f"Cannot read the dataset {name!r}, split {split!r}: {error}") from None
+
+
+def load_hf_dataset(name: str, split: str = "train", image_column: str = "image",
+                    label_column: str = "label") -> Dataset:
+    """A labelled dataset through `datasets`, as examples."""
+    import datasets
+
+    loaded = open_hf_dataset(name, split)
     if image_column not in loaded.column_names or label_column not in loaded.column_names:
         raise ServiceError(f"{name} has columns {loaded.column_names}; expected {image_column!r} and "
                          f"{label_column!r}.")

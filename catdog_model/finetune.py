@@ -37,6 +37,8 @@ class FineTuneConfig:
     contrast: float = option(0.1, "largest random contrast change")
 
     def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ServiceError("Fine-tuning epochs and batch size must be at least 1.")
         if not 0 <= self.blocks <= LAST_BLOCK:
             raise ServiceError(f"blocks must be between 0 and {LAST_BLOCK}, not {self.blocks}.")
 

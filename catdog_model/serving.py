@@ -133,7 +133,8 @@ class ServingModel(ImageModel):
     """One version, ready to serve from its model.onnx."""
 
     def __init__(self, session, image_size: int, version: str | None, novelty: NoveltyDetector | None,
-                 low_confidence: float = DEFAULT_LOW_CONFIDENCE, limits: ImageLimits = DEFAULT_LIMITS, directory: Path | None = None):
+                 low_confidence: float = DEFAULT_LOW_CONFIDENCE, limits: ImageLimits = DEFAULT_LIMITS,
+                 directory: Path | None = None):
         self.session = session
         self.directory = directory
         self._head = None
@@ -169,7 +170,11 @@ class ServingModel(ImageModel):
 
         image = self.decode(source)
         if self._head is None:
-            self._head = Head.load(self.directory)
+            try:
+                self._head = Head.load(self.directory)
+            except (OSError, KeyError) as error:  # h5py's errors for a missing or damaged file
+                raise ModelLoadError(f"{self.version}: cannot read the head's weights for the heat map "
+                                     f"({error}).") from None
         p_dog, embedding, feature_map = self.session.run(["p_dog", "embedding", "feature_map"],
                                                          {"image": image[np.newaxis]})
         return Explanation(self.predictions_from(p_dog, embedding)[0], image,

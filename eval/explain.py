@@ -17,17 +17,27 @@ from catdog_model import LABELS
 from catdog_model.cli import user_errors
 from catdog_model.config import Settings
 from catdog_model.data import load_folder
+from catdog_model.errors import ServiceError
 from catdog_model.explain import Explanation, peak_in_centre
 from catdog_model.hub import PRODUCTION, open_hub
+from catdog_model.images import InvalidImage
 from catdog_model.serving import ServingModel
 
 
-def explain_photos(model: ServingModel, photos: list[bytes]) -> list[Explanation]:
-    return [model.explain(photo) for photo in photos]
+def explain_photos(model: ServingModel, photos: list[bytes]) -> list[Explanation | None]:
+    """An Explanation per photo; None for one that cannot be decoded."""
+    explanations = []
+    for photo in photos:
+        try:
+            explanations.append(model.explain(photo))
+        except InvalidImage:
+            explanations.append(None)
+    return explanations
 
 
-def centre_rate(explanations: list[Explanation]) -> float:
-    return float(np.mean([peak_in_centre(item.activation, item.prediction.label) for item in explanations]))
+def centre_rate(explanations: list[Explanation | None]) -> float:
+    return float(np.mean([peak_in_centre(item.activation, item.prediction.label)
+                          for item in explanations if item is not None]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,19 +56,24 @@ def main(argv: list[str] | None = None) -> None:
         model = ServingModel.load(hub.download(version), version)
         examples = load_folder(arguments.data_dir).examples
         chooser = random.Random(arguments.seed)
-        chosen = [example for label in LABELS for example in chooser.sample(
-            [example for example in examples if example.label == label], arguments.photos // 2)]
+        by_label = {label: [example for example in examples if example.label == label] for label in LABELS}
+        if arguments.photos < 2 or arguments.photos // 2 > min(len(found) for found in by_label.values()):
+            raise ServiceError(f"--photos must be between 2 and twice the smaller class "
+                               f"({2 * min(len(found) for found in by_label.values())} here).")
+        chosen = [example for label in LABELS for example in chooser.sample(by_label[label], arguments.photos // 2)]
         explanations = explain_photos(model, [example.data for example in chosen])
-    correct = sum(item.prediction.label == example.label for item, example in zip(explanations, chosen))
-    result = {"version": version, "photos": len(chosen), "peak_in_centre": round(centre_rate(explanations), 3),
-              "correct": correct}
+    kept = [(item, example) for item, example in zip(explanations, chosen) if item is not None]
+    explanations = [item for item, _ in kept]
+    correct = sum(item.prediction.label == example.label for item, example in kept)
+    result = {"version": version, "photos": len(explanations), "undecodable": len(chosen) - len(explanations),
+              "peak_in_centre": round(centre_rate(explanations), 3), "correct": correct}
     if arguments.out:
-        strip = np.concatenate([item.overlay() for item in explanations[::max(1, len(chosen) // 6)][:6]], axis=1)
+        strip = np.concatenate([item.overlay() for item in explanations[::max(1, len(explanations) // 6)][:6]], axis=1)
         Image.fromarray(strip).save(arguments.out)
         result["out"] = arguments.out
     print(json.dumps(result, indent=2) if arguments.json else
           f"{version}: the hardest push lies in the centre box for {result['peak_in_centre']:.0%} of "
-          f"{len(chosen)} photos (random: ~31 %)")
+          f"{len(explanations)} photos (random: ~31 %)")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def test_explain_returns_the_photo_with_its_heat_map_and_the_label(server, small
 
     url, _ = server
     photo = sorted((small_photo_dir / "dogs").iterdir())[2]
-    overlay, label = Client(url, verbose=False).predict(handle_file(str(photo)), api_name="/explain")
-    assert label["label"] == "dog"
+    overlay, label, details = Client(url, verbose=False).predict(handle_file(str(photo)), api_name="/explain")
+    assert label["label"] == "dog" and "red pushed towards dog" in details
     with Image.open(overlay) as image:
         assert image.size == (288, 288) and image.mode == "RGB"
 

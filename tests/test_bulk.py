@@ -79,7 +79,7 @@ def test_bulk_prediction_reads_a_hugging_face_dataset_folder(tmp_path, small_pho
 
     assert finished.returncode == 0, finished.stderr[-2000:]
     table = pandas.read_parquet(out)
-    assert len(table) == 60 and table["error"].isna().all()
+    assert len(table) == 60 and table["error"].isna().all() and table["path"].str.endswith(".jpg").all()
     from_folders = {"cats": "cat", "dogs": "dog"}
     truth = [from_folders[os.path.basename(os.path.dirname(path))] for path in table["path"]]
     assert (table["label"] == truth).mean() >= 0.95  # the real photos, classified as the app classifies them
@@ -92,3 +92,10 @@ def test_bulk_prediction_of_a_folder_that_does_not_exist_says_so_without_a_trace
     assert finished.returncode == 2
     assert "nowhere is not a folder, a file or a glob that exists" in finished.stderr
     assert "Traceback" not in finished.stderr and not (tmp_path / "out.parquet").exists()
+
+
+def test_bulk_prediction_into_a_folder_is_refused_before_any_work(tmp_path, small_photo_dir):
+    finished = run_bulk(str(small_photo_dir), "--out", str(tmp_path), models_dir=shipped_models())
+
+    assert finished.returncode == 2
+    assert "is a folder; give --out a file name" in finished.stderr and "Traceback" not in finished.stderr

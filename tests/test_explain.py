@@ -46,7 +46,8 @@ def test_the_overlay_is_red_towards_dog_blue_towards_cat_and_clear_where_neither
 @requires_photos
 def test_on_real_photos_the_hardest_push_is_on_the_animal_more_often_than_not(small_photo_dir):
     model = production_model()
-    photos = [path.read_bytes() for folder in ("cats", "dogs") for path in sorted((small_photo_dir / folder).iterdir())[:12]]
+    photos = [path.read_bytes() for folder in ("cats", "dogs")
+              for path in sorted((small_photo_dir / folder).iterdir())[:12]]
     explanations = explain_photos(model, photos)
 
     assert centre_rate(explanations) > 0.5  # a map of noise peaks in the centre box ~31 % of the time

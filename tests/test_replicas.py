@@ -58,9 +58,11 @@ def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
         for _, url in replicas:
             assert wait_for(lambda: health(url), 120)["model_version"] == shipped
         (_, first), (_, second) = replicas
-        assert Client(first, verbose=False).predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
+        promoted = Client(first, verbose=False).predict(OTHER_VERSION, "", api_name="/promote")
+        assert promoted == f"Production is now {OTHER_VERSION}."
         assert health(first)["model_version"] == OTHER_VERSION  # the replica that promoted swaps at once
-        assert wait_for(lambda: (health(second) or {}).get("model_version") == OTHER_VERSION, 30)  # the other within its interval
+        # the other within its reload interval
+        assert wait_for(lambda: (health(second) or {}).get("model_version") == OTHER_VERSION, 30)
     finally:
         stop(replicas)
 
