@@ -107,9 +107,9 @@ def build_demo(service: Service) -> gr.Blocks:
     @user_errors
     def refresh_metrics(window: str):
         view = service.metrics_view(window)
-        return ([view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
-                                         "versions_table", "over_time", "over_time", "quality", "labels",
-                                         "confidence")] + [service.dataset_stats()])
+        return [view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
+                                        "versions_table", "over_time", "over_time", "quality", "labels",
+                                        "confidence", "dataset_table")]
 
     # Gradio's queue rebuilds an analytics summary (a pandas DataFrame over up to 10,000 recent events) after
     # every event by default: a few milliseconds of each call under load. Rarely, over fewer events, here.
@@ -200,16 +200,17 @@ def build_demo(service: Service) -> gr.Blocks:
                 roc_plot = gr.Image(label="ROC curve (test split)", type="filepath")
             versions_table = gr.Dataframe(label="Versions", interactive=False)
             with gr.Row():
-                requests_plot = gr.LinePlot(x="time", y="requests per minute", title="Requests per minute")
-                latency_plot = gr.LinePlot(x="time", y="mean latency (ms)", title="Mean latency (ms)")
+                # Points, not lines: a window with a single period still shows it.
+                requests_plot = gr.ScatterPlot(x="time", y="requests per minute", title="Requests per minute")
+                latency_plot = gr.ScatterPlot(x="time", y="mean latency (ms)", title="Mean latency (ms)")
             with gr.Row():
-                quality_plot = gr.LinePlot(x="time", y="value", color="measure", y_lim=[0, 1],
+                quality_plot = gr.ScatterPlot(x="time", y="value", color="measure", y_lim=[0, 1],
                                            title="Confidence, unfamiliarity and share flagged")
-                labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels")
-                confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence")
-            dataset_json = gr.JSON(label="Training data (photos per class)")
+                labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels", y_lim=[0, None])
+                confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence", y_lim=[0, None])
+            dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
             metrics_outputs = [drift_text, summary_text, production_table, confusion_plot, roc_plot, versions_table,
-                               requests_plot, latency_plot, quality_plot, labels_plot, confidence_plot, dataset_json]
+                               requests_plot, latency_plot, quality_plot, labels_plot, confidence_plot, dataset_table]
             refresh.click(refresh_metrics, window, metrics_outputs, api_name="refresh_metrics")
 
         # Endpoints for programs, with no UI of their own.

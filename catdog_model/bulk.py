@@ -78,7 +78,7 @@ class Predictor:
         self.max_file_bytes = max_file_bytes
 
     def read(self, path: str | None, data) -> bytes:
-        if data is not None:
+        if data is not None and len(data):
             return bytes(data)
         if not path:
             raise InvalidImage("The dataset row holds no image.")
@@ -121,7 +121,8 @@ def huggingface_rows(batch: dict[str, np.ndarray], name: str) -> dict[str, list]
     named NAME[row] so that the output joins back to the dataset."""
     images = [image if isinstance(image, dict) else {} for image in batch["image"]]
     return {"path": [image.get("path") or f"{name}[{row}]" for image, row in zip(images, batch["row"])],
-            "bytes": [image.get("bytes") or None for image in images]}
+            "bytes": [image.get("bytes") or b"" for image in images]}  # b"": read the path (an all-None column
+                                                                     # would reach the actors as NaN floats)
 
 
 def read_input(source: str | list[str], split: str):

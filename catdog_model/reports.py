@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from . import LABELS
+from .monitoring import CONFIDENCE_BINS
 
 OVER_TIME_COLUMNS = ["time", "requests per minute", "mean latency (ms)"]
 QUALITY_COLUMNS = ["time", "measure", "value"]
@@ -58,7 +59,8 @@ def over_time(statistics: dict) -> pd.DataFrame:
 
 
 def quality_over_time(statistics: dict) -> pd.DataFrame:
-    """Mean confidence, mean unfamiliarity and share flagged per period, in one long frame (all 0–1)."""
+    """Mean confidence, mean unfamiliarity and share flagged per period, in one long frame (all 0–1). An empty
+    frame keeps the column types: the browser's plot fixes them from the first frame it is sent."""
     series = statistics.get("series") if statistics.get("count") else None
     rows = []
     if series:
@@ -66,7 +68,13 @@ def quality_over_time(statistics: dict) -> pd.DataFrame:
         for key, measure in QUALITY_MEASURES.items():
             rows += [(time, measure, value) for time, value in zip(times, series[key]) if value is not None]
     frame = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-    return frame.astype({"time": "datetime64[s]", "value": "float64"}) if not rows else frame
+    return frame.astype({"time": "datetime64[s]", "measure": "str", "value": "float64"})
+
+
+def dataset_table(stats: dict) -> pd.DataFrame:
+    """Photos per class in the training data: the base folder, accepted uploads, suspects held back, total."""
+    return pd.DataFrame([{"source": source, **{label: stats[source].get(label, 0) for label in LABELS}}
+                         for source in ("base", "uploads", "suspect", "total")], columns=["source", *LABELS])
 
 
 def label_mix(statistics: dict) -> pd.DataFrame:
@@ -75,12 +83,11 @@ def label_mix(statistics: dict) -> pd.DataFrame:
 
 
 def confidence_histogram(statistics: dict) -> pd.DataFrame:
-    histogram = statistics.get("confidence_histogram")
-    if not statistics.get("count") or not histogram:
-        return pd.DataFrame({"confidence": [], "predictions": []})
-    edges = histogram["edges"]
-    return pd.DataFrame({"confidence": [f"{low:.2f}–{high:.2f}" for low, high in zip(edges, edges[1:])],
-                         "predictions": histogram["counts"]})
+    """Predictions per confidence bin, every bin present (all zero without predictions)."""
+    edges = [0.5 + index * 0.5 / CONFIDENCE_BINS for index in range(CONFIDENCE_BINS + 1)]
+    counts = (statistics.get("confidence_histogram") or {}).get("counts") if statistics.get("count") else None
+    return pd.DataFrame({"confidence": [f"{low:.2f}-{high:.2f}" for low, high in zip(edges, edges[1:])],
+                         "predictions": counts or [0] * CONFIDENCE_BINS})
 
 
 def monitoring_summary(statistics: dict, window: str) -> str:
@@ -89,6 +96,7 @@ def monitoring_summary(statistics: dict, window: str) -> str:
         return f"⚠️ {statistics['error']}"
     if not statistics.get("count"):
         return f"No predictions in this window ({window})."
-    return (f"**{statistics['count']:,}** predictions in this window ({window}), latency p50 "
+    noun = "prediction" if statistics["count"] == 1 else "predictions"
+    return (f"**{statistics['count']:,}** {noun} in this window ({window}), latency p50 "
             f"{statistics['latency_p50_ms']:.0f} ms / p95 {statistics['latency_p95_ms']:.0f} ms, "
             f"{statistics['flagged_share']:.1%} flagged, served by {len(statistics['replicas'])} replica(s).")

@@ -21,8 +21,8 @@ from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .drift import drift_report
 from .monitoring import WINDOWS, LoggedPrediction, LogUnavailable, PredictionLog
-from .reports import (confidence_histogram, label_mix, monitoring_summary, over_time, production_table,
-                      quality_over_time, versions_table)
+from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
+                      production_table, quality_over_time, versions_table)
 from .production import Production
 from .retraining import Retrainer, trusted_examples, training_dataset
 from .serving import Prediction, ServingModel
@@ -292,7 +292,8 @@ class Service:
                 "versions_table": versions_table(self.versions()), "drift": metrics["drift"]["sentence"],
                 "summary": monitoring_summary(monitoring, window), "over_time": over_time(monitoring),
                 "quality": quality_over_time(monitoring), "labels": label_mix(monitoring),
-                "confidence": confidence_histogram(monitoring)}
+                "confidence": confidence_histogram(monitoring),
+                "dataset_table": dataset_table(self.dataset_stats())}
 
     def comparison(self) -> list[dict]:
         """The last retraining's candidate beside production, metric by metric, on the same photos."""

@@ -132,7 +132,8 @@ def test_the_shipped_production_model_is_right_on_photos_it_never_saw(settings):
     predictions = classifier.predict([example.data for example in sample])
     accuracy = np.mean([p.label == example.label for p, example in zip(predictions, sample)])
     assert accuracy >= 0.94
-    assert metrics["test"]["accuracy"] >= 0.98 and metrics["test"]["n_images"] == len(test_split)
+    # Trained on more folders than PHOTOS_DIR, the version's test split holds these photos and others.
+    assert metrics["test"]["accuracy"] >= 0.98 and metrics["test"]["n_images"] >= len(test_split)
 
 
 def test_the_head_is_fitted_on_the_training_split_only(small_trained):

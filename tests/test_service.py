@@ -68,7 +68,8 @@ def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_pr
     empty = service.metrics_view("hour")
     assert empty["summary"] == "No predictions in this window (hour)."
     assert empty["over_time"].empty and list(empty["over_time"].columns)[:2] == ["time", "requests per minute"]
-    assert empty["confidence"].empty and empty["labels"]["predictions"].tolist() == [0, 0]
+    assert empty["confidence"]["predictions"].sum() == 0 and empty["labels"]["predictions"].tolist() == [0, 0]
+    assert empty["quality"].empty and str(empty["quality"]["measure"].dtype) == "str"  # types kept for the plot
     accuracy = empty["production_table"].set_index("metric").loc["accuracy", "value"]
     assert "95 % interval" in accuracy and "%" in accuracy and "{" not in accuracy  # a sentence, not JSON
     assert empty["confusion_matrix"].read_bytes()[:4] == b"\x89PNG" and empty["roc_curve"] is not None
@@ -79,7 +80,7 @@ def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_pr
     service.predict(cats[0].read_bytes())
     service.log.flush()
     one = service.metrics_view("hour")
-    assert one["summary"].startswith("**1** predictions") and len(one["over_time"]) == 1
+    assert one["summary"].startswith("**1** prediction in") and len(one["over_time"]) == 1
     assert one["labels"].set_index("label")["predictions"].to_dict() == {"cat": 1, "dog": 0}
     assert one["confidence"]["predictions"].sum() == 1
     assert set(one["quality"]["measure"]) >= {"mean confidence", "share flagged"}
