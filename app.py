@@ -20,8 +20,8 @@ from catdog_model.config import Settings
 from catdog_model.errors import ServiceError
 from catdog_model.monitoring import WINDOWS
 from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
-from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_paths, public_message,
-                              rest_prediction, too_large_message, user_errors)
+from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_paths,
+                              public_message, rest_prediction, too_large_message, user_errors)
 
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 PREDICT_CONCURRENCY = 16

@@ -56,6 +56,21 @@ def generated_jpegs(count: int) -> list[bytes]:
     return images
 
 
+def time_predictions(model, photos: list[bytes], repeats: int, prefix: str) -> dict[str, float]:
+    """p50 and p95 of one photo at a time, and images per second in batches of 32, after a warm-up."""
+    model.predict(photos[:32])
+    latencies = []
+    for index in range(repeats):
+        started = time.perf_counter()
+        model.predict_one(photos[index % len(photos)])
+        latencies.append(time.perf_counter() - started)
+    started, rounds = time.perf_counter(), 4
+    for _ in range(rounds):
+        model.predict(photos[:32])
+    return {f"{prefix}_one_p50_ms": percentile_ms(latencies, 50), f"{prefix}_one_p95_ms": percentile_ms(latencies, 95),
+            f"{prefix}_batch32_images_per_s": round(rounds * 32 / (time.perf_counter() - started), 1)}
+
+
 def percentile_ms(seconds: list[float], percent: float) -> float:
     return round(float(np.percentile(seconds, percent)) * 1000, 2)
 
@@ -74,35 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         photos = [example.data for example in dataset.examples[:256]] if dataset else generated_jpegs(256)
         results["images"] = "real photos" if dataset else "generated JPEGs"
 
-        classifier.predict(photos[:2])
-        latencies = []
-        for index in range(arguments.repeats):
-            started = time.perf_counter()
-            classifier.predict(photos[index % len(photos)])
-            latencies.append(time.perf_counter() - started)
-        results["predict_one_p50_ms"] = percentile_ms(latencies, 50)
-        results["predict_one_p95_ms"] = percentile_ms(latencies, 95)
-
-        batch = photos[:32]
-        classifier.predict(batch)
-        started, rounds = time.perf_counter(), 4
-        for _ in range(rounds):
-            classifier.predict(batch)
-        results["predict_batch32_images_per_s"] = round(rounds * 32 / (time.perf_counter() - started), 1)
-
         serving = ServingModel.load(hub.download(classifier.version), classifier.version)  # as the app serves it
-        serving.predict(photos[:2])
-        latencies = []
-        for index in range(arguments.repeats):
-            started = time.perf_counter()
-            serving.predict_one(photos[index % len(photos)])
-            latencies.append(time.perf_counter() - started)
-        results["serve_one_p50_ms"] = percentile_ms(latencies, 50)
-        results["serve_one_p95_ms"] = percentile_ms(latencies, 95)
-        started = time.perf_counter()
-        for _ in range(rounds):
-            serving.predict(batch)
-        results["serve_batch32_images_per_s"] = round(rounds * 32 / (time.perf_counter() - started), 1)
+        for prefix, model in (("predict", classifier), ("serve", serving)):
+            results.update(time_predictions(model, photos, arguments.repeats, prefix))
         started = time.perf_counter()
         decoded = np.stack([load_image(data, size=classifier.spec.image_size) for data in photos])
         results["decode_images_per_s"] = round(len(photos) / (time.perf_counter() - started), 1)

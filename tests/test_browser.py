@@ -125,7 +125,8 @@ def test_metrics_tab_shows_tables_and_plots(page):
 
     page.get_by_role("tab", name="Metrics").click()
     page.get_by_role("button", name="Refresh").click()
-    page.get_by_text("95 % interval").locator("visible=true").first.wait_for(timeout=60_000)  # production's accuracy, in a table
+    # production's accuracy, in a table
+    page.get_by_text("95 % interval").locator("visible=true").first.wait_for(timeout=60_000)
     expect(page.get_by_text("in this window (day)")).to_have_count(1, timeout=30_000)  # the predictions above
     images = page.locator("img[src*='.png']")
     sources = [images.nth(index).get_attribute("src") for index in range(images.count())]
