@@ -48,14 +48,11 @@ class Classifier(ImageModel):
                  novelty: NoveltyDetector | None = None):
         import tensorflow as tf
 
+        super().__init__(version, novelty, low_confidence, limits)
         self.backbone = backbone
         self.head = head
         self.head_config = head_config
         self.tta = tta
-        self.version = version
-        self.low_confidence = low_confidence
-        self.limits = limits
-        self.novelty = novelty
         # One trace per value of tta; reduce_retracing lets a trace serve every batch size.
         self._forward = tf.function(self._probabilities, reduce_retracing=True)
 

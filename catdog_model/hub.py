@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Callable
 
 from filelock import FileLock
 
+from .atomic import fsync_folder, write_atomically
 from .errors import CatdogError
 from .serving import CARD_FILE, CONFIG_FILE
 from .config import Settings
@@ -177,11 +177,11 @@ class LocalHub(ModelHub):
                     (staging / CARD_FILE).write_text(write_card(version))
                 for path in staging.rglob("*"):
                     if path.is_file():
-                        _fsync(path)
+                        fsync_folder(path)
                         path.chmod(0o444)
                 # rename() is atomic: the version appears whole or not at all.
                 os.rename(staging, self.repo / version)
-                _fsync(self.repo)
+                fsync_folder(self.repo)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return version
@@ -189,15 +189,7 @@ class LocalHub(ModelHub):
     def _update_refs(self, change: Callable[[dict], dict]) -> dict:
         with self._locked():
             refs = change(self.refs())
-            handle, temporary = tempfile.mkstemp(dir=self.repo, prefix=".refs-", suffix=".tmp")
-            os.chmod(temporary, 0o644)
-            with os.fdopen(handle, "w") as file:
-                json.dump(refs, file, indent=2)
-                file.write("\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.repo / REFS_FILE)
-            _fsync(self.repo)
+            write_atomically(self.repo / REFS_FILE, (json.dumps(refs, indent=2) + "\n").encode())
             return refs
 
 
@@ -326,13 +318,6 @@ class HFHub(ModelHub):
                     raise HubError(f"Cannot update {REFS_FILE} in {self.name} ({error}).") from None
         raise HubError(f"{self.name} kept changing while the production alias was being moved; try again.")
 
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def open_hub(settings: Settings) -> ModelHub:

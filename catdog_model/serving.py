@@ -99,10 +99,13 @@ class ImageModel:
     the model (run() gives p(dog) and embeddings), and turn the answers into flagged Predictions."""
 
     image_size: int
-    version: str | None
-    novelty: NoveltyDetector | None
-    low_confidence: float
-    limits: ImageLimits
+
+    def __init__(self, version: str | None, novelty: NoveltyDetector | None, low_confidence: float,
+                 limits: ImageLimits):
+        self.version = version
+        self.novelty = novelty
+        self.low_confidence = low_confidence
+        self.limits = limits
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -135,14 +138,11 @@ class ServingModel(ImageModel):
     def __init__(self, session, image_size: int, version: str | None, novelty: NoveltyDetector | None,
                  low_confidence: float = DEFAULT_LOW_CONFIDENCE, limits: ImageLimits = DEFAULT_LIMITS,
                  directory: Path | None = None):
+        super().__init__(version, novelty, low_confidence, limits)
         self.session = session
         self.directory = directory
         self._head = None
         self.image_size = image_size
-        self.version = version
-        self.novelty = novelty
-        self.low_confidence = low_confidence
-        self.limits = limits
 
     @classmethod
     def load(cls, directory: Path, version: str | None = None, threads: int = 1, **options) -> "ServingModel":

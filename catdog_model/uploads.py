@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 from PIL import Image
 
 from . import LABELS
+from .atomic import write_atomically
 from .data import Dataset, Example, IMAGE_SUFFIXES, normalize_label
 from .images import DEFAULT_LIMITS, ImageLimits, InvalidImage, content_hash, load_image
 
@@ -76,7 +76,7 @@ class UploadStore:
             doubts = check(label, [data for _, _, data, _ in chunk]) if check else [None] * len(chunk)
             for (index, sha256, data, suffix), doubt in zip(chunk, doubts):
                 folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
-                _write_atomically(folder / f"{sha256}{suffix}", data)
+                write_atomically(folder / f"{sha256}{suffix}", data)
                 results[index] = UploadResult(results[index].file, "suspect" if doubt else "added", doubt or "")
         return results
 
@@ -151,11 +151,3 @@ def _expand_archives(files: list[tuple[str, bytes]]):
                 yield f"{name}/{info.filename}", InvalidImage(f"This archive member cannot be read ({error}).")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
