@@ -20,8 +20,8 @@ pytest.importorskip("ray", reason="Ray is the bulk extra: pip install -r require
 pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (installed with Ray Data)")
 
 
-def run_bulk(*arguments: str, models_dir) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CATDOG_MODELS_DIR": str(models_dir), "PYTHONPATH": str(PROJECT_ROOT)}
+def run_bulk(*arguments: str, models_dir, **environment) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CATDOG_MODELS_DIR": str(models_dir), "PYTHONPATH": str(PROJECT_ROOT), **environment}
     return subprocess.run([sys.executable, "-m", "catdog_model.bulk", *arguments], env=env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300)
 
@@ -99,3 +99,23 @@ def test_bulk_prediction_into_a_folder_is_refused_before_any_work(tmp_path, smal
 
     assert finished.returncode == 2
     assert "is a folder; give --out a file name" in finished.stderr and "Traceback" not in finished.stderr
+
+
+@requires_photos
+def test_bulk_prediction_refuses_a_file_over_the_size_limit_without_reading_it(tmp_path, small_photo_dir):
+    import pandas
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo = sorted((small_photo_dir / "cats").iterdir())[0]
+    shutil.copy(photo, inbox / photo.name)
+    (inbox / "video.jpg").write_bytes(os.urandom(3 * 2**20))  # a large file that claims to be a photo
+    out = tmp_path / "predictions.parquet"
+
+    finished = run_bulk(str(inbox), "--out", str(out), "--actors", "1", models_dir=shipped_models(),
+                        CATDOG_MAX_UPLOAD_MB="1")
+
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    table = pandas.read_parquet(out).set_index("path")
+    assert "the limit is 1 MB" in table.loc[str(inbox / "video.jpg"), "error"]
+    assert table.loc[str(inbox / photo.name), "label"] == "cat"

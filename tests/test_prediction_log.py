@@ -72,6 +72,21 @@ def test_statistics_cover_only_the_window_and_every_replica(database_url):
         first.statistics("week")
 
 
+def test_every_row_is_counted_once_however_the_window_is_split_for_reading(database_url):
+    log, start = PredictionLog(database_url, replica="a"), time.time() - 4 * 3600
+    times = [start + minute * 60 for minute in range(241)]  # four hours, the middle minute included
+    times += [start + 2 * 3600] * 5  # rows exactly at the window's middle, where the parallel reads meet
+    for index, at in enumerate(times):
+        log.record(row(index, at=at))
+    assert log.flush()
+
+    statistics = log.statistics("all")
+    assert statistics["count"] == len(times) == 246
+    assert sum(statistics["labels"].values()) == sum(statistics["confidence_histogram"]["counts"]) == 246
+    assert statistics["labels"] == {"cat": 123, "dog": 123} and statistics["replicas"] == {"a": 246}
+    assert sum(statistics["sources"].values()) == 246 and statistics["flagged_share"] == round(25 / 246, 4)
+
+
 def test_a_database_that_goes_down_costs_no_prediction_and_loses_no_row(tmp_path):
     server = Postgres()
     try:
