@@ -15,13 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from catdog_model.bulk import list_files, predict_to_parquet
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import open_hub
-from catdog_model.images import InvalidImage
-from catdog_model.serving import ServingModel
+from catdog_model.serving import Prediction, ServingModel
 
 
 def in_process(files: list[str], model_dir: Path, version: str, batch_size: int = 32) -> tuple[dict, float]:
@@ -29,16 +27,9 @@ def in_process(files: list[str], model_dir: Path, version: str, batch_size: int 
     labels = {}
     started = time.perf_counter()
     for start in range(0, len(files), batch_size):
-        chunk, images = [], []
-        for path in files[start:start + batch_size]:
-            try:
-                images.append(model.decode(path))
-                chunk.append(path)
-            except InvalidImage:
-                labels[path] = None
-        if images:
-            labels.update((path, prediction.label)
-                          for path, prediction in zip(chunk, model.predict_decoded(np.stack(images))))
+        chunk = files[start:start + batch_size]
+        labels.update((path, result.label if isinstance(result, Prediction) else None)
+                      for path, result in zip(chunk, model.predict_each(chunk)))
     return labels, time.perf_counter() - started
 
 

@@ -25,7 +25,7 @@ from .config import Settings
 from .data import open_hf_dataset
 from .errors import ServiceError
 from .images import ImageLimits, InvalidImage
-from .serving import CONFIG_FILE, ServingModel, read_config
+from .serving import CONFIG_FILE, Prediction, ServingModel, read_config
 
 HF_PREFIX = "hf:"
 COLUMNS = ("path", "label", "p_dog", "confidence", "flags", "novelty", "version", "error")
@@ -92,16 +92,20 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         paths = [None if path is None else str(path) for path in batch["path"]]
         contents = batch["bytes"] if "bytes" in batch else [None] * len(paths)
-        images, decoded, errors = [], [], {}
+        readable, errors = {}, {}
         for index, (path, data) in enumerate(zip(paths, contents)):
             try:
-                images.append(self.model.decode(self.read(path, data)))
-                decoded.append(index)
+                readable[index] = self.read(path, data)
             except InvalidImage as error:
                 errors[index] = str(error)
             except OSError as error:
                 errors[index] = f"The file cannot be read ({error.strerror or error})."
-        predictions = dict(zip(decoded, self.model.predict_decoded(np.stack(images)))) if images else {}
+        predictions = {}
+        for index, result in zip(readable, self.model.predict_each(list(readable.values()))):
+            if isinstance(result, Prediction):
+                predictions[index] = result
+            else:
+                errors[index] = str(result)
         rows = {column: [] for column in COLUMNS}
         for index, path in enumerate(paths):
             prediction = predictions.get(index)

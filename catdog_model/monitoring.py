@@ -274,14 +274,10 @@ class PredictionLog:
         return {"p_dog": [row.p_dog for row in found],
                 "novelty": [row.novelty for row in found if row.novelty is not None]}
 
-    def statistics(self, window: str = "all", now: float | None = None, since: float | None = None) -> dict:
+    def statistics(self, window: str = "all", now: float | None = None) -> dict:
         """Counts, latency percentiles, label and source mix, confidence histogram, share flagged, per-replica
         counts and a time series — all aggregated by the database, across every replica."""
-        if window not in WINDOWS:
-            raise ServiceError(f"Unknown window {window!r}: use one of {', '.join(WINDOWS)}.")
-        now = time.time() if now is None else now
-        if since is None:
-            since = now - WINDOWS[window] if WINDOWS[window] else 0.0
+        since = window_start(window, now)
         first, last = self._read(lambda connection: _window_bounds(connection, since))
         if first is None:
             return {"window": window, "since": since, "count": 0, **self.health()}
@@ -297,6 +293,14 @@ class PredictionLog:
             groups = [row for half in halves for row in half.result()]
             statistics = _summarize(first, last, step, groups, latency.result())
         return {"window": window, "since": since, **statistics, **self.health()}
+
+
+def window_start(window: str, now: float | None = None) -> float:
+    """The earliest time in the window ("hour", "day" or "all") that ends `now`."""
+    if window not in WINDOWS:
+        raise ServiceError(f"Unknown window {window!r}: use one of {', '.join(WINDOWS)}.")
+    now = time.time() if now is None else now
+    return now - WINDOWS[window] if WINDOWS[window] else 0.0
 
 
 def _confidence():

@@ -12,27 +12,25 @@ import numpy as np
 from .config import Settings
 from .errors import ServiceError
 from .hub import HubError, ModelHub
-from .images import ImageLimits
-from .serving import ModelLoadError, Prediction, ServingModel
+from .images import DEFAULT_LIMITS, ImageLimits
+from .serving import DEFAULT_LOW_CONFIDENCE, ImageModel, ModelLoadError, Prediction, ServingModel
 
 LOAD_ERRORS = (HubError, ModelLoadError)
 logger = logging.getLogger(__name__)
 
 
-class ConstantModel:
+class ConstantModel(ImageModel):
     """CATDOG_NOOP_MODEL=1, for load tests only: the same app and endpoint with no decoding and no inference,
     to measure what serving costs by itself."""
 
-    version = "noop"
+    def __init__(self):
+        super().__init__("noop", None, DEFAULT_LOW_CONFIDENCE, DEFAULT_LIMITS)
 
     def decode(self, source) -> np.ndarray:
         return np.zeros((1, 1, 3), np.uint8)
 
     def predict_decoded(self, images: np.ndarray) -> list[Prediction]:
         return [Prediction("cat", 0.5, 0.5, self.version)] * len(images)
-
-    def predict_one(self, source) -> Prediction:
-        return Prediction("cat", 0.5, 0.5, self.version)
 
 
 class Production:

@@ -20,7 +20,7 @@ from .data import IMAGE_SUFFIXES, Example, load_folder
 from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .drift import drift_report
-from .monitoring import WINDOWS, LoggedPrediction, LogUnavailable, PredictionLog
+from .monitoring import LoggedPrediction, LogUnavailable, PredictionLog, window_start
 from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
                       production_table, quality_over_time, versions_table)
 from .production import Production
@@ -105,23 +105,24 @@ class Service:
         model = self.production.serving()
         rows = []
         for start in range(0, len(paths), BATCH_CHUNK):
-            started, decoded = time.perf_counter(), []
+            started, chunk = time.perf_counter(), []
             for path in paths[start:start + BATCH_CHUNK]:
                 row = dict.fromkeys(BATCH_COLUMNS, "") | {"file": Path(path).name, "p_dog": None, "confidence": None}
                 rows.append(row)
                 try:
-                    data = read_bytes(path)
-                    decoded.append((row, data, model.decode(data)))
+                    chunk.append((row, read_bytes(path)))
                 except CatdogError as error:
                     row["error"] = public_message(error)
-            if not decoded:
-                continue
-            predictions = model.predict_decoded(np.stack([image for _, _, image in decoded]))
-            latency_ms = (time.perf_counter() - started) * 1000 / len(decoded)
-            for (row, data, _), prediction in zip(decoded, predictions):
-                row.update(label=prediction.label, p_dog=round(prediction.p_dog, 4),
-                           confidence=round(prediction.confidence, 4), flags=", ".join(prediction.flags))
-                self._log(prediction, latency_ms, data, origin)
+            results = model.predict_each([data for _, data in chunk])
+            classified = sum(isinstance(result, Prediction) for result in results)
+            latency_ms = (time.perf_counter() - started) * 1000 / max(classified, 1)
+            for (row, data), result in zip(chunk, results):
+                if not isinstance(result, Prediction):
+                    row["error"] = public_message(result)
+                    continue
+                row.update(label=result.label, p_dog=round(result.p_dog, 4), confidence=round(result.confidence, 4),
+                           flags=", ".join(result.flags))
+                self._log(result, latency_ms, data, origin)
         return rows
 
     def save_batch_csv(self, rows: list[dict]) -> Path:
@@ -272,9 +273,8 @@ class Service:
         model = self.classifier
         if not isinstance(model, ServingModel):
             return {"verdict": "no model", "sentence": "No model is served.", "tests": {}}
-        since = time.time() - WINDOWS[window] if WINDOWS.get(window) else 0.0
         try:
-            recent = self.log.recent_values(model.version, since)
+            recent = self.log.recent_values(model.version, window_start(window))
         except LogUnavailable as error:
             return {"verdict": "unknown", "sentence": public_message(error), "tests": {}}
         reference = model.novelty.reference if model.novelty else None

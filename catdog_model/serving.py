@@ -122,6 +122,21 @@ class ImageModel:
         return [make_prediction(p_dog, score, threshold, self.low_confidence, self.version)
                 for p_dog, score in zip(p_dogs, scores)]
 
+    def predict_each(self, sources: list) -> list[Prediction | CatdogError]:
+        """For each source, its Prediction or the error that kept it from one; the decodable ones are run
+        through the model together."""
+        results: list = [None] * len(sources)
+        images, decoded = [], []
+        for index, source in enumerate(sources):
+            try:
+                images.append(self.decode(source))
+                decoded.append(index)
+            except CatdogError as error:
+                results[index] = error
+        for index, prediction in zip(decoded, self.predict_decoded(np.stack(images)) if images else []):
+            results[index] = prediction
+        return results
+
     def predict(self, sources) -> list[Prediction]:
         """One Prediction per image (bytes, path, PIL image or array); InvalidImage for one that is not."""
         if not isinstance(sources, (list, tuple)):
