@@ -17,13 +17,11 @@ from fastapi.responses import JSONResponse
 
 from catdog_model import LABELS
 from catdog_model.config import Settings
-from catdog_model.errors import ServiceError
 from catdog_model.monitoring import WINDOWS
 from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
-from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_paths,
+from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_path, input_paths,
                               public_message, rest_prediction, too_large_message, user_errors)
 
-NO_IMAGE = "No image was given: upload, drop or paste a photo."
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
 ANALYTICS_EVENTS = 1000
@@ -34,23 +32,17 @@ def build_demo(service: Service) -> gr.Blocks:
     # and memory budget, is the only one that ever reads them.
     @user_errors
     def predict(image: dict | None) -> dict:
-        if not input_paths(image):
-            raise ServiceError(NO_IMAGE)
-        return service.predict(input_paths(image)[0], origin="api")[0].as_label_dict()
+        return service.predict(input_path(image), origin="api")[0].as_label_dict()
 
     @user_errors
     def predict_with_details(image: dict | None):
-        if not input_paths(image):
-            raise ServiceError(NO_IMAGE)
-        prediction, latency_ms = service.predict(input_paths(image)[0], origin="ui")
+        prediction, latency_ms = service.predict(input_path(image), origin="ui")
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
     @user_errors
     def explain(image: dict | None):
-        if not input_paths(image):
-            raise ServiceError(NO_IMAGE)
-        prediction, heat_map = service.explain(input_paths(image)[0])
+        prediction, heat_map = service.explain(input_path(image))
         why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
         return heat_map, prediction.as_label_dict(), why
 

@@ -12,7 +12,7 @@ import os
 import re
 import stat
 
-from .errors import CatdogError
+from .errors import CatdogError, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything la
 UPLOAD_ROUTE = "/gradio_api/upload"
 # An absolute path in a message tells a caller how the server's disk is laid out: only its last part is kept.
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"()]+/)+([^\s/'\"()]*)")
+NO_IMAGE = "No image was given: upload, drop or paste a photo."
 
 
 def public_message(text: str) -> str:
@@ -60,6 +61,14 @@ def input_paths(value) -> list[str]:
     temporary file behind for every file (Gradio 6.31), and gr.Image's decodes the picture before catdog's
     limits apply."""
     return [path for path in file_paths(value or []) if isinstance(path, str)]
+
+
+def input_path(value) -> str:
+    """The one photo an event was given; a sentence saying so when there is none."""
+    paths = input_paths(value)
+    if not paths:
+        raise ServiceError(NO_IMAGE)
+    return paths[0]
 
 
 class UploadedFilesOnly:
