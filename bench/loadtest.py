@@ -79,14 +79,15 @@ class App:
         self.process.wait(timeout=30)
 
 
-def run_locust(url: str, users: int, seconds: int, env: dict[str, str], user: str = "PredictUser") -> dict:
-    """Locust headless against url with one of bench/locustfile.py's users; the end-to-end row of its statistics."""
+def run_locust(url: str, users: int, seconds: int, options: tuple[str, ...] = (), user: str = "PredictUser") -> dict:
+    """Locust headless against url with one of bench/locustfile.py's users and its options (--load-images …);
+    the end-to-end row of its statistics."""
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "run"
         subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
                         "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
-                        "--only-summary", "--stop-timeout", "10", user],
-                       env=env, cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        "--only-summary", "--stop-timeout", "10", *options, user],
+                       cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(f"{prefix}_stats.csv") as file:
             rows = {row["Name"]: row for row in csv.DictReader(file)}
     row = rows[END_TO_END]
@@ -103,18 +104,19 @@ def start_retrain(url: str) -> None:
 
 
 def measure(env: dict[str, str], arguments, command: tuple[str, ...] = ("app.py",), user: str = "PredictUser",
-            retrain: bool = False, rest: bool = False) -> dict:
+            retrain: bool = False, rest: bool = False, check_labels: bool = True) -> dict:
     app = App(env, command)
+    options = ("--load-images", arguments.images or "") + ("--no-label-check",) * (not check_labels)
     try:
         result = {"ready_s": round(app.ready_seconds, 1), "load": run_locust(app.url, arguments.users,
-                                                                            arguments.seconds, env, user)}
+                                                                            arguments.seconds, options, user)}
         result["rss_mb_after_load"] = round(psutil.Process(app.process.pid).memory_info().rss / 2**20, 1)
-        result["one_user"] = run_locust(app.url, 1, arguments.one_user_seconds, env, user)
+        result["one_user"] = run_locust(app.url, 1, arguments.one_user_seconds, options, user)
         if rest:
-            result["rest"] = run_locust(app.url, arguments.users, arguments.seconds, env, "RestUser")
+            result["rest"] = run_locust(app.url, arguments.users, arguments.seconds, options, "RestUser")
         if retrain:
             start_retrain(app.url)
-            result["one_user_during_retrain"] = run_locust(app.url, 1, arguments.one_user_seconds, env, user)
+            result["one_user_during_retrain"] = run_locust(app.url, 1, arguments.one_user_seconds, options, user)
         result["peak_rss_mb"] = round(app.peak_rss / 2**20, 1)
         return result
     finally:
@@ -143,18 +145,17 @@ def main(argv: list[str] | None = None) -> None:
             "PYTHONPATH": str(PROJECT_ROOT)}
     base.pop("CATDOG_ADMIN_TOKEN", None)
     if arguments.images:
-        base.update(CATDOG_LOAD_IMAGES=arguments.images, CATDOG_BASE_DATA_DIR=arguments.images)
+        base.update(CATDOG_BASE_DATA_DIR=arguments.images)
     from catdog_model.config import Settings
     from catdog_model.hub import LocalHub
 
     model = LocalHub(work / "models", Settings.from_env().model_name).download() / "model.onnx"
-    unchecked = {**base, "CATDOG_LOAD_CHECK_LABELS": "0"}
     results = {
-        "minimal_gradio": measure(unchecked, arguments, ("-m", "bench.minimal_apps", "gradio")),
+        "minimal_gradio": measure(base, arguments, ("-m", "bench.minimal_apps", "gradio"), check_labels=False),
         "catdog": measure({**base, "CATDOG_DATA_DIR": str(work / "data")}, arguments, retrain=arguments.retrain,
                           rest=True),
-        "noop": measure({**unchecked, "CATDOG_DATA_DIR": str(work / "noop-data"), "CATDOG_NOOP_MODEL": "1"},
-                        arguments),
+        "noop": measure({**base, "CATDOG_DATA_DIR": str(work / "noop-data"), "CATDOG_NOOP_MODEL": "1"},
+                        arguments, check_labels=False),
         "minimal_fastapi": measure(base, arguments, ("-m", "bench.minimal_apps", "fastapi", "--model", str(model)),
                                    user="RestUser"),
         "images": "real photos" if arguments.images else "generated JPEGs",

@@ -1,21 +1,21 @@
 """Locust users that call /predict the way real API clients do.
 
-    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s --host http://127.0.0.1:7860 PredictUser
+    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s --host http://127.0.0.1:7860 \
+        --load-images ../shared/data/cats_vs_dogs PredictUser
 
 PredictUser speaks plain HTTP: POST /gradio_api/upload, POST /gradio_api/call/predict, then reads the event
-stream to its `complete` event. RestUser sends the photo in one multipart POST to /api/predict. Each step is timed, and the whole round trip is reported as "predict
-(end to end)". GradioClientUser does the same through gradio_client. Photos come from CATDOG_LOAD_IMAGES
-(a folder with cats/ and dogs/), else generated JPEGs. A round trip that fails or ends in an `error` event
-is a failure of "predict (end to end)"; a completed one whose label is wrong is a failure of "label check"
-(the model is right on about 98% of photos: a wrong answer is not a serving failure, but it is counted).
-CATDOG_LOAD_CHECK_LABELS=0 turns the label check off (for the no-op model).
+stream to its `complete` event. RestUser sends the photo in one multipart POST to /api/predict. Each step is
+timed, and the whole round trip is reported as "predict (end to end)". GradioClientUser does the same through
+gradio_client. Photos come from --load-images (or CATDOG_LOAD_IMAGES: a folder with cats/ and dogs/), else
+generated JPEGs. A round trip that fails or ends in an `error` event is a failure of "predict (end to end)"; a
+completed one whose label is wrong is a failure of "label check" (the model is right on about 98% of photos: a
+wrong answer is not a serving failure, but it is counted). --no-label-check turns that check off (no-op model).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import tempfile
 import time
@@ -29,9 +29,15 @@ END_TO_END = "predict (end to end)"
 LABEL_CHECK = "label check"
 
 
-def load_images() -> list[tuple[str | None, str, bytes]]:
+@events.init_command_line_parser.add_listener
+def add_options(parser) -> None:
+    parser.add_argument("--load-images", env_var="CATDOG_LOAD_IMAGES", default="",
+                        help="a folder with cats/ and dogs/ (default: generated JPEGs)")
+    parser.add_argument("--no-label-check", action="store_true", help="do not count wrong labels (no-op model)")
+
+
+def load_images(folder: str) -> list[tuple[str | None, str, bytes]]:
     """(label or None, file name, JPEG bytes)."""
-    folder = os.environ.get("CATDOG_LOAD_IMAGES")
     if folder:
         images = []
         for class_folder in sorted(Path(folder).iterdir()):
@@ -49,8 +55,15 @@ def load_images() -> list[tuple[str | None, str, bytes]]:
     return generated
 
 
-IMAGES = load_images()
-CHECK_LABELS = os.environ.get("CATDOG_LOAD_CHECK_LABELS", "1") != "0"
+IMAGES: list[tuple[str | None, str, bytes]] = []
+CHECK_LABELS = True
+
+
+@events.init.add_listener
+def read_options(environment, **_) -> None:
+    global CHECK_LABELS
+    IMAGES[:] = load_images(environment.parsed_options.load_images)
+    CHECK_LABELS = not environment.parsed_options.no_label_check
 
 
 def report(started: float, error: Exception | None) -> None:

@@ -33,13 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copytree(PROJECT_ROOT / "models", work / "models", ignore=shutil.ignore_patterns(".lock"))
     env = {**os.environ, "CATDOG_MODELS_DIR": str(work / "models"), "CATDOG_DATA_DIR": str(work / "data"),
            "CATDOG_RELOAD_SECONDS": "0", "PYTHONPATH": str(PROJECT_ROOT)}
-    if arguments.images:
-        env["CATDOG_LOAD_IMAGES"] = arguments.images
     app = App(env)
     minutes = []
     try:
         for minute in range(1, arguments.minutes + 1):
-            result = run_locust(app.url, arguments.users, 60, env)
+            result = run_locust(app.url, arguments.users, 60, ("--load-images", arguments.images or ""))
             result["rss_mb"] = round(psutil.Process(app.process.pid).memory_info().rss / 2**20, 1)
             minutes.append({"minute": minute, **result})
             if not arguments.json:

@@ -54,41 +54,44 @@ def file_sha256(path: Path) -> str:
 
 
 def keras_cache_dir() -> Path:
+    # KERAS_HOME is Keras's own variable, read as Keras reads it: its download cache is where we look.
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def offline() -> bool:
-    return any(os.environ.get(name, "").lower() in ("1", "true", "yes")
-               for name in ("CATDOG_OFFLINE", "HF_HUB_OFFLINE"))
+@dataclasses.dataclass(frozen=True)
+class WeightsSource:
+    """Where the ImageNet weights come from: this folder, then Keras's cache, then (unless offline) a download."""
 
+    folder: Path | None = None
+    offline: bool = False
 
-def locate_weights(alpha: float, weights_dir: Path | None) -> Path:
-    """Find the weights file: CATDOG_WEIGHTS_DIR, then Keras's cache, then Keras's own download."""
-    name = weights_file_name(alpha)
-    if name not in KNOWN_WEIGHTS_SHA256:
-        supported = ", ".join(sorted(KNOWN_WEIGHTS_SHA256))
-        raise BackboneUnavailable(f"No known sha256 for {name}, so it cannot be verified; use one of: {supported}.")
-    expected = KNOWN_WEIGHTS_SHA256[name]
-    for folder in (weights_dir, keras_cache_dir()):
-        if folder is not None and (folder / name).is_file():
-            path = folder / name
-            actual = file_sha256(path)
-            if actual != expected:
-                raise BackboneUnavailable(
-                    f"{path} has sha256 {actual}, expected {expected}: the file is corrupt or not the "
-                    f"Keras ImageNet weights. Replace it, or point CATDOG_WEIGHTS_DIR at a good copy.")
-            return path
-    where = f"CATDOG_WEIGHTS_DIR ({weights_dir})" if weights_dir else "CATDOG_WEIGHTS_DIR (not set)"
-    if offline():
-        raise BackboneUnavailable(f"{name} is not in {where} nor in {keras_cache_dir()}, and downloads are "
-                                  f"off. Set CATDOG_WEIGHTS_DIR to a folder that holds it.")
-    import keras
+    def locate(self, alpha: float) -> Path:
+        name = weights_file_name(alpha)
+        if name not in KNOWN_WEIGHTS_SHA256:
+            supported = ", ".join(sorted(KNOWN_WEIGHTS_SHA256))
+            raise BackboneUnavailable(f"No known sha256 for {name}, so it cannot be verified; use one of: {supported}.")
+        expected = KNOWN_WEIGHTS_SHA256[name]
+        for folder in (self.folder, keras_cache_dir()):
+            if folder is not None and (folder / name).is_file():
+                path = folder / name
+                actual = file_sha256(path)
+                if actual != expected:
+                    raise BackboneUnavailable(
+                        f"{path} has sha256 {actual}, expected {expected}: the file is corrupt or not the "
+                        f"Keras ImageNet weights. Replace it, or point CATDOG_WEIGHTS_DIR at a good copy.")
+                return path
+        where = f"CATDOG_WEIGHTS_DIR ({self.folder})" if self.folder else "CATDOG_WEIGHTS_DIR (not set)"
+        if self.offline:
+            raise BackboneUnavailable(f"{name} is not in {where} nor in {keras_cache_dir()}, and downloads are "
+                                      f"off. Set CATDOG_WEIGHTS_DIR to a folder that holds it.")
+        import keras
 
-    try:
-        return Path(keras.utils.get_file(name, WEIGHTS_URL + name, cache_subdir="models", file_hash=expected))
-    except Exception as error:
-        raise BackboneUnavailable(f"{name} is not in {where} nor in {keras_cache_dir()}, and downloading it "
-                                  f"failed ({error}). Set CATDOG_WEIGHTS_DIR to a folder that holds it.") from error
+        try:
+            return Path(keras.utils.get_file(name, WEIGHTS_URL + name, cache_subdir="models", file_hash=expected))
+        except Exception as error:
+            raise BackboneUnavailable(f"{name} is not in {where} nor in {keras_cache_dir()}, and downloading it "
+                                      f"failed ({error}). Set CATDOG_WEIGHTS_DIR to a folder that holds it."
+                                      ) from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,11 +129,11 @@ class BackboneSpec:
         return cls(**{key: value for key, value in values.items() if key in fields})
 
 
-def build_backbone(spec: BackboneSpec, weights_dir: Path | None):
+def build_backbone(spec: BackboneSpec, weights: WeightsSource):
     """A Keras model from uint8 images (N, size, size, 3) to pooled embeddings, all layers frozen."""
     import keras
 
-    weights_path = locate_weights(spec.alpha, weights_dir)
+    weights_path = weights.locate(spec.alpha)
     if file_sha256(weights_path) != spec.weights_sha256:
         raise BackboneUnavailable(f"{weights_path} does not match the weights this model was trained with "
                                   f"(sha256 {spec.weights_sha256}).")
@@ -155,13 +158,13 @@ def flip_horizontal(images: np.ndarray) -> np.ndarray:
 class Backbone:
     """The frozen backbone with one compiled call, reused for every batch size."""
 
-    def __init__(self, spec: BackboneSpec, weights_dir: Path | None, batch_size: int = 32, model=None):
+    def __init__(self, spec: BackboneSpec, weights: WeightsSource | None, batch_size: int = 32, model=None):
         """model: an already built backbone (from a version's model.keras); else it is built from the weights."""
         import tensorflow as tf
 
         self.spec = spec
         self.batch_size = batch_size
-        self.model = model if model is not None else build_backbone(spec, weights_dir)
+        self.model = model if model is not None else build_backbone(spec, weights)
         self.dim = embedding_dim(self.model)
         size = spec.image_size
         # model.predict costs tens of milliseconds of set-up per call; a traced function costs none.
@@ -180,9 +183,9 @@ class Backbone:
 _loaded: dict[tuple, Backbone] = {}
 
 
-def get_backbone(spec: BackboneSpec, weights_dir: Path | None, batch_size: int = 32) -> Backbone:
+def get_backbone(spec: BackboneSpec, weights: WeightsSource, batch_size: int = 32) -> Backbone:
     """One Backbone per spec in a process: every model version with the same backbone shares it."""
     key = (spec, batch_size)
     if key not in _loaded:
-        _loaded[key] = Backbone(spec, weights_dir, batch_size)
+        _loaded[key] = Backbone(spec, weights, batch_size)
     return _loaded[key]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .backbone import Backbone, BackboneSpec, file_sha256, get_backbone
+from .backbone import Backbone, BackboneSpec, WeightsSource, file_sha256, get_backbone
 from .images import DEFAULT_LIMITS, ImageLimits
 from .novelty import NOVELTY_FILE, NoveltyDetector
 from .serving import (CARD_FILE, CONFIG_FILE, DEFAULT_LOW_CONFIDENCE, ONNX_FILE, ImageModel, ModelLoadError,
@@ -111,7 +111,7 @@ class Classifier(ImageModel):
         save_version_files(directory, self.spec, self.head, self.head_config, self.tta, self.novelty)
 
     @classmethod
-    def load(cls, directory: Path, weights_dir: Path | None, version: str | None = None,
+    def load(cls, directory: Path, weights: WeightsSource, version: str | None = None,
              batch_size: int = 32, **options) -> "Classifier":
         directory = Path(directory)
         config = read_config(directory, optional=(ONNX_FILE,))  # the Keras model does not need its export
@@ -138,7 +138,7 @@ class Classifier(ImageModel):
             head.load_weights(directory / WEIGHTS_FILE)
         except Exception as error:  # h5py and Keras raise many types for a bad file.
             raise ModelLoadError(f"{directory.name}: cannot read {WEIGHTS_FILE} ({error}).") from None
-        backbone = get_backbone(spec, weights_dir, batch_size)
+        backbone = get_backbone(spec, weights, batch_size)
         return cls(backbone, head, head_config, tta=bool(config.get("tta")), version=version, novelty=novelty,
                    **options)
 
@@ -173,6 +173,6 @@ def seal_version_files(directory: Path) -> None:
 def load_classifier(hub, revision: str, settings, limits: ImageLimits | None = None) -> Classifier:
     """The Keras model of a hub version (training, evaluation, export); serving loads model.onnx instead."""
     version = hub.resolve(revision)
-    return Classifier.load(hub.download(version), settings.weights_dir, version=version,
+    return Classifier.load(hub.download(version), settings.weights, version=version,
                            batch_size=settings.backbone_batch_size, low_confidence=settings.low_confidence,
                            limits=limits or settings.image_limits())

@@ -9,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+from .backbone import WeightsSource
 from .errors import ServiceError
 from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from .serving import DEFAULT_LOW_CONFIDENCE
@@ -34,9 +35,15 @@ def _number(name: str, default: float, kind: type = float):
         raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if value == "" else value in ("1", "true", "yes")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     weights_dir: Path | None
+    offline: bool  # never download the ImageNet weights
     models_dir: Path
     model_name: str
     data_dir: Path
@@ -54,6 +61,7 @@ class Settings:
     auto_promote: bool
     hub_repo: str | None
     hub_dataset: str | None
+    hub_endpoint: str | None  # None: huggingface_hub's own default
     reload_seconds: float
     noop_model: bool
     serving_threads: int
@@ -74,6 +82,7 @@ class Settings:
         data_dir = _path("CATDOG_DATA_DIR", "data")
         return cls(
             weights_dir=_path("CATDOG_WEIGHTS_DIR", None),
+            offline=any(_flag(name, False) for name in ("CATDOG_OFFLINE", "HF_HUB_OFFLINE")),
             models_dir=_path("CATDOG_MODELS_DIR", "models"),
             model_name=os.environ.get("CATDOG_MODEL_NAME", "catdog-mobilenetv2"),
             data_dir=data_dir,
@@ -88,12 +97,14 @@ class Settings:
             base_data_dir=_path("CATDOG_BASE_DATA_DIR", None),
             examples_dir=_path("CATDOG_EXAMPLES_DIR", None) or _path("CATDOG_BASE_DATA_DIR", None),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
-            auto_promote=os.environ.get("CATDOG_AUTO_PROMOTE", "1").lower() in ("1", "true", "yes"),
+            auto_promote=_flag("CATDOG_AUTO_PROMOTE", True),
             promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0),
             hub_repo=os.environ.get("CATDOG_HUB_REPO") or None,
             hub_dataset=os.environ.get("CATDOG_HUB_DATASET") or None,
+            # Read here rather than once at import, as huggingface_hub does, so one process can change it.
+            hub_endpoint=os.environ.get("HF_ENDPOINT") or None,
             reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0),
-            noop_model=os.environ.get("CATDOG_NOOP_MODEL", "") == "1",
+            noop_model=_flag("CATDOG_NOOP_MODEL", False),
             serving_threads=_number("CATDOG_SERVING_THREADS", 1, int),
             trusted_data_dir=_path("CATDOG_TRUSTED_DATA_DIR", None),
             gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
@@ -119,6 +130,10 @@ class Settings:
         paths = {field.name for field in dataclasses.fields(cls) if "Path" in str(field.type)}
         return cls(**{key: Path(value) if key in paths and value is not None else value
                       for key, value in values.items()})
+
+    @property
+    def weights(self) -> WeightsSource:
+        return WeightsSource(self.weights_dir, self.offline)
 
     def image_limits(self) -> ImageLimits:
         """The limits every decode in one process shares (call once per process: it holds the memory budget)."""

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from . import LABELS
-from .backbone import Backbone, build_backbone
+from .backbone import Backbone, WeightsSource, build_backbone
 from .classifier import Classifier
 from .data import Example
 from .config import option
@@ -73,7 +73,7 @@ def decode_all(examples: list[Example], size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def fine_tune(classifier: Classifier, train: list[Example], validation: list[Example], config: FineTuneConfig,
-              seed: int, weights_dir, progress: ProgressCallback | None = None) -> tuple[Classifier, dict]:
+              seed: int, weights: WeightsSource, progress: ProgressCallback | None = None) -> tuple[Classifier, dict]:
     """A new Classifier whose backbone's top is trained with the (phase-1) head; and what happened."""
     import keras
     import tensorflow as tf
@@ -83,7 +83,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     size = spec.image_size
     keras.utils.set_random_seed(seed)
     # A fresh copy of the backbone: the shared frozen one keeps serving embeddings for other versions.
-    backbone_model = build_backbone(spec, weights_dir)
+    backbone_model = build_backbone(spec, weights)
     unfrozen = unfreeze_top(backbone_model, config.blocks)
     head = keras.models.clone_model(classifier.head)
     head.set_weights(classifier.head.get_weights())

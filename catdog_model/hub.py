@@ -207,8 +207,7 @@ class HFHub(ModelHub):
     def __init__(self, repo_id: str, pending_dir: Path, endpoint: str | None = None, attempts: int = 4):
         from huggingface_hub import HfApi
 
-        # Read here, not at import as huggingface_hub does, so the endpoint can change within one process.
-        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+        self.endpoint = endpoint  # None: huggingface_hub's default (HF_ENDPOINT as it was at its import)
         self.repo_id = repo_id
         self.name = f"the Hub repo {repo_id}"
         self.pending_dir = Path(pending_dir)
@@ -322,5 +321,5 @@ class HFHub(ModelHub):
 
 def open_hub(settings: Settings) -> ModelHub:
     if settings.hub_repo:
-        return HFHub(settings.hub_repo, settings.data_dir / "pending-pushes")
+        return HFHub(settings.hub_repo, settings.data_dir / "pending-pushes", settings.hub_endpoint)
     return LocalHub(settings.models_dir, settings.model_name)

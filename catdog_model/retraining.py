@@ -63,7 +63,7 @@ def hub_uploads(settings: Settings) -> Dataset:
     from huggingface_hub import snapshot_download
 
     folder = Path(snapshot_download(settings.hub_dataset, repo_type="dataset",
-                                    endpoint=os.environ.get("HF_ENDPOINT")))
+                                    endpoint=settings.hub_endpoint))
     if not any((folder / label).is_dir() for label in LABELS):
         return Dataset([])
     return load_hf_dataset(str(folder))

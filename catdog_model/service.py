@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hmac
-import os
 import logging
 import time
 import uuid
@@ -198,7 +197,7 @@ class Service:
         self.uploads.root.mkdir(parents=True, exist_ok=True)
         # Suspect images stay on this disk: only confirmed uploads are kept in the dataset.
         return CommitScheduler(repo_id=self.settings.hub_dataset, repo_type="dataset", folder_path=self.uploads.root,
-                               every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=os.environ.get("HF_ENDPOINT")),
+                               every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=self.settings.hub_endpoint),
                                ignore_patterns=[f"{SUSPECT_FOLDER}/*", f"{SUSPECT_FOLDER}/**"])
 
     def sync_uploads(self) -> None:

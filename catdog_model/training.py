@@ -66,7 +66,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
                          f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
     started = time.perf_counter()
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
-    backbone = get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights_dir,
+    backbone = get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,
                             settings.backbone_batch_size)
     cache = embedding_cache(settings)
     views = ("original", "flipped") if config.augment or config.tta != "off" else ("original",)
@@ -127,7 +127,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         classifier, fine_tuned = fine_tune(
             classifier, [example for example in splits.train if example.sha256 in present],
             [example for example in splits.validation if example.sha256 in present], fine_tuning, config.seed,
-            settings.weights_dir, progress)
+            settings.weights, progress)
         fine_tuned["frozen_backbone"] = frozen
         views = classifier.views()
         # The backbone changed, so every embedding is computed again with it (none from the frozen cache).

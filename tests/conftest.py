@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from catdog_model import LABELS
-from catdog_model.backbone import BackboneUnavailable, locate_weights
+from catdog_model.backbone import BackboneUnavailable, WeightsSource
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.data import load_folder
 from tests.servers import free_port
@@ -25,7 +25,7 @@ def _weights_reason() -> str | None:
     os.environ.setdefault("CATDOG_OFFLINE", "1")  # tests never download
     os.environ.setdefault("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR))  # for the app and programs that tests start
     try:
-        locate_weights(0.5, WEIGHTS_DIR)
+        WeightsSource(WEIGHTS_DIR, offline=True).locate(0.5)
     except BackboneUnavailable as error:
         return f"ImageNet MobileNetV2 weights unavailable: {error}"
     return None

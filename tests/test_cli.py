@@ -71,7 +71,7 @@ def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_pho
     trained = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "5",
                               "--image-size", "160"], hub_env).stdout)
     assert trained["version"] == "v1" and trained["production"] == "v1"
-    hub = HFHub("tester/catdog-cli", tmp_path / "pending")
+    hub = HFHub("tester/catdog-cli", tmp_path / "pending", hf_env["HF_ENDPOINT"])
     assert hub.versions() == ["v1"] and hub.production() == "v1"
     files = {path.name for path in hub.download("v1").iterdir()}
     assert {"config.json", "head.weights.h5", "metrics.json", "README.md", "model.keras"} <= files

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from catdog_model.backbone import BackboneSpec, file_sha256
+from catdog_model.backbone import BackboneSpec, WeightsSource, file_sha256
 from catdog_model.classifier import Classifier, HeadConfig, ModelLoadError, build_head, save_version_files
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.hub import HubError, LocalHub
@@ -79,14 +79,14 @@ def test_tampered_or_missing_files_refuse_to_load(hub, staged):
     weights.chmod(0o644)
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ModelLoadError, match="does not match the sha256"):
-        Classifier.load(folder, weights_dir=None)
+        Classifier.load(folder, WeightsSource(offline=True))
     weights.unlink()
     with pytest.raises(ModelLoadError, match="head.weights.h5 is missing"):
-        Classifier.load(folder, weights_dir=None)
+        Classifier.load(folder, WeightsSource(offline=True))
     (folder / "config.json").chmod(0o644)
     (folder / "config.json").write_text("{")
     with pytest.raises(ModelLoadError, match="config.json is corrupt"):
-        Classifier.load(folder, weights_dir=None)
+        Classifier.load(folder, WeightsSource(offline=True))
 
 
 WRITER = """

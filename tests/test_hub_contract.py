@@ -22,8 +22,8 @@ _repo_numbers = iter(range(10_000))
 def hub(request, tmp_path):
     if request.param == "local":
         return LocalHub(tmp_path / "models", "catdog-contract")
-    request.getfixturevalue("hf_env")
-    return HFHub(f"tester/catdog-contract-{next(_repo_numbers)}", tmp_path / "pending")
+    endpoint = request.getfixturevalue("hf_env")["HF_ENDPOINT"]
+    return HFHub(f"tester/catdog-contract-{next(_repo_numbers)}", tmp_path / "pending", endpoint)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_concurrent_alias_updates_lose_nothing(hub, staged):
 
 def test_hub_push_retries_transient_errors(hf_env, hub_server, staged, tmp_path):
     _, state = hub_server
-    hub = HFHub("tester/catdog-flaky", tmp_path / "pending")
+    hub = HFHub("tester/catdog-flaky", tmp_path / "pending", hf_env["HF_ENDPOINT"])
     state.fail_next_commits = 2
     assert hub.push(staged) == "v1"
     assert state.fail_next_commits == 0
@@ -86,7 +86,7 @@ def test_hub_push_retries_transient_errors(hf_env, hub_server, staged, tmp_path)
 
 def test_a_failed_push_keeps_the_files_and_says_where(hf_env, staged, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong_token")
-    hub = HFHub("tester/catdog-refused", tmp_path / "pending")
+    hub = HFHub("tester/catdog-refused", tmp_path / "pending", hf_env["HF_ENDPOINT"])
     with pytest.raises(HubError, match="(?s)failed .*401.*kept in") as raised:
         hub.push(staged)
     kept = str(raised.value).rsplit("kept in ", 1)[1].rstrip(".")
@@ -94,7 +94,7 @@ def test_a_failed_push_keeps_the_files_and_says_where(hf_env, staged, tmp_path, 
 
 
 def test_downloaded_revisions_load_offline(hf_env, staged, tmp_path):
-    hub = HFHub("tester/catdog-offline", tmp_path / "pending")
+    hub = HFHub("tester/catdog-offline", tmp_path / "pending", hf_env["HF_ENDPOINT"])
     hub.push(staged)
     hub.promote("v1")
     assert hub.production() == "v1" and hub.metrics("v1")  # online: refs.json and v1 come into the cache

@@ -7,12 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from catdog_model.backbone import BackboneSpec, BackboneUnavailable, locate_weights
+from catdog_model.backbone import BackboneSpec, BackboneUnavailable, WeightsSource
 from catdog_model.data import load_folder, split_examples, version_splits
 from catdog_model.embeddings import EmbeddingCache, embed_images
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import LocalHub, open_hub
 from catdog_model.images import InvalidImage
+from catdog_model.config import Settings
 from catdog_model.training import TrainingConfig, embed_examples, embedding_cache, publish, train
 from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights, shipped_models
 
@@ -21,15 +22,17 @@ SMALL = TrainingConfig(seed=5, epochs=15, image_size=160)  # small and quick; th
 
 
 def test_weights_are_found_and_verified_in_the_weights_dir(tmp_path, monkeypatch, settings):
-    assert locate_weights(0.5, settings.weights_dir).parent == settings.weights_dir
+    assert settings.weights.locate(0.5).parent == settings.weights_dir
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
-    monkeypatch.setenv("CATDOG_OFFLINE", "1")
+    monkeypatch.delenv("CATDOG_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # huggingface_hub's switch turns downloads off too
+    monkeypatch.setenv("CATDOG_WEIGHTS_DIR", str(tmp_path))
     name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
-    with pytest.raises(BackboneUnavailable, match=f"{name}.*CATDOG_WEIGHTS_DIR"):
-        locate_weights(0.5, tmp_path)
+    with pytest.raises(BackboneUnavailable, match=f"{name}.*downloads are off.*CATDOG_WEIGHTS_DIR"):
+        Settings.from_env().weights.locate(0.5)
     (tmp_path / name).write_bytes(b"not the weights")
     with pytest.raises(BackboneUnavailable, match=f"{name} has sha256 .*expected 279052de"):
-        locate_weights(0.5, tmp_path)
+        WeightsSource(tmp_path, offline=True).locate(0.5)
 
 
 def test_backbone_identity_follows_its_configuration():
@@ -41,7 +44,6 @@ def test_backbone_identity_follows_its_configuration():
 
 @pytest.fixture(scope="module")
 def small_trained(small_photo_dir, cache_dir, tmp_path_factory):
-    from catdog_model.config import Settings
     from tests.conftest import WEIGHTS_DIR
 
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, cache_dir=cache_dir,
@@ -163,7 +165,7 @@ def test_a_version_with_any_file_changed_is_refused(small_trained, tmp_path):
         else:
             (copy / name).write_bytes((copy / name).read_bytes() + b" ")
         with pytest.raises(ModelLoadError, match="does not match the sha256"):
-            Classifier.load(copy, settings.weights_dir)
+            Classifier.load(copy, settings.weights)
 
 
 def test_a_fine_tuned_version_carries_the_whole_model_and_serves_like_keras(small_photo_dir, settings):

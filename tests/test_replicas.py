@@ -79,8 +79,7 @@ def test_replicas_behind_nginx_share_one_postgresql_log_and_survive_losing_one(t
         for _, url in replicas:
             assert wait_for(lambda: health(url), 120)
         proxy = Nginx([url.removeprefix("http://").rstrip("/") for _, url in replicas])
-        env = {**os.environ, "CATDOG_LOAD_IMAGES": str(small_photo_dir)}
-        load = run_locust(proxy.url.rstrip("/"), users=6, seconds=10, env=env)
+        load = run_locust(proxy.url.rstrip("/"), users=6, seconds=10, options=("--load-images", str(small_photo_dir)))
         assert load["requests"] >= 20 and load["failures"] == 0
 
         (first, first_url), (_, second_url) = replicas
