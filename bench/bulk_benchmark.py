@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 from catdog_model.bulk import list_files, predict_to_parquet
-from catdog_model.config import PROJECT_ROOT, Settings
-from catdog_model.hub import open_hub
+from catdog_model.cli import open_version
+from catdog_model.config import PROJECT_ROOT
 from catdog_model.serving import Prediction, ServingModel
 
 
@@ -42,9 +42,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"))
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
-    settings = Settings.from_env()
-    hub = open_hub(settings)
-    version = hub.resolve("production")
+    settings, hub, version = open_version("production")
     model_dir = hub.download(version)
     files = list_files(arguments.data_dir)[:arguments.photos]
 

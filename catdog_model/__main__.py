@@ -3,9 +3,7 @@
 import json
 import sys
 
-from .cli import user_errors
-from .config import Settings
-from .hub import open_hub
+from .cli import open_version, user_errors
 from .images import InvalidImage
 from .serving import ServingModel
 
@@ -15,9 +13,7 @@ def main(paths: list[str] | None = None) -> None:
     if not paths:
         sys.exit(__doc__)
     with user_errors():
-        settings = Settings.from_env()
-        hub = open_hub(settings)
-        version = hub.resolve("production")
+        settings, hub, version = open_version("production")
         model = ServingModel.load(hub.download(version), version, low_confidence=settings.low_confidence,
                                   limits=settings.image_limits())
     for path in paths:

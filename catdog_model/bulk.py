@@ -198,8 +198,7 @@ def predict_to_parquet(source: str | list[str], out: Path, model_dir: Path, vers
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cli import user_errors
-    from .hub import open_hub
+    from .cli import open_version, user_errors
 
     parser = argparse.ArgumentParser(prog="python -m catdog_model.bulk", description=__doc__.split("\n")[0])
     parser.add_argument("input", help=f"a folder, a glob, or {HF_PREFIX}NAME for a Hugging Face dataset")
@@ -215,9 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         sys.exit("error: bulk prediction needs Ray: pip install -r requirements-bulk.txt")
     with user_errors():
-        settings = Settings.from_env()
-        hub = open_hub(settings)
-        version = hub.resolve(arguments.version)
+        settings, hub, version = open_version(arguments.version)
         model_dir = hub.download(version)
         ServingModel.load(model_dir, version)  # a version that cannot serve fails here, before Ray starts
         source = arguments.input if arguments.input.startswith(HF_PREFIX) else list_files(arguments.input)

@@ -1,4 +1,5 @@
-"""What the command-line programs share: a tqdm progress bar per stage, and errors as one sentence."""
+"""What the command-line programs share: a tqdm progress bar per stage, errors as one sentence, the hub and
+version they work on, and options generated from config dataclasses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 
 from tqdm import tqdm
 
+from .config import Settings
 from .errors import CatdogError
+from .hub import ModelHub, open_hub
 
 
 class ProgressBars:
@@ -41,6 +44,13 @@ def user_errors():
     except CatdogError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def open_version(revision: str) -> tuple[Settings, ModelHub, str]:
+    """This environment's settings, its model hub, and the version that revision (production, v3) names there."""
+    settings = Settings.from_env()
+    hub = open_hub(settings)
+    return settings, hub, hub.resolve(revision)
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_class, prefix: str = "") -> None:

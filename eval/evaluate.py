@@ -9,12 +9,11 @@ import argparse
 import json
 import sys
 
-from catdog_model.cli import ProgressBars, user_errors
-from catdog_model.config import Settings
+from catdog_model.cli import ProgressBars, open_version, user_errors
 from catdog_model.data import deduplicate, load_folder, version_splits
 from catdog_model.evaluation import compute_metrics, save_plots
 from catdog_model.classifier import load_classifier
-from catdog_model.hub import PRODUCTION, open_hub
+from catdog_model.hub import PRODUCTION
 from catdog_model.training import embed_examples, embedding_cache
 
 
@@ -33,9 +32,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     with user_errors():
-        settings = Settings.from_env()
-        hub = open_hub(settings)
-        version = hub.resolve(arguments.version)
+        settings, hub, version = open_version(arguments.version)
         classifier = load_classifier(hub, version, settings)
         examples = deduplicate([example for folder in arguments.data_dir
                                 for example in load_folder(folder).examples]).examples

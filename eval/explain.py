@@ -14,12 +14,11 @@ import numpy as np
 from PIL import Image
 
 from catdog_model import LABELS
-from catdog_model.cli import user_errors
-from catdog_model.config import Settings
+from catdog_model.cli import open_version, user_errors
 from catdog_model.data import load_folder
 from catdog_model.errors import ServiceError
 from catdog_model.explain import Explanation, peak_in_centre
-from catdog_model.hub import PRODUCTION, open_hub
+from catdog_model.hub import PRODUCTION
 from catdog_model.images import InvalidImage
 from catdog_model.serving import ServingModel
 
@@ -50,9 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args(argv)
     with user_errors():
-        settings = Settings.from_env()
-        hub = open_hub(settings)
-        version = hub.resolve(arguments.version)
+        _, hub, version = open_version(arguments.version)
         model = ServingModel.load(hub.download(version), version)
         examples = load_folder(arguments.data_dir).examples
         chooser = random.Random(arguments.seed)

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from catdog_model.cli import user_errors
-from catdog_model.config import Settings
+from catdog_model.cli import open_version, user_errors
 from catdog_model.errors import ServiceError
 from catdog_model.data import load_folder, version_splits
 from catdog_model.classifier import load_classifier
-from catdog_model.hub import PRODUCTION, open_hub
+from catdog_model.hub import PRODUCTION
 
 
 def package_photos() -> list[Path]:
@@ -46,9 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args(argv)
     with user_errors():
-        settings = Settings.from_env()
-        hub = open_hub(settings)
-        version = hub.resolve(arguments.version)
+        settings, hub, version = open_version(arguments.version)
         classifier = load_classifier(hub, version, settings)
         if classifier.novelty is None:
             raise ServiceError(f"{version} has no novelty detector (trained before it existed).")

@@ -129,34 +129,40 @@ def create_hub_app(token: str | None = None) -> tuple[FastAPI, HubState]:
             repo.tags[body["tag"]] = sha
         return {}
 
-    @app.get("/api/{kind}/{namespace}/{name}/revision/{revision}")
-    async def revision_info(kind: str, namespace: str, name: str, revision: str):
+    def find_revision(kind: str, namespace: str, name: str, revision: str):
+        """(repo, commit sha), or the 404 the Hub answers when either is missing."""
         repo = find(kind, namespace, name)
         if repo is None:
             return _error(404, "RepoNotFound", "Repository not found")
         sha = repo.resolve(revision)
         if sha is None:
             return _error(404, "RevisionNotFound", "Revision not found")
+        return repo, sha
+
+    @app.get("/api/{kind}/{namespace}/{name}/revision/{revision}")
+    async def revision_info(kind: str, namespace: str, name: str, revision: str):
+        found = find_revision(kind, namespace, name, revision)
+        if isinstance(found, Response):
+            return found
+        repo, sha = found
         return {"id": f"{namespace}/{name}", "sha": sha, "private": False,
                 "siblings": [{"rfilename": path} for path in sorted(repo.commits[sha])]}
 
     @app.get("/api/{kind}/{namespace}/{name}/tree/{revision}")
     @app.get("/api/{kind}/{namespace}/{name}/tree/{revision}/{path:path}")
     async def tree(kind: str, namespace: str, name: str, revision: str, path: str = ""):
-        repo = find(kind, namespace, name)
-        sha = repo.resolve(revision) if repo else None
-        if sha is None:
-            return _error(404, "RevisionNotFound", "Revision not found")
+        found = find_revision(kind, namespace, name, revision)
+        if isinstance(found, Response):
+            return found
+        repo, sha = found
         return [{"type": "file", "path": file, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
                 for file, content in sorted(repo.commits[sha].items()) if file.startswith(path)]
 
     def resolve_file(kind: str, namespace: str, name: str, revision: str, path: str, request: Request):
-        repo = find(kind, namespace, name)
-        if repo is None:
-            return _error(404, "RepoNotFound", "Repository not found")
-        sha = repo.resolve(revision)
-        if sha is None:
-            return _error(404, "RevisionNotFound", "Revision not found")
+        found = find_revision(kind, namespace, name, revision)
+        if isinstance(found, Response):
+            return found
+        repo, sha = found
         content = repo.commits[sha].get(path)
         if content is None:
             return _error(404, "EntryNotFound", "Entry not found")

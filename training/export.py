@@ -16,10 +16,9 @@ from pathlib import Path
 
 from catdog_model.card import render_model_card
 from catdog_model.classifier import load_classifier, seal_version_files
-from catdog_model.cli import user_errors
-from catdog_model.config import Settings
+from catdog_model.cli import open_version, user_errors
 from catdog_model.export import ONNX_FILE, check_export, export_onnx
-from catdog_model.hub import CARD_FILE, METRICS_FILE, open_hub
+from catdog_model.hub import CARD_FILE, METRICS_FILE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--promote", action="store_true", help="make the new version production")
     arguments = parser.parse_args(argv)
     with user_errors():
-        settings = Settings.from_env()
-        hub = open_hub(settings)
-        source = hub.resolve(arguments.version)
+        settings, hub, source = open_version(arguments.version)
         classifier = load_classifier(hub, source, settings)
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder) / "version"
