@@ -11,7 +11,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
-RUN useradd --create-home --uid 1000 catdog
+# The data folder is made for the user the app runs as: it holds uploads, caches and the prediction log.
+RUN useradd --create-home --uid 1000 catdog && install -d -o catdog -g catdog "$CATDOG_DATA_DIR"
 COPY --chown=catdog:catdog . .
 USER catdog
 

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 
-from catdog_model import LABELS
+from catdog_model import LABELS, cli
 from catdog_model.config import Settings
 from catdog_model.monitoring import WINDOWS
 from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
@@ -271,5 +271,7 @@ def build_app(service: Service) -> FastAPI:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-    uvicorn.run(build_app(Service(settings)), host=settings.server_name, port=settings.server_port)
+    with cli.user_errors():  # a setting that cannot work ends the start with its sentence, not a traceback
+        settings = Settings.from_env()
+        service = Service(settings)
+    uvicorn.run(build_app(service), host=settings.server_name, port=settings.server_port)

@@ -103,10 +103,15 @@ def start_retrain(url: str) -> None:
     Client(url, verbose=False).predict("", api_name="/retrain")
 
 
+def image_options(folder: str | None) -> tuple[str, ...]:
+    """Locust's options for these photos; none: the locustfile's default (CATDOG_LOAD_IMAGES, else generated)."""
+    return ("--load-images", folder) if folder else ()
+
+
 def measure(env: dict[str, str], arguments, command: tuple[str, ...] = ("app.py",), user: str = "PredictUser",
             retrain: bool = False, rest: bool = False, check_labels: bool = True) -> dict:
     app = App(env, command)
-    options = ("--load-images", arguments.images or "") + ("--no-label-check",) * (not check_labels)
+    options = image_options(arguments.images) + ("--no-label-check",) * (not check_labels)
     try:
         result = {"ready_s": round(app.ready_seconds, 1), "load": run_locust(app.url, arguments.users,
                                                                             arguments.seconds, options, user)}

@@ -31,9 +31,12 @@ LABEL_CHECK = "label check"
 
 @events.init_command_line_parser.add_listener
 def add_options(parser) -> None:
-    parser.add_argument("--load-images", env_var="CATDOG_LOAD_IMAGES", default="",
+    # Read once at start (events.init), so not offered in the web UI, where a change would do nothing.
+    # Locust answers --help before it reads this file: these two are documented above, not there.
+    parser.add_argument("--load-images", env_var="CATDOG_LOAD_IMAGES", default="", include_in_web_ui=False,
                         help="a folder with cats/ and dogs/ (default: generated JPEGs)")
-    parser.add_argument("--no-label-check", action="store_true", help="do not count wrong labels (no-op model)")
+    parser.add_argument("--no-label-check", action="store_true", include_in_web_ui=False,
+                        help="do not count wrong labels (no-op model)")
 
 
 def load_images(folder: str) -> list[tuple[str | None, str, bytes]]:

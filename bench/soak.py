@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from catdog_model.config import PROJECT_ROOT
-from bench.loadtest import DEFAULT_IMAGES, App, run_locust
+from bench.loadtest import DEFAULT_IMAGES, App, image_options, run_locust
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     minutes = []
     try:
         for minute in range(1, arguments.minutes + 1):
-            result = run_locust(app.url, arguments.users, 60, ("--load-images", arguments.images or ""))
+            result = run_locust(app.url, arguments.users, 60, image_options(arguments.images))
             result["rss_mb"] = round(psutil.Process(app.process.pid).memory_info().rss / 2**20, 1)
             minutes.append({"minute": minute, **result})
             if not arguments.json:

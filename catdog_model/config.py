@@ -37,7 +37,7 @@ def _number(name: str, default: float, kind: type = float):
 
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name, "").strip().lower()
-    return default if value == "" else value in ("1", "true", "yes")
+    return default if value == "" else value in ("1", "true", "yes", "on")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,7 +194,7 @@ class LocalHub(ModelHub):
 
 
 class HFHub(ModelHub):
-    """A Hugging Face Hub model repo, through huggingface_hub (HF_TOKEN and HF_ENDPOINT as it reads them).
+    """A Hugging Face Hub model repo, through huggingface_hub (HF_TOKEN as it reads it; endpoint None: its default).
 
     The production alias is refs.json on `main`, changed by a commit whose parent must be the `main` the
     change was computed from: the Hub moves the branch atomically and refuses a stale parent, so two

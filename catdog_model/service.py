@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import hmac
 import logging
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,9 +40,20 @@ class NotAllowed(ServiceError):
     """A mutating action without the admin token (or with a wrong one)."""
 
 
+def writable_folder(path: Path, variable: str) -> None:
+    """Create the folder now, or say which setting to change, rather than fail at the first prediction."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise ServiceError(f"{variable} ({path}) cannot be written: {error.strerror}. Point {variable} at a "
+                           f"folder this user can write.") from None
+
+
 class Service:
     def __init__(self, settings: Settings):
         return_large_buffers_to_the_system()
+        writable_folder(settings.data_dir, "CATDOG_DATA_DIR")
         self.settings = settings
         self.limits = settings.image_limits()
         self.hub = open_hub(settings)

@@ -13,6 +13,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from catdog_model.config import PROJECT_ROOT
 from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
 
@@ -38,6 +40,10 @@ def image_environment() -> dict[str, str]:
 def test_the_image_is_slim_non_root_and_healthchecked():
     assert instruction("FROM") == ["python:3.11-slim"]
     assert instruction("USER") and instruction("USER")[0] not in ("root", "0")
+    user, data_dir = instruction("USER")[0], image_environment()["CATDOG_DATA_DIR"]
+    # /app belongs to root: unless the data folder is made for the app's user, the app cannot start.
+    assert any(f"install -d -o {user}" in line and ("$CATDOG_DATA_DIR" in line or data_dir in line)
+               for line in instruction("RUN")), "the image must create CATDOG_DATA_DIR for its user"
     assert instruction("EXPOSE") == ["7860"]
     assert json.loads(instruction("CMD")[0]) == ["python", "app.py"]
     assert image_environment()["GRADIO_SERVER_NAME"] == "0.0.0.0"
@@ -88,3 +94,19 @@ def test_the_healthcheck_fails_while_no_model_is_loaded(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.mark.parametrize(("setting", "value", "sentence"), [
+    ("CATDOG_DATA_DIR", "{file}/data", r"CATDOG_DATA_DIR \(.*\) cannot be written: .*Point CATDOG_DATA_DIR at"),
+    ("CATDOG_DATABASE_URL", "no database", "CATDOG_DATABASE_URL is not a database URL"),
+    ("CATDOG_MAX_FILES", "many", "CATDOG_MAX_FILES='many' is not a valid int"),
+])
+def test_the_app_refuses_a_setting_that_cannot_work_with_a_sentence(tmp_path, setting, value, sentence):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")  # a folder inside a file cannot be made, even by root
+    env = {**os.environ, **image_environment(), "GRADIO_SERVER_PORT": str(free_port()),
+           "CATDOG_DATA_DIR": str(tmp_path / "data"), setting: value.format(file=not_a_folder)}
+    started = subprocess.run(command(instruction("CMD")[0]), cwd=PROJECT_ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 2
+    assert re.search(sentence, started.stderr) and "Traceback" not in started.stderr, started.stderr[-2000:]
