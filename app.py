@@ -19,8 +19,8 @@ from catdog_model import LABELS, cli
 from catdog_model.config import Settings
 from catdog_model.monitoring import WINDOWS
 from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
-from catdog_model.web import (RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions, input_path, input_paths,
-                              public_message, rest_prediction, too_large_message, user_errors)
+from catdog_model.web import (LoopbackHostOnly, RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions,
+                              input_path, input_paths, public_message, rest_prediction, too_large_message, user_errors)
 
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
@@ -261,6 +261,8 @@ def build_app(service: Service) -> FastAPI:
     # The multipart form's own framing adds a few hundred bytes to the file.
     app.add_middleware(RequestBodyLimit, path="/api/predict", max_bytes=service.settings.max_upload_mb * 2**20 + 2**16,
                        message=too_large_message(service.settings.max_upload_mb))
+    if service.settings.open_on_loopback:
+        app.add_middleware(LoopbackHostOnly)  # added last, so it runs first
     # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
     # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
     demo.state_session_capacity = SESSION_CAPACITY

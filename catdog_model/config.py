@@ -146,12 +146,29 @@ class Settings:
     @property
     def on_loopback(self) -> bool:
         """Only this machine can reach the server."""
-        if self.server_name == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.server_name).is_loopback
-        except ValueError:  # a host name other than localhost may resolve to any interface
-            return False
+        return is_loopback_name(self.server_name)
+
+    @property
+    def open_on_loopback(self) -> bool:
+        """Mutations need no token: the server listens on loopback and CATDOG_ADMIN_TOKEN is not set."""
+        return self.on_loopback and not self.admin_token
+
+
+def is_loopback_name(name: str) -> bool:
+    """localhost or a loopback address; a host name other than localhost may resolve to any interface."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The name in an HTTP Host header, without its port: `[::1]:7860` → `::1`, `localhost:7860` → `localhost`."""
+    if host_header.startswith("["):
+        return host_header[1:host_header.find("]")]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
 def option(default, help_text: str | None = None, choices: list | None = None):

@@ -164,7 +164,7 @@ class Service:
         loopback (nobody else can reach it)."""
         expected = self.settings.admin_token
         if not expected:
-            if self.settings.on_loopback:
+            if self.settings.open_on_loopback:
                 return
             raise NotAllowed(f"This server listens on {self.settings.server_name}, so changing data or models "
                              "needs an admin token: set CATDOG_ADMIN_TOKEN and restart the app.")

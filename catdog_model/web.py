@@ -12,12 +12,16 @@ import os
 import re
 import stat
 
+from .config import host_name, is_loopback_name
 from .errors import CatdogError, ServiceError
 
 logger = logging.getLogger(__name__)
 
 UPLOADED_FILES_ONLY = ("Only files uploaded to this app can be used as input: upload the file first (gradio_client's "
                        "handle_file, or POST /gradio_api/upload) and send the path that the upload returns.")
+LOOPBACK_HOST_ONLY = ("This server has no admin token, so it answers only requests addressed to this machine: open "
+                      "it as http://127.0.0.1:PORT or http://localhost:PORT, or set CATDOG_ADMIN_TOKEN to serve it "
+                      "under another name or behind a proxy.")
 GRADIO_API = "/gradio_api/"
 MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything larger is refused unread
 UPLOAD_ROUTE = "/gradio_api/upload"
@@ -113,6 +117,27 @@ class UploadedFilesOnly:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+class LoopbackHostOnly:
+    """ASGI middleware for a server open without a token because only this machine can reach it: a request
+    addressed to another name was relayed — by a proxy, or by a web page whose name was rebound to 127.0.0.1
+    (DNS rebinding) — so it is refused before any endpoint sees it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            if host and not is_loopback_name(host_name(host)):
+                logger.warning("refused a request addressed to another name than this machine's")
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await _send_json(send, 403, {"error": LOOPBACK_HOST_ONLY})
+                return
+        await self.app(scope, receive, send)
 
 
 async def _send_json(send, status: int, content: dict) -> None:

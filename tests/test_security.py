@@ -15,8 +15,9 @@ from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 
 from catdog_model.config import Settings
-from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, public_message
-from tests.conftest import requires_weights, shipped_models
+from catdog_model.web import LOOPBACK_HOST_ONLY, UPLOADED_FILES_ONLY, is_uploaded_file, public_message
+from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, serve_in_thread, shipped_models
+
 
 pytestmark = [requires_weights]
 FILE_ENDPOINTS = {"predict": lambda file: [file], "predict_with_details": lambda file: [file],
@@ -243,6 +244,41 @@ def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, sm
                                             ("127.example.com", False), ("localhost.example.com", False)])
 def test_only_loopback_addresses_count_as_loopback(settings, name, loopback):
     assert dataclasses.replace(settings, server_name=name).on_loopback is loopback
+
+
+def test_without_a_token_only_requests_addressed_to_this_machine_are_answered(tmp_path, cache_dir):
+    """A web page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) reaches a loopback server from the
+    victim's browser, but its requests carry the attacker's name in Host."""
+    import shutil
+
+    from app import build_app
+    from catdog_model.service import Service
+
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=tmp_path / "models",
+                                   data_dir=tmp_path / "data", cache_dir=cache_dir, admin_token=None,
+                                   server_name="127.0.0.1")
+    url, stop = serve_in_thread(build_app(Service(settings)))
+    port = url.rsplit(":", 1)[1]
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            production = http.get("/health").json()["model_version"]
+            for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "10.0.0.7"):
+                refused = http.post("/gradio_api/call/promote", json={"data": [OTHER_VERSION, ""]},
+                                    headers={"Host": host})
+                assert refused.status_code == 403 and refused.json()["error"] == LOOPBACK_HOST_ONLY
+                assert http.get("/health", headers={"Host": host}).status_code == 403
+            for host in (f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"[::1]:{port}", "localhost"):
+                assert http.get("/health", headers={"Host": host}).json()["model_version"] == production
+        assert Client(url, verbose=False).predict(OTHER_VERSION, "", api_name="/promote") == \
+            f"Production is now {OTHER_VERSION}."  # this machine's own clients keep every action
+    finally:
+        stop()
+
+
+def test_with_a_token_any_host_name_is_answered(server):
+    url, _ = server  # behind a proxy or under its own name: the token guards the mutations
+    assert httpx.get(url + "health", headers={"Host": "catdog.example.org"}).json()["model_loaded"] is True
 
 
 def test_an_oversized_call_is_refused_unread(server):
