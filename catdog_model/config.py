@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -164,11 +165,10 @@ def is_loopback_name(name: str) -> bool:
         return False
 
 
-def host_name(host_header: str) -> str:
-    """The name in an HTTP Host header, without its port: `[::1]:7860` → `::1`, `localhost:7860` → `localhost`."""
-    if host_header.startswith("["):
-        return host_header[1:host_header.find("]")]
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+def is_loopback_authority(authority: str) -> bool:
+    """Whether a Host header or an origin's host[:port] names this machine: `localhost:7860`, `[::1]`, ..."""
+    match = re.fullmatch(r"\[([0-9a-f:.]+)\](?::\d+)?|([^:\[\]]+)(?::\d+)?", authority.lower())
+    return bool(match) and is_loopback_name(match.group(1) or match.group(2))
 
 
 def option(default, help_text: str | None = None, choices: list | None = None):

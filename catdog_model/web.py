@@ -11,17 +11,15 @@ import logging
 import os
 import re
 import stat
+import urllib.parse
 
-from .config import host_name, is_loopback_name
+from .config import is_loopback_authority
 from .errors import CatdogError, ServiceError
 
 logger = logging.getLogger(__name__)
 
 UPLOADED_FILES_ONLY = ("Only files uploaded to this app can be used as input: upload the file first (gradio_client's "
                        "handle_file, or POST /gradio_api/upload) and send the path that the upload returns.")
-LOOPBACK_HOST_ONLY = ("This server has no admin token, so it answers only requests addressed to this machine: open "
-                      "it as http://127.0.0.1:PORT or http://localhost:PORT, or set CATDOG_ADMIN_TOKEN to serve it "
-                      "under another name or behind a proxy.")
 GRADIO_API = "/gradio_api/"
 MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything larger is refused unread
 UPLOAD_ROUTE = "/gradio_api/upload"
@@ -120,24 +118,42 @@ class UploadedFilesOnly:
 
 
 class LoopbackHostOnly:
-    """ASGI middleware for a server open without a token because only this machine can reach it: a request
-    addressed to another name was relayed — by a proxy, or by a web page whose name was rebound to 127.0.0.1
-    (DNS rebinding) — so it is refused before any endpoint sees it."""
+    """ASGI middleware for a server open without a token because only this machine can reach it. A request
+    addressed to another name was relayed (by a web page whose name was rebound to 127.0.0.1 — DNS rebinding —
+    or by a proxy that keeps the client's Host), and a POST from another site's page comes from a browser that
+    someone else steers: both are refused before any endpoint sees them."""
 
-    def __init__(self, app):
+    def __init__(self, app, port: int):
         self.app = app
+        self.message = loopback_only_message(port)
+        self.logged: set[str] = set()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] in ("http", "websocket"):
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
-            if host and not is_loopback_name(host_name(host)):
-                logger.warning("refused a request addressed to another name than this machine's")
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                else:
-                    await _send_json(send, 403, {"error": LOOPBACK_HOST_ONLY})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        unsafe = scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS")
+        if host and not is_loopback_authority(host):
+            refused = f"addressed to {host[:100]!r}"
+        elif origin and unsafe and not is_loopback_authority(urllib.parse.urlsplit(origin).netloc):
+            refused = f"from a page of {origin[:100]!r}"
+        else:
+            return await self.app(scope, receive, send)
+        if len(self.logged) < 100 and refused not in self.logged:  # once each: a looping page cannot flood the log
+            self.logged.add(refused)
+            logger.warning("refused requests %s: this server has no admin token", refused)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await _send_json(send, 403, {"error": self.message})
+
+
+def loopback_only_message(port: int) -> str:
+    return (f"This server has no admin token, so it answers only this machine's own requests: open "
+            f"http://127.0.0.1:{port}/ or http://localhost:{port}/, or set CATDOG_ADMIN_TOKEN to serve it under "
+            "another name, behind a proxy or to other sites' pages.")
 
 
 async def _send_json(send, status: int, content: dict) -> None:

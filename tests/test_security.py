@@ -15,7 +15,7 @@ from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 
 from catdog_model.config import Settings
-from catdog_model.web import LOOPBACK_HOST_ONLY, UPLOADED_FILES_ONLY, is_uploaded_file, public_message
+from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, loopback_only_message, public_message
 from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, serve_in_thread, shipped_models
 
 
@@ -246,9 +246,10 @@ def test_only_loopback_addresses_count_as_loopback(settings, name, loopback):
     assert dataclasses.replace(settings, server_name=name).on_loopback is loopback
 
 
-def test_without_a_token_only_requests_addressed_to_this_machine_are_answered(tmp_path, cache_dir):
+def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, cache_dir, small_photo_dir):
     """A web page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) reaches a loopback server from the
-    victim's browser, but its requests carry the attacker's name in Host."""
+    victim's browser, but its requests carry the attacker's name in Host; any other site's page can POST a form
+    to 127.0.0.1, but the browser names that page in Origin."""
     import shutil
 
     from app import build_app
@@ -258,18 +259,30 @@ def test_without_a_token_only_requests_addressed_to_this_machine_are_answered(tm
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=tmp_path / "models",
                                    data_dir=tmp_path / "data", cache_dir=cache_dir, admin_token=None,
                                    server_name="127.0.0.1")
-    url, stop = serve_in_thread(build_app(Service(settings)))
+    service = Service(settings)
+    url, stop = serve_in_thread(build_app(service))
     port = url.rsplit(":", 1)[1]
+    refusal = loopback_only_message(settings.server_port)
+    photo = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             production = http.get("/health").json()["model_version"]
-            for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "10.0.0.7"):
+            for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "10.0.0.7",
+                         "0.0.0.0", "localhost.", f"[::1]attacker:{port}", "localhost:attacker"):
                 refused = http.post("/gradio_api/call/promote", json={"data": [OTHER_VERSION, ""]},
                                     headers={"Host": host})
-                assert refused.status_code == 403 and refused.json()["error"] == LOOPBACK_HOST_ONLY
+                assert refused.status_code == 403 and refused.json()["error"] == refusal, host
                 assert http.get("/health", headers={"Host": host}).status_code == 403
             for host in (f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"[::1]:{port}", "localhost"):
                 assert http.get("/health", headers={"Host": host}).json()["model_version"] == production
+            for origin in ("https://attacker.example", "null"):
+                refused = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": origin})
+                assert refused.status_code == 403 and refused.json()["error"] == refusal
+                assert http.get("/health", headers={"Origin": origin}).status_code == 200  # reading stays open
+            own_page = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": url})
+            assert own_page.json()["label"] == "dog"
+        service.log.flush()
+        assert service.log.statistics("all")["count"] == 1  # the refused posts were never predicted nor logged
         assert Client(url, verbose=False).predict(OTHER_VERSION, "", api_name="/promote") == \
             f"Production is now {OTHER_VERSION}."  # this machine's own clients keep every action
     finally:

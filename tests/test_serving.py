@@ -174,7 +174,7 @@ def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
         # must come now, counted from what arrived — not after the parser has spooled the whole body to disk.
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port.rstrip("/"))), timeout=20) as connection:
-            connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
             head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="huge.jpg"\r\n\r\n'
             connection.sendall(b"%x\r\n%s\r\n" % (len(head), head))
