@@ -197,7 +197,7 @@ def build_demo(service: Service) -> gr.Blocks:
                 latency_plot = gr.ScatterPlot(x="time", y="mean latency (ms)", title="Mean latency (ms)")
             with gr.Row():
                 quality_plot = gr.ScatterPlot(x="time", y="value", color="measure", y_lim=[0, 1],
-                                           title="Confidence, unfamiliarity and share flagged")
+                                              title="Confidence, unfamiliarity and share flagged")
                 labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels", y_lim=[0, None])
                 confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence", y_lim=[0, None])
             dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)

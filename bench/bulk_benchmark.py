@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from catdog_model.bulk import list_files, predict_to_parquet
 from catdog_model.cli import open_version
 from catdog_model.config import PROJECT_ROOT

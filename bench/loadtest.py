@@ -113,8 +113,8 @@ def measure(env: dict[str, str], arguments, command: tuple[str, ...] = ("app.py"
     app = App(env, command)
     options = image_options(arguments.images) + ("--no-label-check",) * (not check_labels)
     try:
-        result = {"ready_s": round(app.ready_seconds, 1), "load": run_locust(app.url, arguments.users,
-                                                                            arguments.seconds, options, user)}
+        result = {"ready_s": round(app.ready_seconds, 1),
+                  "load": run_locust(app.url, arguments.users, arguments.seconds, options, user)}
         result["rss_mb_after_load"] = round(psutil.Process(app.process.pid).memory_info().rss / 2**20, 1)
         result["one_user"] = run_locust(app.url, 1, arguments.one_user_seconds, options, user)
         if rest:

@@ -22,11 +22,11 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    fsync_folder(path.parent)
+    fsync(path.parent)
 
 
-def fsync_folder(path: Path) -> None:
-    """Flush a folder's entries (a rename into it, a new file) to disk."""
+def fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename into it, a new file), to disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

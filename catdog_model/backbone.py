@@ -133,8 +133,8 @@ def build_backbone(spec: BackboneSpec, weights: WeightsSource):
     """A Keras model from uint8 images (N, size, size, 3) to pooled embeddings, all layers frozen."""
     import keras
 
-    weights_path = weights.locate(spec.alpha)
-    if file_sha256(weights_path) != spec.weights_sha256:
+    weights_path = weights.locate(spec.alpha)  # verified there against the file's known sha256
+    if KNOWN_WEIGHTS_SHA256[weights_path.name] != spec.weights_sha256:
         raise BackboneUnavailable(f"{weights_path} does not match the weights this model was trained with "
                                   f"(sha256 {spec.weights_sha256}).")
     shape = (spec.image_size, spec.image_size, 3)

@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import fsync
 from .config import Settings
 from .data import open_hf_dataset
 from .errors import ServiceError
-from .images import ImageLimits, InvalidImage
+from .images import InvalidImage
 from .serving import CONFIG_FILE, Prediction, ServingModel, read_config
 
 HF_PREFIX = "hf:"
-COLUMNS = ("path", "label", "p_dog", "confidence", "flags", "novelty", "version", "error")
+# Each output column and its Parquet type.
+COLUMN_TYPES = {"path": "string", "label": "string", "p_dog": "float64", "confidence": "float64", "flags": "string",
+                "novelty": "float64", "version": "string", "error": "string"}
+COLUMNS = tuple(COLUMN_TYPES)
 
 
 def list_files(source: str) -> list[str]:
@@ -42,7 +46,7 @@ def list_files(source: str) -> list[str]:
         paths = [source]
     else:
         raise ServiceError(f"{source} is not a folder, a file or a glob that exists; for a Hugging Face dataset "
-                         f"write {HF_PREFIX}NAME.")
+                           f"write {HF_PREFIX}NAME.")
     files = sorted(path for path in paths if os.path.isfile(path))
     if not files:
         raise ServiceError(f"{source} holds no files.")
@@ -68,14 +72,13 @@ class Predictor:
     """A Ray Data actor: one serving model, loaded once, run on each batch of {path, bytes (or None: read the
     path)}. Every row comes out, with its prediction or the reason it has none."""
 
-    def __init__(self, files: dict[str, bytes], version: str, low_confidence: float, limits: dict,
-                 max_file_bytes: int):
+    def __init__(self, files: dict[str, bytes], version: str, settings: Settings):
         with tempfile.TemporaryDirectory(prefix="catdog-bulk-") as folder:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
-            self.model = ServingModel.load(Path(folder), version, threads=1, low_confidence=low_confidence,
-                                           limits=ImageLimits(**limits))
-        self.max_file_bytes = max_file_bytes
+            self.model = ServingModel.load(Path(folder), version, threads=1, low_confidence=settings.low_confidence,
+                                           limits=settings.image_limits())
+        self.max_file_bytes = settings.max_upload_mb * 2**20
 
     def read(self, path: str | None, data) -> bytes:
         if data is not None and len(data):
@@ -167,17 +170,10 @@ def predict_to_parquet(source: str | list[str], out: Path, model_dir: Path, vers
     actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     predictions = dataset.map_batches(
         Predictor, batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=1,
-        fn_constructor_kwargs={"files": version_files(model_dir), "version": version,
-                               "low_confidence": settings.low_confidence,
-                               "limits": {"max_pixels": settings.max_pixels, "min_side": settings.min_side,
-                                          "decode_bytes": settings.decode_memory_mb * 2**20},
-                               "max_file_bytes": settings.max_upload_mb * 2**20})
+        fn_constructor_kwargs={"files": version_files(model_dir), "version": version, "settings": settings})
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    schema = pyarrow.schema([("path", pyarrow.string()), ("label", pyarrow.string()), ("p_dog", pyarrow.float64()),
-                             ("confidence", pyarrow.float64()), ("flags", pyarrow.string()),
-                             ("novelty", pyarrow.float64()), ("version", pyarrow.string()),
-                             ("error", pyarrow.string())])
+    schema = pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in COLUMN_TYPES.items()])
     counts = {"rows": 0, "errors": 0}
     try:
         with pyarrow.parquet.ParquetWriter(partial, schema) as writer, \
@@ -187,9 +183,9 @@ def predict_to_parquet(source: str | list[str], out: Path, model_dir: Path, vers
                 counts["rows"] += batch.num_rows
                 counts["errors"] += batch.num_rows - batch.column("error").null_count
                 bar.update(batch.num_rows)
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
+        fsync(partial)
         partial.replace(out)  # the Parquet file appears whole, or not at all
+        fsync(out.parent)
     finally:
         partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - started

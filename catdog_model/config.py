@@ -81,6 +81,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         data_dir = _path("CATDOG_DATA_DIR", "data")
+        server_port = _number("GRADIO_SERVER_PORT", 7860, int)
         return cls(
             weights_dir=_path("CATDOG_WEIGHTS_DIR", None),
             offline=any(_flag(name, False) for name in ("CATDOG_OFFLINE", "HF_HUB_OFFLINE")),
@@ -112,11 +113,11 @@ class Settings:
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-            server_port=_number("GRADIO_SERVER_PORT", 7860, int),
+            server_port=server_port,
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
             database_url=os.environ.get("CATDOG_DATABASE_URL") or None,
             replica=os.environ.get("CATDOG_REPLICA")
-            or f"{socket.gethostname()}:{_number('GRADIO_SERVER_PORT', 7860, int)}",
+            or f"{socket.gethostname()}:{server_port}",
             log_buffer_rows=_number("CATDOG_LOG_BUFFER_ROWS", 100_000, int),
         )
 

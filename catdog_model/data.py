@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import stat
 from pathlib import Path
 
 from . import LABELS
@@ -84,6 +85,20 @@ def load_folder(root: Path) -> Dataset:
     return deduplicate(examples)
 
 
+def folder_signature(root: Path) -> tuple:
+    """Each file's path, size and modification time under root: it changes when a file is added, removed or
+    changed, and costs a stat per file where loading the folder reads and hashes every byte."""
+    entries = []
+    for path in sorted(Path(root).rglob("*")):
+        try:
+            status = path.stat()
+        except OSError:  # removed while listed
+            continue
+        if stat.S_ISREG(status.st_mode):
+            entries.append((str(path), status.st_size, status.st_mtime_ns))
+    return tuple(entries)
+
+
 def open_hf_dataset(name: str, split: str):
     """`datasets.load_dataset(name, split=split)`: a Hub name, or a local folder (read as `imagefolder`)."""
     import datasets
@@ -102,7 +117,7 @@ def load_hf_dataset(name: str, split: str = "train", image_column: str = "image"
     loaded = open_hf_dataset(name, split)
     if image_column not in loaded.column_names or label_column not in loaded.column_names:
         raise ServiceError(f"{name} has columns {loaded.column_names}; expected {image_column!r} and "
-                         f"{label_column!r}.")
+                           f"{label_column!r}.")
     label_feature = loaded.features[label_column]
     # The raw encoded bytes, not decoded pixels: content hashes must match the same file loaded from a folder.
     loaded = loaded.cast_column(image_column, datasets.Image(decode=False))

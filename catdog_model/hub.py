@@ -22,7 +22,7 @@ from typing import Callable
 
 from filelock import FileLock
 
-from .atomic import fsync_folder, write_atomically
+from .atomic import fsync, write_atomically
 from .errors import CatdogError
 from .serving import CARD_FILE, CONFIG_FILE
 from .config import Settings
@@ -177,11 +177,11 @@ class LocalHub(ModelHub):
                     (staging / CARD_FILE).write_text(write_card(version))
                 for path in staging.rglob("*"):
                     if path.is_file():
-                        fsync_folder(path)
+                        fsync(path)
                         path.chmod(0o444)
                 # rename() is atomic: the version appears whole or not at all.
                 os.rename(staging, self.repo / version)
-                fsync_folder(self.repo)
+                fsync(self.repo)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return version
@@ -316,7 +316,6 @@ class HFHub(ModelHub):
                 if getattr(error.response, "status_code", None) not in (409, 412):
                     raise HubError(f"Cannot update {REFS_FILE} in {self.name} ({error}).") from None
         raise HubError(f"{self.name} kept changing while the production alias was being moved; try again.")
-
 
 
 def open_hub(settings: Settings) -> ModelHub:

@@ -31,7 +31,8 @@ SCHEMA_VERSION = 3
 OLD_INDEXES = ("predictions_by_time",)
 WINDOWS = {"hour": 3600.0, "day": 86400.0, "all": None}
 SOURCES = ("ui", "api", "rest")
-CONFIDENCE_BINS = 10  # from 0.5 to 1.0
+CONFIDENCE_BINS = 10
+CONFIDENCE_EDGES = [round(0.5 + index * 0.5 / CONFIDENCE_BINS, 2) for index in range(CONFIDENCE_BINS + 1)]
 MAX_SERIES_POINTS = 300
 LATENCY_RESOLUTION_MS = 0.1
 
@@ -97,7 +98,7 @@ def open_engine(url: str) -> sa.Engine:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
         raise ServiceError(f"CATDOG_DATABASE_URL is not a database URL ({url!r}); use sqlite:///path/to/file.sqlite "
-                         "or postgresql+psycopg://user:password@host/database.") from None
+                           "or postgresql+psycopg://user:password@host/database.") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,7 @@ def _group_sums(connection, start: float, end: float | None, step: float) -> lis
     """Sums per (period, confidence bin, replica, source) of the rows in [start, end) (no end: to the last):
     what every count, mix and series of the statistics is added up from."""
     table = predictions
-    confidence_bin = sa.case(*[(_confidence() < 0.5 + (index + 1) * 0.5 / CONFIDENCE_BINS, index)
+    confidence_bin = sa.case(*[(_confidence() < CONFIDENCE_EDGES[index + 1], index)
                                for index in range(CONFIDENCE_BINS - 1)], else_=CONFIDENCE_BINS - 1)
     keys = (floor(table.c.time / step), confidence_bin, table.c.replica, table.c.source)
     sums = (sa.func.count(), sa.func.sum(table.c.flagged), sa.func.sum(table.c.latency_ms),
@@ -351,7 +352,6 @@ def _summarize(first: float, last: float, step: float, groups: list[tuple], late
         sources[source] = sources.get(source, 0) + row["count"]
     count, dogs = int(totals["count"]), int(totals[LABELS[1]])
     periods = [by_period[period] for period in sorted(by_period)]
-    edges = [round(0.5 + index * 0.5 / CONFIDENCE_BINS, 2) for index in range(CONFIDENCE_BINS + 1)]
     return {
         "count": count,
         # The histogram was read on its own connection: rank within its own rows.
@@ -361,7 +361,7 @@ def _summarize(first: float, last: float, step: float, groups: list[tuple], late
         "sources": sources,
         "replicas": dict(sorted(replicas.items())),
         "flagged_share": round(totals["flagged"] / count, 4),
-        "confidence_histogram": {"edges": edges, "counts": confidence_counts},
+        "confidence_histogram": {"edges": CONFIDENCE_EDGES, "counts": confidence_counts},
         "first_time": first, "last_time": last,
         "series": {"step_seconds": step, "start": [period * step for period in sorted(by_period)],
                    "requests_per_minute": [round(row["count"] * 60 / step, 2) for row in periods],

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from . import LABELS
-from .monitoring import CONFIDENCE_BINS
+from .monitoring import CONFIDENCE_BINS, CONFIDENCE_EDGES
 
 OVER_TIME_COLUMNS = ["time", "requests per minute", "mean latency (ms)"]
 QUALITY_COLUMNS = ["time", "measure", "value"]
@@ -84,9 +84,9 @@ def label_mix(statistics: dict) -> pd.DataFrame:
 
 def confidence_histogram(statistics: dict) -> pd.DataFrame:
     """Predictions per confidence bin, every bin present (all zero without predictions)."""
-    edges = [0.5 + index * 0.5 / CONFIDENCE_BINS for index in range(CONFIDENCE_BINS + 1)]
     counts = (statistics.get("confidence_histogram") or {}).get("counts") if statistics.get("count") else None
-    return pd.DataFrame({"confidence": [f"{low:.2f}-{high:.2f}" for low, high in zip(edges, edges[1:])],
+    bins = [f"{low:.2f}-{high:.2f}" for low, high in zip(CONFIDENCE_EDGES, CONFIDENCE_EDGES[1:])]
+    return pd.DataFrame({"confidence": bins,
                          "predictions": counts or [0] * CONFIDENCE_BINS})
 
 

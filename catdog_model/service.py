@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import LABELS
 from .config import Settings, TrainingConfig
 from .errors import CatdogError, ServiceError
-from .data import IMAGE_SUFFIXES, Example, load_folder
+from .data import IMAGE_SUFFIXES, Example, folder_signature, load_folder
 from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .drift import drift_report
@@ -61,6 +62,7 @@ class Service:
         self.uploads = UploadStore(settings.data_dir / "uploads", self.limits)
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
+        self._base_counts_cache: tuple[tuple, dict[str, int]] | None = None
         self.retrainer = Retrainer(settings, self._after_retraining)
         if not settings.admin_token and not settings.on_loopback:
             logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
@@ -225,11 +227,22 @@ class Service:
         return training_dataset(self.settings, self.uploads, self.trusted_examples())
 
     def dataset_stats(self) -> dict:
-        base = (load_folder(self.settings.base_data_dir).counts()
-                if self.settings.base_data_dir and self.settings.base_data_dir.is_dir() else {"cat": 0, "dog": 0})
+        base = self._base_counts()
         uploads = self.uploads.counts()
         return {"base": base, "uploads": uploads, "suspect": self.uploads.suspect_counts(),
                 "total": {label: base[label] + uploads[label] for label in base}}
+
+    def _base_counts(self) -> dict[str, int]:
+        """Photos per class in CATDOG_BASE_DATA_DIR, duplicates removed. Counting them reads every photo and the
+        Metrics tab asks on each page load, so the counts are kept until a file there changes."""
+        folder = self.settings.base_data_dir
+        if not folder or not folder.is_dir():
+            return dict.fromkeys(LABELS, 0)
+        signature = folder_signature(folder)
+        cached = self._base_counts_cache
+        if cached is None or cached[0] != signature:
+            self._base_counts_cache = cached = (signature, load_folder(folder).counts())
+        return cached[1]
 
     @property
     def retrain_state(self):

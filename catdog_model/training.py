@@ -63,7 +63,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     counts = dataset.counts()
     if min(counts.values()) < MIN_IMAGES_PER_CLASS:
         raise ServiceError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
-                         f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
+                           f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
     started = time.perf_counter()
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
     backbone = get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,

@@ -25,7 +25,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-
 def _postgres_binary(name: str) -> str | None:
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found if isinstance(found, str) else (found[-1] if found else None)

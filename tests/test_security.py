@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -196,7 +197,6 @@ def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, sett
 def test_the_upload_size_limit_reaches_gradio(settings):
     from app import build_app
     from catdog_model.service import Service
-    from tests.conftest import serve_in_thread
 
     url, stop = serve_in_thread(build_app(Service(dataclasses.replace(settings, max_upload_mb=1))))
     try:
@@ -212,10 +212,6 @@ def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, sm
                                                                      monkeypatch):
     from app import build_app
     from catdog_model.service import Service
-    from tests.conftest import serve_in_thread
-
-    import shutil
-
 
     shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
     gradio_files = tmp_path / "gradio-files"
@@ -250,8 +246,6 @@ def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, 
     """A web page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) reaches a loopback server from the
     victim's browser, but its requests carry the attacker's name in Host; any other site's page can POST a form
     to 127.0.0.1, but the browser names that page in Origin."""
-    import shutil
-
     from app import build_app
     from catdog_model.service import Service
 

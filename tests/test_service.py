@@ -17,7 +17,8 @@ from catdog_model.config import Settings
 from catdog_model.service import Service, ServiceError
 from catdog_model.hub import LocalHub
 from catdog_model.data import load_folder
-from tests.conftest import OTHER_VERSION, PHOTOS_DIR, WEIGHTS_DIR, requires_photos, requires_weights, shipped_models
+from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, WEIGHTS_DIR, random_jpeg, requires_photos, requires_weights,
+                            shipped_models)
 
 SHIPPED = LocalHub(shipped_models(), Settings.from_env().model_name).production()
 
@@ -290,3 +291,17 @@ def test_swapped_labels_are_held_as_suspect_and_production_keeps_its_accuracy(tm
     wait_for_retraining(service)
     assert not (service.retrain_state.result or {}).get("promoted")
     assert service.hub.production() == SHIPPED and accuracy() == before
+
+
+def test_the_training_data_counts_follow_the_base_folder_as_it_changes(tmp_path, cache_dir, small_photo_dir):
+    base = tmp_path / "base"
+    shutil.copytree(small_photo_dir, base)
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    service = Service(make_settings(tmp_path, cache_dir, base_data_dir=base))
+    counted = load_folder(base).counts()
+    assert service.dataset_stats()["base"] == counted == service.dataset_stats()["base"]
+
+    (base / "dogs" / "new.jpg").write_bytes(random_jpeg(7))
+    assert service.dataset_stats()["base"]["dog"] == counted["dog"] + 1
+    next(iter(sorted((base / "cats").iterdir()))).unlink()
+    assert service.dataset_stats()["base"] == {"cat": counted["cat"] - 1, "dog": counted["dog"] + 1}
