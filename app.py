@@ -19,8 +19,10 @@ from catdog_model import LABELS, cli
 from catdog_model.config import Settings
 from catdog_model.monitoring import WINDOWS
 from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
-from catdog_model.web import (LoopbackHostOnly, RequestBodyLimit, UploadedFilesOnly, forget_finished_sessions,
-                              input_path, input_paths, public_message, rest_prediction, too_large_message, user_errors)
+from catdog_model.errors import public_message
+from catdog_model.web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted,
+                              forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message,
+                              user_errors)
 
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
@@ -30,19 +32,26 @@ ANALYTICS_EVENTS = 1000
 def build_demo(service: Service) -> gr.Blocks:
     # File inputs arrive unprocessed (preprocess=False, see input_paths): catdog's decoder, with its limits
     # and memory budget, is the only one that ever reads them.
-    @user_errors
-    def predict(image: dict | None) -> dict:
-        return service.predict(input_path(image), origin="api")[0].as_label_dict()
+    # One photo's events wait for decode memory on the event loop (admitted), not in a worker thread.
+    budget = service.limits.budget
 
     @user_errors
-    def predict_with_details(image: dict | None):
-        prediction, latency_ms = service.predict(input_path(image), origin="ui")
+    async def predict(image: dict | None) -> dict:
+        path = input_path(image)
+        prediction, _ = await admitted(lambda: service.predict(path, origin="api"), budget)
+        return prediction.as_label_dict()
+
+    @user_errors
+    async def predict_with_details(image: dict | None):
+        path = input_path(image)
+        prediction, latency_ms = await admitted(lambda: service.predict(path, origin="ui"), budget)
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
     @user_errors
-    def explain(image: dict | None):
-        prediction, heat_map = service.explain(input_path(image))
+    async def explain(image: dict | None):
+        path = input_path(image)
+        prediction, heat_map = await admitted(lambda: service.explain(path), budget)
         why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
         return heat_map, prediction.as_label_dict(), why
 
@@ -130,7 +139,7 @@ def build_demo(service: Service) -> gr.Blocks:
                                 interactive=False)
             if examples := service.example_images():
                 gr.Examples(examples, inputs=image)
-            # Requests run side by side so that the micro-batcher can share model calls between them.
+            # Photos are decoded and run side by side: decoding and ONNX Runtime release the GIL.
             predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details",
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict", preprocess=False)
             # /predict answers in gr.Label's format, which gr.api would not give, and takes the raw file, so every
@@ -252,12 +261,11 @@ def build_app(service: Service) -> FastAPI:
         return {**body, "load_error": body["load_error"] and public_message(body["load_error"])}
 
     @app.post("/api/predict")
-    def predict_rest(file: UploadFile = File(...)) -> JSONResponse:
+    async def predict_rest(file: UploadFile = File(...)) -> JSONResponse:
         """One multipart POST (field `file`), JSON back: the fast path for scripts and load tests."""
-        status_code, body = rest_prediction(service, file.file, file.size)
-        return JSONResponse(body, status_code=status_code)
+        return await rest_prediction(service, file)
 
-    app.add_middleware(UploadedFilesOnly)
+    app.add_middleware(CheckedCalls, blocks=demo)
     # The multipart form's own framing adds a few hundred bytes to the file.
     app.add_middleware(RequestBodyLimit, path="/api/predict", max_bytes=service.settings.max_upload_mb * 2**20 + 2**16,
                        message=too_large_message(service.settings.max_upload_mb))

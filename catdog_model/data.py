@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from . import LABELS
-from .errors import ServiceError
+from .errors import ServiceError, shown
 from .images import content_hash
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -50,7 +50,7 @@ class Splits:
 def normalize_label(name: str) -> str:
     label = LABEL_ALIASES.get(str(name).strip().lower())
     if label is None:
-        raise ServiceError(f"Unknown class {name!r}: use one of {', '.join(sorted(LABEL_ALIASES))}.")
+        raise ServiceError(f"Unknown class {shown(name)}: use one of {', '.join(sorted(LABEL_ALIASES))}.")
     return label
 
 

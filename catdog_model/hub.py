@@ -23,7 +23,7 @@ from typing import Callable
 from filelock import FileLock
 
 from .atomic import fsync, write_atomically
-from .errors import CatdogError
+from .errors import CatdogError, shown
 from .serving import CARD_FILE, CONFIG_FILE
 from .config import Settings
 
@@ -87,7 +87,7 @@ class ModelHub:
                            "`python -m training.train --data-dir DIR`.")
         if version not in self.versions():
             known = ", ".join(self.versions()) or "none"
-            raise HubError(f"No model version {version!r} in {self.name} (versions: {known}).")
+            raise HubError(f"No model version {shown(version)} in {self.name} (versions: {known}).")
         return version
 
     def metrics(self, revision: str = PRODUCTION) -> dict:

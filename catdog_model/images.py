@@ -3,62 +3,122 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import dataclasses
 import hashlib
 import io
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from .errors import ServiceError
+from .errors import ServiceError, shown
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
 DEFAULT_DECODE_MEMORY_MB = 256
-# Pillow holds a pixel in 1 byte (modes 1, L, P), 2 (16-bit gray) or 4 (everything else, RGB included).
+DECODE_WAIT_SECONDS = 2.0  # the most a decode waits for memory that other decodes hold, then "busy"
+DECODE_CPU_SECONDS = 5.0  # the most CPU one decode may take in Pillow's parsers, which loop in Python
+# What decoding holds, in bytes per pixel of the full-size image, measured for every mode Pillow opens
+# (tests/test_images.py measures each worst case's peak memory against it):
 ONE_BYTE_MODES = {"1", "L", "P"}
 TWO_BYTE_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-# Modes that cannot be shrunk as they are (palette indices must not be averaged) are converted at full size
-# first; this many more bytes per pixel pay for that.
-CONVERSION_BYTES = {"1": 4, "P": 16, "PA": 16, **{mode: 24 for mode in TWO_BYTE_MODES}}
+# Modes converted to RGB at full size before they can be shrunk (palette indices must not be averaged; 16-bit
+# gray is scaled to 8 bits through float64), and what that conversion holds on top of the decoded image.
+CONVERTED_BEFORE_SHRINKING = {"1": 4, "P": 4, "PA": 16, **{mode: 24 for mode in TWO_BYTE_MODES}}
+TRANSPARENT_PALETTE_BYTES = 16  # P with transparency: RGBA, a white background, their composite, then RGB
+# Image.reduce premultiplies alpha into a full-size copy (La, RGBa) before it averages.
+PREMULTIPLIED_BYTES = {"LA": 4, "RGBA": 4, "PA": 4}
+# Pillow's WebP plugin decodes into libwebp's buffer, copies it to bytes, then unpacks: three more copies.
+FORMAT_BYTES = {"WEBP": 12}
 # A progressive JPEG keeps every DCT coefficient of the full image while it decodes, whatever the draft scale.
 PROGRESSIVE_JPEG_BYTES = 6
+# After shrinking, up to four RGBA copies of the shrunk image (upright, RGBA, white background, composite).
+WORK_BYTES = 16
 # Only these formats are opened: an icon file, say, declares one size in its header and decodes another.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 REDUCED_SIDE_FACTOR = 2  # shrink by whole factors to at least twice the model's input before the final resize
+# Pillow's parsers read each marker, chunk and block of a file on its own: a photo needs a few reads per 64 KB
+# (libpng writes 8 KB data chunks: 3 reads each), a file made of a million empty blocks one read per few bytes.
+BYTES_PER_READ = 512
+MIN_READS = 4096
+EXIF_ORIENTATION = 0x0112
+MAX_EXIF_BYTES = 65536  # a JPEG's EXIF segment cannot be larger; a larger block is no camera's, and is ignored
+ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+# A decode of at most this share of the budget is small (a phone photo, decoded at a JPEG draft scale, is a few
+# MB); small decodes also have a reserve of their own, so they never wait behind large ones.
+SMALL_SHARE = 16
+RESERVE_SHARE = 4
 
 
 class InvalidImage(ServiceError):
     """The input is not an image we can classify; the message is a sentence for the user."""
 
 
-class MemoryBudget:
-    """Bytes that concurrent decodes may hold at once: a decode waits until its share is free, so many large
-    images arriving together are decoded a few at a time instead of all at once."""
+class ServerBusy(ServiceError):
+    """Other decodes hold the memory this one needs; the same request may succeed in a few seconds."""
 
-    def __init__(self, capacity: int, wait_seconds: float = 60.0):
+    retry_after_seconds = 5
+
+    def __init__(self, amount: int):
+        super().__init__("The server is busy decoding other large images; try again in a few seconds.")
+        self.amount = amount
+
+
+# 0 where waiting for memory would hold a thread that others need (see web.admitted): the caller waits instead.
+decode_wait_seconds: contextvars.ContextVar[float] = contextvars.ContextVar("decode_wait_seconds",
+                                                                            default=DECODE_WAIT_SECONDS)
+
+
+class MemoryBudget:
+    """Bytes that concurrent decodes may hold at once: a decode that does not fit waits (decode_wait_seconds)
+    for others to finish, then is refused with ServerBusy. Small decodes (at most capacity / SMALL_SHARE) draw
+    first on a reserve of capacity / RESERVE_SHARE more, so a flood of large images cannot hold up a photo."""
+
+    def __init__(self, capacity: int):
         self.capacity = capacity
-        self.wait_seconds = wait_seconds
+        self.reserve_capacity = capacity // RESERVE_SHARE
+        self.small = capacity // SMALL_SHARE
         self.in_use = 0
+        self.reserve_in_use = 0
         self._condition = threading.Condition()
+
+    def _pool(self, amount: int) -> str | None:
+        if amount <= self.small and self.reserve_in_use + amount <= self.reserve_capacity:
+            return "reserve"
+        return "shared" if self.in_use + amount <= self.capacity else None
+
+    def has_room(self, amount: int) -> bool:
+        with self._condition:
+            return self._pool(amount) is not None
 
     @contextlib.contextmanager
     def reserve(self, amount: int):
         with self._condition:
-            if not self._condition.wait_for(lambda: self.in_use + amount <= self.capacity, self.wait_seconds):
-                raise InvalidImage("The server is busy decoding other large images; try again in a minute.")
-            self.in_use += amount
+            self._condition.wait_for(lambda: self._pool(amount) is not None, decode_wait_seconds.get())
+            pool = self._pool(amount)
+            if pool is None:
+                raise ServerBusy(amount)
+            self._take(pool, amount)
         try:
             yield
         finally:
             with self._condition:
-                self.in_use -= amount
+                self._take(pool, -amount)
                 self._condition.notify_all()
+
+    def _take(self, pool: str, amount: int) -> None:
+        if pool == "reserve":
+            self.reserve_in_use += amount
+        else:
+            self.in_use += amount
 
 
 def return_large_buffers_to_the_system(threshold: int = 4 * 2**20) -> bool:
@@ -103,7 +163,7 @@ def read_bytes(source) -> bytes:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise InvalidImage(f"There is no file at {path.name!r}.")
+            raise InvalidImage(f"There is no file at {shown(path.name)}.")
         return path.read_bytes()
     if hasattr(source, "read"):
         return source.read()
@@ -114,44 +174,60 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
     """Return the image as an RGB uint8 array, resized to size×size when size is given.
 
     Accepts bytes, a path, a binary file object, a PIL image or a numpy array. Encoded images are checked
-    from their header (pixels, sides, memory to decode) before any pixel is decoded.
+    from their header (pixels, sides, memory to decode) before any pixel is decoded, and their parsing is
+    bounded in reads and CPU time.
     """
-    if isinstance(source, np.ndarray):
-        image = _image_from_array(source)
-    elif isinstance(source, Image.Image):
-        image = source
-    else:
-        image = _open(read_bytes(source), limits.max_pixels)
-    _check_size(image, limits)
-    width, height = image.size
-    cost = width * height * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
-    if size is not None and image.format in ("JPEG", "MPO"):
-        # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
-        image.draft("RGB", (size, size))
-    cost += decode_cost(image)
-    if cost > limits.decode_bytes:
-        raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
-                           f"{cost / 2**20:.0f} MB; the limit is {limits.decode_bytes / 2**20:.0f} MB. "
-                           "Send a smaller image.")
-    with limits.budget.reserve(cost):
-        try:
-            image.load()
-        except Exception as error:  # Pillow raises many types for broken data; all mean the same to a user.
-            raise InvalidImage("The image data is truncated or corrupt, so it cannot be decoded.") from error
-        if size is not None:
-            image = _shrink(image, size)
-        image = _upright(image)
-        image = _to_rgb(image)
-        if size is not None:
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+    try:
+        if isinstance(source, np.ndarray):
+            image = _image_from_array(source)
+        elif isinstance(source, Image.Image):
+            image = source
+        else:
+            image = _open(read_bytes(source), limits.max_pixels)
+        _check_size(image, limits)
+        width, height = image.size
+        cost = width * height * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
+        if size is not None and image.format in ("JPEG", "MPO"):
+            # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
+            image.draft("RGB", (size, size))
+        cost += decode_cost(image, size)
+        if cost > limits.decode_bytes:
+            raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
+                               f"{cost / 2**20:.0f} MB; the limit is {limits.decode_bytes / 2**20:.0f} MB. "
+                               "Send a smaller image.")
+        with limits.budget.reserve(cost):
+            try:
+                image.load()
+            except _TooCostly:
+                raise
+            except Exception as error:  # Pillow raises many types for broken data; all mean the same to a user.
+                raise InvalidImage("The image data is truncated or corrupt, so it cannot be decoded.") from error
+            if size is not None:
+                image = _shrink(image, size)
+            image = _upright(image)
+            image = _to_rgb(image)
+            if size is not None:
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except _TooCostly as error:
+        raise InvalidImage(str(error)) from None
 
 
-def decode_cost(image: Image.Image) -> int:
-    """Bytes that decoding the image (at its current draft size) and shrinking it may hold at once."""
+def decode_cost(image: Image.Image, size: int | None = None) -> int:
+    """Bytes that decoding the image (at its current draft size), shrinking it towards size and making it RGB
+    may hold at once."""
     mode = image.mode
-    per_pixel = 1 if mode in ONE_BYTE_MODES else 2 if mode in TWO_BYTE_MODES else 4
-    return image.size[0] * image.size[1] * (per_pixel + CONVERSION_BYTES.get(mode, 0))
+    width, height = image.size
+    pixels = width * height
+    per_pixel = (1 if mode in ONE_BYTE_MODES else 2 if mode in TWO_BYTE_MODES else 4)
+    if mode == "P" and "transparency" in image.info:
+        per_pixel += TRANSPARENT_PALETTE_BYTES
+    else:
+        per_pixel += CONVERTED_BEFORE_SHRINKING.get(mode, 0)
+    per_pixel += PREMULTIPLIED_BYTES.get(mode, 0) + FORMAT_BYTES.get(image.format, 0)
+    cost = pixels * per_pixel
+    shrunk = pixels if size is None else min(pixels, (2 * REDUCED_SIDE_FACTOR * size) ** 2)
+    return cost + shrunk * WORK_BYTES
 
 
 def _shrink(image: Image.Image, size: int) -> Image.Image:
@@ -160,9 +236,32 @@ def _shrink(image: Image.Image, size: int) -> Image.Image:
     factors = tuple(max(1, side // (REDUCED_SIDE_FACTOR * size)) for side in image.size)
     if factors == (1, 1):
         return image
-    if image.mode in CONVERSION_BYTES:
+    if image.mode in CONVERTED_BEFORE_SHRINKING:
         image = _to_rgb(image)
     return image.reduce(factors)
+
+
+class _TooCostly(Exception):
+    """Raised from inside Pillow's parsers; not an OSError or ValueError, which they catch and go on from."""
+
+
+class _GuardedStream(io.BytesIO):
+    """The encoded bytes as Pillow reads them, with a bound on the number of reads and on this thread's CPU
+    time: Pillow's parsers loop in Python over markers, chunks and blocks, so a file of a million empty ones
+    costs seconds of CPU and nothing in memory."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.reads_left = MIN_READS + len(data) // BYTES_PER_READ
+        self.cpu_deadline = time.thread_time() + DECODE_CPU_SECONDS
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads_left -= 1
+        if self.reads_left < 0:
+            raise _TooCostly("This file is made of more metadata blocks than any photo has, so it is not decoded.")
+        if time.thread_time() > self.cpu_deadline:
+            raise _TooCostly(f"Decoding this file took over {DECODE_CPU_SECONDS:.0f} s of CPU, so it was stopped.")
+        return super().read(size)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -171,7 +270,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image = Image.open(_GuardedStream(data), formats=ACCEPTED_FORMATS)
+    except _TooCostly:
+        raise
     except Image.DecompressionBombError as error:
         raise InvalidImage(f"The image has more than {max_pixels:,} pixels, the limit.") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -203,10 +304,15 @@ def _image_from_array(array: np.ndarray) -> Image.Image:
 
 
 def _upright(image: Image.Image) -> Image.Image:
+    """Turn the picture as its EXIF orientation says. Only that tag is read: ImageOps.exif_transpose
+    re-serialises the whole EXIF block, which costs a minute of CPU for 12 MB of it."""
+    if len(image.info.get("exif") or b"") > MAX_EXIF_BYTES:
+        return image
     try:
-        return ImageOps.exif_transpose(image)
+        transpose = ORIENTATIONS.get(image.getexif().get(EXIF_ORIENTATION))
     except Exception:  # A broken EXIF block should not cost the user the picture itself.
         return image
+    return image.transpose(transpose) if transpose is not None else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 
 from . import LABELS
-from .errors import ServiceError
+from .errors import ServiceError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +298,8 @@ class PredictionLog:
 
 def window_start(window: str, now: float | None = None) -> float:
     """The earliest time in the window ("hour", "day" or "all") that ends `now`."""
-    if window not in WINDOWS:
-        raise ServiceError(f"Unknown window {window!r}: use one of {', '.join(WINDOWS)}.")
+    if not isinstance(window, str) or window not in WINDOWS:
+        raise ServiceError(f"Unknown window {shown(window)}: use one of {', '.join(WINDOWS)}.")
     now = time.time() if now is None else now
     return now - WINDOWS[window] if WINDOWS[window] else 0.0
 

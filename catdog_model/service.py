@@ -16,7 +16,7 @@ import numpy as np
 
 from . import LABELS
 from .config import Settings, TrainingConfig
-from .errors import CatdogError, ServiceError
+from .errors import CatdogError, ServiceError, public_message
 from .data import IMAGE_SUFFIXES, Example, folder_signature, load_folder
 from .hub import open_hub
 from .images import content_hash, read_bytes, return_large_buffers_to_the_system
@@ -28,7 +28,6 @@ from .production import Production
 from .retraining import Retrainer, trusted_examples, training_dataset
 from .serving import Prediction, ServingModel
 from .uploads import SUSPECT_FOLDER, UploadStore
-from .web import public_message
 
 logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
@@ -289,9 +288,14 @@ class Service:
     def monitoring(self, window: str = "day") -> dict:
         """The prediction log's statistics; while its database is unreachable, the sentence and the buffer."""
         try:
-            return self.log.statistics(window)
+            statistics = self.log.statistics(window)
         except LogUnavailable as error:
-            return {"window": window, "error": public_message(error), **self.log.health()}
+            statistics = {"window": window, "error": public_message(error)}
+        return {**statistics, **self._log_health()}
+
+    def _log_health(self) -> dict:
+        health = self.log.health()
+        return {**health, "write_error": health["write_error"] and public_message(health["write_error"])}
 
     def drift(self, window: str = "day") -> dict:
         model = self.classifier
@@ -340,6 +344,6 @@ class Service:
 
     def status(self) -> dict:
         return {**self.health(), "uptime_s": round(time.time() - self.started_at, 1), "load_error": self.load_error,
-                "predictions_last_hour": self.monitoring("hour").get("count"), "prediction_log": self.log.health(),
+                "predictions_last_hour": self.monitoring("hour").get("count"), "prediction_log": self._log_health(),
                 "versions": self.hub.versions(), "retraining": self.retrain_state.running,
                 "uploads": self.uploads.counts()}

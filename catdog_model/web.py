@@ -9,12 +9,18 @@ import inspect
 import json
 import logging
 import os
-import re
 import stat
+import time
+import traceback
 import urllib.parse
+from pathlib import Path
+
+import anyio.to_thread
+from fastapi.responses import JSONResponse
 
 from .config import is_loopback_authority
-from .errors import CatdogError, ServiceError
+from .errors import CatdogError, ServiceError, public_message, shown
+from .images import DECODE_WAIT_SECONDS, MemoryBudget, ServerBusy, decode_wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -23,14 +29,8 @@ UPLOADED_FILES_ONLY = ("Only files uploaded to this app can be used as input: up
 GRADIO_API = "/gradio_api/"
 MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything larger is refused unread
 UPLOAD_ROUTE = "/gradio_api/upload"
-# An absolute path in a message tells a caller how the server's disk is laid out: only its last part is kept.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"()]+/)+([^\s/'\"()]*)")
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
-
-
-def public_message(text: str) -> str:
-    """The message as a user may see it: absolute paths reduced to their last part."""
-    return ABSOLUTE_PATH.sub(r"\1", str(text))
+BUSY_POLL_SECONDS = 0.05  # how often a request waiting for decode memory looks again
 
 
 def is_uploaded_file(path, upload_folder: str) -> bool:
@@ -73,14 +73,18 @@ def input_path(value) -> str:
     return paths[0]
 
 
-class UploadedFilesOnly:
-    """ASGI middleware: a call whose inputs name a file that was not uploaded is refused before Gradio reads,
-    hashes or copies anything (Gradio 6 skips its own check in apps mounted with mount_gradio_app)."""
+class CheckedCalls:
+    """ASGI middleware in front of Gradio's routes that run events: a call is refused with one sentence (400,
+    logged as one line) before Gradio reads, hashes or copies anything when its inputs do not fit the event —
+    how many there are, a file given as anything but a file uploaded to this app (Gradio 6 skips its own check
+    in apps mounted with mount_gradio_app), a choice that is not offered. Gradio would refuse most of these
+    itself, but with a traceback in the log and no sentence for the caller."""
 
-    def __init__(self, app, upload_folder=None):
+    def __init__(self, app, blocks, upload_folder=None):
         from gradio.utils import get_upload_folder
 
         self.app = app
+        self.blocks = blocks
         self.upload_folder = upload_folder or get_upload_folder
 
     async def __call__(self, scope, receive, send):
@@ -101,14 +105,13 @@ class UploadedFilesOnly:
                 break
         body = b"".join(message.get("body", b"") for message in messages)
         try:
-            paths = file_paths(json.loads(body)) if body else []
+            call = json.loads(body) if body else None
         except ValueError:
-            paths = []  # not JSON: Gradio refuses it itself
-        upload_folder = self.upload_folder()
-        candidates = {path if isinstance(path, str) else None for path in paths}  # each distinct path checked once
-        if not all(is_uploaded_file(candidate, upload_folder) for candidate in candidates):
-            logger.warning("refused a request to %s naming a file that was not uploaded", path)
-            await _send_json(send, 400, {"error": UPLOADED_FILES_ONLY})
+            call = None  # not JSON: Gradio refuses it itself
+        problem = self._problem(path, call)
+        if problem:
+            logger.info("refused a call to %s: %s", path, problem)
+            await _send_json(send, 400, {"error": problem})
             return
 
         async def replay():
@@ -116,29 +119,104 @@ class UploadedFilesOnly:
 
         await self.app(scope, replay, send)
 
+    def _problem(self, path: str, call) -> str | None:
+        """Why the call cannot run, in a sentence; None when it can (or when Gradio will say so itself)."""
+        upload_folder = self.upload_folder()
+        candidates = {path if isinstance(path, str) else None for path in file_paths(call)}  # each checked once
+        if not all(is_uploaded_file(candidate, upload_folder) for candidate in candidates):
+            return UPLOADED_FILES_ONLY
+        if not isinstance(call, dict) or "data" not in call:
+            return None
+        event = self._event(path, call)
+        return event and inputs_problem(event, call["data"])
+
+    def _event(self, path: str, call: dict):
+        route = path[path.index(GRADIO_API) + len(GRADIO_API):].strip("/").split("/")
+        if route[:2] == ["queue", "join"]:
+            return self.blocks.fns.get(call.get("fn_index")) if isinstance(call.get("fn_index"), int) else None
+        if len(route) >= 2 and route[0] in ("call", "run", "api"):
+            api_name = route[2] if route[1] == "v2" and len(route) > 2 else route[1]
+            return next((fn for fn in self.blocks.fns.values() if fn.api_name == api_name), None)
+        return None
+
+
+FILE_DATA = "gradio.FileData"
+
+
+def inputs_problem(event, data) -> str | None:
+    """Why data cannot be the inputs of a Gradio event (a BlockFunction), in a sentence naming the fix."""
+    import gradio as gr
+
+    name = f"/{event.api_name}"
+    labels = _input_names(event)
+    if not isinstance(data, list) or len(data) != len(event.inputs):
+        given = len(data) if isinstance(data, list) else "not a list"
+        return (f"{name} takes {len(event.inputs)} input(s) ({', '.join(labels) or 'none'}) as a list; this call "
+                f"gave {given}.")
+    for component, label, value in zip(event.inputs, labels, data):
+        if isinstance(component, (gr.File, gr.Image)):
+            many = getattr(component, "file_count", "single") != "single"
+            values = value if many and isinstance(value, list) else [value]
+            if (many and not isinstance(value, (list, type(None)))) or not all(
+                    item is None or _is_file_data(item) for item in values):
+                return (f"{name}: {label!r} must be {'a list of files' if many else 'a file'} uploaded to this app: "
+                        "with gradio_client, pass handle_file(path) rather than the path itself.")
+        elif isinstance(component, gr.Radio):
+            choices = [choice[1] if isinstance(choice, (list, tuple)) else choice for choice in component.choices]
+            if value not in choices:
+                return f"{name}: {label!r} must be one of {', '.join(map(str, choices))}, not {shown(value)}."
+        elif isinstance(component, gr.Textbox) and not isinstance(value, (str, type(None))):
+            return f"{name}: {label!r} must be text, not {shown(value)}."
+    return None
+
+
+def _input_names(event) -> list[str]:
+    """The names a caller knows the inputs by: the function's parameters, else the components' labels."""
+    try:
+        parameters = list(inspect.signature(event.fn).parameters)
+    except (TypeError, ValueError):
+        parameters = []
+    return [parameters[index] if index < len(parameters) else getattr(component, "label", None) or f"input {index + 1}"
+            for index, component in enumerate(event.inputs)]
+
+
+def _is_file_data(value) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("path"), str)
+            and isinstance(value.get("meta"), dict) and value["meta"].get("_type") == FILE_DATA)
+
 
 class LoopbackHostOnly:
     """ASGI middleware for a server open without a token because only this machine can reach it. A request
-    addressed to another name was relayed (by a web page whose name was rebound to 127.0.0.1 — DNS rebinding —
-    or by a proxy that keeps the client's Host), and a POST from another site's page comes from a browser that
-    someone else steers: both are refused before any endpoint sees them."""
+    addressed to another name (or to none) was relayed — by a web page whose name was rebound to 127.0.0.1 (DNS
+    rebinding), or by a proxy that keeps the client's Host — and a POST from a page of any other origin, another
+    local web app's on another port included, comes from a browser that someone else steers: both are refused
+    before any endpoint sees them. A POST with no Origin comes from a program, not a page."""
 
     def __init__(self, app, port: int):
         self.app = app
+        self.port = port
         self.message = loopback_only_message(port)
         self.logged: set[str] = set()
+
+    def _own_origin(self, origin: str) -> bool:
+        parts = urllib.parse.urlsplit(origin)
+        try:
+            port = parts.port or 80
+        except ValueError:
+            return False
+        return parts.scheme == "http" and port == self.port and is_loopback_authority(parts.netloc)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1")
-        origin = headers.get(b"origin", b"").decode("latin-1")
+        origin = headers.get(b"origin")
         unsafe = scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS")
-        if host and not is_loopback_authority(host):
-            refused = f"addressed to {host[:100]!r}"
-        elif origin and unsafe and not is_loopback_authority(urllib.parse.urlsplit(origin).netloc):
-            refused = f"from a page of {origin[:100]!r}"
+        if not is_loopback_authority(host):
+            refused = f"addressed to {shown(host, 100)}"
+        elif origin is not None and unsafe and not self._own_origin(origin.decode("latin-1")):
+            refused = f"from a page of {shown(origin.decode('latin-1'), 100)}"
         else:
             return await self.app(scope, receive, send)
         if len(self.logged) < 100 and refused not in self.logged:  # once each: a looping page cannot flood the log
@@ -153,7 +231,7 @@ class LoopbackHostOnly:
 def loopback_only_message(port: int) -> str:
     return (f"This server has no admin token, so it answers only this machine's own requests: open "
             f"http://127.0.0.1:{port}/ or http://localhost:{port}/, or set CATDOG_ADMIN_TOKEN to serve it under "
-            "another name, behind a proxy or to other sites' pages.")
+            "another name, behind a proxy or to pages of other origins.")
 
 
 async def _send_json(send, status: int, content: dict) -> None:
@@ -176,13 +254,22 @@ async def forget_finished_sessions(blocks, every_seconds: float = 30.0) -> None:
 
 
 def user_errors(function):
-    """Mistakes a user can fix reach them as a gr.Error sentence, logged as one line, not a stack trace.
-    Works for plain functions and for generators (events that stream progress)."""
+    """Every refusal reaches the caller as a gr.Error sentence, logged as one line, not a stack trace: catdog's
+    own (CatdogError) as they are, anything else — inputs of a kind the endpoint does not take, say — as a
+    sentence naming the endpoint, with the place it failed in the log line. Works for plain functions,
+    coroutines and generators (events that stream progress)."""
     import gradio as gr
 
     def refusal(error: Exception) -> Exception:
-        message = public_message(error)
-        logger.info("refused %s: %s", function.__name__, message)
+        if isinstance(error, CatdogError):
+            message = public_message(error)
+            logger.info("refused %s: %s", function.__name__, message)
+        else:
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            message = (f"{function.__name__} could not use the inputs it was given; see this app's API page "
+                       "(\"Use via API\") for the parameters it takes.")
+            logger.warning("%s failed: %s: %s (%s:%d)", function.__name__, type(error).__name__,
+                           shown(str(error), 200), Path(where.filename).name, where.lineno)
         return gr.Error(message, print_exception=False)
 
     if inspect.isgeneratorfunction(function):
@@ -190,17 +277,44 @@ def user_errors(function):
         def stream(*arguments, **keywords):
             try:
                 yield from function(*arguments, **keywords)
-            except CatdogError as error:
+            except Exception as error:
                 raise refusal(error) from None
         return stream
+
+    if inspect.iscoroutinefunction(function):
+        @functools.wraps(function)
+        async def call_async(*arguments, **keywords):
+            try:
+                return await function(*arguments, **keywords)
+            except Exception as error:
+                raise refusal(error) from None
+        return call_async
 
     @functools.wraps(function)
     def call(*arguments, **keywords):
         try:
             return function(*arguments, **keywords)
-        except CatdogError as error:
+        except Exception as error:
             raise refusal(error) from None
     return call
+
+
+async def admitted(call, budget: MemoryBudget, wait_seconds: float = DECODE_WAIT_SECONDS):
+    """Run call, which decodes an image, in a worker thread that never waits there for decode memory: while
+    other decodes hold it, the wait happens here, on the event loop, so the threads that every other request
+    shares stay free. ServerBusy after wait_seconds."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        context = decode_wait_seconds.set(0)
+        try:
+            return await anyio.to_thread.run_sync(call)
+        except ServerBusy as busy:
+            while not budget.has_room(busy.amount):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(BUSY_POLL_SECONDS)
+        finally:
+            decode_wait_seconds.reset(context)
 
 
 class _BodyTooLarge(Exception):
@@ -246,19 +360,28 @@ def too_large_message(max_upload_mb: int) -> str:
     return f"The file is larger than {max_upload_mb} MB (CATDOG_MAX_UPLOAD_MB)."
 
 
-def rest_prediction(service, file, size: int | None) -> tuple[int, dict]:
-    """POST /api/predict: the HTTP status and JSON for one uploaded file, on the same path as Gradio's
-    /predict (validation, limits, prediction log). 200 with label, p_cat, p_dog, flags and version; 400 for a
-    file that is not a usable image; 413 over CATDOG_MAX_UPLOAD_MB; 503 while no model is loaded."""
+async def rest_prediction(service, upload) -> JSONResponse:
+    """POST /api/predict: the answer for one uploaded file, on the same path as Gradio's /predict (validation,
+    limits, prediction log). 200 with label, p_cat, p_dog, flags and version; 400 for a file that is not a
+    usable image; 413 over CATDOG_MAX_UPLOAD_MB; 503 while no model is loaded, and with Retry-After while other
+    large images hold the decode memory."""
     limit = service.settings.max_upload_mb * 2**20
-    if size is not None and size > limit:
-        return 413, {"error": too_large_message(service.settings.max_upload_mb)}
+    if upload.size is not None and upload.size > limit:
+        return _refusal(413, too_large_message(service.settings.max_upload_mb))
     if service.classifier is None:
-        return 503, {"error": public_message(f"No model is loaded: {service.load_error}")}
+        return _refusal(503, f"No model is loaded: {service.load_error}")
+    data = await upload.read(limit + 1)
     try:
-        prediction, _ = service.predict(file.read(limit + 1), origin="rest")
+        prediction, _ = await admitted(lambda: service.predict(data, origin="rest"), service.limits.budget)
+    except ServerBusy as error:
+        return _refusal(503, error, {"Retry-After": str(error.retry_after_seconds)})
     except CatdogError as error:
-        logger.info("refused /api/predict: %s", public_message(error))
-        return 400, {"error": public_message(error)}
-    return 200, {"label": prediction.label, "p_cat": prediction.p_cat, "p_dog": prediction.p_dog,
-                 "flags": list(prediction.flags), "version": prediction.version}
+        return _refusal(400, error)
+    return JSONResponse({"label": prediction.label, "p_cat": prediction.p_cat, "p_dog": prediction.p_dog,
+                         "flags": list(prediction.flags), "version": prediction.version})
+
+
+def _refusal(status: int, error, headers: dict | None = None) -> JSONResponse:
+    message = public_message(error)
+    logger.info("refused /api/predict (%d): %s", status, message)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -84,14 +84,14 @@ def random_jpeg(seed: int, side: int = 32) -> bytes:
     return buffer.getvalue()
 
 
-def serve_in_thread(app):
-    """Run an ASGI app with uvicorn on a free loopback port; returns (url, stop)."""
+def serve_in_thread(app, port: int | None = None):
+    """Run an ASGI app with uvicorn on a loopback port (a free one unless given); returns (url, stop)."""
     import threading
     import time
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 
 from catdog_model.config import Settings
-from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, loopback_only_message, public_message
+from catdog_model.errors import public_message
+from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, loopback_only_message
 from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, serve_in_thread, shipped_models
+from tests.servers import free_port
 
 
 pytestmark = [requires_weights]
@@ -25,6 +28,16 @@ FILE_ENDPOINTS = {"predict": lambda file: [file], "predict_with_details": lambda
                   "explain": lambda file: [file],
                   "predict_batch": lambda file: [[file]],
                   "upload_training_data": lambda file: ["cat", [file], "s3cret"]}
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """Send bytes as they are (httpx always adds a Host header) and return the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
 
 
 def file_data(path: str) -> dict:
@@ -244,19 +257,20 @@ def test_only_loopback_addresses_count_as_loopback(settings, name, loopback):
 
 def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, cache_dir, small_photo_dir):
     """A web page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) reaches a loopback server from the
-    victim's browser, but its requests carry the attacker's name in Host; any other site's page can POST a form
-    to 127.0.0.1, but the browser names that page in Origin."""
+    victim's browser, but its requests carry the attacker's name in Host; any other page — another site's, or
+    another local web app's on another port — can POST a form to 127.0.0.1, but the browser names it in
+    Origin. Only the app's own origin, or a program (no Origin), may change anything."""
     from app import build_app
     from catdog_model.service import Service
 
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=tmp_path / "models",
                                    data_dir=tmp_path / "data", cache_dir=cache_dir, admin_token=None,
-                                   server_name="127.0.0.1")
+                                   server_name="127.0.0.1", server_port=free_port())
     service = Service(settings)
-    url, stop = serve_in_thread(build_app(service))
-    port = url.rsplit(":", 1)[1]
-    refusal = loopback_only_message(settings.server_port)
+    url, stop = serve_in_thread(build_app(service), settings.server_port)
+    port = settings.server_port
+    refusal = loopback_only_message(port)
     photo = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
@@ -269,14 +283,19 @@ def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, 
                 assert http.get("/health", headers={"Host": host}).status_code == 403
             for host in (f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"[::1]:{port}", "localhost"):
                 assert http.get("/health", headers={"Host": host}).json()["model_version"] == production
-            for origin in ("https://attacker.example", "null"):
+            for origin in ("https://attacker.example", "null", f"http://localhost:{port + 1}", f"http://127.0.0.1:{port + 1}",
+                           f"https://127.0.0.1:{port}", "http://localhost", f"http://127.0.0.1:{port}@attacker.example",
+                           ""):
                 refused = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": origin})
-                assert refused.status_code == 403 and refused.json()["error"] == refusal
+                assert refused.status_code == 403 and refused.json()["error"] == refusal, origin
                 assert http.get("/health", headers={"Origin": origin}).status_code == 200  # reading stays open
-            own_page = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": url})
-            assert own_page.json()["label"] == "dog"
+            for own in (url, f"http://localhost:{port}"):
+                own_page = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": own})
+                assert own_page.json()["label"] == "dog"
+        for request in (b"GET /health HTTP/1.0\r\n\r\n", b"GET /health HTTP/1.1\r\nHost: \r\n\r\n"):
+            assert b" 403 " in raw_request(port, request).split(b"\r\n")[0], request  # no Host, or an empty one
         service.log.flush()
-        assert service.log.statistics("all")["count"] == 1  # the refused posts were never predicted nor logged
+        assert service.log.statistics("all")["count"] == 2  # the refused posts were never predicted nor logged
         assert Client(url, verbose=False).predict(OTHER_VERSION, "", api_name="/promote") == \
             f"Production is now {OTHER_VERSION}."  # this machine's own clients keep every action
     finally:
