@@ -60,6 +60,15 @@ def test_promote_rollback_and_clear_errors(hub, staged):
         hub.promote("v9")
 
 
+def test_each_rollback_returns_to_the_version_that_production_last_replaced(hub, staged):
+    for _ in range(3):
+        hub.push(staged)
+    for version in ("v1", "v2", "v3"):
+        hub.promote(version)
+    assert hub.rollback() == "v2" and hub.production() == "v2"
+    assert hub.rollback() == "v1" and hub.production() == "v1"
+
+
 def test_concurrent_alias_updates_lose_nothing(hub, staged):
     hub.push(staged)
     hub.promote("v1")

@@ -191,3 +191,38 @@ def test_a_fine_tuned_version_carries_the_whole_model_and_serves_like_keras(smal
     expected = [prediction.p_dog for prediction in trained.classifier.predict(photos)]
     for model in (reloaded, served):
         assert np.allclose([prediction.p_dog for prediction in model.predict(photos)], expected, atol=1e-4)
+
+
+def test_fine_tuning_trains_the_top_blocks_but_leaves_batch_normalization_at_imagenet_values(small_photo_dir,
+                                                                                             settings):
+    import keras
+
+    from catdog_model.backbone import Backbone, build_backbone
+    from catdog_model.classifier import Classifier, HeadConfig, build_head
+    from catdog_model.finetune import FineTuneConfig, fine_tune
+
+    spec = BackboneSpec.for_alpha(0.5, 96)
+    backbone = Backbone(spec, settings.weights, batch_size=8)
+    head_config = HeadConfig(embedding_dim=backbone.dim)
+    classifier = Classifier(backbone, build_head(head_config), head_config)
+    photos = load_folder(small_photo_dir).examples
+    cats = [example for example in photos if example.label == "cat"]
+    dogs = [example for example in photos if example.label == "dog"]
+    tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
+                         FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=settings.weights)
+
+    def layers(model) -> dict:
+        base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        return {layer.name: layer for layer in base.layers if layer.weights}
+
+    before, after = layers(build_backbone(spec, settings.weights)), layers(tuned.backbone.model)
+
+    def changed(name: str) -> bool:
+        return any(not np.array_equal(old, new) for old, new in zip(before[name].get_weights(),
+                                                                     after[name].get_weights()))
+
+    normalizations = [name for name, layer in after.items() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert any(name.startswith("block_16_") for name in normalizations)
+    assert [name for name in normalizations if changed(name)] == []
+    assert changed("block_16_project") and changed("block_15_expand") and changed("Conv_1")
+    assert not changed("block_14_project")  # below the unfrozen blocks

@@ -87,6 +87,18 @@ def test_every_row_is_counted_once_however_the_window_is_split_for_reading(datab
     assert sum(statistics["sources"].values()) == 246 and statistics["flagged_share"] == round(25 / 246, 4)
 
 
+def test_each_point_of_the_series_starts_at_the_minute_its_predictions_were_made(database_url):
+    log = PredictionLog(database_url, replica="a")
+    minute = (time.time() // 60 - 30) * 60  # the start of a whole minute, half an hour ago
+    for index, seconds in enumerate((5, 20, 50, 70, 210)):  # three in the first minute, one in the next, one later
+        log.record(row(index, at=minute + seconds))
+    assert log.flush()
+    series = log.statistics("hour")["series"]
+    assert series["step_seconds"] == 60
+    assert series["start"] == [minute, minute + 60, minute + 180]
+    assert series["requests_per_minute"] == [3, 1, 1]
+
+
 def test_a_database_that_goes_down_costs_no_prediction_and_loses_no_row(tmp_path):
     server = Postgres()
     try:

@@ -17,6 +17,7 @@ from catdog_model.config import Settings
 from catdog_model.service import Service, ServiceError
 from catdog_model.hub import LocalHub
 from catdog_model.data import load_folder
+from catdog_model.monitoring import LoggedPrediction
 from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, WEIGHTS_DIR, random_jpeg, requires_photos, requires_weights,
                             shipped_models)
 
@@ -92,6 +93,23 @@ def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_pr
     service.log.flush()
     many = service.metrics_view("hour")
     assert many["labels"]["predictions"].sum() == 6 and many["over_time"]["requests per minute"].sum() > 0
+
+
+@requires_weights
+def test_the_metrics_tab_judges_drift_over_the_window_that_is_chosen(service):
+    version = service.health()["model_version"]
+    two_days_ago = time.time() - 2 * 86400
+    for index in range(150):
+        service.log.record(LoggedPrediction(two_days_ago + index, version, "dog", 0.97, 10.0, f"sha{index}", "api",
+                                            novelty=0.5))
+    service.log.flush()
+    everything = service.metrics_view("all")
+    assert everything["metrics"]["drift"]["recent"] == 150
+    assert everything["metrics"]["drift"]["verdict"] in ("drift", "no drift")
+    assert f"the last 150 predictions by {version}" in everything["drift"]
+    today = service.metrics_view("day")
+    assert today["metrics"]["drift"]["verdict"] == "too little traffic"
+    assert today["drift"].startswith(f"0 recent predictions by {version}")
 
 
 @requires_weights
@@ -260,6 +278,23 @@ def test_with_auto_promotion_off_a_passing_candidate_waits(gated):
     assert result["gate_passed"] and not result["promoted"]
     assert "CATDOG_AUTO_PROMOTE is off" in result["reason"]
     assert service.hub.production() == SHIPPED
+
+
+@requires_weights
+def test_a_candidate_judged_beside_a_production_that_has_since_changed_is_not_promoted(service):
+    candidate = service.hub.versions()[-1]  # servable, besides production and OTHER_VERSION
+    assert candidate not in (SHIPPED, OTHER_VERSION)
+    service.promote(OTHER_VERSION)  # while the child was comparing the candidate with SHIPPED
+    result = {"version": candidate, "production_version": SHIPPED, "gate_passed": True,
+              "reason": f"{candidate} is as accurate as production"}
+    service.retrainer.on_result(result)
+    assert not result["promoted"]
+    assert "production changed during the comparison" in result["reason"]
+    assert service.hub.production() == OTHER_VERSION == service.health()["model_version"]
+
+    unchanged = {**result, "production_version": OTHER_VERSION, "reason": "as accurate as production"}
+    service.retrainer.on_result(unchanged)  # the same verdict, judged beside the production that is served
+    assert unchanged["promoted"] and service.hub.production() == candidate
 
 
 @requires_weights

@@ -160,6 +160,22 @@ def test_the_rest_route_answers_like_the_gradio_api(server, small_photo_dir):
     assert service.log.statistics()["sources"]["rest"] >= 1
 
 
+def test_the_rest_route_gives_each_class_its_own_probability_as_gradio_does(server, small_photo_dir):
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for folder, label in (("cats", "cat"), ("dogs", "dog")):
+            photo = sorted((small_photo_dir / folder).iterdir())[4]
+            body = http.post("api/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
+            assert body["label"] == label and body[f"p_{label}"] > 0.5, body
+            gradio = client.predict(handle_file(str(photo)), api_name="/predict")
+            confidences = {item["label"]: item["confidence"] for item in gradio["confidences"]}
+            assert body["p_cat"] == pytest.approx(confidences["cat"], abs=1e-6)
+            assert body["p_dog"] == pytest.approx(confidences["dog"], abs=1e-6)
+
+
 def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
     from app import build_app
     from tests.conftest import serve_in_thread

@@ -1,0 +1,102 @@
+"""The retraining child's own side, without a full training: what it trains on, and that it never outlives the
+server that started it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from catdog_model.config import PROJECT_ROOT
+from catdog_model.images import content_hash
+from catdog_model.retraining import PARENT_VARIABLE, SETTINGS_VARIABLE, training_dataset
+from catdog_model.uploads import UploadStore
+from tests.conftest import random_jpeg
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def has_ended(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_suspect_upload_joins_training_only_once_an_admin_confirms_it(settings, tmp_path):
+    settings = dataclasses.replace(settings, base_data_dir=None, hub_dataset=None)
+    store = UploadStore(settings.data_dir / "uploads")
+    doubted, agreed = random_jpeg(1), random_jpeg(2)
+
+    def production_doubts(label: str, images: list[bytes]) -> list[str | None]:
+        return ["production says dog with 99% confidence" if image == doubted else None for image in images]
+
+    results = store.add("cat", [("doubted.jpg", doubted), ("agreed.jpg", agreed)], production_doubts)
+    assert [result.status for result in results] == ["suspect", "added"]
+
+    def trained_on() -> dict[str, str]:
+        return {example.sha256: example.label for example in training_dataset(settings, store, []).examples}
+
+    assert trained_on() == {content_hash(agreed): "cat"}
+    assert store.review_suspects(confirm=True) == 1
+    assert trained_on() == {content_hash(agreed): "cat", content_hash(doubted): "cat"}
+
+
+# The child as the server starts it (python -m catdog_model.retraining, run as __main__), except that its work
+# never finishes and never prints: it says it has started working, then waits silently.
+SILENT_CHILD = """
+import pathlib, runpy, sys, threading
+import catdog_model.hub
+
+working = pathlib.Path(sys.argv[1])
+
+def open_hub(settings):
+    working.touch()
+    threading.Event().wait()
+
+catdog_model.hub.open_hub = open_hub
+sys.argv = sys.argv[:1]
+runpy.run_module("catdog_model.retraining", run_name="__main__", alter_sys=True)
+"""
+
+# The server's side: start the child as Retrainer does (its pid in the environment, its output in a pipe), say
+# the child's pid, then serve until killed.
+SERVER = """
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, sys.argv[3]: str(os.getpid())})
+print(child.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_silent_retraining_child_ends_when_the_server_is_killed(settings, tmp_path):
+    working = tmp_path / "child-is-working"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: settings.to_json()}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, SILENT_CHILD, str(working), PARENT_VARIABLE],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=PROJECT_ROOT)
+    child = None
+    try:
+        child = psutil.Process(int(server.stdout.readline()))
+        assert wait_for(working.exists, 120), "the child never reached its work"
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        assert wait_for(lambda: has_ended(child), 30), "the child outlived the server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)
+        if child is not None and child.is_running():
+            child.kill()
