@@ -14,6 +14,7 @@ from .backbone import WeightsSource
 from .errors import ServiceError
 from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from .serving import DEFAULT_LOW_CONFIDENCE
+from .uploads import DEFAULT_REQUEST_MB, DEFAULT_REQUEST_MEGAPIXELS, RequestLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,8 @@ class Settings:
     max_pixels: int
     max_upload_mb: int
     max_files: int
+    max_request_mb: int  # images one upload call may store, across its files and archives
+    max_request_megapixels: int  # pixels of the images one upload call may decode
     min_side: int
     decode_memory_mb: int
     backbone_batch_size: int  # images per backbone call (the head and fine-tuning have their own)
@@ -92,6 +95,8 @@ class Settings:
             max_pixels=_number("CATDOG_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
             max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", 50, int),
             max_files=_number("CATDOG_MAX_FILES", 500, int),
+            max_request_mb=_number("CATDOG_MAX_REQUEST_MB", DEFAULT_REQUEST_MB, int),
+            max_request_megapixels=_number("CATDOG_MAX_REQUEST_MEGAPIXELS", DEFAULT_REQUEST_MEGAPIXELS, int),
             min_side=_number("CATDOG_MIN_SIDE", DEFAULT_MIN_SIDE, int),
             decode_memory_mb=_number("CATDOG_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB, int),
             backbone_batch_size=_number("CATDOG_BACKBONE_BATCH_SIZE", 32, int),
@@ -140,6 +145,9 @@ class Settings:
     def image_limits(self) -> ImageLimits:
         """The limits every decode in one process shares (call once per process: it holds the memory budget)."""
         return ImageLimits(self.max_pixels, self.min_side, self.decode_memory_mb * 2**20)
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(self.max_request_mb * 2**20, self.max_request_megapixels * 10**6)
 
     @property
     def prediction_log_url(self) -> str:

@@ -20,7 +20,12 @@ class Example:
     sha256: str
     label: str
     source: str
-    data: bytes = dataclasses.field(repr=False)
+    content: bytes | Path = dataclasses.field(repr=False)  # the bytes, or the file that holds them
+
+    @property
+    def data(self) -> bytes:
+        """The encoded image; a file is read now, so a large dataset need not be held in memory."""
+        return self.content if isinstance(self.content, bytes) else Path(self.content).read_bytes()
 
 
 @dataclasses.dataclass

@@ -53,10 +53,11 @@ class EmbeddingCache:
             return connection.execute("SELECT COUNT(*) FROM embeddings WHERE backbone=?", [backbone_id]).fetchone()[0]
 
 
-def embed_images(backbone: Backbone, images: list[tuple[str, bytes]], cache: EmbeddingCache | None,
+def embed_images(backbone: Backbone, images: list[tuple[str, bytes | Path]], cache: EmbeddingCache | None,
                  views: tuple[str, ...] = ("original",), progress: ProgressCallback | None = None,
                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Embeddings of (sha256, image bytes) pairs for each view ("original", "flipped").
+    """Embeddings of (sha256, image bytes or file) pairs for each view ("original", "flipped"); a file is read
+    only when its embedding is not cached.
 
     Returns ({view: array (N, dim)} for the images that decoded, {sha256: reason} for those that did not);
     the arrays follow the order of the input, skipping the rejected.

@@ -29,7 +29,7 @@ ONE_BYTE_MODES = {"1", "L", "P"}
 TWO_BYTE_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 # Modes converted to RGB at full size before they can be shrunk (palette indices must not be averaged; 16-bit
 # gray is scaled to 8 bits through float64), and what that conversion holds on top of the decoded image.
-CONVERTED_BEFORE_SHRINKING = {"1": 4, "P": 4, "PA": 16, **{mode: 24 for mode in TWO_BYTE_MODES}}
+CONVERTED_BEFORE_SHRINKING = {"1": 4, "P": 4, "PA": 16, **{mode: 26 for mode in TWO_BYTE_MODES}}
 TRANSPARENT_PALETTE_BYTES = 16  # P with transparency: RGBA, a white background, their composite, then RGB
 # Image.reduce premultiplies alpha into a full-size copy (La, RGBa) before it averages.
 PREMULTIPLIED_BYTES = {"LA": 4, "RGBA": 4, "PA": 4}
@@ -52,6 +52,7 @@ MAX_EXIF_BYTES = 65536  # a JPEG's EXIF segment cannot be larger; a larger block
 ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
+STORED_JPEG_QUALITY = 95  # uploads re-encoded to a bounded size keep what a classifier could use
 # A decode of at most this share of the budget is small (a phone photo, decoded at a JPEG draft scale, is a few
 # MB); small decodes also have a reserve of their own, so they never wait behind large ones.
 SMALL_SHARE = 16
@@ -72,18 +73,20 @@ class ServerBusy(ServiceError):
         self.amount = amount
 
 
-# 0 where waiting for memory would hold a thread that others need (see web.admitted): the caller waits instead.
-decode_wait_seconds: contextvars.ContextVar[float] = contextvars.ContextVar("decode_wait_seconds",
-                                                                            default=DECODE_WAIT_SECONDS)
+# False where waiting for memory would hold a thread that other requests need (see web.admitted): the caller
+# waits instead, elsewhere.
+wait_in_thread: contextvars.ContextVar[bool] = contextvars.ContextVar("wait_in_thread", default=True)
 
 
 class MemoryBudget:
-    """Bytes that concurrent decodes may hold at once: a decode that does not fit waits (decode_wait_seconds)
-    for others to finish, then is refused with ServerBusy. Small decodes (at most capacity / SMALL_SHARE) draw
-    first on a reserve of capacity / RESERVE_SHARE more, so a flood of large images cannot hold up a photo."""
+    """Bytes that concurrent decodes may hold at once: a decode that does not fit waits up to wait_seconds for
+    others to finish (unless wait_in_thread is off), then is refused with ServerBusy. Small decodes (at most
+    capacity / SMALL_SHARE) draw first on a reserve of capacity / RESERVE_SHARE more, so a flood of large
+    images cannot hold up a photo."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, wait_seconds: float = DECODE_WAIT_SECONDS):
         self.capacity = capacity
+        self.wait_seconds = wait_seconds
         self.reserve_capacity = capacity // RESERVE_SHARE
         self.small = capacity // SMALL_SHARE
         self.in_use = 0
@@ -102,7 +105,8 @@ class MemoryBudget:
     @contextlib.contextmanager
     def reserve(self, amount: int):
         with self._condition:
-            self._condition.wait_for(lambda: self._pool(amount) is not None, decode_wait_seconds.get())
+            if wait_in_thread.get():
+                self._condition.wait_for(lambda: self._pool(amount) is not None, self.wait_seconds)
             pool = self._pool(amount)
             if pool is None:
                 raise ServerBusy(amount)
@@ -170,8 +174,9 @@ def read_bytes(source) -> bytes:
     raise InvalidImage(f"Expected image bytes, a file path, a PIL image or an array, not {type(source).__name__}.")
 
 
-def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Return the image as an RGB uint8 array, resized to size×size when size is given.
+def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LIMITS, fit: bool = False) -> np.ndarray:
+    """Return the image as an RGB uint8 array, resized to size×size when size is given — or, with fit, shrunk
+    so that its longer side is at most size, its aspect kept.
 
     Accepts bytes, a path, a binary file object, a PIL image or a numpy array. Encoded images are checked
     from their header (pixels, sides, memory to decode) before any pixel is decoded, and their parsing is
@@ -189,7 +194,7 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
         cost = width * height * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
         if size is not None and image.format in ("JPEG", "MPO"):
             # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
-            image.draft("RGB", (size, size))
+            image.draft("RGB", _fitted(image.size, size) if fit else (size, size))
         cost += decode_cost(image, size)
         if cost > limits.decode_bytes:
             raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
@@ -203,11 +208,11 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
             except Exception as error:  # Pillow raises many types for broken data; all mean the same to a user.
                 raise InvalidImage("The image data is truncated or corrupt, so it cannot be decoded.") from error
             if size is not None:
-                image = _shrink(image, size)
+                image = _shrink(image, size, fit)
             image = _upright(image)
             image = _to_rgb(image)
-            if size is not None:
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
+            if size is not None and (not fit or max(image.size) > size):
+                image = image.resize(_fitted(image.size, size) if fit else (size, size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except _TooCostly as error:
         raise InvalidImage(str(error)) from None
@@ -230,15 +235,50 @@ def decode_cost(image: Image.Image, size: int | None = None) -> int:
     return cost + shrunk * WORK_BYTES
 
 
-def _shrink(image: Image.Image, size: int) -> Image.Image:
+def _fitted(image_size: tuple[int, int], size: int) -> tuple[int, int]:
+    """The size whose longer side is size, in the aspect of image_size."""
+    longer = max(image_size)
+    return tuple(max(1, round(side * size / longer)) for side in image_size)
+
+
+def _shrink(image: Image.Image, size: int, fit: bool = False) -> Image.Image:
     """Right after decoding, shrink by a whole factor (a cheap box filter) so that every later step works on
-    a small image; the full-size pixels are released as soon as this returns."""
-    factors = tuple(max(1, side // (REDUCED_SIDE_FACTOR * size)) for side in image.size)
+    a small image; the full-size pixels are released as soon as this returns. With fit, both sides by the
+    same factor."""
+    if fit:
+        factors = (max(1, max(image.size) // (REDUCED_SIDE_FACTOR * size)),) * 2
+    else:
+        factors = tuple(max(1, side // (REDUCED_SIDE_FACTOR * size)) for side in image.size)
     if factors == (1, 1):
         return image
     if image.mode in CONVERTED_BEFORE_SHRINKING:
         image = _to_rgb(image)
     return image.reduce(factors)
+
+
+def image_size(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[str, int, int]:
+    """The format, width and height an encoded image declares, read from its header (nothing is decoded)."""
+    try:
+        image = _open(data, limits.max_pixels)
+    except _TooCostly as error:
+        raise InvalidImage(str(error)) from None
+    _check_size(image, limits)
+    return image.format, *image.size
+
+
+def storable_copy(data: bytes, max_side: int, max_bytes: int, limits: ImageLimits = DEFAULT_LIMITS
+                  ) -> tuple[bytes, str]:
+    """Bytes to keep of an uploaded image, and their format, once the image is checked by decoding it: the
+    original when its sides are at most max_side and it is at most max_bytes, else a JPEG of it shrunk to
+    max_side on its longer side (STORED_JPEG_QUALITY)."""
+    image_format, width, height = image_size(data, limits)
+    if max(width, height) <= max_side and len(data) <= max_bytes:
+        load_image(data, size=32, limits=limits)
+        return data, image_format
+    buffer = io.BytesIO()
+    Image.fromarray(load_image(data, size=max_side, limits=limits, fit=True)).save(
+        buffer, "JPEG", quality=STORED_JPEG_QUALITY)
+    return buffer.getvalue(), "JPEG"
 
 
 class _TooCostly(Exception):

@@ -58,7 +58,7 @@ class Service:
         self.limits = settings.image_limits()
         self.hub = open_hub(settings)
         self.log = PredictionLog(settings.prediction_log_url, settings.replica, settings.log_buffer_rows)
-        self.uploads = UploadStore(settings.data_dir / "uploads", self.limits)
+        self.uploads = UploadStore(settings.data_dir / "uploads", self.limits, settings.request_limits())
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
         self._base_counts_cache: tuple[tuple, dict[str, int]] | None = None
@@ -177,7 +177,7 @@ class Service:
         if not paths:
             raise ServiceError("No files were uploaded: choose one or more images or a zip archive.")
         self._check_count(paths)
-        files = [(Path(path).name, Path(path).read_bytes()) for path in paths]
+        files = [(Path(path).name, Path(path)) for path in paths]
         return [dataclasses.asdict(result) for result in self.uploads.add(label, files, self._doubt_labels)]
 
     def _doubt_labels(self, label: str, images: list[bytes]) -> list[str | None]:

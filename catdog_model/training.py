@@ -46,7 +46,7 @@ def embedding_cache(settings: Settings) -> EmbeddingCache:
 def embed_examples(backbone: Backbone, examples: list[Example], cache: EmbeddingCache | None,
                    views: tuple[str, ...], progress: ProgressCallback | None = None):
     """Embeddings of examples for each view, the examples that decoded, and {source: reason} for the rest."""
-    arrays, rejected = embed_images(backbone, [(example.sha256, example.data) for example in examples], cache,
+    arrays, rejected = embed_images(backbone, [(example.sha256, example.content) for example in examples], cache,
                                     views, progress)
     kept = [example for example in examples if example.sha256 not in rejected]
     reasons = {example.source: rejected[example.sha256] for example in examples if example.sha256 in rejected}

@@ -4,24 +4,33 @@ apart as *suspect* when the production model confidently disagrees with the labe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import zipfile
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
-
 from . import LABELS
 from .atomic import write_atomically
 from .data import Dataset, Example, IMAGE_SUFFIXES, normalize_label
-from .images import DEFAULT_LIMITS, ImageLimits, InvalidImage, content_hash, load_image
+from .errors import CatdogError, public_message
+from .images import (DEFAULT_LIMITS, ImageLimits, InvalidImage, content_hash, image_size, read_bytes,
+                     storable_copy)
 
 FORMAT_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
                    "MPO": ".jpg"}
 STORED_SUFFIXES = set(FORMAT_SUFFIXES.values()) | {".img"}
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_BYTES = 500 * 1024 * 1024
+# Training reads photos at 288 px (fine-tuning included): 1,024 px on the longer side keeps 3.5 times that for
+# any recipe to come, and a photo within it is kept as it came unless it is over 1 MB (a BMP, a noisy PNG);
+# anything larger is kept as a JPEG of that size, at most about 1 MB, so a few small archives of huge images
+# cannot fill the disk.
+STORED_MAX_SIDE = 1024
+STORED_MAX_BYTES = 2**20
+DEFAULT_REQUEST_MB = 200
+DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
 SUSPECT_FOLDER = "suspect"
 JUDGED_PER_CALL = 32  # images the label check classifies in one model call
 # judge(label, images) → for each image, why its label looks wrong (a sentence), or None.
@@ -35,14 +44,35 @@ class UploadResult:
     reason: str = ""
 
 
-class UploadStore:
-    """root/<label>/<sha256>.<format> — the hash is the name, so a file name from a user never becomes a path,
-    and the suffix is the decoded format, so `datasets`' imagefolder reads the folder back. Suspect images wait
-    in root/suspect/<label>/, out of training, until an admin confirms or discards them."""
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """What one upload call may bring in across all its files and archives: bytes kept on disk, and pixels
+    decoded to check the images (CATDOG_MAX_REQUEST_MB, CATDOG_MAX_REQUEST_MEGAPIXELS)."""
 
-    def __init__(self, root: Path, limits: ImageLimits = DEFAULT_LIMITS):
+    stored_bytes: int = DEFAULT_REQUEST_MB * 2**20
+    pixels: int = DEFAULT_REQUEST_MEGAPIXELS * 10**6
+
+    def over(self, stored_bytes: int, pixels: int) -> str | None:
+        if stored_bytes > self.stored_bytes:
+            return (f"this upload already brings {self.stored_bytes // 2**20} MB of images, its limit "
+                    "(CATDOG_MAX_REQUEST_MB); send the rest in another upload")
+        if pixels > self.pixels:
+            return (f"this upload already holds {self.pixels // 10**6:,} megapixels of images, its limit "
+                    "(CATDOG_MAX_REQUEST_MEGAPIXELS); send the rest in another upload")
+        return None
+
+
+class UploadStore:
+    """root/<label>/<sha256>.<format> — the hash (of the file as uploaded) is the name, so a file name from a
+    user never becomes a path, and the suffix is the stored format, so `datasets`' imagefolder reads the folder
+    back. Suspect images wait in root/suspect/<label>/, out of training, until an admin confirms or discards
+    them. Images are checked and stored one at a time as they are read, at most STORED_MAX_SIDE and about
+    STORED_MAX_BYTES each, within the call's RequestLimits."""
+
+    def __init__(self, root: Path, limits: ImageLimits = DEFAULT_LIMITS, request_limits: RequestLimits = RequestLimits()):
         self.root = Path(root)
         self.limits = limits
+        self.request_limits = request_limits
 
     def _stored_path(self, sha256: str) -> tuple[str, Path] | None:
         """Where an image with this hash is stored, found by name (a few stat calls, whatever the store's size)."""
@@ -60,44 +90,65 @@ class UploadStore:
 
     def _files(self, label: str, suspect: bool = False) -> list[Path]:
         folder = self.root / SUSPECT_FOLDER / label if suspect else self.root / label
-        return sorted(path for path in folder.glob("*.*") if path.suffix in STORED_SUFFIXES)
+        # Regular files only: reading a FIFO that someone left here would block training forever.
+        return sorted(path for path in folder.glob("*.*")
+                      if path.suffix in STORED_SUFFIXES and path.is_file() and not path.is_symlink())
 
-    def add(self, label: str, files: list[tuple[str, bytes]], check: LabelCheck | None = None) -> list[UploadResult]:
-        """Store each image under the class; zip archives are opened and their images stored. With check, an
-        image whose label it doubts is stored as suspect, kept out of training until confirmed."""
+    def add(self, label: str, files: list[tuple[str, Path | bytes]], check: LabelCheck | None = None
+            ) -> list[UploadResult]:
+        """Store each image (a file's path or bytes) under the class; zip archives are opened and their images
+        stored. With check, an image whose label it doubts is stored as suspect, kept out of training until
+        confirmed. At most JUDGED_PER_CALL checked images are held in memory at once."""
         label = normalize_label(label)
-        results: list[UploadResult | None] = []
-        accepted: list[tuple[int, str, bytes, str]] = []  # (result index, sha256, data, suffix)
+        results: list[UploadResult] = []
+        pending: list[tuple[int, str, bytes, str]] = []  # (result index, sha256, stored bytes, suffix)
         seen: set[str] = set()
-        for name, data in _expand_archives(files):
-            results.append(self._screen(name, data, seen, accepted, len(results)))
-        for start in range(0, len(accepted), JUDGED_PER_CALL):
-            chunk = accepted[start:start + JUDGED_PER_CALL]
-            doubts = check(label, [data for _, _, data, _ in chunk]) if check else [None] * len(chunk)
-            for (index, sha256, data, suffix), doubt in zip(chunk, doubts):
-                folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
-                write_atomically(folder / f"{sha256}{suffix}", data)
-                results[index] = UploadResult(results[index].file, "suspect" if doubt else "added", doubt or "")
+        used = {"bytes": 0, "pixels": 0}
+        for name, read in _expand_archives(files):
+            results.append(self._screen(name, read, seen, used, pending, len(results)))
+            if len(pending) == JUDGED_PER_CALL:
+                self._store(label, pending, results, check)
+        self._store(label, pending, results, check)
         return results
 
-    def _screen(self, name: str, data, seen: set[str], accepted: list, index: int) -> UploadResult:
-        """The verdict for a file that is not an image or is already stored; else it joins accepted."""
-        if isinstance(data, InvalidImage):
-            return UploadResult(name, "rejected", str(data))
+    def _screen(self, name: str, read, seen: set[str], used: dict, pending: list, index: int) -> UploadResult:
+        """The verdict for a file that is not an image, is over the call's limits or is already stored; else it
+        joins pending, as the bytes to store."""
+        over = self.request_limits.over(used["bytes"], used["pixels"])
+        if over:
+            return UploadResult(name, "rejected", over[0].upper() + over[1:] + ".")
         try:
-            load_image(data, size=32, limits=self.limits)
-            suffix = FORMAT_SUFFIXES.get(Image.open(io.BytesIO(data)).format, ".img")
-        except InvalidImage as error:
-            return UploadResult(name, "rejected", str(error))
+            data = read()
+            _, width, height = image_size(data, self.limits)
+            used["pixels"] += width * height
+            over = self.request_limits.over(0, used["pixels"])
+            if over:
+                return UploadResult(name, "rejected", f"Not read: {over}.")
+            stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits)
+        except CatdogError as error:  # not an image, too costly to decode, or the server is busy
+            return UploadResult(name, "rejected", public_message(error))
         sha256 = content_hash(data)
         existing = self.known(sha256)
         if existing:
             return UploadResult(name, "duplicate", f"the same image is already stored as a {existing}")
         if sha256 in seen:
             return UploadResult(name, "duplicate", "the same image comes earlier in this upload")
+        used["bytes"] += len(stored)
+        over = self.request_limits.over(used["bytes"], 0)
+        if over:
+            return UploadResult(name, "rejected", f"Not stored: {over}.")
         seen.add(sha256)
-        accepted.append((index, sha256, data, suffix))
+        pending.append((index, sha256, stored, FORMAT_SUFFIXES.get(image_format, ".img")))
         return UploadResult(name, "added")
+
+    def _store(self, label: str, pending: list, results: list[UploadResult], check: LabelCheck | None) -> None:
+        """Judge the pending images together, write each where its verdict puts it, and empty pending."""
+        doubts = check(label, [stored for _, _, stored, _ in pending]) if check and pending else [None] * len(pending)
+        for (index, sha256, stored, suffix), doubt in zip(pending, doubts):
+            folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
+            write_atomically(folder / f"{sha256}{suffix}", stored)
+            results[index] = UploadResult(results[index].file, "suspect" if doubt else "added", doubt or "")
+        pending.clear()
 
     def review_suspects(self, confirm: bool) -> int:
         """Confirm every suspect image (it joins training under the label it was uploaded with) or discard them
@@ -112,11 +163,9 @@ class UploadStore:
         return len(suspects)
 
     def dataset(self) -> Dataset:
-        examples = []
-        for label in LABELS:
-            for path in self._files(label):
-                examples.append(Example(path.stem, label, f"uploads/{label}/{path.name}", path.read_bytes()))
-        return Dataset(examples)
+        """The confirmed uploads as examples that read their file only when used."""
+        return Dataset([Example(path.stem, label, f"uploads/{label}/{path.name}", path)
+                        for label in LABELS for path in self._files(label)])
 
     def counts(self) -> dict[str, int]:
         return {label: len(self._files(label)) for label in LABELS}
@@ -125,29 +174,40 @@ class UploadStore:
         return {label: len(self._files(label, suspect=True)) for label in LABELS}
 
 
-def _expand_archives(files: list[tuple[str, bytes]]):
-    for name, data in files:
+def _expand_archives(files: list[tuple[str, Path | bytes]]):
+    """(name, read) for each image: read() returns its bytes, so that one file at a time is in memory."""
+    for name, source in files:
         if not name.lower().endswith(".zip"):
-            yield name, data
+            yield name, functools.partial(read_bytes, source)
             continue
         try:
-            archive = zipfile.ZipFile(io.BytesIO(data))
+            archive = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
             members = [info for info in archive.infolist()
                        if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES]
         except (zipfile.BadZipFile, OSError):
-            yield name, InvalidImage("This zip archive is corrupt.")
+            yield name, _refused(InvalidImage("This zip archive is corrupt."))
             continue
-        if len(members) > MAX_ZIP_MEMBERS:
-            yield name, InvalidImage(f"The archive holds {len(members)} images; the limit is {MAX_ZIP_MEMBERS}.")
-            continue
-        if sum(info.file_size for info in members) > MAX_ZIP_BYTES:
-            # Checked on the declared sizes before anything is decompressed: a zip bomb never unpacks.
-            yield name, InvalidImage(f"The archive unpacks to more than {MAX_ZIP_BYTES // 2**20} MB.")
-            continue
-        for info in members:
-            try:
-                yield f"{name}/{info.filename}", archive.read(info)
-            except (zipfile.BadZipFile, OSError, RuntimeError) as error:
-                yield f"{name}/{info.filename}", InvalidImage(f"This archive member cannot be read ({error}).")
+        with archive:
+            if len(members) > MAX_ZIP_MEMBERS:
+                yield name, _refused(InvalidImage(f"The archive holds {len(members)} images; the limit is "
+                                                  f"{MAX_ZIP_MEMBERS}."))
+                continue
+            if sum(info.file_size for info in members) > MAX_ZIP_BYTES:
+                # Checked on the declared sizes before anything is decompressed: a zip bomb never unpacks.
+                yield name, _refused(InvalidImage(f"The archive unpacks to more than {MAX_ZIP_BYTES // 2**20} MB."))
+                continue
+            for info in members:
+                yield f"{name}/{info.filename}", functools.partial(_read_member, archive, info)
 
 
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as error:
+        raise InvalidImage(f"This archive member cannot be read ({error}).") from None
+
+
+def _refused(error: InvalidImage):
+    def read():
+        raise error
+    return read

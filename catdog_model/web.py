@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from .config import is_loopback_authority
 from .errors import CatdogError, ServiceError, public_message, shown
-from .images import DECODE_WAIT_SECONDS, MemoryBudget, ServerBusy, decode_wait_seconds
+from .images import MemoryBudget, ServerBusy, wait_in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -299,13 +299,13 @@ def user_errors(function):
     return call
 
 
-async def admitted(call, budget: MemoryBudget, wait_seconds: float = DECODE_WAIT_SECONDS):
+async def admitted(call, budget: MemoryBudget):
     """Run call, which decodes an image, in a worker thread that never waits there for decode memory: while
     other decodes hold it, the wait happens here, on the event loop, so the threads that every other request
-    shares stay free. ServerBusy after wait_seconds."""
-    deadline = time.monotonic() + wait_seconds
+    shares stay free. ServerBusy after the budget's wait_seconds."""
+    deadline = time.monotonic() + budget.wait_seconds
     while True:
-        context = decode_wait_seconds.set(0)
+        context = wait_in_thread.set(False)
         try:
             return await anyio.to_thread.run_sync(call)
         except ServerBusy as busy:
@@ -314,7 +314,7 @@ async def admitted(call, budget: MemoryBudget, wait_seconds: float = DECODE_WAIT
                     raise
                 await asyncio.sleep(BUSY_POLL_SECONDS)
         finally:
-            decode_wait_seconds.reset(context)
+            wait_in_thread.reset(context)
 
 
 class _BodyTooLarge(Exception):

@@ -204,7 +204,7 @@ def test_concurrent_large_decodes_share_one_memory_budget():
                 yield
 
     data = encode(Image.new("RGBA", (1500, 1500), (200, 10, 10, 255)), "PNG")  # 9 MB decoded each
-    limits = ImageLimits(decode_bytes=20 * 2**20, budget=RecordingBudget(20 * 2**20))
+    limits = ImageLimits(decode_bytes=20 * 2**20, budget=RecordingBudget(20 * 2**20, wait_seconds=600))
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: load_image(data, size=32, limits=limits), range(8)))
     assert all(result[0, 0].tolist() == [200, 10, 10] for result in results)
@@ -235,3 +235,80 @@ def test_a_progressive_jpeg_is_charged_for_its_full_size_coefficients():
 def test_a_long_thin_image_is_shrunk_along_its_long_side():
     result = load_image(encode(Image.new("RGBA", (300, 20000), (0, 200, 0, 255)), "PNG"), size=64)
     assert result.shape == (64, 64, 3) and result[32, 32].tolist() == [0, 200, 0]
+
+
+def exif_block(orientation: int, padding_tags: int = 0, tag_bytes: int = 1000) -> bytes:
+    """An EXIF block (as Pillow stores it: "Exif\\0\\0" and a little-endian TIFF IFD) with the orientation tag and
+    padding_tags unknown ASCII tags of tag_bytes each."""
+    entries = [struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)]
+    data_offset = 8 + 2 + 12 * (padding_tags + 1) + 4
+    for index in range(padding_tags):
+        entries.append(struct.pack("<HHII", 0xD000 + index, 2, tag_bytes, data_offset + index * tag_bytes))
+    padding = (b"x" * (tag_bytes - 1) + b"\0") * padding_tags
+    return (b"Exif\0\0II*\0" + struct.pack("<IH", 8, padding_tags + 1) + b"".join(entries) + b"\0\0\0\0" +
+            padding)
+
+
+def test_the_exif_orientation_turns_the_photo_without_rewriting_its_exif(monkeypatch):
+    """Pillow's exif_transpose re-serialises the whole EXIF block: 6,000 padding tags (6 MB) cost 20 s of CPU.
+    Only the orientation tag is read now; rewriting the block is a failure here."""
+    def no_rewriting(self, offset=8):
+        raise AssertionError("the EXIF block was re-serialised")
+
+    monkeypatch.setattr(Image.Exif, "tobytes", no_rewriting)
+    for format in ("JPEG", "PNG", "WEBP"):
+        photo = load_image(encode(half_red_half_blue(64, 48), format, exif=exif_block(orientation=6)))
+        assert photo.shape == (64, 48, 3), format  # turned a quarter: red on top, blue below
+        assert photo[5, 24, 0] > 200 and photo[60, 24, 2] > 200, format
+    bomb = encode(half_red_half_blue(64, 48), "PNG", exif=exif_block(orientation=8, padding_tags=6000))
+    assert len(bomb) > 6_000_000
+    assert load_image(bomb, size=32).shape == (32, 32, 3)  # a block no camera writes: its orientation is ignored
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("kind", ["JPEG comment markers", "PNG chunks before the pixels", "PNG chunks after them",
+                                  "GIF comment blocks"])
+def test_a_file_of_millions_of_empty_metadata_blocks_is_refused_without_parsing_them_all(kind):
+    """Pillow's parsers loop in Python over markers, chunks and blocks: 50 MB of empty ones took 20-35 s of CPU
+    and decoded to a 64×48 picture. Reads are counted: such a file is refused after a few thousand."""
+    small = Image.new("RGB", (64, 48), "gray")
+    jpeg, png = encode(small, "JPEG"), encode(small, "PNG")
+    gif = encode(small.convert("P"), "GIF")
+    files = {"JPEG comment markers": jpeg[:2] + b"\xff\xfe\x00\x02" * 3_000_000 + jpeg[2:],
+             "PNG chunks before the pixels": png[:33] + png_chunk(b"abCd", b"") * 1_000_000 + png[33:],
+             "PNG chunks after them": png[:-12] + png_chunk(b"tEXt", b"a\0b") * 1_000_000 + png[-12:],
+             "GIF comment blocks": gif[:19] + b"\x21\xfe\x01a\x00" * 2_000_000 + gif[19:]}
+    with pytest.raises(InvalidImage, match="more metadata blocks than any photo has"):
+        load_image(files[kind], size=32)
+
+
+def test_real_photos_of_every_format_stay_well_within_the_read_count():
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 256, (1500, 2000, 3), np.uint8))
+    for format, options in [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("GIF", {}),
+                            ("WEBP", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_deflate"})]:
+        assert load_image(encode(photo, format, **options), size=64).shape == (64, 64, 3), format
+
+
+def test_a_decode_that_runs_past_its_cpu_time_is_stopped(monkeypatch):
+    import catdog_model.images as images
+
+    monkeypatch.setattr(images, "DECODE_CPU_SECONDS", -1.0)  # every decode is already late
+    with pytest.raises(InvalidImage, match="s of CPU, so it was stopped"):
+        load_image(encode(half_red_half_blue(), "PNG"))
+
+
+def test_a_busy_budget_refuses_a_large_decode_after_its_wait_and_lets_small_ones_through():
+    from catdog_model.images import ServerBusy
+
+    budget = MemoryBudget(64 * 2**20, wait_seconds=0)
+    with budget.reserve(60 * 2**20):  # a large image is being decoded
+        with pytest.raises(ServerBusy, match="busy decoding other large images"):
+            with budget.reserve(8 * 2**20):  # too large for the small images' reserve
+                pass
+        with budget.reserve(4 * 2**20), budget.reserve(4 * 2**20):  # photos never wait behind it
+            assert budget.reserve_in_use == 8 * 2**20
+    assert budget.in_use == budget.reserve_in_use == 0
+
