@@ -8,6 +8,7 @@ import ctypes
 import dataclasses
 import hashlib
 import io
+import math
 import threading
 import time
 import warnings
@@ -29,7 +30,7 @@ ONE_BYTE_MODES = {"1", "L", "P"}
 TWO_BYTE_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 # Modes converted to RGB at full size before they can be shrunk (palette indices must not be averaged; 16-bit
 # gray is scaled to 8 bits through float64), and what that conversion holds on top of the decoded image.
-CONVERTED_BEFORE_SHRINKING = {"1": 4, "P": 4, "PA": 16, **{mode: 26 for mode in TWO_BYTE_MODES}}
+CONVERTED_BEFORE_SHRINKING = {"1": 4, "P": 4, "PA": 16, **{mode: 28 for mode in TWO_BYTE_MODES}}
 TRANSPARENT_PALETTE_BYTES = 16  # P with transparency: RGBA, a white background, their composite, then RGB
 # Image.reduce premultiplies alpha into a full-size copy (La, RGBa) before it averages.
 PREMULTIPLIED_BYTES = {"LA": 4, "RGBA": 4, "PA": 4}
@@ -195,7 +196,7 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
         if size is not None and image.format in ("JPEG", "MPO"):
             # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
             image.draft("RGB", _fitted(image.size, size) if fit else (size, size))
-        cost += decode_cost(image, size)
+        cost += decode_cost(image, size, fit)
         if cost > limits.decode_bytes:
             raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
                                f"{cost / 2**20:.0f} MB; the limit is {limits.decode_bytes / 2**20:.0f} MB. "
@@ -218,7 +219,7 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
         raise InvalidImage(str(error)) from None
 
 
-def decode_cost(image: Image.Image, size: int | None = None) -> int:
+def decode_cost(image: Image.Image, size: int | None = None, fit: bool = False) -> int:
     """Bytes that decoding the image (at its current draft size), shrinking it towards size and making it RGB
     may hold at once."""
     mode = image.mode
@@ -231,8 +232,19 @@ def decode_cost(image: Image.Image, size: int | None = None) -> int:
         per_pixel += CONVERTED_BEFORE_SHRINKING.get(mode, 0)
     per_pixel += PREMULTIPLIED_BYTES.get(mode, 0) + FORMAT_BYTES.get(image.format, 0)
     cost = pixels * per_pixel
-    shrunk = pixels if size is None else min(pixels, (2 * REDUCED_SIDE_FACTOR * size) ** 2)
+    if size is None:
+        return cost + pixels * WORK_BYTES
+    factors = _shrink_factors(image.size, size, fit)
+    shrunk = math.ceil(width / factors[0]) * math.ceil(height / factors[1])
     return cost + shrunk * WORK_BYTES
+
+
+def _shrink_factors(image_size: tuple[int, int], size: int, fit: bool) -> tuple[int, int]:
+    """Whole factors to shrink by: to at least REDUCED_SIDE_FACTOR × size on each side for a square result,
+    or, with fit, by one factor to at least size on the longer side."""
+    if fit:
+        return (max(1, max(image_size) // size),) * 2
+    return tuple(max(1, side // (REDUCED_SIDE_FACTOR * size)) for side in image_size)
 
 
 def _fitted(image_size: tuple[int, int], size: int) -> tuple[int, int]:
@@ -245,10 +257,7 @@ def _shrink(image: Image.Image, size: int, fit: bool = False) -> Image.Image:
     """Right after decoding, shrink by a whole factor (a cheap box filter) so that every later step works on
     a small image; the full-size pixels are released as soon as this returns. With fit, both sides by the
     same factor."""
-    if fit:
-        factors = (max(1, max(image.size) // (REDUCED_SIDE_FACTOR * size)),) * 2
-    else:
-        factors = tuple(max(1, side // (REDUCED_SIDE_FACTOR * size)) for side in image.size)
+    factors = _shrink_factors(image.size, size, fit)
     if factors == (1, 1):
         return image
     if image.mode in CONVERTED_BEFORE_SHRINKING:

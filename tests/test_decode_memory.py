@@ -29,19 +29,21 @@ def rss(key):
 
 limits = ImageLimits(max_pixels=10**9, decode_bytes=2**40)
 results = []
-for path in sys.argv[1:]:
+for argument in sys.argv[1:]:
+    path, size, fit = argument.split("|")
+    size, fit = int(size), fit == "fit"
     data = open(path, "rb").read()
     image = _open(data, limits.max_pixels)
     progressive = image.size[0] * image.size[1] * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
     if image.format == "JPEG":
-        image.draft("RGB", (288, 288))
-    charged = progressive + decode_cost(image, 288)
+        image.draft("RGB", (size, size))
+    charged = progressive + decode_cost(image, size, fit)
     mode = image.mode
     del image
     open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from here
     before = rss("VmRSS")
-    load_image(data, size=288, limits=limits)
-    results.append({"file": path, "mode": mode, "charged": charged, "used": rss("VmHWM") - before})
+    load_image(data, size=size, limits=limits, fit=fit)
+    results.append({"file": argument, "mode": mode, "charged": charged, "used": rss("VmHWM") - before})
 print(json.dumps(results))
 """
 
@@ -83,10 +85,12 @@ def test_every_modes_worst_case_stays_within_what_the_budget_charges(tmp_path):
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("measuring a peak needs Linux's /proc/self/clear_refs")
     files = worst_cases(tmp_path)
-    measured = subprocess.run([sys.executable, "-c", MEASURE, *map(str, files)], capture_output=True, text=True,
+    # As the model reads them (a square of 288 px), and as uploads are stored (at most 1,024 px, aspect kept).
+    cases = [f"{path}|288|square" for path in files] + [f"{path}|1024|fit" for path in files]
+    measured = subprocess.run([sys.executable, "-c", MEASURE, *cases], capture_output=True, text=True,
                               cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": ""}, check=True)
     results = json.loads(measured.stdout)
-    assert len(results) == len(files)
+    assert len(results) == len(cases)
     over = [f"{Path(result['file']).name} ({result['mode']}): used {result['used'] / 2**20:.1f} MB, charged "
             f"{result['charged'] / 2**20:.1f} MB" for result in results
             if result["used"] > result["charged"] + SLACK_BYTES]

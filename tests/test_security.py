@@ -4,6 +4,7 @@ refused requests, mutations without the token, and limits that must come from th
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -19,8 +20,9 @@ from gradio_client import Client, handle_file
 from catdog_model.config import Settings
 from catdog_model.errors import public_message
 from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, loopback_only_message
-from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, serve_in_thread, shipped_models
-from tests.servers import free_port
+from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, random_jpeg, requires_weights, serve_in_thread,
+                            shipped_models)
+from tests.servers import free_port, wait_for
 
 
 pytestmark = [requires_weights]
@@ -175,6 +177,30 @@ def test_messages_never_show_absolute_paths():
     assert public_message("weights not in CATDOG_WEIGHTS_DIR (/work/shared/weights)") == \
         "weights not in CATDOG_WEIGHTS_DIR (weights)"
     assert public_message("use https://huggingface.co/a/b and 3/4") == "use https://huggingface.co/a/b and 3/4"
+    assert public_message("database sqlite:////srv/catdog/data/predictions.sqlite is locked") == \
+        "database sqlite:///predictions.sqlite is locked"
+
+
+def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(settings):
+    from catdog_model.service import Service
+
+    shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    settings.data_dir.mkdir(parents=True)
+    (settings.data_dir / "predictions.sqlite").write_bytes(b"this is not a database " * 1000)
+    service = Service(settings)
+    service.predict(random_jpeg(1, side=64))
+    service.log.flush()
+    shown = json.dumps([service.status(), service.metrics("all"), service.metrics_view("all")["summary"]],
+                       default=str)
+    assert "predictions.sqlite" in shown  # the log's trouble is told...
+    assert str(settings.data_dir) not in shown and "sqlite:////" not in shown  # ...without where it lives
+
+
+def test_a_refusal_never_echoes_a_page_of_input_back(server):
+    url, _ = server
+    with pytest.raises(Exception) as raised:
+        Client(url, verbose=False).predict("v" * 5000, "s3cret", api_name="/promote")
+    assert "No model version 'vvvv" in str(raised.value) and "v" * 100 not in str(raised.value)
 
 
 LIMITS_FROM_ENVIRONMENT = {"CATDOG_MAX_PIXELS": ("max_pixels", "1234567"), "CATDOG_MAX_FILES": ("max_files", "7"),
@@ -186,7 +212,9 @@ LIMITS_FROM_ENVIRONMENT = {"CATDOG_MAX_PIXELS": ("max_pixels", "1234567"), "CATD
                            "CATDOG_GATE_MIN_ACCURACY": ("gate_min_accuracy", "0.88"),
                            "CATDOG_PROMOTION_TOLERANCE": ("promotion_tolerance", "0.02"),
                            "CATDOG_AUTO_PROMOTE": ("auto_promote", "0"),
-                           "CATDOG_FILE_CACHE_MINUTES": ("file_cache_minutes", "9")}
+                           "CATDOG_FILE_CACHE_MINUTES": ("file_cache_minutes", "9"),
+                           "CATDOG_MAX_REQUEST_MB": ("max_request_mb", "11"),
+                           "CATDOG_MAX_REQUEST_MEGAPIXELS": ("max_request_megapixels", "22")}
 
 
 def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, settings):
@@ -203,6 +231,8 @@ def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, sett
     assert (service.limits.max_pixels, service.limits.min_side, service.limits.decode_bytes) == (
         1234567, 33, 77 * 2**20)
     assert service.uploads.limits is service.limits
+    assert (service.uploads.request_limits.stored_bytes, service.uploads.request_limits.pixels) == (
+        11 * 2**20, 22 * 10**6)
     with pytest.raises(ValueError, match="8 files in one request; the limit is 7"):
         service.upload("cat", ["a.jpg"] * 8)
 
@@ -313,3 +343,107 @@ def test_an_oversized_call_is_refused_unread(server):
         response = http.post("gradio_api/call/predict", json={"data": ["x" * 3_000_000]})
         assert response.status_code == 413 and "at most 1024 KB" in response.json()["error"]
         assert http.get("health").json()["model_loaded"] is True
+
+
+def large_png(side: int = 2000) -> bytes:
+    """An RGBA PNG that takes tens of MB to decode (a large decode, not a small photo's)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (side, side), (120, 80, 40, 255)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_images_waiting_for_decode_memory_hold_no_thread_and_a_photo_never_waits_behind_them(server, monkeypatch,
+                                                                                             small_photo_dir):
+    """While a huge decode holds all the shared memory, fifty large images wait for it — more than the 40
+    threads every synchronous route shares — and a normal photo is answered meanwhile. Once the memory is
+    free they are all answered; past the wait, a large image is told to come back (503 and Retry-After)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, service = server
+    budget = service.limits.budget
+    tries = []
+    reserve = budget.reserve
+
+    def counted(amount):
+        tries.append(amount)
+        return reserve(amount)
+
+    monkeypatch.setattr(budget, "reserve", counted)
+    monkeypatch.setattr(budget, "wait_seconds", 600)
+    photo = sorted((small_photo_dir / "cats").iterdir())[0].read_bytes()
+    large = large_png()
+
+    def post(data: bytes) -> httpx.Response:
+        return httpx.post(url + "api/predict", files={"file": ("image.png", data)}, timeout=600)
+
+    with ThreadPoolExecutor(50) as pool:
+        with budget.reserve(budget.capacity):  # a huge decode in progress
+            waiting = [pool.submit(post, large) for _ in range(50)]
+            wait_for(lambda: len(tries) >= 50, seconds=120)  # all fifty have tried and are waiting
+            answered = post(photo)
+            assert answered.status_code == 200 and answered.json()["label"] == "cat"
+            assert not any(future.done() for future in waiting)
+        assert all(future.result().status_code == 200 for future in waiting)
+    monkeypatch.setattr(budget, "wait_seconds", 0.2)
+    with budget.reserve(budget.capacity):
+        refused = post(large)
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+        assert "busy decoding other large images" in refused.json()["error"]
+        path = Client(url, verbose=False)
+        with pytest.raises(Exception, match="busy decoding other large images"):
+            path.predict(handle_file(_written(large)), api_name="/predict")
+
+
+def _written(data: bytes) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".png", delete=False) as file:
+        file.write(data)
+    return file.name
+
+
+MALFORMED_CALLS = {
+    "a file given by URL only": ("predict", [{"url": "http://127.0.0.1:1/x.jpg", "meta": {"_type": "gradio.FileData"}}]),
+    "a plain path for a file": ("predict", ["cat.jpg"]),
+    "a number for a file": ("predict", [5]),
+    "no inputs": ("predict", []),
+    "too many inputs": ("predict", [None, None]),
+    "inputs not in a list": ("predict", {"image": None}),
+    "a plain path for the Predict tab's photo": ("predict_with_details", ["cat.jpg"]),
+    "numbers for a batch's files": ("predict_batch", [[1, 2]]),
+    "too few inputs for an upload": ("upload_training_data", ["cat"]),
+    "a class that is not offered": ("upload_training_data", ["horse", None, ""]),
+    "a window in a list": ("metrics", [["day"]]),
+    "no window": ("metrics", []),
+    "a window in a list on the Metrics tab": ("refresh_metrics", [["day"]]),
+    "a number for a version": ("promote", [5, "s3cret"]),
+}
+
+
+def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, capfd):
+    url, _ = server
+    capfd.readouterr()
+    answers = {}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for kind, (endpoint, data) in MALFORMED_CALLS.items():
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                response = http.post(f"gradio_api/call/{endpoint}", json={"data": data})
+                if response.status_code == 200:  # refused by the event itself: the sentence comes in the stream
+                    stream = http.get(f"gradio_api/call/{endpoint}/{response.json()['event_id']}").text
+                    error = json.loads(stream.split("data:", 1)[1])["error"]
+                else:
+                    assert response.status_code == 400, kind
+                    error = response.json()["error"]
+            assert isinstance(error, str) and error.endswith(".") and len(error) < 300, (kind, error)
+            answers[kind] = error
+            lines = [record for record in caplog.records if record.name.startswith(("catdog", "gradio", "uvicorn.error"))]
+            assert len(lines) == 1 and not lines[0].exc_info, (kind, [record.getMessage() for record in lines])
+    assert "handle_file" in answers["a plain path for a file"]
+    assert "takes 1 input" in answers["no inputs"]
+    assert "hour, day, all" in answers["a window in a list"]
+    assert "Traceback" not in capfd.readouterr().err

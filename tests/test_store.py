@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import io
 import zipfile
+import tracemalloc
 
+import numpy as np
+from PIL import Image
 
-from catdog_model.uploads import UploadStore
+from catdog_model.uploads import STORED_MAX_BYTES, STORED_MAX_SIDE, RequestLimits, UploadStore
 from tests.conftest import random_jpeg
+
+
+def bmp(side: int, seed: int) -> bytes:
+    """A distinct, uncompressed side×side photo-like image (3 bytes a pixel on disk)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    small.resize((side, side), Image.Resampling.BILINEAR).save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+def archive_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as writer:
+        for name, data in files.items():
+            writer.writestr(name, data)
+    return buffer.getvalue()
 
 
 def test_uploads_are_validated_deduplicated_and_named_by_content(tmp_path):
@@ -35,8 +55,69 @@ def test_zip_archives_with_nested_folders_and_refused_bombs(tmp_path):
                                                                      ("photos.zip/two.png", "added")]
     bomb = io.BytesIO()
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as writer:
-        writer.writestr("huge.jpg", b"\0" * (600 * 1024 * 1024))
+        with writer.open("huge.jpg", "w", force_zip64=True) as member:  # written in pieces: 600 MB never in memory
+            for _ in range(600):
+                member.write(bytes(1024 * 1024))
     assert len(bomb.getvalue()) < 2_000_000
     (result,) = store.add("dog", [("bomb.zip", bomb.getvalue())])
     assert result.status == "rejected" and "more than 500 MB" in result.reason
     assert store.add("dog", [("broken.zip", b"PK\x03\x04 not really")])[0].reason == "This zip archive is corrupt."
+
+
+def test_an_image_larger_than_training_needs_is_kept_as_a_bounded_jpeg(tmp_path):
+    store = UploadStore(tmp_path / "uploads")
+    photo = random_jpeg(5, side=64)
+    results = store.add("cat", [("huge.bmp", bmp(3000, seed=1)), ("photo.jpg", photo)])
+    assert [result.status for result in results] == ["added", "added"]
+    stored = sorted((tmp_path / "uploads" / "cat").iterdir(), key=lambda path: path.stat().st_size)
+    assert stored[0].read_bytes() == photo  # a photo within the bounds is kept as it came
+    with Image.open(stored[1]) as shrunk:
+        assert shrunk.format == "JPEG" and max(shrunk.size) == STORED_MAX_SIDE
+    assert stored[1].stat().st_size <= STORED_MAX_BYTES
+    # It is still known by the hash of what was uploaded: the same file again is a duplicate.
+    assert store.add("cat", [("again.bmp", bmp(3000, seed=1))])[0].status == "duplicate"
+
+
+def test_one_upload_call_is_bounded_across_all_its_files_and_archives(tmp_path):
+    """Three small archives, each under the per-archive limits, used to store everything they unpacked."""
+    store = UploadStore(tmp_path / "uploads", request_limits=RequestLimits(stored_bytes=2**20, pixels=10**9))
+    archives = [(f"part{part}.zip", archive_of({f"{index}.bmp": bmp(1000, seed=10 * part + index)
+                                                for index in range(10)})) for part in range(3)]
+    results = store.add("dog", archives)
+    added = [result for result in results if result.status == "added"]
+    refused = [result for result in results if result.status == "rejected"]
+    assert added and refused and len(added) + len(refused) == 30
+    assert all("CATDOG_MAX_REQUEST_MB" in result.reason for result in refused)
+    on_disk = sum(path.stat().st_size for path in (tmp_path / "uploads").rglob("*") if path.is_file())
+    assert on_disk <= 2**20
+    pixels = UploadStore(tmp_path / "other", request_limits=RequestLimits(pixels=2 * 1000 * 1000))
+    results = pixels.add("dog", archives[:1])
+    assert [result.status for result in results] == ["added"] * 2 + ["rejected"] * 8
+    assert all("CATDOG_MAX_REQUEST_MEGAPIXELS" in result.reason for result in results[2:])
+
+
+def test_an_upload_call_holds_one_image_at_a_time_however_many_it_brings(tmp_path):
+    """Each image is read, checked and stored before the next is read: 30 images of 4 MB in three archives
+    never sit in memory together (they did: 1.5 GB for three 460 KB archives of 4000×4000 BMPs)."""
+    archives = []
+    for part in range(3):
+        path = tmp_path / f"part{part}.zip"
+        path.write_bytes(archive_of({f"{index}.bmp": bmp(1200, seed=10 * part + index) for index in range(10)}))
+        archives.append((path.name, path))
+    store = UploadStore(tmp_path / "uploads")
+    tracemalloc.start()
+    try:
+        results = store.add("cat", archives)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [result.status for result in results] == ["added"] * 30
+    assert peak < 4 * len(bmp(1200, seed=0))  # one image's bytes and its copies, not thirty
+
+
+def test_training_reads_uploads_from_disk_only_when_it_uses_them(tmp_path):
+    store = UploadStore(tmp_path / "uploads")
+    store.add("cat", [(f"{seed}.jpg", random_jpeg(seed)) for seed in range(3)])
+    examples = store.dataset().examples
+    assert len(examples) == 3 and all(not isinstance(example.content, bytes) for example in examples)
+    assert sorted(example.data for example in examples) == sorted(random_jpeg(seed) for seed in range(3))
