@@ -188,6 +188,9 @@ class LocalHub(ModelHub):
 
     def _update_refs(self, change: Callable[[dict], dict]) -> dict:
         with self._locked():
+            # Under the lock no other refs write is under way: a temporary file here is a killed writer's.
+            for debris in self.repo.glob(f".{REFS_FILE}-*.tmp"):
+                debris.unlink(missing_ok=True)
             refs = change(self.refs())
             write_atomically(self.repo / REFS_FILE, (json.dumps(refs, indent=2) + "\n").encode())
             return refs

@@ -178,23 +178,19 @@ class Service:
             raise ServiceError("No files were uploaded: choose one or more images or a zip archive.")
         self._check_count(paths)
         files = [(Path(path).name, Path(path)) for path in paths]
-        return [dataclasses.asdict(result) for result in self.uploads.add(label, files, self._doubt_labels)]
+        return [dataclasses.asdict(result) for result in self.uploads.add(label, files, self._doubt_label)]
 
-    def _doubt_labels(self, label: str, images: list[bytes]) -> list[str | None]:
-        """Why production doubts each image's label, or None: an image it confidently calls the other class
+    def _doubt_label(self, label: str, image: bytes) -> str | None:
+        """Why production doubts the image's label, or None: an image it confidently calls the other class
         is held back until an admin confirms it (mislabelled uploads must not train the next version)."""
         classifier = self.classifier
         if not isinstance(classifier, ServingModel):
-            return [None] * len(images)
-        doubts = []
-        for image, prediction in zip(images, classifier.predict(images)):
-            if prediction.label != label and prediction.confidence >= self.settings.suspect_confidence:
-                doubts.append(f"production ({prediction.version}) says {prediction.label} with "
-                              f"{prediction.confidence:.0%} confidence; kept out of training until an admin "
-                              "confirms the suspect images")
-            else:
-                doubts.append(None)
-        return doubts
+            return None
+        prediction = classifier.predict_one(image)
+        if prediction.label != label and prediction.confidence >= self.settings.suspect_confidence:
+            return (f"production ({prediction.version}) says {prediction.label} with {prediction.confidence:.0%} "
+                    "confidence; kept out of training until an admin confirms the suspect images")
+        return None
 
     def review_suspects(self, confirm: bool) -> str:
         count = self.uploads.review_suspects(confirm)

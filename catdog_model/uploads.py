@@ -32,9 +32,8 @@ STORED_MAX_BYTES = 2**20
 DEFAULT_REQUEST_MB = 200
 DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
 SUSPECT_FOLDER = "suspect"
-JUDGED_PER_CALL = 32  # images the label check classifies in one model call
-# judge(label, images) → for each image, why its label looks wrong (a sentence), or None.
-LabelCheck = Callable[[str, list[bytes]], list[str | None]]
+# check(label, image) → why the image's label looks wrong (a sentence), or None.
+LabelCheck = Callable[[str, bytes], str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +52,13 @@ class RequestLimits:
     pixels: int = DEFAULT_REQUEST_MEGAPIXELS * 10**6
 
     def over(self, stored_bytes: int, pixels: int) -> str | None:
+        """Why an upload that has brought this much must stop, in a sentence; None while it may go on."""
         if stored_bytes > self.stored_bytes:
-            return (f"this upload already brings {self.stored_bytes // 2**20} MB of images, its limit "
-                    "(CATDOG_MAX_REQUEST_MB); send the rest in another upload")
+            return (f"This upload has reached its limit of {self.stored_bytes // 2**20} MB of images "
+                    "(CATDOG_MAX_REQUEST_MB); send the rest in another upload.")
         if pixels > self.pixels:
-            return (f"this upload already holds {self.pixels // 10**6:,} megapixels of images, its limit "
-                    "(CATDOG_MAX_REQUEST_MEGAPIXELS); send the rest in another upload")
+            return (f"This upload has reached its limit of {self.pixels // 10**6:,} megapixels of images "
+                    "(CATDOG_MAX_REQUEST_MEGAPIXELS); send the rest in another upload.")
         return None
 
 
@@ -98,32 +98,26 @@ class UploadStore:
             ) -> list[UploadResult]:
         """Store each image (a file's path or bytes) under the class; zip archives are opened and their images
         stored. With check, an image whose label it doubts is stored as suspect, kept out of training until
-        confirmed. At most JUDGED_PER_CALL checked images are held in memory at once."""
+        confirmed. Each image is read, checked and stored before the next is read. (One image per check: the
+        model's buffers for a batch would cost more memory than the whole call may.)"""
         label = normalize_label(label)
-        results: list[UploadResult] = []
-        pending: list[tuple[int, str, bytes, str]] = []  # (result index, sha256, stored bytes, suffix)
         seen: set[str] = set()
         used = {"bytes": 0, "pixels": 0}
-        for name, read in _expand_archives(files):
-            results.append(self._screen(name, read, seen, used, pending, len(results)))
-            if len(pending) == JUDGED_PER_CALL:
-                self._store(label, pending, results, check)
-        self._store(label, pending, results, check)
-        return results
+        return [self._add_one(label, name, read, check, seen, used) for name, read in _expand_archives(files)]
 
-    def _screen(self, name: str, read, seen: set[str], used: dict, pending: list, index: int) -> UploadResult:
-        """The verdict for a file that is not an image, is over the call's limits or is already stored; else it
-        joins pending, as the bytes to store."""
+    def _add_one(self, label: str, name: str, read, check: LabelCheck | None, seen: set[str], used: dict
+                 ) -> UploadResult:
+        """Stored as added or suspect, or why not: not an image, over the call's limits, or already stored."""
         over = self.request_limits.over(used["bytes"], used["pixels"])
         if over:
-            return UploadResult(name, "rejected", over[0].upper() + over[1:] + ".")
+            return UploadResult(name, "rejected", over)
         try:
             data = read()
             _, width, height = image_size(data, self.limits)
             used["pixels"] += width * height
             over = self.request_limits.over(0, used["pixels"])
             if over:
-                return UploadResult(name, "rejected", f"Not read: {over}.")
+                return UploadResult(name, "rejected", over)
             stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits)
         except CatdogError as error:  # not an image, too costly to decode, or the server is busy
             return UploadResult(name, "rejected", public_message(error))
@@ -136,19 +130,12 @@ class UploadStore:
         used["bytes"] += len(stored)
         over = self.request_limits.over(used["bytes"], 0)
         if over:
-            return UploadResult(name, "rejected", f"Not stored: {over}.")
+            return UploadResult(name, "rejected", over)
         seen.add(sha256)
-        pending.append((index, sha256, stored, FORMAT_SUFFIXES.get(image_format, ".img")))
-        return UploadResult(name, "added")
-
-    def _store(self, label: str, pending: list, results: list[UploadResult], check: LabelCheck | None) -> None:
-        """Judge the pending images together, write each where its verdict puts it, and empty pending."""
-        doubts = check(label, [stored for _, _, stored, _ in pending]) if check and pending else [None] * len(pending)
-        for (index, sha256, stored, suffix), doubt in zip(pending, doubts):
-            folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
-            write_atomically(folder / f"{sha256}{suffix}", stored)
-            results[index] = UploadResult(results[index].file, "suspect" if doubt else "added", doubt or "")
-        pending.clear()
+        doubt = check(label, stored) if check else None
+        folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
+        write_atomically(folder / f"{sha256}{FORMAT_SUFFIXES.get(image_format, '.img')}", stored)
+        return UploadResult(name, "suspect" if doubt else "added", doubt or "")
 
     def review_suspects(self, confirm: bool) -> int:
         """Confirm every suspect image (it joins training under the label it was uploaded with) or discard them

@@ -1,0 +1,560 @@
+"""Faults tried for real, beyond tests/test_crash_safety.py: kill -9 of the server and of its retraining child
+while a new version is being published, kill -9 in the middle of promotions, a full and a read-only disk under
+uploads and under a retraining's publishing, and the prediction log's PostgreSQL stopped and started again under
+load. What is checked is what a user sees: nothing stored is lost or half-written, the app comes back serving,
+and every failure is told in a sentence, never a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from gradio_client import Client, handle_file
+
+from bench.loadtest import App
+from catdog_model.classifier import CONFIG_FILE
+from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.hub import REFS_FILE, VERSION_PATTERN, LocalHub
+from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_photos, requires_weights, shipped_models
+from tests.servers import Postgres, wait_for
+
+pytestmark = [requires_weights]
+
+MODEL_NAME = Settings.from_env().model_name
+
+
+# Helpers: the app in its own process, the hub on disk, what a user is told.
+
+def copy_models(root: Path) -> LocalHub:
+    shutil.copytree(shipped_models(), root, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
+    return LocalHub(root, MODEL_NAME)
+
+
+def app_env(tmp_path: Path, cache_dir: Path, **settings: str) -> dict[str, str]:
+    env = {**os.environ, "CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_DATA_DIR": str(tmp_path / "data"),
+           "CATDOG_CACHE_DIR": str(cache_dir), "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR), "CATDOG_OFFLINE": "1",
+           "CATDOG_RELOAD_SECONDS": "0", "PYTHONPATH": str(PROJECT_ROOT), **settings}
+    env.pop("CATDOG_ADMIN_TOKEN", None)
+    return env
+
+
+def kill_9(process: subprocess.Popen | psutil.Process) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def stop_app(app: App) -> None:
+    app._watching = False
+    if app.process.poll() is None:
+        app.stop()
+
+
+def ended(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def predict_rest(url: str, photo: Path) -> dict:
+    """POST /api/predict; the JSON of a 200, or AssertionError with what came back instead."""
+    answer = httpx.post(url + "/api/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
+                        timeout=60)
+    assert answer.status_code == 200, (answer.status_code, answer.text)
+    return answer.json()
+
+
+def assert_sentence(text) -> None:
+    """What a user may be shown: a non-empty sentence, not a traceback, an errno or a path of the server's disk."""
+    assert isinstance(text, str) and text.strip(), text
+    for marker in ("Traceback", 'File "', "Errno", "Error(", "[(", "\n  "):
+        assert marker not in text, text
+    assert not re.search(r"(?<![\w.:/])/(?:[^\s/'\"()]+/)+", text), text  # no absolute path
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_hub_whole(hub: LocalHub, production: str) -> None:
+    """refs.json is valid JSON naming complete versions, production is unchanged, and every folder named like a
+    version is a complete one: each file listed in its config.json is there, matching its sha256."""
+    refs = json.loads((hub.repo / REFS_FILE).read_text())
+    versions = hub.versions()
+    assert refs["production"] == production and production in versions
+    assert set(refs["previous"]) <= set(versions), refs
+    shipped = shipped_models() / MODEL_NAME
+    for entry in hub.repo.iterdir():
+        if not VERSION_PATTERN.match(entry.name):
+            continue
+        assert entry.name in versions, f"{entry.name} is a folder without {CONFIG_FILE}: half published"
+        for name, sha in json.loads((entry / CONFIG_FILE).read_text())["files"].items():
+            if (shipped / entry.name).is_dir() and not (shipped / entry.name / name).exists():
+                continue  # the repository keeps the full-model files of its production version only
+            assert file_sha256(entry / name) == sha, f"{entry.name}/{name} is not the file its version lists"
+
+
+def photos(folder: Path, count: int | None = None) -> list[Path]:
+    return sorted(folder.iterdir())[:count]
+
+
+# 1. kill -9 of the server, and of its retraining child, while a retraining publishes its version
+
+def retrain_status(client: Client) -> dict:
+    return client.predict(api_name="/retrain_status")
+
+
+def start_retraining(app: App, client: Client) -> psutil.Process:
+    """Start a retraining through the API and wait until its child publishes; the child."""
+    assert client.predict("", api_name="/retrain")["running"]
+    child = wait_for(lambda: psutil.Process(app.process.pid).children(), 30)[0]
+    wait_for(lambda: retrain_status(client)["stage"] == "publishing", 300, every=0.2)
+    return child
+
+
+def finished(client: Client) -> dict:
+    return wait_for(lambda: (status := retrain_status(client)) and not status["running"] and status, 300, every=0.5)
+
+
+@requires_photos
+def test_kill_9_of_the_server_while_its_retraining_publishes(tmp_path, cache_dir, small_photo_dir):
+    hub = copy_models(tmp_path / "models")
+    production, versions = hub.production(), hub.versions()
+    env = app_env(tmp_path, cache_dir, CATDOG_BASE_DATA_DIR=str(small_photo_dir))
+    app, child = App(env), None
+    try:
+        child = start_retraining(app, Client(app.url, verbose=False))
+        kill_9(app.process)
+        # The child ends with its server, at once: it neither goes on working nor publishes for a server that is
+        # gone (a kill -9 gives the server no chance to stop it).
+        try:
+            wait_for(lambda: ended(child), 5)
+        except AssertionError:
+            pytest.fail("the retraining child outlived its server killed by SIGKILL")
+    finally:
+        stop_app(app)
+        if child is not None and not ended(child):
+            child.kill()
+    assert hub.versions() == versions, "the orphaned child published a version"
+    assert_hub_whole(hub, production)
+
+    restarted = App(env)
+    try:
+        assert get_json(restarted.url + "/health") == {"status": "ok", "model_loaded": True,
+                                                       "model_version": production}
+        assert predict_rest(restarted.url, photos(small_photo_dir / "dogs", 1)[0])["version"] == production
+        client = Client(restarted.url, verbose=False)
+        status = client.predict("", api_name="/retrain")  # a new retraining can start
+        assert status["running"] and status["error"] is None
+        assert psutil.Process(restarted.process.pid).children()
+    finally:
+        stop_app(restarted)
+
+
+@requires_photos
+def test_kill_9_of_the_retraining_child_while_it_writes_its_version(tmp_path, cache_dir, small_photo_dir):
+    hub = copy_models(tmp_path / "models")
+    production, entries = hub.production(), set(os.listdir(hub.repo))
+    app = App(app_env(tmp_path, cache_dir, CATDOG_BASE_DATA_DIR=str(small_photo_dir)))
+    try:
+        client = Client(app.url, verbose=False)
+        child = start_retraining(app, client)
+        # Its write into the hub has begun the moment anything new appears there.
+        wait_for(lambda: set(os.listdir(hub.repo)) - entries - {".lock"}, 120, every=0.001)
+        kill_9(child)
+        print("killed inside the write:", [name for name in os.listdir(hub.repo) if name.startswith(".staging-")])
+
+        status = finished(client)
+        assert status["stage"] == "failed" and "SIGKILL" in status["error"], status
+        assert_sentence(status["error"])
+        assert status["log"][-1] == f"Failed: {status['error']}"
+        photo = photos(small_photo_dir / "cats", 1)[0]
+        assert predict_rest(app.url, photo) == {**predict_rest(app.url, photo), "label": "cat",
+                                                "version": production}
+        assert_hub_whole(hub, production)
+        assert get_json(app.url + "/api/status")["versions"] == hub.versions()
+
+        # The hub's next write gets the next number and sweeps away what the killed one left.
+        expected = f"v{int(hub.versions()[-1][1:]) + 1}"
+        folder = tmp_path / "again"
+        shutil.copytree(hub.repo / production, folder)
+        for path in [folder, *folder.iterdir()]:
+            path.chmod(0o755)
+        assert hub.push(folder) == expected
+        assert not [name for name in os.listdir(hub.repo) if name.startswith(".")
+                    and name not in (".lock", ".gitattributes")]
+        assert_hub_whole(hub, production)
+        assert client.predict("", api_name="/retrain")["running"]  # and a new retraining can start
+    finally:
+        stop_app(app)
+
+
+# 2. kill -9 in the middle of promotions and rollbacks
+
+# A process that has imported the hub forks a worker per line it reads; the worker promotes and rolls back
+# through the hub as fast as it can until the test kills it, and the next line forks the next one.
+PROMOTER = r"""
+import os, sys
+from catdog_model.hub import LocalHub
+
+hub = LocalHub(sys.argv[1], sys.argv[2])
+first, second = sys.argv[3], sys.argv[4]
+for _ in sys.stdin:
+    worker = os.fork()
+    if worker == 0:
+        while True:
+            hub.promote(first)
+            hub.promote(second)
+            hub.rollback()
+            hub.rollback()
+    print(worker, flush=True)
+    os.waitpid(worker, 0)
+    print("ended", flush=True)
+"""
+
+
+def written(hub: LocalHub) -> tuple[int, int]:
+    """Changes whenever refs.json is written, in place or replaced."""
+    status = (hub.repo / REFS_FILE).stat()
+    return status.st_ino, status.st_mtime_ns
+
+
+def test_kill_9_in_the_middle_of_promotions_leaves_valid_refs_and_the_app_serves_the_alias(tmp_path, cache_dir):
+    hub = copy_models(tmp_path / "models")
+    shipped, versions = hub.production(), hub.versions()
+    second = versions[-1]  # servable, besides production and OTHER_VERSION (see shipped_models)
+    assert second not in (shipped, OTHER_VERSION)
+    promoter = subprocess.Popen([sys.executable, "-c", PROMOTER, str(hub.repo.parent), MODEL_NAME, OTHER_VERSION,
+                                 second], cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    chooser, seen = random.Random(), set()
+    try:
+        for _ in range(60):
+            before = written(hub)
+            promoter.stdin.write("\n")
+            promoter.stdin.flush()
+            worker = int(promoter.stdout.readline())
+            # The worker is under way once it has written the alias; then a random moment.
+            wait_for(lambda: written(hub) != before, 30, every=0.0005)
+            threading.Event().wait(chooser.uniform(0, 0.02))
+            os.kill(worker, signal.SIGKILL)
+            assert promoter.stdout.readline().strip() == "ended"
+            text = (hub.repo / REFS_FILE).read_text()
+            try:
+                refs = json.loads(text)
+            except ValueError:
+                pytest.fail(f"a promotion killed midway left {REFS_FILE} unreadable: {text!r}")
+            assert refs["production"] in versions and set(refs["previous"]) <= set(versions), refs
+            assert hub.refs() == refs
+            seen.add(refs["production"])
+    finally:
+        promoter.kill()
+        promoter.wait(timeout=30)
+    assert len(seen) >= 2  # the kills landed at different points of the cycle
+    # What a writer killed midway leaves is its temporary file; the next write under the lock sweeps it away.
+    hub.promote(hub.production())
+    assert sorted(path.name for path in hub.repo.iterdir() if not path.is_dir()) == [".lock", REFS_FILE]
+
+    app = App(app_env(tmp_path, cache_dir))
+    try:
+        production = hub.production()
+        assert get_json(app.url + "/health")["model_version"] == production
+        client = Client(app.url, verbose=False)
+        target = OTHER_VERSION if production != OTHER_VERSION else shipped
+        assert client.predict(target, "", api_name="/promote") == f"Production is now {target}."
+        assert hub.production() == target == get_json(app.url + "/health")["model_version"]
+    finally:
+        stop_app(app)
+
+
+# 4. The prediction log's PostgreSQL stopped, and started again, under load
+
+@requires_photos
+def test_postgres_stopped_under_load_costs_no_prediction_and_no_logged_row(tmp_path, cache_dir, small_photo_dir):
+    import sqlalchemy as sa
+
+    database = Postgres()
+    url = database.new_database()
+    copy_models(tmp_path / "models")
+    app = App(app_env(tmp_path, cache_dir, CATDOG_DATABASE_URL=url))
+    answered, refused = [0], []
+    stop = threading.Event()
+    photo_list = photos(small_photo_dir / "cats", 5) + photos(small_photo_dir / "dogs", 5)
+
+    def predict_forever(offset: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            index = offset
+            while not stop.is_set():
+                photo = photo_list[index % len(photo_list)]
+                index += 1
+                try:
+                    answer = http.post(app.url + "/api/predict",
+                                       files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+                except httpx.HTTPError as error:
+                    refused.append(repr(error))
+                    continue
+                if answer.status_code == 200:
+                    answered[0] += 1
+                else:
+                    refused.append((answer.status_code, answer.text))
+
+    def status() -> dict:
+        return get_json(app.url + "/api/status")
+
+    clients = [threading.Thread(target=predict_forever, args=(offset,)) for offset in range(3)]
+    try:
+        for client in clients:
+            client.start()
+        wait_for(lambda: answered[0] >= 20, 60)
+        database.stop()
+        # While it is down, /api/status says so in a sentence, and predictions go on being answered.
+        outage = wait_for(lambda: status()["prediction_log"]["write_error"], 30)
+        assert "cannot be reached" in outage
+        assert_sentence(outage)
+        during = answered[0]
+        wait_for(lambda: answered[0] >= during + 30, 60)
+        down = status()
+        assert down["model_loaded"] and down["prediction_log"]["pending_rows"] > 0
+        gradio = Client(app.url, verbose=False).predict(handle_file(str(photo_list[0])), api_name="/predict")
+        assert gradio["label"] == "cat"
+        database.start()
+        wait_for(lambda: status()["prediction_log"]["write_error"] is None, 60)
+        after = answered[0]
+        wait_for(lambda: answered[0] >= after + 10, 60)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=60)
+    try:
+        assert refused == []
+        made = answered[0] + 1  # and the one through Gradio's API
+        # Every prediction made before, during and after the outage reaches the log: nothing lost, nothing twice.
+        try:
+            wait_for(lambda: status()["predictions_last_hour"] == made, 60)
+        except AssertionError:
+            final = status()
+            pytest.fail(f"{final['predictions_last_hour']} of the {made} predictions reached the log "
+                        f"({final['prediction_log']})")
+        assert status()["prediction_log"] == {"pending_rows": 0, "dropped_rows": 0, "write_error": None}
+        engine = sa.create_engine(url)
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT COUNT(*) FROM predictions")).scalar() == made
+        engine.dispose()
+    finally:
+        stop_app(app)
+        database.close()
+
+
+# 3. A full disk, and a read-only one, under uploads and under a retraining
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A tmpfs of this size mounted on folder for the test (mount needs root); skipped, saying why, if it can't."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills up, or turns read-only) needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                 capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("no mount command here, so no small tmpfs to fill up")
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({(mounted.stderr or mounted.stdout).strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def remount(folder: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True, capture_output=True, timeout=30)
+
+
+def fill(folder: Path, leave_bytes: int) -> Path:
+    """Fill folder's filesystem, then give back about leave_bytes; the ballast file, to delete for room again."""
+    ballast = folder / "ballast"
+    descriptor = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                os.write(descriptor, bytes(2**16))
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+                break
+    finally:
+        os.close(descriptor)
+    os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
+    return ballast
+
+
+def upload(client: Client, label: str, files: list[Path]) -> tuple[list[dict], str | None]:
+    """The rows of an upload (file, status, reason), or the sentence the whole call was refused with."""
+    from gradio_client.exceptions import AppError
+
+    try:
+        table, _ = client.predict(label, [handle_file(str(path)) for path in files], "",
+                                  api_name="/upload_training_data")
+    except AppError as error:
+        return [], str(error)
+    return [dict(zip(table["headers"], row)) for row in table["data"]], None
+
+
+def assert_store_whole(uploads: Path, sent: dict[str, bytes], acknowledged: set[str]) -> set[str]:
+    """Every acknowledged upload is stored; every file in the store is a whole image under its real name (the
+    hash of what was sent), and no temporary file is left behind. The hashes stored."""
+    from PIL import Image
+
+    stored = set()
+    for path in uploads.rglob("*"):
+        if not path.is_file():
+            continue
+        assert not path.name.startswith(".") and not path.name.endswith(".tmp"), f"left behind: {path.name}"
+        assert path.stem in sent, f"{path.name} is no upload's hash"
+        if path.read_bytes() != sent[path.stem]:  # kept in another format: it must decode to the end
+            with Image.open(path) as image:
+                image.load()
+        stored.add(path.stem)
+    assert acknowledged <= stored, f"acknowledged uploads lost: {acknowledged - stored}"
+    return stored
+
+
+def refusals(rows: list[dict], error: str | None) -> list[str]:
+    """What the user was told about the files that were not stored: the call's sentence, or each row's reason."""
+    return [error] if error else [row["reason"] for row in rows if row["status"] == "rejected"]
+
+
+def hashes(files: list[Path]) -> dict[str, bytes]:
+    return {hashlib.sha256(path.read_bytes()).hexdigest(): path.read_bytes() for path in files}
+
+
+def uploads_refused(fault: str, sentences: list[str], says: str) -> None:
+    """Last in a test, once every invariant is checked: does the sentence name the fault? (A known bug, reported:
+    a write that fails reaches the user as 'could not use the inputs it was given'.)"""
+    if not all(re.search(says, sentence, re.I) for sentence in sentences):
+        pytest.xfail(f"known bug (uploads.py / web.py): uploads to a {fault} data folder are refused with "
+                     f"{sentences!r}, which blames the files instead of saying the disk is {fault}")
+
+
+@requires_photos
+def test_uploads_to_a_full_disk_are_refused_in_a_sentence_and_lose_nothing(tmp_path, cache_dir, small_photo_dir):
+    copy_models(tmp_path / "models")
+    cats, dogs = photos(small_photo_dir / "cats", 10), photos(small_photo_dir / "dogs", 20)
+    sent = hashes(cats + dogs)
+    with tmpfs(tmp_path / "data", "4m") as data:
+        app = App(app_env(tmp_path, cache_dir))
+        try:
+            client = Client(app.url, verbose=False)
+            rows, error = upload(client, "cat", cats)
+            assert error is None and [row["status"] for row in rows] == ["added"] * 10, (rows, error)
+            acknowledged = set(hashes(cats))
+            ballast = fill(data, leave_bytes=48 * 1024)  # room for about two photos
+
+            rows, error = upload(client, "dog", dogs)
+            told = refusals(rows, error)
+            assert told, (rows, error)
+            for sentence in told:
+                assert_sentence(sentence)
+            acknowledged |= {hashlib.sha256(path.read_bytes()).hexdigest() for path, row in zip(dogs, rows)
+                             if row["status"] in ("added", "suspect")}
+            assert_store_whole(data / "uploads", sent, acknowledged)
+            # Predictions go on, on the full disk (their log rows wait until there is room).
+            assert predict_rest(app.url, cats[0])["label"] == "cat"
+            assert client.predict(handle_file(str(dogs[0])), api_name="/predict")["label"] == "dog"
+
+            ballast.unlink()  # room again: the same upload goes through
+            rows, error = upload(client, "dog", dogs)
+            assert error is None and {row["status"] for row in rows} <= {"added", "duplicate", "suspect"}, rows
+            stored = assert_store_whole(data / "uploads", sent, acknowledged)
+            assert stored == set(sent)
+            stats = client.predict(api_name="/dataset_stats")
+            assert stats["uploads"]["cat"] == 10 and stats["uploads"]["dog"] + stats["suspect"]["dog"] == 20
+            # The two predictions made while the disk was full reached the log once there was room.
+            wait_for(lambda: get_json(app.url + "/api/status")["predictions_last_hour"] == 2, 30)
+        finally:
+            stop_app(app)
+    uploads_refused("full", told, r"space|full")
+
+
+@requires_photos
+def test_uploads_to_a_read_only_data_folder_are_refused_in_a_sentence_and_lose_nothing(tmp_path, cache_dir,
+                                                                                        small_photo_dir):
+    copy_models(tmp_path / "models")
+    cats, dogs = photos(small_photo_dir / "cats", 10), photos(small_photo_dir / "dogs", 10)
+    sent = hashes(cats + dogs)
+    with tmpfs(tmp_path / "data", "16m") as data:
+        app = App(app_env(tmp_path, cache_dir))
+        try:
+            client = Client(app.url, verbose=False)
+            rows, error = upload(client, "cat", cats)
+            assert error is None and [row["status"] for row in rows] == ["added"] * 10, (rows, error)
+            acknowledged = set(hashes(cats))
+            remount(data, "ro")  # as root, chmod would not stop a write: the filesystem itself turns read-only
+            try:
+                rows, error = upload(client, "dog", dogs)
+                told = refusals(rows, error)
+                assert told and not [row for row in rows if row["status"] in ("added", "suspect")], (rows, error)
+                for sentence in told:
+                    assert_sentence(sentence)
+                assert assert_store_whole(data / "uploads", sent, acknowledged) == acknowledged
+                assert predict_rest(app.url, cats[0])["label"] == "cat"
+                assert client.predict(handle_file(str(dogs[0])), api_name="/predict")["label"] == "dog"
+                assert get_json(app.url + "/health")["model_loaded"]
+            finally:
+                remount(data, "rw")
+            rows, error = upload(client, "dog", dogs)
+            assert error is None and {row["status"] for row in rows} <= {"added", "suspect"}, rows
+            assert assert_store_whole(data / "uploads", sent, acknowledged) == set(sent)
+            wait_for(lambda: get_json(app.url + "/api/status")["predictions_last_hour"] == 2, 30)
+        finally:
+            stop_app(app)
+    uploads_refused("read-only", told, r"read-only|cannot be written|not writable")
+
+
+def disk_bytes(folder: Path) -> int:
+    """What the files under folder take on a tmpfs: whole 4 KiB pages."""
+    return sum(-(-path.stat().st_size // 4096) * 4096 for path in folder.rglob("*") if path.is_file())
+
+
+@requires_photos
+def test_a_full_disk_fails_a_retraining_in_a_sentence_and_publishes_nothing(tmp_path, cache_dir, small_photo_dir):
+    shipped = shipped_models()
+    # Room for the shipped versions and 1 MiB more: a new version (about 5 MB) does not fit.
+    with tmpfs(tmp_path / "models", f"{(disk_bytes(shipped) + 2**20) // 1024}k") as models:
+        hub = copy_models(models)
+        production, versions = hub.production(), hub.versions()
+        free = shutil.disk_usage(models).free
+        app = App(app_env(tmp_path, cache_dir, CATDOG_BASE_DATA_DIR=str(small_photo_dir)))
+        try:
+            client = Client(app.url, verbose=False)
+            assert client.predict("", api_name="/retrain")["running"]
+            status = finished(client)
+            assert status["stage"] == "failed", status
+            assert_sentence(status["error"])
+            assert re.search(r"no space left", status["error"], re.I), status["error"]
+            assert predict_rest(app.url, photos(small_photo_dir / "dogs", 1)[0])["version"] == production
+            assert hub.versions() == versions
+            assert_hub_whole(hub, production)
+            assert not list(hub.repo.glob(".staging-*"))
+            assert shutil.disk_usage(models).free >= free - 8192  # what the failed write took is given back
+        finally:
+            stop_app(app)
