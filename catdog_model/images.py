@@ -284,6 +284,9 @@ def storable_copy(data: bytes, max_side: int, max_bytes: int, limits: ImageLimit
     if max(width, height) <= max_side and len(data) <= max_bytes:
         load_image(data, size=32, limits=limits)
         return data, image_format
+    if min(_fitted((width, height), max_side)) < limits.min_side:
+        raise InvalidImage(f"The image is {width}×{height} pixels: at {max_side} pixels on its longer side, its "
+                           f"shorter side would be under {limits.min_side} pixels. Crop it closer to the animal.")
     buffer = io.BytesIO()
     Image.fromarray(load_image(data, size=max_side, limits=limits, fit=True)).save(
         buffer, "JPEG", quality=STORED_JPEG_QUALITY)

@@ -76,6 +76,10 @@ def test_an_image_larger_than_training_needs_is_kept_as_a_bounded_jpeg(tmp_path)
     assert stored[1].stat().st_size <= STORED_MAX_BYTES
     # It is still known by the hash of what was uploaded: the same file again is a duplicate.
     assert store.add("cat", [("again.bmp", bmp(3000, seed=1))])[0].status == "duplicate"
+    strip = io.BytesIO()
+    Image.new("RGB", (200_000, 16), "gray").save(strip, "PNG")
+    (refused,) = store.add("cat", [("strip.png", strip.getvalue())])
+    assert refused.status == "rejected" and "Crop it" in refused.reason  # it could not be kept at 1,024 px
 
 
 def test_one_upload_call_is_bounded_across_all_its_files_and_archives(tmp_path):
