@@ -13,6 +13,7 @@ import gradio as gr
 import pandas as pd
 import uvicorn
 from fastapi import FastAPI, File, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from catdog_model import LABELS, cli
@@ -27,6 +28,9 @@ from catdog_model.web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, 
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
 ANALYTICS_EVENTS = 1000
+REST_USAGE = ("POST /api/predict takes one photo as a multipart form field named `file`, for example "
+              "curl -F file=@photo.jpg http://127.0.0.1:7860/api/predict.")
+logger = logging.getLogger("catdog.app")
 
 
 def build_demo(service: Service) -> gr.Blocks:
@@ -264,6 +268,15 @@ def build_app(service: Service) -> FastAPI:
     async def predict_rest(file: UploadFile = File(...)) -> JSONResponse:
         """One multipart POST (field `file`), JSON back: the fast path for scripts and load tests."""
         return await rest_prediction(service, file)
+
+    @app.get("/api/predict")
+    async def predict_rest_help() -> JSONResponse:
+        return JSONResponse({"error": REST_USAGE}, status_code=405, headers={"Allow": "POST"})
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed_request(request, error) -> JSONResponse:
+        logger.info("refused %s: the request did not have the form it needs", request.url.path)
+        return JSONResponse({"error": REST_USAGE}, status_code=400)
 
     app.add_middleware(CheckedCalls, blocks=demo)
     # The multipart form's own framing adds a few hundred bytes to the file.

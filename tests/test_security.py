@@ -443,6 +443,12 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
             answers[kind] = error
             lines = [record for record in caplog.records if record.name.startswith(("catdog", "gradio", "uvicorn.error"))]
             assert len(lines) == 1 and not lines[0].exc_info, (kind, [record.getMessage() for record in lines])
+        for kind, response in {"a REST call with the wrong form field":
+                               http.post("api/predict", files={"photo": ("x.jpg", b"x")}),
+                               "a REST call without a body": http.post("api/predict"),
+                               "a REST GET": http.get("api/predict")}.items():
+            assert response.status_code in (400, 405) and "multipart form field named `file`" in response.json()[
+                "error"], kind
     assert "handle_file" in answers["a plain path for a file"]
     assert "takes 1 input" in answers["no inputs"]
     assert "hour, day, all" in answers["a window in a list"]
