@@ -25,5 +25,9 @@ def public_message(text) -> str:
 
 def shown(value, limit: int = SHOWN_CHARACTERS) -> str:
     """A caller's input quoted in a message, cut to limit characters: a refusal never echoes a page back."""
-    text = repr(value)
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """text, or its first limit - 1 characters and an ellipsis."""
     return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -14,7 +14,7 @@ from typing import Callable
 from . import LABELS
 from .atomic import write_atomically
 from .data import Dataset, Example, IMAGE_SUFFIXES, normalize_label
-from .errors import CatdogError, public_message
+from .errors import CatdogError, cut, public_message
 from .images import (DEFAULT_LIMITS, ImageLimits, InvalidImage, content_hash, image_size, read_bytes,
                      storable_copy)
 
@@ -32,6 +32,7 @@ STORED_MAX_BYTES = 2**20
 DEFAULT_REQUEST_MB = 200
 DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
 SUSPECT_FOLDER = "suspect"
+SHOWN_NAME_CHARACTERS = 120  # of a file's name (in an archive: its path) in the results
 # check(label, image) → why the image's label looks wrong (a sentence), or None.
 LabelCheck = Callable[[str, bytes], str | None]
 
@@ -103,7 +104,8 @@ class UploadStore:
         label = normalize_label(label)
         seen: set[str] = set()
         used = {"bytes": 0, "pixels": 0}
-        return [self._add_one(label, name, read, check, seen, used) for name, read in _expand_archives(files)]
+        return [self._add_one(label, cut(name, SHOWN_NAME_CHARACTERS), read, check, seen, used)
+                for name, read in _expand_archives(files)]
 
     def _add_one(self, label: str, name: str, read, check: LabelCheck | None, seen: set[str], used: dict
                  ) -> UploadResult:

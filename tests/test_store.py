@@ -41,6 +41,8 @@ def test_uploads_are_validated_deduplicated_and_named_by_content(tmp_path):
     assert store.add("dog", [("again.jpg", random_jpeg(1))])[0].reason == "the same image is already stored as a cat"
     assert store.counts() == {"cat": 1, "dog": 0}
     assert len(store.dataset().examples) == 1
+    (long_name,) = store.add("cat", [("x" * 5000 + ".jpg", b"not an image")])
+    assert len(long_name.file) <= 120  # a name is shown, not echoed back whole
 
 
 def test_zip_archives_with_nested_folders_and_refused_bombs(tmp_path):
