@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
@@ -17,15 +16,7 @@ from catdog_model.images import content_hash
 from catdog_model.retraining import PARENT_VARIABLE, SETTINGS_VARIABLE, training_dataset
 from catdog_model.uploads import UploadStore
 from tests.conftest import random_jpeg
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
+from tests.servers import wait_for
 
 
 def has_ended(process: psutil.Process) -> bool:
@@ -40,8 +31,8 @@ def test_a_suspect_upload_joins_training_only_once_an_admin_confirms_it(settings
     store = UploadStore(settings.data_dir / "uploads")
     doubted, agreed = random_jpeg(1), random_jpeg(2)
 
-    def production_doubts(label: str, images: list[bytes]) -> list[str | None]:
-        return ["production says dog with 99% confidence" if image == doubted else None for image in images]
+    def production_doubts(label: str, image: bytes) -> str | None:
+        return "production says dog with 99% confidence" if image == doubted else None
 
     results = store.add("cat", [("doubted.jpg", doubted), ("agreed.jpg", agreed)], production_doubts)
     assert [result.status for result in results] == ["suspect", "added"]
@@ -90,10 +81,10 @@ def test_a_silent_retraining_child_ends_when_the_server_is_killed(settings, tmp_
     child = None
     try:
         child = psutil.Process(int(server.stdout.readline()))
-        assert wait_for(working.exists, 120), "the child never reached its work"
+        wait_for(working.exists, 120)  # the child has reached its work
         os.kill(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
-        assert wait_for(lambda: has_ended(child), 30), "the child outlived the server"
+        wait_for(lambda: has_ended(child), 30)  # ...and ends with the server
     finally:
         if server.poll() is None:
             server.kill()
