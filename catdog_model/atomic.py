@@ -20,7 +20,7 @@ def write_atomically(path: Path, data: bytes) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        pass  # PLANTED Path(temporary).unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
         raise
     fsync(path.parent)
 

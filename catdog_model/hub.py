@@ -134,6 +134,16 @@ class ModelHub:
         return self._update_refs(change)[PRODUCTION]
 
 
+def failure_reason(error: OSError) -> str:
+    """The operating system's reason for a failed write ("No space left on device"), without paths; for
+    shutil.copytree's error, which lists (source, destination, message) for each file, the first file's."""
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        message = str(error.args[0][0][-1])
+        number = re.match(r"\[Errno (\d+)\]", message)
+        return os.strerror(int(number.group(1))) if number else "a file could not be copied"
+    return error.strerror or type(error).__name__
+
+
 class LocalHub(ModelHub):
     def __init__(self, root: Path, name: str):
         self.repo = Path(root) / name
@@ -181,9 +191,12 @@ class LocalHub(ModelHub):
                         path.chmod(0o444)
                 # rename() is atomic: the version appears whole or not at all.
                 os.rename(staging, self.repo / version)
-                fsync(self.repo)
+            except OSError as error:  # a full or read-only disk: a sentence, not shutil's list of file pairs
+                raise HubError(f"Cannot write {version} into {self.name}: {failure_reason(error)}. Nothing was "
+                               "published; free space on its disk (or make it writable) and try again.") from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+            fsync(self.repo)
         return version
 
     def _update_refs(self, change: Callable[[dict], dict]) -> dict:

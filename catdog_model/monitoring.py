@@ -162,6 +162,7 @@ class PredictionLog:
         self.batch_rows = batch_rows
         self.engine = open_engine(url)
         self._buffer: queue.Queue = queue.Queue(maxsize=buffer_rows)
+        self._held_rows = 0  # taken from the buffer by the writer, not yet written
         self.dropped_rows = 0
         self.last_error: str | None = None
         self.schema_ready = threading.Event()
@@ -183,7 +184,8 @@ class PredictionLog:
 
     @property
     def pending_rows(self) -> int:
-        return self._buffer.qsize()
+        """Rows waiting to be written: in the buffer, and the batch the writer keeps while the database is down."""
+        return self._buffer.qsize() + self._held_rows
 
     def health(self) -> dict:
         """What the writer knows, even while the database is down: rows waiting, rows lost, the last error."""
@@ -219,23 +221,24 @@ class PredictionLog:
                     self._take(rows, events, self._buffer.get_nowait())
                 except queue.Empty:
                     break
+            self._held_rows = len(rows)
             try:
                 if rows:
                     with self.engine.begin() as connection:
                         connection.execute(predictions.insert(), rows)
                 self.last_error = None
             except SQLAlchemyError as error:
-                self._failed(error, len(rows))
+                self._failed(error)
                 continue
-            rows = []
+            rows, self._held_rows = [], 0
             for event in events:
                 event.set()
             events = []
 
-    def _failed(self, error: Exception, rows: int = 0) -> None:
+    def _failed(self, error: Exception) -> None:
         message = str(error) if isinstance(error, LogUnavailable) else self._unreachable(error)
         if message != self.last_error:
-            logger.warning("%s %d rows wait in the buffer.", message, rows + self.pending_rows)
+            logger.warning("%s %d rows wait in the buffer.", message, self.pending_rows)
         self.last_error = message
         time.sleep(self.retry_seconds)
 

@@ -136,7 +136,13 @@ class UploadStore:
         seen.add(sha256)
         doubt = check(label, stored) if check else None
         folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
-        write_atomically(folder / f"{sha256}{FORMAT_SUFFIXES.get(image_format, '.img')}", stored)
+        try:
+            write_atomically(folder / f"{sha256}{FORMAT_SUFFIXES.get(image_format, '.img')}", stored)
+        except OSError as error:  # a full or read-only disk: nothing half-written is left (atomic write)
+            seen.discard(sha256)
+            return UploadResult(name, "rejected", f"Not stored: the data folder cannot be written "
+                                                  f"({error.strerror or type(error).__name__}). Free space on its "
+                                                  "disk, or make CATDOG_DATA_DIR writable, and upload it again.")
         return UploadResult(name, "suspect" if doubt else "added", doubt or "")
 
     def review_suspects(self, confirm: bool) -> int:

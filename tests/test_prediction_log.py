@@ -132,7 +132,7 @@ def test_a_full_buffer_drops_rows_and_counts_them(tmp_path):
     wait_for(lambda: log.last_error)
     health = log.health()
     assert 70 <= health["dropped_rows"] <= 80  # only the buffer (20) and one batch (10) wait
-    assert health["pending_rows"] <= 20 and "cannot be reached" in health["write_error"]
+    assert health["pending_rows"] <= 30 and "cannot be reached" in health["write_error"]
     with pytest.raises(LogUnavailable):
         log.statistics()
 
