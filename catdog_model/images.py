@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import struct
 import threading
 import time
 import warnings
@@ -36,8 +37,9 @@ TRANSPARENT_PALETTE_BYTES = 16  # P with transparency: RGBA, a white background,
 PREMULTIPLIED_BYTES = {"LA": 4, "RGBA": 4, "PA": 4}
 # Pillow's WebP plugin decodes into libwebp's buffer, copies it to bytes, then unpacks: three more copies.
 FORMAT_BYTES = {"WEBP": 12}
-# A progressive JPEG keeps every DCT coefficient of the full image while it decodes, whatever the draft scale.
-PROGRESSIVE_JPEG_BYTES = 6
+# A JPEG of several scans (progressive, or one scan per component) keeps every DCT coefficient of the full
+# image while it decodes, 2 bytes per pixel and component, whatever the draft scale.
+COEFFICIENT_BYTES = 2
 # After shrinking, up to four RGBA copies of the shrunk image (upright, RGBA, white background, composite).
 WORK_BYTES = 16
 # Only these formats are opened: an icon file, say, declares one size in its header and decodes another.
@@ -48,8 +50,16 @@ REDUCED_SIDE_FACTOR = 2  # shrink by whole factors to at least twice the model's
 # (libpng writes 8 KB data chunks: 3 reads each), a file made of a million empty blocks one read per few bytes.
 BYTES_PER_READ = 512
 MIN_READS = 4096
+TOO_MANY_BLOCKS = "This file is made of more metadata blocks than any photo has, so it is not decoded."
 EXIF_ORIENTATION = 0x0112
 MAX_EXIF_BYTES = 65536  # a JPEG's EXIF segment cannot be larger; a larger block is no camera's, and is ignored
+MAX_TIFF_TAGS = 200
+MAX_TIFF_TAG_BYTES = 2**20
+TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
+MAX_JPEG_SCANS = 100  # as libjpeg's djpeg -maxscans suggests; progressive photos have about ten
+# Each scan of a multi-scan JPEG walks every block of the full image, whatever the draft scale: a 12-megapixel
+# progressive photo of 10 scans is 120 million block-pixel visits, about a second of CPU here.
+MAX_JPEG_SCAN_PIXELS = 120_000_000
 ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
@@ -191,12 +201,7 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
         else:
             image = _open(read_bytes(source), limits.max_pixels)
         _check_size(image, limits)
-        width, height = image.size
-        cost = width * height * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
-        if size is not None and image.format in ("JPEG", "MPO"):
-            # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
-            image.draft("RGB", _fitted(image.size, size) if fit else (size, size))
-        cost += decode_cost(image, size, fit)
+        cost = drafted_cost(image, size, fit)
         if cost > limits.decode_bytes:
             raise InvalidImage(f"Decoding this {image.size[0]}×{image.size[1]} image ({image.mode}) would take "
                                f"{cost / 2**20:.0f} MB; the limit is {limits.decode_bytes / 2**20:.0f} MB. "
@@ -217,6 +222,48 @@ def load_image(source, size: int | None = None, limits: ImageLimits = DEFAULT_LI
             return np.asarray(image, dtype=np.uint8)
     except _TooCostly as error:
         raise InvalidImage(str(error)) from None
+
+
+def drafted_cost(image: Image.Image, size: int | None, fit: bool = False) -> int:
+    """Set a JPEG to decode at the smallest scale that serves size, and return what decoding the image will
+    hold (decode_cost, and a multi-scan JPEG's coefficients at full size)."""
+    width, height = image.size
+    cost = width * height * COEFFICIENT_BYTES * len(image.getbands()) if _all_coefficients_kept(image) else 0
+    if cost and jpeg_scans(image.fp.getvalue()) * width * height > MAX_JPEG_SCAN_PIXELS:
+        raise InvalidImage(f"This {width}×{height} JPEG is stored in {jpeg_scans(image.fp.getvalue())} scans, "
+                           "each of which would be decoded at full size; save it as an ordinary (baseline) JPEG.")
+    if size is not None and image.format in ("JPEG", "MPO"):
+        # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
+        image.draft("RGB", _fitted(image.size, size) if fit else (size, size))
+    return cost + decode_cost(image, size, fit)
+
+
+def _all_coefficients_kept(image: Image.Image) -> bool:
+    if image.format not in ("JPEG", "MPO"):
+        return False
+    if image.info.get("progressive"):
+        return True
+    return hasattr(image.fp, "getvalue") and jpeg_scans(image.fp.getvalue()) > 1
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans the JPEG's image has: its segments are walked to the first scan (an EXIF thumbnail's
+    scans, inside a segment, do not count), then start-of-scan markers are counted to the end of the image —
+    inside a scan's data 0xFF is stuffed as FF 00, so FF DA there is always a marker."""
+    position, segments = 2, 0
+    while position + 4 <= len(data) and data[position] == 0xFF and segments < MIN_READS:
+        marker = data[position + 1]
+        if marker == 0xDA:
+            end = data.find(b"\xff\xd9", position)
+            return 1 + data.count(b"\xff\xda", position + 2, end if end >= 0 else len(data))
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        position += 2 if 0xD0 <= marker <= 0xD7 or marker == 0x01 else 2 + struct.unpack_from(">H", data, position + 2)[0]
+        segments += 1
+    if segments >= MIN_READS:
+        raise _TooCostly(TOO_MANY_BLOCKS)
+    return 0
 
 
 def decode_cost(image: Image.Image, size: int | None = None, fit: bool = False) -> int:
@@ -310,15 +357,43 @@ class _GuardedStream(io.BytesIO):
     def read(self, size: int | None = -1) -> bytes:
         self.reads_left -= 1
         if self.reads_left < 0:
-            raise _TooCostly("This file is made of more metadata blocks than any photo has, so it is not decoded.")
+            raise _TooCostly(TOO_MANY_BLOCKS)
         if time.thread_time() > self.cpu_deadline:
             raise _TooCostly(f"Decoding this file took over {DECODE_CPU_SECONDS:.0f} s of CPU, so it was stopped.")
         return super().read(size)
 
 
+def _check_container(data: bytes) -> None:
+    """Refuse, before Pillow parses them, the layouts whose bookkeeping costs more than their pixels: a TIFF
+    whose first directory holds many tags or much tag data (Pillow copies each tag's data, however many tags
+    point at the same bytes, and makes a Python object per strip), a JPEG of many scans (each one walks every
+    block), and a run-length-encoded BMP (Pillow's decoder for it overshoots its buffer)."""
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        order = "<" if data[:2] == b"II" else ">"
+        try:
+            (first,) = struct.unpack_from(order + "I", data, 4)
+            (count,) = struct.unpack_from(order + "H", data, first)
+            tag_bytes = 0
+            for entry in range(first + 2, first + 2 + 12 * min(count, MAX_TIFF_TAGS + 1), 12):
+                _, kind, values = struct.unpack_from(order + "HHI", data, entry)
+                tag_bytes += values * TIFF_TYPE_BYTES.get(kind, 8)
+        except struct.error:
+            return  # Pillow says what is wrong with it
+        if count > MAX_TIFF_TAGS or tag_bytes > MAX_TIFF_TAG_BYTES:
+            raise InvalidImage(f"This TIFF file's first directory holds {count} tags and {tag_bytes:,} bytes of "
+                               f"tag data; a photo needs under {MAX_TIFF_TAGS} and {MAX_TIFF_TAG_BYTES // 2**20} MB. "
+                               "Save it as JPEG or PNG.")
+    elif data[:2] == b"\xff\xd8" and jpeg_scans(data) > MAX_JPEG_SCANS:
+        raise InvalidImage(f"This JPEG file has over {MAX_JPEG_SCANS} scans; a photo has at most a few dozen. Save "
+                           "it again as an ordinary JPEG.")
+    elif data[:2] == b"BM" and len(data) >= 34 and struct.unpack_from("<I", data, 30)[0] in (1, 2):
+        raise InvalidImage("Run-length-encoded BMP files are not read; save it as PNG or JPEG.")
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("The file is empty (0 bytes).")
+    _check_container(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -356,15 +431,34 @@ def _image_from_array(array: np.ndarray) -> Image.Image:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    """Turn the picture as its EXIF orientation says. Only that tag is read: ImageOps.exif_transpose
-    re-serialises the whole EXIF block, which costs a minute of CPU for 12 MB of it."""
-    if len(image.info.get("exif") or b"") > MAX_EXIF_BYTES:
-        return image
-    try:
-        transpose = ORIENTATIONS.get(image.getexif().get(EXIF_ORIENTATION))
-    except Exception:  # A broken EXIF block should not cost the user the picture itself.
-        return image
+    """Turn the picture as its EXIF orientation says (a TIFF's own tag, or the EXIF block's first IFD).
+    Pillow is not asked: exif_transpose re-serialises the whole EXIF block (a minute of CPU for 12 MB of it),
+    and getexif() copies every tag's data, however many tags point at the same megabytes."""
+    if image.format == "TIFF":
+        orientation = image.tag_v2.get(EXIF_ORIENTATION)
+    else:
+        orientation = exif_orientation(image.info.get("exif") or b"")
+    transpose = ORIENTATIONS.get(orientation)
     return image.transpose(transpose) if transpose is not None else image
+
+
+def exif_orientation(block: bytes) -> int | None:
+    """The orientation tag of an EXIF block ("Exif\\0\\0" and a TIFF header, or the header alone): None when
+    it has none, is broken, or is larger than MAX_EXIF_BYTES (no camera writes such a block)."""
+    block = block.removeprefix(b"Exif\0\0")
+    if len(block) > MAX_EXIF_BYTES or block[:4] not in (b"II*\0", b"MM\0*"):
+        return None
+    order = "<" if block[:2] == b"II" else ">"
+    try:
+        (first,) = struct.unpack_from(order + "I", block, 4)
+        (count,) = struct.unpack_from(order + "H", block, first)
+        for entry in range(first + 2, first + 2 + 12 * count, 12):
+            tag, kind, values = struct.unpack_from(order + "HHI", block, entry)
+            if tag == EXIF_ORIENTATION and kind == 3 and values == 1:  # one SHORT, held in the entry itself
+                return struct.unpack_from(order + "H", block, entry + 8)[0]
+    except struct.error:
+        return None
+    return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

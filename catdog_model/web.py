@@ -30,12 +30,15 @@ GRADIO_API = "/gradio_api/"
 MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything larger is refused unread
 UPLOAD_ROUTE = "/gradio_api/upload"
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
+NO_LONGER_UPLOADED = ("This file is no longer on the server (uploads are kept for CATDOG_FILE_CACHE_MINUTES): "
+                      "upload it again.")
+MAX_PATH_CHARACTERS = 4096  # resolving a longer one, `..` by `..`, would stall the event loop
 BUSY_POLL_SECONDS = 0.05  # how often a request waiting for decode memory looks again
 
 
 def is_uploaded_file(path, upload_folder: str) -> bool:
     """True for a regular file inside the upload folder, after symlinks and `..` are resolved."""
-    if not isinstance(path, str) or not path or "\0" in path:
+    if not isinstance(path, str) or not path or "\0" in path or len(path) > MAX_PATH_CHARACTERS:
         return False
     root = os.path.realpath(upload_folder)
     real = os.path.realpath(path)
@@ -45,6 +48,16 @@ def is_uploaded_file(path, upload_folder: str) -> bool:
         return stat.S_ISREG(os.stat(real).st_mode)  # not a FIFO, a device or a folder
     except OSError:
         return False
+
+
+def was_uploaded(path, upload_folder: str) -> bool:
+    """A path of the kind Gradio's upload route returns (a plain name inside the upload folder) whose file is
+    gone: kept CATDOG_FILE_CACHE_MINUTES, then deleted. Says nothing of any path outside the folder."""
+    if not isinstance(path, str) or len(path) > MAX_PATH_CHARACTERS or "\0" in path:
+        return False
+    root = os.path.realpath(upload_folder)
+    return (os.path.isabs(path) and ".." not in path.split(os.sep) and os.path.commonpath([path, root]) == root
+            and path != root and not os.path.lexists(path))
 
 
 def file_paths(value) -> list:
@@ -106,9 +119,11 @@ class CheckedCalls:
         body = b"".join(message.get("body", b"") for message in messages)
         try:
             call = json.loads(body) if body else None
+            problem = self._problem(path, call)
         except ValueError:
-            call = None  # not JSON: Gradio refuses it itself
-        problem = self._problem(path, call)
+            problem = None  # not JSON: Gradio refuses it itself
+        except Exception as error:  # nested too deep, say: whatever this is, it is not a call to run
+            problem = f"This call could not be read ({type(error).__name__}); send {{\"data\": [inputs]}} as JSON."
         if problem:
             logger.info("refused a call to %s: %s", path, problem)
             await _send_json(send, 400, {"error": problem})
@@ -123,17 +138,24 @@ class CheckedCalls:
         """Why the call cannot run, in a sentence; None when it can (or when Gradio will say so itself)."""
         upload_folder = self.upload_folder()
         candidates = {path if isinstance(path, str) else None for path in file_paths(call)}  # each checked once
-        if not all(is_uploaded_file(candidate, upload_folder) for candidate in candidates):
-            return UPLOADED_FILES_ONLY
+        for candidate in candidates:
+            if not is_uploaded_file(candidate, upload_folder):
+                return NO_LONGER_UPLOADED if was_uploaded(candidate, upload_folder) else UPLOADED_FILES_ONLY
         if not isinstance(call, dict) or "data" not in call:
             return None
-        event = self._event(path, call)
+        try:
+            event = self._event(path, call)
+        except LookupError:
+            return f"This app has no event number {shown(call['fn_index'])}; see its API page for the endpoints."
         return event and inputs_problem(event, call["data"])
 
     def _event(self, path: str, call: dict):
         route = path[path.index(GRADIO_API) + len(GRADIO_API):].strip("/").split("/")
-        if route[:2] == ["queue", "join"]:
-            return self.blocks.fns.get(call.get("fn_index")) if isinstance(call.get("fn_index"), int) else None
+        if "fn_index" in call:  # queue/join; and /run/ and /api/, where Gradio runs this event, not the URL's
+            try:
+                return self.blocks.fns[int(call["fn_index"])]
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise LookupError(call["fn_index"]) from None
         if len(route) >= 2 and route[0] in ("call", "run", "api"):
             api_name = route[2] if route[1] == "v2" and len(route) > 2 else route[1]
             return next((fn for fn in self.blocks.fns.values() if fn.api_name == api_name), None)
@@ -192,9 +214,10 @@ class LoopbackHostOnly:
     local web app's on another port included, comes from a browser that someone else steers: both are refused
     before any endpoint sees them. A POST with no Origin comes from a program, not a page."""
 
-    def __init__(self, app, port: int):
+    def __init__(self, app, port: int, server_name: str = "127.0.0.1"):
         self.app = app
         self.port = port
+        self.own_names = {"localhost", server_name.lower()}
         self.message = loopback_only_message(port)
         self.logged: set[str] = set()
 
@@ -204,7 +227,10 @@ class LoopbackHostOnly:
             port = parts.port or 80
         except ValueError:
             return False
-        return parts.scheme == "http" and port == self.port and is_loopback_authority(parts.netloc)
+        # The name this server listens on (or localhost), exactly: another loopback address (127.0.0.2, [::1])
+        # on the same port is another server, whose pages are not this app's.
+        return (parts.scheme == "http" and port == self.port and is_loopback_authority(parts.netloc)
+                and (parts.hostname or "") in self.own_names)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):

@@ -20,7 +20,7 @@ SLACK_BYTES = 3 * 2**20  # the interpreter's own allocations while it decodes
 
 MEASURE = r"""
 import json, sys
-from catdog_model.images import ImageLimits, decode_cost, image_size, load_image, _open, PROGRESSIVE_JPEG_BYTES
+from catdog_model.images import ImageLimits, drafted_cost, load_image, _open
 
 def rss(key):
     for line in open("/proc/self/status"):
@@ -34,10 +34,7 @@ for argument in sys.argv[1:]:
     size, fit = int(size), fit == "fit"
     data = open(path, "rb").read()
     image = _open(data, limits.max_pixels)
-    progressive = image.size[0] * image.size[1] * PROGRESSIVE_JPEG_BYTES if image.info.get("progressive") else 0
-    if image.format == "JPEG":
-        image.draft("RGB", (size, size))
-    charged = progressive + decode_cost(image, size, fit)
+    charged = drafted_cost(image, size, fit)
     mode = image.mode
     del image
     open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from here

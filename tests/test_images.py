@@ -255,13 +255,15 @@ def test_the_exif_orientation_turns_the_photo_without_rewriting_its_exif(monkeyp
     def no_rewriting(self, offset=8):
         raise AssertionError("the EXIF block was re-serialised")
 
-    monkeypatch.setattr(Image.Exif, "tobytes", no_rewriting)
-    for format in ("JPEG", "PNG", "WEBP"):
-        photo = load_image(encode(half_red_half_blue(64, 48), format, exif=exif_block(orientation=6)))
-        assert photo.shape == (64, 48, 3), format  # turned a quarter: red on top, blue below
-        assert photo[5, 24, 0] > 200 and photo[60, 24, 2] > 200, format
+    turned = {format: encode(half_red_half_blue(64, 48), format, exif=exif_block(orientation=6))
+              for format in ("JPEG", "PNG", "WEBP")}
     bomb = encode(half_red_half_blue(64, 48), "PNG", exif=exif_block(orientation=8, padding_tags=6000))
     assert len(bomb) > 6_000_000
+    monkeypatch.setattr(Image.Exif, "tobytes", no_rewriting)
+    for format, data in turned.items():
+        photo = load_image(data)
+        assert photo.shape == (64, 48, 3), format  # turned a quarter: red on top, blue below
+        assert photo[5, 24, 0] > 200 and photo[60, 24, 2] > 200, format
     assert load_image(bomb, size=32).shape == (32, 32, 3)  # a block no camera writes: its orientation is ignored
 
 
@@ -312,3 +314,23 @@ def test_a_busy_budget_refuses_a_large_decode_after_its_wait_and_lets_small_ones
             assert budget.reserve_in_use == 8 * 2**20
     assert budget.in_use == budget.reserve_in_use == 0
 
+
+
+def test_files_whose_bookkeeping_costs_more_than_their_pixels_are_refused_before_pillow_parses_them():
+    """From the adversarial review: a 1 MB TIFF whose thousand tags all point at the same megabyte (Pillow copied
+    each: +1.9 GB), a JPEG of hundreds of tiny refinement scans (11 s of CPU for 65 KB), a run-length BMP whose
+    decoder overshoots its buffer (+1.6 GB for 1 KB), and a baseline JPEG of one scan per component (its
+    coefficients are kept at full size, whatever the draft scale)."""
+    many_tags = b"II*\0" + struct.pack("<IH", 8, 1000) + b"".join(
+        struct.pack("<HHII", 0xD000 + index, 2, 1_000_000, 12_100) for index in range(1000)) + bytes(1_000_000)
+    progressive = encode(half_red_half_blue(256, 256), "JPEG", progressive=True)
+    first_scan = progressive.index(b"\xff\xda")
+    many_scans = (progressive[:first_scan] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00\x00" * 150 +
+                  b"\xff\xd9")
+    rle = bytearray(encode(Image.new("P", (64, 64)), "BMP"))
+    rle[30:34] = struct.pack("<I", 1)  # BI_RLE8
+    for data, refusal in [(many_tags, "TIFF file's first directory holds 1000 tags"),
+                          (many_scans, "over 100 scans"), (bytes(rle), "Run-length-encoded BMP")]:
+        with pytest.raises(InvalidImage, match=refusal):
+            load_image(data, size=32)
+    assert load_image(progressive, size=32).shape == (32, 32, 3)  # ten scans: a photo

@@ -315,7 +315,7 @@ def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, 
                 assert http.get("/health", headers={"Host": host}).json()["model_version"] == production
             for origin in ("https://attacker.example", "null", f"http://localhost:{port + 1}", f"http://127.0.0.1:{port + 1}",
                            f"https://127.0.0.1:{port}", "http://localhost", f"http://127.0.0.1:{port}@attacker.example",
-                           ""):
+                           f"http://127.0.0.2:{port}", f"http://[::1]:{port}", ""):
                 refused = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": origin})
                 assert refused.status_code == 403 and refused.json()["error"] == refusal, origin
                 assert http.get("/health", headers={"Origin": origin}).status_code == 200  # reading stays open
@@ -443,6 +443,17 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
             answers[kind] = error
             lines = [record for record in caplog.records if record.name.startswith(("catdog", "gradio", "uvicorn.error"))]
             assert len(lines) == 1 and not lines[0].exc_info, (kind, [record.getMessage() for record in lines])
+        for kind, (route, body) in {
+                "an event number as text": ("gradio_api/queue/join", {"data": [], "fn_index": "1", "session_hash": "x"}),
+                "an event that does not exist": ("gradio_api/queue/join", {"data": [], "fn_index": 999}),
+                "another event's number on a named route": ("gradio_api/run/metrics", {"data": ["day"], "fn_index": 1}),
+                "inputs nested a thousand deep": ("gradio_api/call/metrics", {"data": [json.loads("[" * 1000 + "]" * 1000)]}),
+        }.items():
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                response = http.post(route, json=body)
+            assert response.status_code == 400 and response.json()["error"].endswith("."), (kind, response.text)
+            assert len([record for record in caplog.records if record.name.startswith(("catdog", "gradio"))]) == 1
         for kind, response in {"a REST call with the wrong form field":
                                http.post("api/predict", files={"photo": ("x.jpg", b"x")}),
                                "a REST call without a body": http.post("api/predict"),
