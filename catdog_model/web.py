@@ -183,6 +183,8 @@ def inputs_problem(event, data) -> str | None:
                     item is None or _is_file_data(item) for item in values):
                 return (f"{name}: {label!r} must be {'a list of files' if many else 'a file'} uploaded to this app: "
                         "with gradio_client, pass handle_file(path) rather than the path itself.")
+        elif not event.preprocess:
+            continue  # the event reads its other inputs itself, and says what is wrong in its own sentence
         elif isinstance(component, gr.Radio):
             choices = [choice[1] if isinstance(choice, (list, tuple)) else choice for choice in component.choices]
             if value not in choices:

@@ -131,10 +131,7 @@ def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, 
 def test_retraining_with_too_few_images_reports_the_reason(tmp_path, cache_dir):
     service = Service(make_settings(tmp_path, cache_dir))
     service.start_retrain()
-    for _ in range(100):
-        if not service.retrain_state.running:
-            break
-        threading.Event().wait(0.1)
+    wait_for_retraining(service, seconds=600)  # the child imports Keras first
     assert service.retrain_state.stage == "failed"
     assert "at least 5 images of each class" in service.retrain_state.error
 

@@ -155,7 +155,8 @@ def test_the_rest_route_answers_like_the_gradio_api(server, small_photo_dir):
         assert refused.status_code == 400 and "not an image that can be read" in refused.json()["error"]
         empty = http.post("api/predict", files={"file": ("empty.jpg", b"", "image/jpeg")})
         assert empty.status_code == 400 and "empty" in empty.json()["error"]
-        assert http.post("api/predict").status_code == 422  # no file field at all
+        missing = http.post("api/predict")  # no file field at all
+        assert missing.status_code == 400 and "field named `file`" in missing.json()["error"]
     service.log.flush()
     assert service.log.statistics()["sources"]["rest"] >= 1
 
