@@ -283,7 +283,9 @@ def build_app(service: Service) -> FastAPI:
     app.add_middleware(RequestBodyLimit, path="/api/predict", max_bytes=service.settings.max_upload_mb * 2**20 + 2**16,
                        message=too_large_message(service.settings.max_upload_mb))
     if service.settings.open_on_loopback:
-        app.add_middleware(LoopbackHostOnly, port=service.settings.server_port, server_name=service.settings.server_name)  # added last, so it runs first
+        # Added last, so it runs first.
+        app.add_middleware(LoopbackHostOnly, port=service.settings.server_port,
+                           server_name=service.settings.server_name)
     # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
     # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
     demo.state_session_capacity = SESSION_CAPACITY

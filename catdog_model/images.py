@@ -259,7 +259,8 @@ def jpeg_scans(data: bytes) -> int:
         if marker == 0xFF:  # fill byte
             position += 1
             continue
-        position += 2 if 0xD0 <= marker <= 0xD7 or marker == 0x01 else 2 + struct.unpack_from(">H", data, position + 2)[0]
+        standalone = 0xD0 <= marker <= 0xD7 or marker == 0x01  # markers without a length
+        position += 2 if standalone else 2 + struct.unpack_from(">H", data, position + 2)[0]
         segments += 1
     if segments >= MIN_READS:
         raise _TooCostly(TOO_MANY_BLOCKS)

@@ -70,7 +70,8 @@ class UploadStore:
     them. Images are checked and stored one at a time as they are read, at most STORED_MAX_SIDE and about
     STORED_MAX_BYTES each, within the call's RequestLimits."""
 
-    def __init__(self, root: Path, limits: ImageLimits = DEFAULT_LIMITS, request_limits: RequestLimits = RequestLimits()):
+    def __init__(self, root: Path, limits: ImageLimits = DEFAULT_LIMITS,
+                 request_limits: RequestLimits = RequestLimits()):
         self.root = Path(root)
         self.limits = limits
         self.request_limits = request_limits

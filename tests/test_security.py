@@ -313,7 +313,8 @@ def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, 
                 assert http.get("/health", headers={"Host": host}).status_code == 403
             for host in (f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"[::1]:{port}", "localhost"):
                 assert http.get("/health", headers={"Host": host}).json()["model_version"] == production
-            for origin in ("https://attacker.example", "null", f"http://localhost:{port + 1}", f"http://127.0.0.1:{port + 1}",
+            for origin in ("https://attacker.example", "null", f"http://localhost:{port + 1}",
+                           f"http://127.0.0.1:{port + 1}",
                            f"https://127.0.0.1:{port}", "http://localhost", f"http://127.0.0.1:{port}@attacker.example",
                            f"http://127.0.0.2:{port}", f"http://[::1]:{port}", ""):
                 refused = http.post("/api/predict", files={"file": ("dog.jpg", photo)}, headers={"Origin": origin})
@@ -407,7 +408,8 @@ def _written(data: bytes) -> str:
 
 
 MALFORMED_CALLS = {
-    "a file given by URL only": ("predict", [{"url": "http://127.0.0.1:1/x.jpg", "meta": {"_type": "gradio.FileData"}}]),
+    "a file given by URL only": ("predict", [{"url": "http://127.0.0.1:1/x.jpg",
+                                              "meta": {"_type": "gradio.FileData"}}]),
     "a plain path for a file": ("predict", ["cat.jpg"]),
     "a number for a file": ("predict", [5]),
     "no inputs": ("predict", []),
@@ -441,10 +443,12 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
                     error = response.json()["error"]
             assert isinstance(error, str) and error.endswith(".") and len(error) < 300, (kind, error)
             answers[kind] = error
-            lines = [record for record in caplog.records if record.name.startswith(("catdog", "gradio", "uvicorn.error"))]
+            lines = [record for record in caplog.records
+                     if record.name.startswith(("catdog", "gradio", "uvicorn.error"))]
             assert len(lines) == 1 and not lines[0].exc_info, (kind, [record.getMessage() for record in lines])
         for kind, (route, body) in {
-                "an event number as text": ("gradio_api/queue/join", {"data": [], "fn_index": "1", "session_hash": "x"}),
+                "an event number as text": ("gradio_api/queue/join",
+                                            {"data": [], "fn_index": "1", "session_hash": "x"}),
                 "an event that does not exist": ("gradio_api/queue/join", {"data": [], "fn_index": 999}),
                 "another event's number on a named route": ("gradio_api/run/metrics", {"data": ["day"], "fn_index": 1}),
                 "inputs nested 100,000 deep": ("gradio_api/call/metrics", "[" * 100_000 + "]" * 100_000),
