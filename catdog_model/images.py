@@ -56,6 +56,7 @@ MAX_EXIF_BYTES = 65536  # a JPEG's EXIF segment cannot be larger; a larger block
 MAX_TIFF_TAGS = 200
 MAX_TIFF_TAG_BYTES = 2**20
 TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
+SCANS = "catdog_scans"  # where _open notes, in a JPEG's info, how many scans it counted
 MAX_JPEG_SCANS = 100  # as libjpeg's djpeg -maxscans suggests; progressive photos have about ten
 # Each scan of a multi-scan JPEG walks every block of the full image, whatever the draft scale: a 12-megapixel
 # progressive photo of 10 scans is 120 million block-pixel visits, about a second of CPU here.
@@ -228,22 +229,16 @@ def drafted_cost(image: Image.Image, size: int | None, fit: bool = False) -> int
     """Set a JPEG to decode at the smallest scale that serves size, and return what decoding the image will
     hold (decode_cost, and a multi-scan JPEG's coefficients at full size)."""
     width, height = image.size
-    cost = width * height * COEFFICIENT_BYTES * len(image.getbands()) if _all_coefficients_kept(image) else 0
-    if cost and jpeg_scans(image.fp.getvalue()) * width * height > MAX_JPEG_SCAN_PIXELS:
-        raise InvalidImage(f"This {width}×{height} JPEG is stored in {jpeg_scans(image.fp.getvalue())} scans, "
-                           "each of which would be decoded at full size; save it as an ordinary (baseline) JPEG.")
+    scans = image.info.get(SCANS, 1)
+    kept = image.format in ("JPEG", "MPO") and (scans > 1 or image.info.get("progressive"))
+    cost = width * height * COEFFICIENT_BYTES * len(image.getbands()) if kept else 0
+    if kept and scans * width * height > MAX_JPEG_SCAN_PIXELS:
+        raise InvalidImage(f"This {width}×{height} JPEG is stored in {scans} scans, each of which would be decoded "
+                           "at full size; save it as an ordinary (baseline) JPEG.")
     if size is not None and image.format in ("JPEG", "MPO"):
         # Decoding a big JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses nothing at 224 px.
         image.draft("RGB", _fitted(image.size, size) if fit else (size, size))
     return cost + decode_cost(image, size, fit)
-
-
-def _all_coefficients_kept(image: Image.Image) -> bool:
-    if image.format not in ("JPEG", "MPO"):
-        return False
-    if image.info.get("progressive"):
-        return True
-    return hasattr(image.fp, "getvalue") and jpeg_scans(image.fp.getvalue()) > 1
 
 
 def jpeg_scans(data: bytes) -> int:
@@ -323,12 +318,12 @@ def image_size(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[str, 
     return image.format, *image.size
 
 
-def storable_copy(data: bytes, max_side: int, max_bytes: int, limits: ImageLimits = DEFAULT_LIMITS
-                  ) -> tuple[bytes, str]:
+def storable_copy(data: bytes, max_side: int, max_bytes: int, limits: ImageLimits = DEFAULT_LIMITS,
+                  declared: tuple[str, int, int] | None = None) -> tuple[bytes, str]:
     """Bytes to keep of an uploaded image, and their format, once the image is checked by decoding it: the
     original when its sides are at most max_side and it is at most max_bytes, else a JPEG of it shrunk to
-    max_side on its longer side (STORED_JPEG_QUALITY)."""
-    image_format, width, height = image_size(data, limits)
+    max_side on its longer side (STORED_JPEG_QUALITY). declared: image_size's answer, when already asked."""
+    image_format, width, height = declared or image_size(data, limits)
     if max(width, height) <= max_side and len(data) <= max_bytes:
         load_image(data, size=32, limits=limits)
         return data, image_format
@@ -364,11 +359,11 @@ class _GuardedStream(io.BytesIO):
         return super().read(size)
 
 
-def _check_container(data: bytes) -> None:
+def _check_container(data: bytes) -> int:
     """Refuse, before Pillow parses them, the layouts whose bookkeeping costs more than their pixels: a TIFF
     whose first directory holds many tags or much tag data (Pillow copies each tag's data, however many tags
     point at the same bytes, and makes a Python object per strip), a JPEG of many scans (each one walks every
-    block), and a run-length-encoded BMP (Pillow's decoder for it overshoots its buffer)."""
+    block), and a run-length-encoded BMP (Pillow's decoder for it overshoots its buffer). A JPEG's scans."""
     if data[:4] in (b"II*\0", b"MM\0*"):
         order = "<" if data[:2] == b"II" else ">"
         try:
@@ -384,17 +379,21 @@ def _check_container(data: bytes) -> None:
             raise InvalidImage(f"This TIFF file's first directory holds {count} tags and {tag_bytes:,} bytes of "
                                f"tag data; a photo needs under {MAX_TIFF_TAGS} and {MAX_TIFF_TAG_BYTES // 2**20} MB. "
                                "Save it as JPEG or PNG.")
-    elif data[:2] == b"\xff\xd8" and jpeg_scans(data) > MAX_JPEG_SCANS:
+    elif data[:2] == b"\xff\xd8":
+        scans = jpeg_scans(data)
+        if scans <= MAX_JPEG_SCANS:
+            return scans
         raise InvalidImage(f"This JPEG file has over {MAX_JPEG_SCANS} scans; a photo has at most a few dozen. Save "
                            "it again as an ordinary JPEG.")
     elif data[:2] == b"BM" and len(data) >= 34 and struct.unpack_from("<I", data, 30)[0] in (1, 2):
         raise InvalidImage("Run-length-encoded BMP files are not read; save it as PNG or JPEG.")
+    return 0
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("The file is empty (0 bytes).")
-    _check_container(data)
+    scans = _check_container(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -405,6 +404,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidImage(f"The image has more than {max_pixels:,} pixels, the limit.") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InvalidImage("This file is not an image that can be read (use JPEG, PNG, GIF, WebP, BMP or TIFF).") from error
+    if scans:
+        image.info[SCANS] = scans
     # Animated images: the first frame is the picture.
     image.seek(0)
     return image

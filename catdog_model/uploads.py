@@ -116,12 +116,12 @@ class UploadStore:
             return UploadResult(name, "rejected", over)
         try:
             data = read()
-            _, width, height = image_size(data, self.limits)
-            used["pixels"] += width * height
+            declared = image_size(data, self.limits)
+            used["pixels"] += declared[1] * declared[2]
             over = self.request_limits.over(0, used["pixels"])
             if over:
                 return UploadResult(name, "rejected", over)
-            stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits)
+            stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits, declared)
         except CatdogError as error:  # not an image, too costly to decode, or the server is busy
             return UploadResult(name, "rejected", public_message(error))
         sha256 = content_hash(data)

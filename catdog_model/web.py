@@ -170,27 +170,28 @@ def inputs_problem(event, data) -> str | None:
     import gradio as gr
 
     name = f"/{event.api_name}"
-    labels = _input_names(event)
     if not isinstance(data, list) or len(data) != len(event.inputs):
         given = len(data) if isinstance(data, list) else "not a list"
-        return (f"{name} takes {len(event.inputs)} input(s) ({', '.join(labels) or 'none'}) as a list; this call "
-                f"gave {given}.")
-    for component, label, value in zip(event.inputs, labels, data):
+        return (f"{name} takes {len(event.inputs)} input(s) ({', '.join(_input_names(event)) or 'none'}) as a "
+                f"list; this call gave {given}.")
+    for index, (component, value) in enumerate(zip(event.inputs, data)):
         if isinstance(component, (gr.File, gr.Image)):
             many = getattr(component, "file_count", "single") != "single"
             values = value if many and isinstance(value, list) else [value]
             if (many and not isinstance(value, (list, type(None)))) or not all(
                     item is None or _is_file_data(item) for item in values):
-                return (f"{name}: {label!r} must be {'a list of files' if many else 'a file'} uploaded to this app: "
-                        "with gradio_client, pass handle_file(path) rather than the path itself.")
+                kind = "a list of files" if many else "a file"
+                return (f"{name}: {_input_names(event)[index]!r} must be {kind} uploaded to this app: with "
+                        "gradio_client, pass handle_file(path) rather than the path itself.")
         elif not event.preprocess:
             continue  # the event reads its other inputs itself, and says what is wrong in its own sentence
         elif isinstance(component, gr.Radio):
             choices = [choice[1] if isinstance(choice, (list, tuple)) else choice for choice in component.choices]
             if value not in choices:
-                return f"{name}: {label!r} must be one of {', '.join(map(str, choices))}, not {shown(value)}."
+                return (f"{name}: {_input_names(event)[index]!r} must be one of {', '.join(map(str, choices))}, "
+                        f"not {shown(value)}.")
         elif isinstance(component, gr.Textbox) and not isinstance(value, (str, type(None))):
-            return f"{name}: {label!r} must be text, not {shown(value)}."
+            return f"{name}: {_input_names(event)[index]!r} must be text, not {shown(value)}."
     return None
 
 

@@ -491,81 +491,84 @@ def uploads_refused(fault: str, sentences: list[str], says: str) -> None:
     assert all(re.search(says, sentence, re.I) for sentence in sentences), (fault, sentences)
 
 
-@requires_photos
-def test_uploads_to_a_full_disk_are_refused_in_a_sentence_and_lose_nothing(tmp_path, cache_dir, small_photo_dir):
+@contextlib.contextmanager
+def app_on_a_tmpfs(tmp_path: Path, cache_dir: Path, size: str):
+    """An app whose data folder is a tmpfs of size: (data folder, app, client)."""
     copy_models(tmp_path / "models")
-    cats, dogs = photos(small_photo_dir / "cats", 10), photos(small_photo_dir / "dogs", 20)
-    sent = hashes(cats + dogs)
-    with tmpfs(tmp_path / "data", "4m") as data:
+    with tmpfs(tmp_path / "data", size) as data:
         app = Served(app_env(tmp_path, cache_dir))
         try:
             client = Client(app.url, verbose=False)
-            rows, error = upload(client, "cat", cats)
-            assert error is None and [row["status"] for row in rows] == ["added"] * 10, (rows, error)
-            acknowledged = set(hashes(cats))
-            ballast = fill(data, leave_bytes=48 * 1024)  # room for about two photos
-
-            rows, error = upload(client, "dog", dogs)
-            told = refusals(rows, error)
-            assert told, (rows, error)
-            for sentence in told:
-                assert_sentence(sentence)
-            acknowledged |= {hashlib.sha256(path.read_bytes()).hexdigest() for path, row in zip(dogs, rows)
-                             if row["status"] in ("added", "suspect")}
-            assert_store_whole(data / "uploads", sent, acknowledged)
-            # Predictions go on, on the full disk (their log rows wait until there is room).
-            assert predict_rest(app.url, cats[0])["label"] == "cat"
-            assert client.predict(handle_file(str(dogs[0])), api_name="/predict")["label"] == "dog"
-
-            ballast.unlink()  # room again: the same upload goes through
-            rows, error = upload(client, "dog", dogs)
-            assert error is None and {row["status"] for row in rows} <= {"added", "duplicate", "suspect"}, rows
-            stored = assert_store_whole(data / "uploads", sent, acknowledged)
-            assert stored == set(sent)
-            stats = client.predict(api_name="/dataset_stats")
-            assert stats["uploads"]["cat"] == 10 and stats["uploads"]["dog"] + stats["suspect"]["dog"] == 20
-            # The two predictions made while the disk was full reached the log once there was room.
-            wait_logged(app.url, 2)
+            yield data, app, client
         finally:
             stop_app(app)
+
+
+def upload_ten_cats(client: Client, cats: list[Path]) -> set[str]:
+    rows, error = upload(client, "cat", cats)
+    assert error is None and [row["status"] for row in rows] == ["added"] * 10, (rows, error)
+    return set(hashes(cats))
+
+
+@requires_photos
+def test_uploads_to_a_full_disk_are_refused_in_a_sentence_and_lose_nothing(tmp_path, cache_dir, small_photo_dir):
+    cats, dogs = photos(small_photo_dir / "cats", 10), photos(small_photo_dir / "dogs", 20)
+    sent = hashes(cats + dogs)
+    with app_on_a_tmpfs(tmp_path, cache_dir, "4m") as (data, app, client):
+        acknowledged = upload_ten_cats(client, cats)
+        ballast = fill(data, leave_bytes=48 * 1024)  # room for about two photos
+
+        rows, error = upload(client, "dog", dogs)
+        told = refusals(rows, error)
+        assert told, (rows, error)
+        for sentence in told:
+            assert_sentence(sentence)
+        acknowledged |= {hashlib.sha256(path.read_bytes()).hexdigest() for path, row in zip(dogs, rows)
+                         if row["status"] in ("added", "suspect")}
+        assert_store_whole(data / "uploads", sent, acknowledged)
+        # Predictions go on, on the full disk (their log rows wait until there is room).
+        assert predict_rest(app.url, cats[0])["label"] == "cat"
+        assert client.predict(handle_file(str(dogs[0])), api_name="/predict")["label"] == "dog"
+
+        ballast.unlink()  # room again: the same upload goes through
+        rows, error = upload(client, "dog", dogs)
+        assert error is None and {row["status"] for row in rows} <= {"added", "duplicate", "suspect"}, rows
+        stored = assert_store_whole(data / "uploads", sent, acknowledged)
+        assert stored == set(sent)
+        stats = client.predict(api_name="/dataset_stats")
+        assert stats["uploads"]["cat"] == 10 and stats["uploads"]["dog"] + stats["suspect"]["dog"] == 20
+        # The two predictions made while the disk was full reached the log once there was room.
+        wait_logged(app.url, 2)
     uploads_refused("full", told, r"space|full")
 
 
 @requires_photos
 def test_uploads_to_a_read_only_data_folder_are_refused_in_a_sentence_and_lose_nothing(tmp_path, cache_dir,
                                                                                         small_photo_dir):
-    copy_models(tmp_path / "models")
     cats, dogs = photos(small_photo_dir / "cats", 10), photos(small_photo_dir / "dogs", 10)
     sent = hashes(cats + dogs)
-    with tmpfs(tmp_path / "data", "16m") as data:
-        app = Served(app_env(tmp_path, cache_dir))
+    with app_on_a_tmpfs(tmp_path, cache_dir, "16m") as (data, app, client):
+        acknowledged = upload_ten_cats(client, cats)
+        remount(data, "ro")  # as root, chmod would not stop a write: the filesystem itself turns read-only
         try:
-            client = Client(app.url, verbose=False)
-            rows, error = upload(client, "cat", cats)
-            assert error is None and [row["status"] for row in rows] == ["added"] * 10, (rows, error)
-            acknowledged = set(hashes(cats))
-            remount(data, "ro")  # as root, chmod would not stop a write: the filesystem itself turns read-only
-            try:
-                rows, error = upload(client, "dog", dogs)
-                told = refusals(rows, error)
-                assert told and not [row for row in rows if row["status"] in ("added", "suspect")], (rows, error)
-                for sentence in told:
-                    assert_sentence(sentence)
-                assert assert_store_whole(data / "uploads", sent, acknowledged) == acknowledged
-                assert predict_rest(app.url, cats[0])["label"] == "cat"
-                assert client.predict(handle_file(str(dogs[0])), api_name="/predict")["label"] == "dog"
-                # The log cannot write its rows either: /api/status says so in a sentence while they wait.
-                outage = wait_for(lambda: get_json(app.url + "/api/status")["prediction_log"]["write_error"], 30)
-                assert_sentence(outage)
-            finally:
-                remount(data, "rw")
             rows, error = upload(client, "dog", dogs)
-            assert error is None and {row["status"] for row in rows} <= {"added", "suspect"}, rows
-            assert assert_store_whole(data / "uploads", sent, acknowledged) == set(sent)
-            # The two predictions made while it was read-only reach the log once it is writable again.
-            wait_logged(app.url, 2)
+            told = refusals(rows, error)
+            assert told and not [row for row in rows if row["status"] in ("added", "suspect")], (rows, error)
+            for sentence in told:
+                assert_sentence(sentence)
+            assert assert_store_whole(data / "uploads", sent, acknowledged) == acknowledged
+            assert predict_rest(app.url, cats[0])["label"] == "cat"
+            assert client.predict(handle_file(str(dogs[0])), api_name="/predict")["label"] == "dog"
+            # The log cannot write its rows either: /api/status says so in a sentence while they wait.
+            outage = wait_for(lambda: get_json(app.url + "/api/status")["prediction_log"]["write_error"], 30)
+            assert_sentence(outage)
         finally:
-            stop_app(app)
+            remount(data, "rw")
+        rows, error = upload(client, "dog", dogs)
+        assert error is None and {row["status"] for row in rows} <= {"added", "suspect"}, rows
+        assert assert_store_whole(data / "uploads", sent, acknowledged) == set(sent)
+        # The two predictions made while it was read-only reach the log once it is writable again.
+        wait_logged(app.url, 2)
     uploads_refused("read-only", told, r"read-only|cannot be written|not writable")
 
 
