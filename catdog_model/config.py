@@ -1,4 +1,4 @@
-"""All settings in one dataclass, read from environment variables (documented in README.md)."""
+"""All settings in one dataclass, read from environment variables (documented in docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ class TrainingConfig:
     validation_fraction: float = option(0.1)
     test_fraction: float = option(0.2)
     alpha: float = option(0.5, "MobileNetV2 width", [0.35, 0.5])
-    # 288 rather than the weights' native 224: more detail, chosen on validation loss (README, "Accuracy").
+    # 288 rather than the weights' native 224: more detail, chosen on validation loss (docs/experiments.md).
     image_size: int = option(288, "input side in pixels")
 
     def __post_init__(self):
