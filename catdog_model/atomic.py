@@ -1,17 +1,22 @@
 """Writes that a crash cannot leave half done: a temporary file in the same folder, flushed to disk, then
-renamed over the target (rename is atomic), and the folder's entry flushed too."""
+renamed over the target (rename is atomic), and the folder's entry flushed too. What a write killed before its
+rename leaves behind is removed later (remove_abandoned_writes)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
+
+TEMPORARY_SUFFIX = ".tmp"
+ABANDONED_SECONDS = 3600  # no write takes this long: an older temporary file is a killed writer's
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """`path` holds `data` whole, or keeps what it held before."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=TEMPORARY_SUFFIX)
     try:
         os.chmod(temporary, 0o644)
         with os.fdopen(handle, "wb") as file:
@@ -32,3 +37,17 @@ def fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def remove_abandoned_writes(folder: Path) -> int:
+    """Delete the temporary files that writes killed before their rename (kill -9, power loss) left in folder;
+    a recent one may be another process's write under way and is kept. Returns how many went."""
+    removed = 0
+    for debris in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        try:
+            if debris.is_file() and time.time() - debris.stat().st_mtime > ABANDONED_SECONDS:
+                debris.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process removed it first
+            pass
+    return removed

@@ -85,14 +85,26 @@ class ServerBusy(ServiceError):
         self.amount = amount
 
 
-# False where waiting for memory would hold a thread that other requests need (see web.admitted): the caller
-# waits instead, elsewhere.
-wait_in_thread: contextvars.ContextVar[bool] = contextvars.ContextVar("wait_in_thread", default=True)
+# The monotonic time after which a decode in this context no longer waits for memory; None: each decode waits
+# up to the budget's wait_seconds. web.admitted sets it to -inf (its caller waits on the event loop instead,
+# keeping the shared threads free); a batch or an upload sets one deadline for the whole call
+# (waiting_at_most), so a hundred images cannot wait two seconds each.
+wait_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("wait_deadline", default=None)
+
+
+@contextlib.contextmanager
+def waiting_at_most(seconds: float):
+    """Decodes inside wait for memory at most `seconds` in all."""
+    context = wait_deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        wait_deadline.reset(context)
 
 
 class MemoryBudget:
-    """Bytes that concurrent decodes may hold at once: a decode that does not fit waits up to wait_seconds for
-    others to finish (unless wait_in_thread is off), then is refused with ServerBusy. Small decodes (at most
+    """Bytes that concurrent decodes may hold at once: a decode that does not fit waits up to wait_seconds (or
+    until its context's wait_deadline) for others to finish, then is refused with ServerBusy. Small decodes (at most
     capacity / SMALL_SHARE) draw first on a reserve of capacity / RESERVE_SHARE more, so a flood of large
     images cannot hold up a photo."""
 
@@ -117,8 +129,10 @@ class MemoryBudget:
     @contextlib.contextmanager
     def reserve(self, amount: int):
         with self._condition:
-            if wait_in_thread.get():
-                self._condition.wait_for(lambda: self._pool(amount) is not None, self.wait_seconds)
+            deadline = wait_deadline.get()
+            timeout = self.wait_seconds if deadline is None else deadline - time.monotonic()
+            if timeout > 0:
+                self._condition.wait_for(lambda: self._pool(amount) is not None, timeout)
             pool = self._pool(amount)
             if pool is None:
                 raise ServerBusy(amount)

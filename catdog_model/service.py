@@ -19,7 +19,7 @@ from .config import Settings, TrainingConfig
 from .errors import CatdogError, ServiceError, public_message
 from .data import IMAGE_SUFFIXES, Example, folder_signature, load_folder
 from .hub import open_hub
-from .images import content_hash, read_bytes, return_large_buffers_to_the_system
+from .images import content_hash, read_bytes, return_large_buffers_to_the_system, waiting_at_most
 from .drift import drift_report
 from .monitoring import LoggedPrediction, LogUnavailable, PredictionLog, window_start
 from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
@@ -112,30 +112,33 @@ class Service:
 
     def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
         """One row per file: file, label, p_dog, confidence, flags — or, in `error`, why it was not classified.
-        Files are decoded and run through the model BATCH_CHUNK at a time."""
+        Files are decoded and run through the model BATCH_CHUNK at a time; a file given twice is classified
+        once, and the whole batch waits for decode memory no longer than one photo would."""
         self._check_count(paths)
         model = self.production.serving()
-        rows = []
-        for start in range(0, len(paths), BATCH_CHUNK):
-            started, chunk = time.perf_counter(), []
-            for path in paths[start:start + BATCH_CHUNK]:
-                row = dict.fromkeys(BATCH_COLUMNS, "") | {"file": Path(path).name, "p_dog": None, "confidence": None}
-                rows.append(row)
-                try:
-                    chunk.append((row, read_bytes(path)))
-                except CatdogError as error:
-                    row["error"] = public_message(error)
-            results = model.predict_each([data for _, data in chunk])
-            classified = sum(isinstance(result, Prediction) for result in results)
-            latency_ms = (time.perf_counter() - started) * 1000 / max(classified, 1)
-            for (row, data), result in zip(chunk, results):
-                if not isinstance(result, Prediction):
-                    row["error"] = public_message(result)
-                    continue
-                row.update(label=result.label, p_dog=round(result.p_dog, 4), confidence=round(result.confidence, 4),
-                           flags=", ".join(result.flags))
-                self._log(result, latency_ms, data, origin)
-        return rows
+        rows = {path: dict.fromkeys(BATCH_COLUMNS, "") | {"file": Path(path).name, "p_dog": None, "confidence": None}
+                for path in paths}
+        unique = list(rows)
+        with waiting_at_most(self.limits.budget.wait_seconds):
+            for start in range(0, len(unique), BATCH_CHUNK):
+                started, chunk = time.perf_counter(), []
+                for path in unique[start:start + BATCH_CHUNK]:
+                    row = rows[path]
+                    try:
+                        chunk.append((row, read_bytes(path)))
+                    except CatdogError as error:
+                        row["error"] = public_message(error)
+                results = model.predict_each([data for _, data in chunk])
+                classified = sum(isinstance(result, Prediction) for result in results)
+                latency_ms = (time.perf_counter() - started) * 1000 / max(classified, 1)
+                for (row, data), result in zip(chunk, results):
+                    if not isinstance(result, Prediction):
+                        row["error"] = public_message(result)
+                        continue
+                    row.update(label=result.label, p_dog=round(result.p_dog, 4),
+                               confidence=round(result.confidence, 4), flags=", ".join(result.flags))
+                    self._log(result, latency_ms, data, origin)
+        return [dict(rows[path]) for path in paths]
 
     def save_batch_csv(self, rows: list[dict]) -> Path:
         """The batch's rows as a CSV file to download. Files older than CATDOG_FILE_CACHE_MINUTES are removed
@@ -178,7 +181,8 @@ class Service:
             raise ServiceError("No files were uploaded: choose one or more images or a zip archive.")
         self._check_count(paths)
         files = [(Path(path).name, Path(path)) for path in paths]
-        return [dataclasses.asdict(result) for result in self.uploads.add(label, files, self._doubt_label)]
+        with waiting_at_most(self.limits.budget.wait_seconds):
+            return [dataclasses.asdict(result) for result in self.uploads.add(label, files, self._doubt_label)]
 
     def _doubt_label(self, label: str, image: bytes) -> str | None:
         """Why production doubts the image's label, or None: an image it confidently calls the other class

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import LABELS
-from .atomic import write_atomically
+from .atomic import remove_abandoned_writes, write_atomically
 from .data import Dataset, Example, IMAGE_SUFFIXES, normalize_label
 from .errors import CatdogError, cut, public_message
 from .images import (DEFAULT_LIMITS, ImageLimits, InvalidImage, content_hash, image_size, read_bytes,
@@ -23,6 +23,7 @@ FORMAT_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"
 STORED_SUFFIXES = set(FORMAT_SUFFIXES.values()) | {".img"}
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_BYTES = 500 * 1024 * 1024
+MAX_ZIP_DIRECTORY_BYTES = 4 * 2**20  # 40,000 entries of long names: room for MAX_ZIP_MEMBERS images and more
 # Training reads photos at 288 px (fine-tuning included): 1,024 px on the longer side keeps 3.5 times that for
 # any recipe to come, and a photo within it is kept as it came unless it is over 1 MB (a BMP, a noisy PNG);
 # anything larger is kept as a JPEG of that size, at most about 1 MB, so a few small archives of huge images
@@ -103,6 +104,8 @@ class UploadStore:
         confirmed. Each image is read, checked and stored before the next is read. (One image per check: the
         model's buffers for a batch would cost more memory than the whole call may.)"""
         label = normalize_label(label)
+        for folder in (self.root / label, self.root / SUSPECT_FOLDER / label):
+            remove_abandoned_writes(folder)  # a crash in an earlier upload must not fill the disk by degrees
         seen: set[str] = set()
         used = {"bytes": 0, "pixels": 0}
         return [self._add_one(label, cut(name, SHOWN_NAME_CHARACTERS), read, check, seen, used)
@@ -116,6 +119,16 @@ class UploadStore:
             return UploadResult(name, "rejected", over)
         try:
             data = read()
+        except CatdogError as error:
+            return UploadResult(name, "rejected", public_message(error))
+        sha256 = content_hash(data)  # before decoding: a file sent a hundred times is decoded once
+        existing = self.known(sha256)
+        if existing:
+            return UploadResult(name, "duplicate", f"the same image is already stored as a {existing}")
+        if sha256 in seen:
+            return UploadResult(name, "duplicate", "the same file comes earlier in this upload")
+        seen.add(sha256)
+        try:
             declared = image_size(data, self.limits)
             used["pixels"] += declared[1] * declared[2]
             over = self.request_limits.over(0, used["pixels"])
@@ -124,17 +137,10 @@ class UploadStore:
             stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits, declared)
         except CatdogError as error:  # not an image, too costly to decode, or the server is busy
             return UploadResult(name, "rejected", public_message(error))
-        sha256 = content_hash(data)
-        existing = self.known(sha256)
-        if existing:
-            return UploadResult(name, "duplicate", f"the same image is already stored as a {existing}")
-        if sha256 in seen:
-            return UploadResult(name, "duplicate", "the same image comes earlier in this upload")
         used["bytes"] += len(stored)
         over = self.request_limits.over(used["bytes"], 0)
         if over:
             return UploadResult(name, "rejected", over)
-        seen.add(sha256)
         doubt = check(label, stored) if check else None
         folder = self.root / SUSPECT_FOLDER / label if doubt else self.root / label
         try:
@@ -177,23 +183,48 @@ def _expand_archives(files: list[tuple[str, Path | bytes]]):
             yield name, functools.partial(read_bytes, source)
             continue
         try:
-            archive = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
-            members = [info for info in archive.infolist()
-                       if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES]
-        except (zipfile.BadZipFile, OSError):
-            yield name, _refused(InvalidImage("This zip archive is corrupt."))
+            file = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        except OSError:
+            yield name, _refused(InvalidImage("This zip archive cannot be read; upload it again."))
             continue
-        with archive:
-            if len(members) > MAX_ZIP_MEMBERS:
-                yield name, _refused(InvalidImage(f"The archive holds {len(members)} images; the limit is "
-                                                  f"{MAX_ZIP_MEMBERS}."))
-                continue
-            if sum(info.file_size for info in members) > MAX_ZIP_BYTES:
-                # Checked on the declared sizes before anything is decompressed: a zip bomb never unpacks.
-                yield name, _refused(InvalidImage(f"The archive unpacks to more than {MAX_ZIP_BYTES // 2**20} MB."))
-                continue
+        with file:
+            yield from _archive_members(name, file)
+
+
+def _archive_members(name: str, file):
+    """(name, read) for each image in the zip archive open in file, or one refusal for the whole archive."""
+    try:
+        if _directory_bytes(file) > MAX_ZIP_DIRECTORY_BYTES:
+            yield name, _refused(InvalidImage(
+                f"The archive's list of contents is over {MAX_ZIP_DIRECTORY_BYTES // 2**20} MB, more than "
+                f"{MAX_ZIP_MEMBERS} images need; send it as smaller archives."))
+            return
+        archive = zipfile.ZipFile(file)
+        members = [info for info in archive.infolist()
+                   if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES]
+    except (zipfile.BadZipFile, OSError):
+        yield name, _refused(InvalidImage("This zip archive is corrupt."))
+        return
+    with archive:
+        if len(members) > MAX_ZIP_MEMBERS:
+            yield name, _refused(InvalidImage(f"The archive holds {len(members)} images; the limit is "
+                                              f"{MAX_ZIP_MEMBERS}."))
+        elif sum(info.file_size for info in members) > MAX_ZIP_BYTES:
+            # Checked on the declared sizes before anything is decompressed: a zip bomb never unpacks.
+            yield name, _refused(InvalidImage(f"The archive unpacks to more than {MAX_ZIP_BYTES // 2**20} MB."))
+        else:
             for info in members:
                 yield f"{name}/{info.filename}", functools.partial(_read_member, archive, info)
+
+
+def _directory_bytes(file) -> int:
+    """The size of a zip's central directory, from its end record (zipfile's own reader of it, zip64 included):
+    ZipFile parses the whole directory into objects before anyone can count them, and a 50 MB upload holds a
+    million entries (8 s of CPU and 400 MB to parse)."""
+    end = zipfile._EndRecData(file)
+    if end is None:
+        raise zipfile.BadZipFile("no end record")
+    return end[zipfile._ECD_SIZE]
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

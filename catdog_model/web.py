@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 import stat
 import time
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from .config import is_loopback_authority
 from .errors import CatdogError, ServiceError, public_message, shown
-from .images import MemoryBudget, ServerBusy, wait_in_thread
+from .images import MemoryBudget, ServerBusy, wait_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -141,24 +142,52 @@ class CheckedCalls:
         for candidate in candidates:
             if not is_uploaded_file(candidate, upload_folder):
                 return NO_LONGER_UPLOADED if was_uploaded(candidate, upload_folder) else UPLOADED_FILES_ONLY
-        if not isinstance(call, dict) or "data" not in call:
+        route = path[path.index(GRADIO_API) + len(GRADIO_API):].strip("/").split("/")
+        if route[:2] == ["call", "v2"] and len(route) > 2:
+            return self._keywords_problem(route[2], call)
+        if not isinstance(call, dict):
+            return 'A call is a JSON object: send {"data": [inputs]}.'
+        if "data" not in call:
             return None
         try:
-            event = self._event(path, call)
+            event = self._event(route, call)
         except LookupError:
             return f"This app has no event number {shown(call['fn_index'])}; see its API page for the endpoints."
         return event and inputs_problem(event, call["data"])
 
-    def _event(self, path: str, call: dict):
-        route = path[path.index(GRADIO_API) + len(GRADIO_API):].strip("/").split("/")
+    def _keywords_problem(self, api_name: str, call) -> str | None:
+        """/call/v2/<name> takes the inputs by parameter name, as an object; Gradio would echo an unknown name
+        whole in a traceback."""
+        event = next((fn for fn in self.blocks.fns.values() if fn.api_name == api_name), None)
+        endpoint = self._api_info()["named_endpoints"].get(f"/{api_name}")
+        if event is None or endpoint is None:
+            return f"This app has no endpoint /{shown(api_name, 100)}; see its API page for the endpoints."
+        parameters = {parameter["parameter_name"]: parameter for parameter in endpoint["parameters"]}
+        if not isinstance(call, dict):
+            return f"/call/v2/{api_name} takes its inputs by name, as a JSON object with keys {', '.join(parameters)}."
+        unknown = [key for key in call if key not in parameters and key != "oauth_token"]
+        if unknown:
+            return (f"/{api_name} has no input {shown(unknown[0], 100)}; its inputs are "
+                    f"{', '.join(parameters) or 'none'}.")
+        missing = [name for name, parameter in parameters.items()
+                   if name not in call and not parameter["parameter_has_default"]]
+        if missing:
+            return f"/{api_name} needs a value for {', '.join(missing)}."
+        given = iter([call.get(name, parameter["parameter_default"]) for name, parameter in parameters.items()])
+        return inputs_problem(event, [None if component.skip_api else next(given) for component in event.inputs])
+
+    @functools.cache
+    def _api_info(self) -> dict:
+        return self.blocks.get_api_info(all_endpoints=True)
+
+    def _event(self, route: list[str], call: dict):
         if "fn_index" in call:  # queue/join; and /run/ and /api/, where Gradio runs this event, not the URL's
             try:
                 return self.blocks.fns[int(call["fn_index"])]
             except (KeyError, TypeError, ValueError, OverflowError):
                 raise LookupError(call["fn_index"]) from None
         if len(route) >= 2 and route[0] in ("call", "run", "api"):
-            api_name = route[2] if route[1] == "v2" and len(route) > 2 else route[1]
-            return next((fn for fn in self.blocks.fns.values() if fn.api_name == api_name), None)
+            return next((fn for fn in self.blocks.fns.values() if fn.api_name == route[1]), None)
         return None
 
 
@@ -334,7 +363,7 @@ async def admitted(call, budget: MemoryBudget):
     shares stay free. ServerBusy after the budget's wait_seconds."""
     deadline = time.monotonic() + budget.wait_seconds
     while True:
-        context = wait_in_thread.set(False)
+        context = wait_deadline.set(-math.inf)
         try:
             return await anyio.to_thread.run_sync(call)
         except ServerBusy as busy:
@@ -343,7 +372,7 @@ async def admitted(call, budget: MemoryBudget):
                     raise
                 await asyncio.sleep(BUSY_POLL_SECONDS)
         finally:
-            wait_in_thread.reset(context)
+            wait_deadline.reset(context)
 
 
 class _BodyTooLarge(Exception):

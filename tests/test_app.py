@@ -68,6 +68,25 @@ def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_d
     assert open(csv_path).read().startswith("file,label,p_dog,confidence,flags,error")
 
 
+def test_a_batch_naming_one_uploaded_file_many_times_classifies_it_once(server, small_photo_dir):
+    """A path is cheap to repeat in a call's JSON; the photo behind it is decoded and logged once."""
+    import httpx
+
+    url, service = server
+    photo = sorted((small_photo_dir / "cats").iterdir())[0]
+    service.log.flush()
+    before = service.log.statistics("all")["count"]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        (path,) = http.post("gradio_api/upload", files={"files": (photo.name, photo.read_bytes())}).json()
+        file = {"path": path, "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
+        event = http.post("gradio_api/call/predict_batch", json={"data": [[file] * 100]}).json()["event_id"]
+        stream = http.get(f"gradio_api/call/predict_batch/{event}").text
+    table = json.loads(stream.split("event: complete\ndata:", 1)[1])[0]
+    assert [row[:2] for row in table["data"]] == [[photo.name, "cat"]] * 100
+    service.log.flush()
+    assert service.log.statistics("all")["count"] == before + 1
+
+
 def test_mutations_need_the_admin_token(server):
     url, service = server
     client = Client(url, verbose=False)

@@ -307,6 +307,22 @@ def test_a_busy_budget_refuses_a_large_decode_after_its_wait_and_lets_small_ones
 
 
 
+def test_decodes_under_one_deadline_wait_for_memory_once_in_all():
+    """A batch of a hundred large images on a busy server waits as long as one photo would, not a hundred times."""
+    from catdog_model.images import ServerBusy, waiting_at_most
+
+    budget = MemoryBudget(64 * 2**20, wait_seconds=600)
+    asked = []
+    wait_for = budget._condition.wait_for
+    with budget.reserve(60 * 2**20), waiting_at_most(0.1):
+        budget._condition.wait_for = lambda predicate, timeout: asked.append(timeout) or wait_for(predicate, timeout)
+        for _ in range(100):
+            with pytest.raises(ServerBusy):
+                with budget.reserve(8 * 2**20):
+                    pass
+    assert asked and sum(asked) <= 0.1
+
+
 def test_files_whose_bookkeeping_costs_more_than_their_pixels_are_refused_before_pillow_parses_them():
     """From the adversarial review: a 1 MB TIFF whose thousand tags all point at the same megabyte (Pillow copied
     each: +1.9 GB), a JPEG of hundreds of tiny refinement scans (11 s of CPU for 65 KB), a run-length BMP whose

@@ -452,12 +452,19 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
                 "an event that does not exist": ("gradio_api/queue/join", {"data": [], "fn_index": 999}),
                 "another event's number on a named route": ("gradio_api/run/metrics", {"data": ["day"], "fn_index": 1}),
                 "inputs nested 100,000 deep": ("gradio_api/call/metrics", "[" * 100_000 + "]" * 100_000),
+                "a call that is not an object": ("gradio_api/call/metrics", [["day"]]),
+                "a 5,000-character input name by keyword": ("gradio_api/call/v2/metrics", {"w" * 5000: "day"}),
+                "inputs by keyword in a list": ("gradio_api/call/v2/metrics", ["day"]),
+                "a plain path for a file by keyword": ("gradio_api/call/v2/predict", {"image": "cat.jpg"}),
+                "a number for a version by keyword": ("gradio_api/call/v2/promote", {"version": 5, "token": "s3cret"}),
+                "a missing input by keyword": ("gradio_api/call/v2/promote", {"token": "wrong"}),
         }.items():
             caplog.clear()
             with caplog.at_level(logging.INFO):
-                content = json.dumps(body) if isinstance(body, dict) else '{"data": [' + body + ']}'
+                content = '{"data": [' + body + ']}' if isinstance(body, str) else json.dumps(body)
                 response = http.post(route, content=content, headers={"content-type": "application/json"})
-            assert response.status_code == 400 and response.json()["error"].endswith("."), (kind, response.text)
+            error = response.json()["error"]
+            assert response.status_code == 400 and error.endswith(".") and len(error) < 300, (kind, response.text)
             assert len([record for record in caplog.records if record.name.startswith(("catdog", "gradio"))]) == 1
         for kind, response in {"a REST call with the wrong form field":
                                http.post("api/predict", files={"photo": ("x.jpg", b"x")}),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 import tracemalloc
 
 import numpy as np
 from PIL import Image
 
+from catdog_model.images import image_size
 from catdog_model.uploads import STORED_MAX_BYTES, STORED_MAX_SIDE, RequestLimits, UploadStore
 from tests.conftest import random_jpeg
 
@@ -64,6 +66,12 @@ def test_zip_archives_with_nested_folders_and_refused_bombs(tmp_path):
     (result,) = store.add("dog", [("bomb.zip", bomb.getvalue())])
     assert result.status == "rejected" and "more than 500 MB" in result.reason
     assert store.add("dog", [("broken.zip", b"PK\x03\x04 not really")])[0].reason == "This zip archive is corrupt."
+    # A million entries in 50 MB, all directory: zipfile would spend seconds and 400 MB parsing it.
+    entry = struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0)
+    directory = b"".join(entry + f"{index:05d}.jpg".encode() for index in range(100_000))
+    listing = directory + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 65535, 65535, len(directory), 0, 0)
+    (result,) = store.add("dog", [("listing.zip", listing)])
+    assert result.status == "rejected" and "list of contents is over 4 MB" in result.reason
 
 
 def test_an_image_larger_than_training_needs_is_kept_as_a_bounded_jpeg(tmp_path):
@@ -100,6 +108,39 @@ def test_one_upload_call_is_bounded_across_all_its_files_and_archives(tmp_path):
     results = pixels.add("dog", archives[:1])
     assert [result.status for result in results] == ["added"] * 2 + ["rejected"] * 8
     assert all("CATDOG_MAX_REQUEST_MEGAPIXELS" in result.reason for result in results[2:])
+
+
+def test_a_file_sent_many_times_in_one_call_is_decoded_once(tmp_path, monkeypatch):
+    """The same path a hundred times in one call (cheap to send, costly to decode) is hashed, not decoded,
+    after its first time, and does not use up the call's pixel budget."""
+    import catdog_model.uploads as uploads
+
+    decoded = []
+    monkeypatch.setattr(uploads, "image_size", lambda data, limits: decoded.append(1) or image_size(data, limits))
+    path = tmp_path / "big.bmp"
+    path.write_bytes(bmp(1000, seed=1))
+    store = UploadStore(tmp_path / "uploads", request_limits=RequestLimits(pixels=2 * 1000 * 1000))
+    results = store.add("dog", [("big.bmp", path)] * 100 + [("other.bmp", bmp(1000, seed=2))])
+    assert [result.status for result in results] == ["added"] + ["duplicate"] * 99 + ["added"]
+    assert len(decoded) == 2
+
+
+def test_an_upload_removes_what_writes_killed_mid_way_left_behind(tmp_path):
+    """kill -9 between a write's temporary file and its rename leaves the file; the next upload to that class
+    removes it once it is old enough that no running write can own it."""
+    import os
+    import time
+
+    store = UploadStore(tmp_path / "uploads")
+    store.add("cat", [("one.jpg", random_jpeg(1))])
+    folder = tmp_path / "uploads" / "cat"
+    abandoned, running = folder / ".abc.jpg-x1.tmp", folder / ".def.jpg-x2.tmp"
+    abandoned.write_bytes(bytes(10_000))
+    running.write_bytes(bytes(10_000))
+    os.utime(abandoned, (time.time() - 2 * 3600,) * 2)
+    assert store.add("cat", [("two.jpg", random_jpeg(2))])[0].status == "added"
+    assert not abandoned.exists() and running.exists()
+    assert store.counts() == {"cat": 2, "dog": 0}
 
 
 def test_an_upload_call_holds_one_image_at_a_time_however_many_it_brings(tmp_path):
