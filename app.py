@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from catdog_model import LABELS, cli
 from catdog_model.config import Settings
 from catdog_model.monitoring import WINDOWS
-from catdog_model.service import BATCH_COLUMNS, COMPARISON_COLUMNS, Service
+from catdog_model.service import BATCH_COLUMNS, Service
 from catdog_model.errors import public_message
 from catdog_model.web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted,
                               forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message,
@@ -68,7 +68,8 @@ def build_demo(service: Service) -> gr.Blocks:
     def upload_training_data(label: str, files: list[dict] | None, token: str):
         service.check_token(token)
         results = service.upload(label, input_paths(files))
-        return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats()
+        # The file list is emptied: the next class's click must not send these files again with its label.
+        return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats(), None
 
     @user_errors
     def confirm_suspects(token: str):
@@ -81,20 +82,25 @@ def build_demo(service: Service) -> gr.Blocks:
         return service.review_suspects(confirm=False), service.dataset_stats()
 
     @user_errors
-    def retrain(token: str) -> dict:
+    def retrain(token: str, fine_tune: bool = False) -> dict:
         service.check_token(token)
-        service.start_retrain()
+        service.start_retrain(fine_tune)
         return service.retrain_status()
 
     @user_errors
-    def retrain_and_follow(token: str, progress=gr.Progress()):
+    def retraining_view() -> list:
+        view = service.retrain_view()
+        return [view[name] for name in ("progress", "verdict", "comparison", "log", "production")]
+
+    @user_errors
+    def retrain_and_follow(fine_tune: bool, token: str, progress=gr.Progress()):
         service.check_token(token)
-        service.start_retrain()
+        service.start_retrain(fine_tune)
         while True:
             status = service.retrain_status()
             if status["total"]:
                 progress((status["done"], status["total"]), desc=status["stage"])
-            yield status, pd.DataFrame(service.comparison(), columns=COMPARISON_COLUMNS)
+            yield retraining_view()
             if not status["running"]:
                 return
             time.sleep(1)
@@ -107,7 +113,7 @@ def build_demo(service: Service) -> gr.Blocks:
     @user_errors
     def rollback(token: str) -> str:
         service.check_token(token)
-        return f"Rolled back: production is now {service.rollback()}."
+        return service.rollback()
 
     @user_errors
     def refresh_metrics(window: str):
@@ -166,8 +172,9 @@ def build_demo(service: Service) -> gr.Blocks:
             upload_button = gr.Button("Add to training data")
             upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
             stats = gr.JSON(label="Dataset")
-            upload_button.click(upload_training_data, [upload_label, upload_files, token], [upload_results, stats],
-                                api_name="upload_training_data", preprocess=False)
+            upload_button.click(upload_training_data, [upload_label, upload_files, token],
+                                [upload_results, stats, upload_files], api_name="upload_training_data",
+                                preprocess=False)
             gr.Markdown("Images that production confidently calls the other class are held as *suspect*, out of "
                         "training, until you confirm or discard them.")
             with gr.Row():
@@ -176,23 +183,29 @@ def build_demo(service: Service) -> gr.Blocks:
             suspects_message = gr.Markdown()
             confirm_button.click(confirm_suspects, token, [suspects_message, stats], api_name="confirm_suspects")
             discard_button.click(discard_suspects, token, [suspects_message, stats], api_name="discard_suspects")
+            fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
+                                          "production's backbone in about a minute)", value=False)
             with gr.Row():
                 retrain_button = gr.Button("Retrain", variant="primary")
                 status_button = gr.Button("Check status")
-            status = gr.JSON(label="Retraining")
-            gr.Markdown("After a retraining, the new version stands beside production here, metric by metric, "
-                        "on the same held-out photos.")
-            comparison = gr.Dataframe(pd.DataFrame(columns=COMPARISON_COLUMNS), interactive=False,
-                                      label="New version beside production, on the same held-out photos")
-            retrain_button.click(retrain_and_follow, token, [status, comparison], api_name="retrain_and_follow")
-            status_button.click(service.retrain_status, None, status, api_name="retrain_status")
+            retrain_progress = gr.Markdown()
+            verdict = gr.Markdown()
+            comparison = gr.Markdown()
+            retrain_log = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False)
+            production_text = gr.Markdown()
+            retraining_outputs = [retrain_progress, verdict, comparison, retrain_log, production_text]
+            retrain_button.click(retrain_and_follow, [fine_tune, token], retraining_outputs,
+                                 api_name="retrain_and_follow")
+            status_button.click(retraining_view, None, retraining_outputs, api_name="show_retraining")
             version_box = gr.Textbox(label="Version to promote (e.g. v3)")
             with gr.Row():
                 promote_button = gr.Button("Promote")
                 rollback_button = gr.Button("Roll back")
             version_message = gr.Markdown()
-            promote_button.click(promote, [version_box, token], version_message, api_name="promote")
-            rollback_button.click(rollback, token, version_message, api_name="rollback")
+            promote_button.click(promote, [version_box, token], version_message, api_name="promote").then(
+                retraining_view, None, retraining_outputs, api_name=False)
+            rollback_button.click(rollback, token, version_message, api_name="rollback").then(
+                retraining_view, None, retraining_outputs, api_name=False)
         with gr.Tab("Metrics"):
             with gr.Row():
                 window = gr.Radio(list(WINDOWS), value="day", label="Monitoring window (all replicas)")
@@ -229,15 +242,21 @@ def build_demo(service: Service) -> gr.Blocks:
             return user_errors(service.versions)()
 
         @gr.api(api_name="retrain")
-        def start_retraining(token: str = "") -> dict:
-            """Start a retraining in the background; its status."""
-            return retrain(token)
+        def start_retraining(token: str = "", fine_tune: bool = False) -> dict:
+            """Start a retraining in the background (fine_tune: the backbone's top too, minutes); its status."""
+            return retrain(token, fine_tune)
+
+        @gr.api(api_name="retrain_status")
+        def retrain_status() -> dict:
+            """The running (or last) retraining: stage, done, total, seconds_left, log, result and verdict."""
+            return user_errors(service.retrain_status)()
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:
             return user_errors(service.dataset_stats)()
 
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
+        demo.load(retraining_view, None, retraining_outputs, api_name=False)
     return demo
 
 

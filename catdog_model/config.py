@@ -14,7 +14,7 @@ from .backbone import WeightsSource
 from .errors import ServiceError
 from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from .serving import DEFAULT_LOW_CONFIDENCE
-from .uploads import DEFAULT_REQUEST_MB, DEFAULT_REQUEST_MEGAPIXELS, RequestLimits
+from .uploads import DEFAULT_FILE_MB, DEFAULT_REQUEST_MB, DEFAULT_REQUEST_MEGAPIXELS, RequestLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ class Settings:
             data_dir=data_dir,
             cache_dir=_path("CATDOG_CACHE_DIR", None) or data_dir / "cache",
             max_pixels=_number("CATDOG_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
-            max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", 50, int),
+            max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", DEFAULT_FILE_MB, int),
             max_files=_number("CATDOG_MAX_FILES", 500, int),
             max_request_mb=_number("CATDOG_MAX_REQUEST_MB", DEFAULT_REQUEST_MB, int),
             max_request_megapixels=_number("CATDOG_MAX_REQUEST_MEGAPIXELS", DEFAULT_REQUEST_MEGAPIXELS, int),
@@ -147,7 +147,8 @@ class Settings:
         return ImageLimits(self.max_pixels, self.min_side, self.decode_memory_mb * 2**20)
 
     def request_limits(self) -> RequestLimits:
-        return RequestLimits(self.max_request_mb * 2**20, self.max_request_megapixels * 10**6)
+        return RequestLimits(self.max_request_mb * 2**20, self.max_request_megapixels * 10**6,
+                             self.max_upload_mb * 2**20)
 
     @property
     def prediction_log_url(self) -> str:
@@ -191,6 +192,8 @@ class TrainingConfig:
     epochs: int = option(60, "upper bound; early stopping ends sooner")
     batch_size: int = option(64, "embeddings per step of the head's training")
     learning_rate: float = option(1e-3, "the head's Adam learning rate")
+    warm_start: bool = option(True, "a head on a version's backbone starts from that version's head")
+    warm_learning_rate: float = option(1e-4, "the learning rate of a head that starts from a version's head")
     dropout_rate: float = option(0.3)
     hidden_units: int = option(128, "0: a linear head")
     patience: int = option(6, "epochs without a lower validation loss before stopping")

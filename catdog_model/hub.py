@@ -123,12 +123,17 @@ class ModelHub:
 
         self._update_refs(change)
 
-    def rollback(self) -> str:
-        """Serve the version that production replaced; returns it."""
+    def rollback(self, to: str | None = None) -> str:
+        """Serve the version that production replaced — or `to`, an earlier one, when the versions after it in
+        the history are to be skipped (they leave it); returns the version now in production."""
         def change(refs: dict) -> dict:
             if not refs["previous"]:
                 raise HubError("There is no earlier production version to roll back to.")
-            refs[PRODUCTION] = refs["previous"].pop()
+            if to is not None and to not in refs["previous"]:
+                raise HubError(f"{to} was never production before {refs[PRODUCTION]}; it cannot be rolled back to.")
+            previous = refs["previous"]
+            index = len(previous) - 1 - (previous[::-1].index(to) if to is not None else 0)  # its latest time
+            refs[PRODUCTION], refs["previous"] = previous[index], previous[:index]
             return refs
 
         return self._update_refs(change)[PRODUCTION]

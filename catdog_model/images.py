@@ -55,6 +55,9 @@ EXIF_ORIENTATION = 0x0112
 MAX_EXIF_BYTES = 65536  # a JPEG's EXIF segment cannot be larger; a larger block is no camera's, and is ignored
 MAX_TIFF_TAGS = 200
 MAX_TIFF_TAG_BYTES = 2**20
+# Read by Pillow as it opens a JPEG: the EXIF block (for the resolution), the multi-picture index (always).
+JPEG_METADATA = {b"Exif\0\0": "This JPEG file's EXIF block", b"MPF\0": "This JPEG file's multi-picture block"}
+SUB_DIRECTORIES = (0x8769, 0x8825, 0xA005)  # EXIF, GPS, interoperability: Pillow reads them with the first
 TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
 SCANS = "catdog_scans"  # where _open notes, in a JPEG's info, how many scans it counted
 MAX_JPEG_SCANS = 100  # as libjpeg's djpeg -maxscans suggests; progressive photos have about ten
@@ -258,7 +261,8 @@ def drafted_cost(image: Image.Image, size: int | None, fit: bool = False) -> int
 def jpeg_scans(data: bytes) -> int:
     """How many scans the JPEG's image has: its segments are walked to the first scan (an EXIF thumbnail's
     scans, inside a segment, do not count), then start-of-scan markers are counted to the end of the image —
-    inside a scan's data 0xFF is stuffed as FF 00, so FF DA there is always a marker."""
+    inside a scan's data 0xFF is stuffed as FF 00, so FF DA there is always a marker. On the way, the metadata
+    blocks that Pillow reads as it opens the file are checked (_check_metadata)."""
     position, segments = 2, 0
     while position + 4 <= len(data) and data[position] == 0xFF and segments < MIN_READS:
         marker = data[position + 1]
@@ -269,7 +273,11 @@ def jpeg_scans(data: bytes) -> int:
             position += 1
             continue
         standalone = 0xD0 <= marker <= 0xD7 or marker == 0x01  # markers without a length
-        position += 2 if standalone else 2 + struct.unpack_from(">H", data, position + 2)[0]
+        length = 0 if standalone else struct.unpack_from(">H", data, position + 2)[0]
+        for header, what in JPEG_METADATA.items():  # in APP1 and APP2 segments
+            if marker in (0xE1, 0xE2) and data.startswith(header, position + 4):
+                _check_metadata(data[position + 4 + len(header):position + 2 + length], what)
+        position += 2 + length
         segments += 1
     if segments >= MIN_READS:
         raise _TooCostly(TOO_MANY_BLOCKS)
@@ -375,24 +383,12 @@ class _GuardedStream(io.BytesIO):
 
 def _check_container(data: bytes) -> int:
     """Refuse, before Pillow parses them, the layouts whose bookkeeping costs more than their pixels: a TIFF
-    whose first directory holds many tags or much tag data (Pillow copies each tag's data, however many tags
-    point at the same bytes, and makes a Python object per strip), a JPEG of many scans (each one walks every
-    block), and a run-length-encoded BMP (Pillow's decoder for it overshoots its buffer). A JPEG's scans."""
+    structure (a TIFF file; a JPEG's EXIF and multi-picture blocks) with many tags or much tag data in the
+    directories Pillow reads — it copies each tag's data, however many tags point at the same bytes, and makes
+    a Python object per strip —, a JPEG of many scans (each one walks every block), and a run-length-encoded
+    BMP (Pillow's decoder for it overshoots its buffer). Returns a JPEG's scans."""
     if data[:4] in (b"II*\0", b"MM\0*"):
-        order = "<" if data[:2] == b"II" else ">"
-        try:
-            (first,) = struct.unpack_from(order + "I", data, 4)
-            (count,) = struct.unpack_from(order + "H", data, first)
-            tag_bytes = 0
-            for entry in range(first + 2, first + 2 + 12 * min(count, MAX_TIFF_TAGS + 1), 12):
-                _, kind, values = struct.unpack_from(order + "HHI", data, entry)
-                tag_bytes += values * TIFF_TYPE_BYTES.get(kind, 8)
-        except struct.error:
-            return  # Pillow says what is wrong with it
-        if count > MAX_TIFF_TAGS or tag_bytes > MAX_TIFF_TAG_BYTES:
-            raise InvalidImage(f"This TIFF file's first directory holds {count} tags and {tag_bytes:,} bytes of "
-                               f"tag data; a photo needs under {MAX_TIFF_TAGS} and {MAX_TIFF_TAG_BYTES // 2**20} MB. "
-                               "Save it as JPEG or PNG.")
+        _check_metadata(data, "This TIFF file's metadata")
     elif data[:2] == b"\xff\xd8":
         scans = jpeg_scans(data)
         if scans <= MAX_JPEG_SCANS:
@@ -402,6 +398,43 @@ def _check_container(data: bytes) -> int:
     elif data[:2] == b"BM" and len(data) >= 34 and struct.unpack_from("<I", data, 30)[0] in (1, 2):
         raise InvalidImage("Run-length-encoded BMP files are not read; save it as PNG or JPEG.")
     return 0
+
+
+def _check_metadata(block: bytes, what: str) -> None:
+    tags, tag_bytes = tiff_metadata_cost(block)
+    if tags > MAX_TIFF_TAGS or tag_bytes > MAX_TIFF_TAG_BYTES:
+        raise InvalidImage(f"{what} holds {tags:,} tags and {tag_bytes:,} bytes of tag data; a photo's needs "
+                           f"under {MAX_TIFF_TAGS} and {MAX_TIFF_TAG_BYTES // 2**20} MB. Save it as JPEG or PNG "
+                           "without its metadata.")
+
+
+def tiff_metadata_cost(block: bytes) -> tuple[int, int]:
+    """(tags, bytes of tag data) in a TIFF structure's first directory and in the EXIF, GPS and
+    interoperability directories it points to: what Pillow copies when it reads the metadata. A directory
+    that cannot be read is not counted (Pillow says what is wrong with it)."""
+    order = "<" if block[:2] == b"II" else ">"
+    try:
+        pending = [struct.unpack_from(order + "I", block, 4)[0]]
+    except struct.error:
+        return 0, 0
+    seen: set[int] = set()
+    tags = tag_bytes = 0
+    while pending and tags <= MAX_TIFF_TAGS:
+        directory = pending.pop()
+        if directory in seen:
+            continue
+        seen.add(directory)
+        try:
+            (count,) = struct.unpack_from(order + "H", block, directory)
+            tags += count
+            for entry in range(directory + 2, directory + 2 + 12 * min(count, MAX_TIFF_TAGS + 1), 12):
+                tag, kind, values, pointer = struct.unpack_from(order + "HHII", block, entry)
+                tag_bytes += values * TIFF_TYPE_BYTES.get(kind, 8)
+                if tag in SUB_DIRECTORIES:
+                    pending.append(pointer)
+        except struct.error:
+            continue
+    return tags, tag_bytes
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

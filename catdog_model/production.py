@@ -13,7 +13,8 @@ from .config import Settings
 from .errors import ServiceError
 from .hub import HubError, ModelHub
 from .images import DEFAULT_LIMITS, ImageLimits
-from .serving import DEFAULT_LOW_CONFIDENCE, ImageModel, ModelLoadError, Prediction, ServingModel
+from .serving import (DEFAULT_LOW_CONFIDENCE, ONNX_FILE, ImageModel, ModelLoadError, Prediction, ServingModel,
+                      read_config_files)
 
 LOAD_ERRORS = (HubError, ModelLoadError)
 logger = logging.getLogger(__name__)
@@ -108,19 +109,39 @@ class Production:
             self._swap(classifier)
         return version
 
-    def rollback(self) -> str:
-        """Serve the version production replaced; like promote, it is loaded first."""
+    def rollback(self) -> tuple[str, list[str]]:
+        """Serve the latest version that production replaced and that can be served (loaded first, like
+        promote); the later ones, which cannot, leave the history. Returns the version and those skipped."""
         with self.lock:
             previous = self.hub.refs()["previous"]
             if not previous:
                 raise ServiceError("There is no earlier production version to roll back to.")
-            classifier = self._loaded_or_refused(previous[-1], "rolled back to")
-            version = self.hub.rollback()
-            if version == classifier.version:
-                self._swap(classifier)
+            refusals = []
+            for candidate in reversed(previous):
+                try:
+                    model = self._load_ready(candidate)
+                    break
+                except LOAD_ERRORS as error:
+                    refusals.append((candidate, error))
+            else:
+                (first, error), others = refusals[0], [version for version, _ in refusals[1:]]
+                raise ServiceError(f"{first} cannot be rolled back to: {error}" + (
+                    f" ({', '.join(others)} cannot be served either)" if others else ""))
+            version = self.hub.rollback(to=model.version)
+            if version == model.version:
+                self._swap(model)
             else:  # another process moved the alias in between: serve what the hub now says
                 self.reload()
-        return version
+        return version, [version for version, _ in refusals]
+
+    def servable(self, version: str) -> bool:
+        """Whether the version carries a serving export (the repository keeps production's alone; the files are
+        checked when it is loaded)."""
+        try:
+            folder = self.hub.download(version)
+            return ONNX_FILE in read_config_files(folder) and (folder / ONNX_FILE).is_file()
+        except (HubError, ModelLoadError):
+            return False
 
     def _loaded_or_refused(self, version: str, action: str) -> ServingModel:
         try:

@@ -41,11 +41,13 @@ def production_table(test: dict | None) -> pd.DataFrame:
 
 def versions_table(versions: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{"version": row["version"], "production": "✔" if row["production"] else "",
+                          "servable": "✔" if row["servable"] else "",
                           "test accuracy": None if row["test_accuracy"] is None else round(row["test_accuracy"], 4),
                           "ROC-AUC": None if row["test_roc_auc"] is None else round(row["test_roc_auc"], 4),
                           "test photos": row["test_images"], "created": (row["created_at"] or "")[:16]}
                          for row in versions],
-                        columns=["version", "production", "test accuracy", "ROC-AUC", "test photos", "created"])
+                        columns=["version", "production", "servable", "test accuracy", "ROC-AUC", "test photos",
+                                 "created"])
 
 
 def over_time(statistics: dict) -> pd.DataFrame:
@@ -100,3 +102,84 @@ def monitoring_summary(statistics: dict, window: str) -> str:
     return (f"**{statistics['count']:,}** {noun} in this window ({window}), latency p50 "
             f"{statistics['latency_p50_ms']:.0f} ms / p95 {statistics['latency_p95_ms']:.0f} ms, "
             f"{statistics['flagged_share']:.1%} flagged, served by {len(statistics['replicas'])} replica(s).")
+
+
+# The Retrain tab: a retraining's progress, verdict and comparison, for people.
+
+COMPARED_METRICS = (("accuracy", "accuracy"), ("precision (dog)", "precision"), ("recall (dog)", "recall"),
+                    ("F1", "f1"), ("ROC-AUC", "roc_auc"), ("log loss", "log_loss"))
+PERCENT_METRICS = {"accuracy", "precision", "recall", "f1"}
+
+
+def retraining_progress(status: dict) -> str:
+    """One line: the stage, how far it is, and the time left."""
+    if status["stage"] == "idle":
+        return "No retraining has run yet."
+    if not status["running"]:
+        seconds = status.get("seconds")
+        took = f" in {_duration(seconds)}" if seconds is not None else ""
+        return f"The last retraining {'failed' if status['stage'] == 'failed' else 'finished'}{took}."
+    line = f"**{status['stage'].capitalize()}**"
+    if status["total"]:
+        line += f" — {status['done']:,} of {status['total']:,}"
+    if status.get("seconds_left") is not None:
+        line += f", about {_duration(status['seconds_left'])} left"
+    return line + "."
+
+
+def retraining_verdict(status: dict) -> str:
+    """The outcome in one sentence: promoted, or not and why; or why the retraining failed."""
+    if status["stage"] == "failed":
+        return f"❌ The retraining failed: {status['error']}"
+    result = status.get("result")
+    if status["running"] or not result:
+        return ""
+    if result.get("promoted"):
+        return f"✅ **{result['version']} is in production now**: {result['reason']}."
+    return f"⏸️ **{result['version']} was not promoted**: {result['reason']}."
+
+
+def retraining_comparison(result: dict | None) -> str:
+    """The candidate beside the production it was judged against, on the same trusted photos, as a Markdown
+    table: percentages with one decimal and the difference."""
+    candidate, production = (result or {}).get("candidate"), (result or {}).get("production")
+    if not candidate:
+        return ""
+    title = f"{result['version']} (candidate)"
+    columns = [title] + ([f"{result['production_version']} (production)", "difference"] if production else [])
+    lines = [f"**{' vs '.join(columns[:2])} on {candidate['n_images']:,} trusted photos**", "",
+             "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, key in COMPARED_METRICS:
+        cells = [_metric(key, candidate.get(key))]
+        if production:
+            cells += [_metric(key, production.get(key)), _difference(key, candidate.get(key), production.get(key))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _metric(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1%}" if key in PERCENT_METRICS else f"{value:.3f}"
+
+
+def _difference(key: str, candidate: float | None, production: float | None) -> str:
+    if candidate is None or production is None:
+        return "—"
+    if key in PERCENT_METRICS:
+        return f"{(candidate - production) * 100:+.1f} pt"
+    return f"{candidate - production:+.3f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def production_line(production: str | None, servable: set[str]) -> str:
+    """Which version is served now, and which ones promote and rollback can serve."""
+    if production is None:
+        return "No version is in production."
+    ordered = sorted(servable, key=lambda version: (len(version), version))  # v9 before v10
+    return (f"In production now: **{production}**. Versions that can be served (promoted or rolled back to): "
+            f"{', '.join(ordered) or 'none'}.")

@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Callable
 
 from . import LABELS
-from .config import PROJECT_ROOT, Settings
+from .atomic import write_atomically
+from .config import PROJECT_ROOT, Settings, TrainingConfig
 from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
+from .finetune import FineTuneConfig
 from .uploads import UploadStore
 
 logger = logging.getLogger(__name__)
-RETRAIN_BATCH_SIZE = 4  # small embedding batches: each backbone call is short, so requests never wait long
+LAST_RETRAINING_FILE = "last_retraining.json"
+CHILD_NICENESS = 10  # the server's requests come first: a retraining takes the cores they leave
 
 
 @dataclasses.dataclass
@@ -39,6 +42,18 @@ class RetrainState:
     log: list[str] = dataclasses.field(default_factory=list)
     result: dict | None = None
     error: str | None = None
+    started_at: float | None = None  # time.time() of the start, and of the current stage's start
+    stage_started_at: float | None = None
+    finished_at: float | None = None
+
+    def seconds_left(self, now: float) -> float | None:
+        """The current stage's time left, from its pace so far; None before there is a pace to go by."""
+        if not (self.running and self.stage_started_at and self.total and 0 < self.done < self.total):
+            return None
+        return (now - self.stage_started_at) / self.done * (self.total - self.done)
+
+    def stage_changed(self, stage: str, now: float) -> None:
+        self.stage, self.stage_started_at, self.done, self.total = stage, now, 0, 0
 
 
 # What the server and the child both need to know about the data.
@@ -80,48 +95,92 @@ def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Exa
 
 # The child.
 
-def run(settings: Settings, emit: Callable[[dict], None]) -> dict:
-    """Train on base data + uploads, publish, compare with production on the trusted photos, decide."""
-    from .classifier import load_classifier
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """What one retraining from the app does; the child receives it (tests make it small)."""
+
+    training: TrainingConfig = TrainingConfig()
+    fine_tuning: FineTuneConfig | None = None  # None: a new head on production's backbone (seconds)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RetrainConfig":
+        values = json.loads(text)
+        return cls(TrainingConfig(**values["training"]),
+                   values["fine_tuning"] and FineTuneConfig(**values["fine_tuning"]))
+
+
+def served_backbone(hub, version: str | None, settings: Settings, emit: Callable[[dict], None]):
+    """Production's backbone as its export runs it, or None (and why, in the log) when it has no export."""
+    from .serving import ModelLoadError
+    from .served_backbone import ServedBackbone
+
+    if version is None:
+        emit({"log": "There is no production version: the new version starts from ImageNet's backbone."})
+        return None
+    try:
+        return ServedBackbone(hub.download(version), settings.backbone_batch_size)
+    except ModelLoadError as error:
+        emit({"log": f"{error} The new version starts from ImageNet's backbone."})
+        return None
+
+
+def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
+    """Train on base data + uploads — a new head on production's backbone, or with plan.fine_tuning a
+    fine-tuned model — publish it, compare it with production on the trusted photos, decide."""
+    emit({"stage": "reading data", "done": 0, "total": 0})
+    from .classifier import Classifier, load_classifier
     from .evaluation import compute_metrics
     from .gate import promotion_gate
     from .hub import open_hub
-    from .training import TrainingConfig, embed_examples, embedding_cache, publish, train
+    from .training import embed_examples, embedding_cache, publish, train
 
-    config = TrainingConfig()
+    config = plan.training
     hub = open_hub(settings)
+    production = hub.production()
+    served = None if plan.fine_tuning else served_backbone(hub, production, settings, emit)
     uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
     trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
     dataset = training_dataset(settings, uploads, trusted)
     emit({"log": f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates; "
                  f"{len(trusted)} trusted held-out photos."})
-    trained = train(dataset, dataclasses.replace(settings, backbone_batch_size=RETRAIN_BATCH_SIZE), config,
+    if served:
+        emit({"log": f"A new head on {production}'s backbone, embedded by its export on ONNX Runtime."})
+    trained = train(dataset, settings, config, fine_tuning=plan.fine_tuning, backbone=served,
                     progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}),
                     source=str(settings.data_dir / "uploads"), command="retrain from the app")
     emit({"stage": "publishing", "done": 0, "total": 1})
     version = publish(trained, hub, settings.model_name)
     emit({"log": f"Published {version}."})
-    emit({"stage": "comparing", "done": 0, "total": 1})
-    production = hub.production()
-    production = None if production == version else production
+    compared = None if production in (None, version) else production
 
-    def evaluate(revision: str) -> dict:
-        classifier = load_classifier(hub, revision, settings)
+    def comparing(stage: str, done: int, total: int) -> None:
+        emit({"stage": "comparing", "done": done, "total": total})
+
+    def judged(classifier: Classifier) -> dict:
         embeddings, kept, _ = embed_examples(classifier.backbone, trusted, embedding_cache(settings),
-                                             classifier.views())
-        return {"version": revision, **compute_metrics([example.label for example in kept],
-                                                       classifier.p_dog_from_embeddings(embeddings))}
+                                             classifier.views(), comparing)
+        return {"version": classifier.version, **compute_metrics([example.label for example in kept],
+                                                                 classifier.p_dog_from_embeddings(embeddings))}
 
-    candidate_metrics = evaluate(version) if trusted else None
-    production_metrics = evaluate(production) if trusted and production else None
+    comparing("comparing", 0, len(trusted))
+    if served and trusted:  # both heads on the same embeddings: the trusted photos are embedded once
+        production_model = Classifier(served, served.head(), served.head_config, tta=served.tta, version=production)
+        candidate_metrics, production_metrics = judged(trained.classifier), judged(production_model)
+    else:
+        candidate_metrics = judged(trained.classifier) if trusted else None
+        production_metrics = judged(load_classifier(hub, compared, settings)) if trusted and compared else None
     decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
                               production_metrics and production_metrics["accuracy"], len(trusted),
                               settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy)
     return {"version": version, "candidate": candidate_metrics, "production": production_metrics,
-            "production_version": production, "gate_passed": decision.passed, "reason": decision.reason}
+            "production_version": compared, "gate_passed": decision.passed, "reason": decision.reason}
 
 
 SETTINGS_VARIABLE = "CATDOG_RETRAIN_SETTINGS"
+CONFIG_VARIABLE = "CATDOG_RETRAIN_CONFIG"
 PARENT_VARIABLE = "CATDOG_RETRAIN_PARENT"  # the server's pid: the child may start after the server is gone
 
 
@@ -141,13 +200,15 @@ def exit_with_parent(every_seconds: float = 1.0) -> None:
 
 def main() -> None:
     exit_with_parent()
+    os.nice(CHILD_NICENESS)
     settings = Settings.from_json(os.environ[SETTINGS_VARIABLE])
+    plan = RetrainConfig.from_json(os.environ[CONFIG_VARIABLE])
 
     def emit(message: dict) -> None:
         print(json.dumps(message), flush=True)
 
     try:
-        emit({"result": run(settings, emit)})
+        emit({"result": run(settings, plan, emit)})
     except Exception as error:  # whatever went wrong reaches the server as one sentence, then the exit code
         emit({"error": str(error) or type(error).__name__})
         logger.exception("retraining failed")
@@ -159,24 +220,31 @@ def main() -> None:
 class Retrainer:
     """One retraining child at a time; on_result(result) runs in the server when a child succeeds."""
 
-    def __init__(self, settings: Settings, on_result: Callable[[dict], None]):
+    def __init__(self, settings: Settings, on_result: Callable[[dict], None],
+                 config: RetrainConfig = RetrainConfig()):
         self.settings = settings
         self.on_result = on_result
+        self.config = config
         self.state = RetrainState()
         self.process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> bool:
-        """False if a retraining is already running."""
+    def start(self, fine_tune: bool = False) -> bool:
+        """False if a retraining is already running. fine_tune: the backbone's top too (minutes), with
+        self.config's fine-tuning recipe (FineTuneConfig's defaults where it has none)."""
+        plan = dataclasses.replace(self.config, fine_tuning=(self.config.fine_tuning or FineTuneConfig())
+                                   if fine_tune else None)
         with self._lock:
             if self.state.running:
                 return False
-            self.state = RetrainState(running=True, stage="starting", log=["Retraining started."])
+            now = time.time()
+            self.state = RetrainState(running=True, stage="starting", log=["Retraining started."], started_at=now,
+                                      stage_started_at=now)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "catdog_model.retraining"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True,
                 env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json(),
-                     PARENT_VARIABLE: str(os.getpid())})
+                     CONFIG_VARIABLE: plan.to_json(), PARENT_VARIABLE: str(os.getpid())})
         threading.Thread(target=self._follow, args=(self.process, self.state), name="retrain-follow",
                          daemon=True).start()
         return True
@@ -195,8 +263,8 @@ class Retrainer:
             if "stage" in message:
                 if message["stage"] != state.stage:
                     state.log.append(f"{message['stage']}: {message.get('total')} to do")
-                state.stage, state.done, state.total = (message["stage"], message.get("done", 0),
-                                                        message.get("total", 0))
+                    state.stage_changed(message["stage"], time.time())
+                state.done, state.total = message.get("done", 0), message.get("total", 0)
             state.log.extend([message["log"]] if "log" in message else [])
             state.error = message.get("error", state.error)
             state.result = message.get("result", state.result)
@@ -216,7 +284,30 @@ class Retrainer:
             state.stage = "failed"
             logger.warning("retraining failed: %s %s", state.error, "".join(stderr[-20:]).strip())
         state.log.append(f"Failed: {state.error}" if state.stage == "failed" else "Finished.")
+        state.finished_at = time.time()
         state.running = False
+        self._keep(state)
+
+    def _keep(self, state: RetrainState) -> None:
+        """The finished retraining, kept in the data folder: a reload or a restart shows it again."""
+        try:
+            write_atomically(self.settings.data_dir / LAST_RETRAINING_FILE,
+                             json.dumps(dataclasses.asdict(state), indent=1).encode())
+        except OSError as error:
+            logger.warning("the last retraining's result could not be kept: %s", error.strerror)
+
+    def last(self) -> RetrainState:
+        """The current retraining's state; before one has run since this server started, the last one kept in
+        the data folder (idle when there is none, or it cannot be read)."""
+        path = self.settings.data_dir / LAST_RETRAINING_FILE
+        if self.state.stage == "idle" and path.is_file():
+            fields = {field.name for field in dataclasses.fields(RetrainState)}
+            try:
+                kept = json.loads(path.read_text())
+                self.state = RetrainState(**{key: kept[key] for key in fields & set(kept)})
+            except (OSError, ValueError, TypeError) as error:
+                logger.warning("the last retraining's result could not be read: %s", error)
+        return self.state
 
     def stop(self) -> None:
         """End a running child (the server is shutting down)."""

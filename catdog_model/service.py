@@ -23,16 +23,17 @@ from .images import content_hash, read_bytes, return_large_buffers_to_the_system
 from .drift import drift_report
 from .monitoring import LoggedPrediction, LogUnavailable, PredictionLog, window_start
 from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
-                      production_table, quality_over_time, versions_table)
+                      production_line, production_table, quality_over_time, retraining_comparison,
+                      retraining_progress, retraining_verdict, versions_table)
 from .production import Production
-from .retraining import Retrainer, trusted_examples, training_dataset
+from .retraining import RetrainConfig, Retrainer, trusted_examples, training_dataset
 from .serving import Prediction, ServingModel
 from .uploads import SUSPECT_FOLDER, UploadStore
 
 logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
 BATCH_COLUMNS = ("file", "label", "p_dog", "confidence", "flags", "error")
-COMPARISON_COLUMNS = ["metric", "candidate", "production"]
+LOG_LINES_SHOWN = 30
 BATCH_CHUNK = 32  # photos decoded and run together: memory stays bounded whatever the batch's size
 
 
@@ -51,7 +52,7 @@ def writable_folder(path: Path, variable: str) -> None:
 
 
 class Service:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, retrain_config: RetrainConfig = RetrainConfig()):
         return_large_buffers_to_the_system()
         writable_folder(settings.data_dir, "CATDOG_DATA_DIR")
         self.settings = settings
@@ -62,7 +63,7 @@ class Service:
         self.upload_sync = self._upload_sync() if settings.hub_dataset else None
         self.started_at = time.time()
         self._base_counts_cache: tuple[tuple, dict[str, int]] | None = None
-        self.retrainer = Retrainer(settings, self._after_retraining)
+        self.retrainer = Retrainer(settings, self._after_retraining, retrain_config)
         if not settings.admin_token and not settings.on_loopback:
             logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
                            "promotion and rollback are refused until it is set.", settings.server_name)
@@ -85,7 +86,11 @@ class Service:
         return self.production.promote(version)
 
     def rollback(self) -> str:
-        return self.production.rollback()
+        """Roll back to the latest earlier production that can be served; the sentence saying what happened."""
+        version, skipped = self.production.rollback()
+        return f"Rolled back: production is now {version}." + (
+            f" Skipped {', '.join(skipped)}: {'it' if len(skipped) == 1 else 'they'} cannot be served." if skipped
+            else "")
 
     def predict(self, source, origin: str = "api") -> tuple[Prediction, float]:
         """The prediction and its latency in ms; logged, unless logging fails."""
@@ -94,13 +99,12 @@ class Service:
         data = read_bytes(source)
         prediction = classifier.predict_one(data)
         latency_ms = (time.perf_counter() - started) * 1000
-        self._log(prediction, latency_ms, data, origin)
+        self._log(prediction, latency_ms, content_hash(data), origin)
         return prediction, latency_ms
 
-    def _log(self, prediction: Prediction, latency_ms: float, data: bytes, origin: str) -> None:
+    def _log(self, prediction: Prediction, latency_ms: float, sha256: str, origin: str) -> None:
         self.log.record(LoggedPrediction(time.time(), prediction.version, prediction.label, prediction.p_dog,
-                                         latency_ms, content_hash(data), origin, bool(prediction.flags),
-                                         prediction.novelty))
+                                         latency_ms, sha256, origin, bool(prediction.flags), prediction.novelty))
 
     def explain(self, source) -> tuple[Prediction, np.ndarray]:
         """The prediction and the photo with its heat map: red where it pushed towards dog, blue towards cat."""
@@ -112,7 +116,8 @@ class Service:
 
     def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
         """One row per file: file, label, p_dog, confidence, flags — or, in `error`, why it was not classified.
-        Files are decoded and run through the model BATCH_CHUNK at a time; a file given twice is classified
+        Each file is read and decoded before the next is read, and the decoded photos go through the model
+        BATCH_CHUNK at a time: memory stays bounded whatever the batch's size. A file given twice is classified
         once, and the whole batch waits for decode memory no longer than one photo would."""
         self._check_count(paths)
         model = self.production.serving()
@@ -121,23 +126,22 @@ class Service:
         unique = list(rows)
         with waiting_at_most(self.limits.budget.wait_seconds):
             for start in range(0, len(unique), BATCH_CHUNK):
-                started, chunk = time.perf_counter(), []
+                started, decoded = time.perf_counter(), []
                 for path in unique[start:start + BATCH_CHUNK]:
-                    row = rows[path]
                     try:
-                        chunk.append((row, read_bytes(path)))
+                        data = read_bytes(path)
+                        decoded.append((rows[path], content_hash(data), model.decode(data)))
                     except CatdogError as error:
-                        row["error"] = public_message(error)
-                results = model.predict_each([data for _, data in chunk])
-                classified = sum(isinstance(result, Prediction) for result in results)
-                latency_ms = (time.perf_counter() - started) * 1000 / max(classified, 1)
-                for (row, data), result in zip(chunk, results):
-                    if not isinstance(result, Prediction):
-                        row["error"] = public_message(result)
-                        continue
-                    row.update(label=result.label, p_dog=round(result.p_dog, 4),
-                               confidence=round(result.confidence, 4), flags=", ".join(result.flags))
-                    self._log(result, latency_ms, data, origin)
+                        rows[path]["error"] = public_message(error)
+                    data = None  # the file's bytes go before the next file is read
+                if not decoded:
+                    continue
+                predictions = model.predict_decoded(np.stack([image for _, _, image in decoded]))
+                latency_ms = (time.perf_counter() - started) * 1000 / len(decoded)
+                for (row, sha256, _), prediction in zip(decoded, predictions):
+                    row.update(label=prediction.label, p_dog=round(prediction.p_dog, 4),
+                               confidence=round(prediction.confidence, 4), flags=", ".join(prediction.flags))
+                    self._log(prediction, latency_ms, sha256, origin)
         return [dict(rows[path]) for path in paths]
 
     def save_batch_csv(self, rows: list[dict]) -> Path:
@@ -245,10 +249,10 @@ class Service:
 
     @property
     def retrain_state(self):
-        return self.retrainer.state
+        return self.retrainer.last()
 
-    def start_retrain(self) -> str:
-        if not self.retrainer.start():
+    def start_retrain(self, fine_tune: bool = False) -> str:
+        if not self.retrainer.start(fine_tune):
             raise ServiceError("A retraining is already running; wait for it to finish (see its status).")
         return "Retraining started."
 
@@ -268,15 +272,26 @@ class Service:
                                         f"{result['reason']}")
 
     def retrain_status(self) -> dict:
-        state = self.retrain_state
-        return {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
-                "log": [public_message(line) for line in state.log[-20:]], "result": state.result,
-                "error": state.error and public_message(state.error)}
+        """The running (or last) retraining: stage, progress, time left, log, result, and its verdict."""
+        state, now = self.retrain_state, time.time()
+        seconds_left = state.seconds_left(now)
+        status = {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
+                  "seconds_left": None if seconds_left is None else round(seconds_left),
+                  "seconds": state.started_at and round((state.finished_at or now) - state.started_at),
+                  "log": [public_message(line) for line in state.log[-LOG_LINES_SHOWN:]], "result": state.result,
+                  "error": state.error and public_message(state.error), "production": self.hub.production()}
+        return {**status, "verdict": retraining_verdict(status)}
 
     def versions(self) -> list[dict]:
-        return [{"version": row["version"], "production": row["production"], "created_at": row["created_at"],
-                 "test_accuracy": row["test"].get("accuracy"), "test_roc_auc": row["test"].get("roc_auc"),
-                 "test_images": row["test"].get("n_images")} for row in self.hub.list_versions()]
+        servable = self._servable_versions()
+        return [{"version": row["version"], "production": row["production"], "servable": row["version"] in servable,
+                 "created_at": row["created_at"], "test_accuracy": row["test"].get("accuracy"),
+                 "test_roc_auc": row["test"].get("roc_auc"), "test_images": row["test"].get("n_images")}
+                for row in self.hub.list_versions()]
+
+    def _servable_versions(self) -> set[str]:
+        """The versions that carry a serving export, so that promote and rollback can serve them."""
+        return {version for version in self.hub.versions() if self.production.servable(version)}
 
     def metrics(self, window: str = "day") -> dict:
         """Production's test metrics, and live monitoring and drift over the window, across all replicas."""
@@ -323,14 +338,12 @@ class Service:
                 "confidence": confidence_histogram(monitoring),
                 "dataset_table": dataset_table(self.dataset_stats())}
 
-    def comparison(self) -> list[dict]:
-        """The last retraining's candidate beside production, metric by metric, on the same photos."""
-        result = self.retrain_state.result
-        if not result:
-            return []
-        candidate, production = result.get("candidate") or {}, result.get("production") or {}
-        return [{"metric": name, "candidate": candidate.get(name), "production": production.get(name)}
-                for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "n_images")]
+    def retrain_view(self) -> dict:
+        """What the Retrain tab shows of the running (or last) retraining, and of production now."""
+        status = self.retrain_status()
+        return {"status": status, "progress": retraining_progress(status), "verdict": status["verdict"],
+                "comparison": retraining_comparison(status["result"]), "log": "\n".join(status["log"]),
+                "production": production_line(status["production"], self._servable_versions())}
 
     def example_images(self, per_class: int = 2) -> list[str]:
         folder = self.settings.examples_dir

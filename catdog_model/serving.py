@@ -84,6 +84,14 @@ def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
     return config
 
 
+def read_config_files(directory: Path) -> set[str]:
+    """The files a version's config.json lists, unchecked: what the version holds, cheaply."""
+    try:
+        return set(json.loads((Path(directory) / CONFIG_FILE).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{Path(directory).name}: {CONFIG_FILE} cannot be read ({error}).") from None
+
+
 def onnx_session(path: Path, threads: int):
     import onnxruntime
 

@@ -14,7 +14,7 @@ import numpy as np
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, get_backbone
 from .card import render_model_card
-from .classifier import Classifier, HeadConfig, build_head, seal_version_files
+from .classifier import Classifier, HeadConfig, build_head, save_version_files, seal_version_files
 from .config import Settings, TrainingConfig
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images
@@ -24,6 +24,7 @@ from .export import export_onnx
 from .finetune import FineTuneConfig, embed_views, fine_tune
 from .hub import METRICS_FILE, ModelHub
 from .novelty import NoveltyDetector
+from .served_backbone import ServedBackbone
 
 MIN_IMAGES_PER_CLASS = 5
 NOVELTY_SAMPLE = 1024  # training photos embedded again after fine-tuning, for the unfamiliar flag's reference
@@ -55,19 +56,25 @@ def embed_examples(backbone: Backbone, examples: list[Example], cache: Embedding
 
 def train(dataset: Dataset, settings: Settings, config: TrainingConfig = TrainingConfig(),
           progress: ProgressCallback | None = None, source: str = "", command: str = "",
-          fine_tuning: FineTuneConfig | None = None) -> TrainedModel:
-    """Phase 1: a head on cached frozen embeddings. With fine_tuning, phase 2 then trains the top of the backbone
-    with that head on augmented photos; validation and test are then measured with the fine-tuned backbone."""
-    import keras
-
+          fine_tuning: FineTuneConfig | None = None, backbone: Backbone | ServedBackbone | None = None
+          ) -> TrainedModel:
+    """Phase 1: a head on cached frozen embeddings — of ImageNet's backbone, or of `backbone` (a version's,
+    as its export runs it: the new head then goes on that version's backbone). With fine_tuning, phase 2 then
+    trains the top of the backbone with that head on augmented photos; validation and test are then measured
+    with the fine-tuned backbone."""
     counts = dataset.counts()
     if min(counts.values()) < MIN_IMAGES_PER_CLASS:
         raise ServiceError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
                            f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
+    import keras  # seconds: only once there is something to train
     started = time.perf_counter()
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
-    backbone = get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,
-                            settings.backbone_batch_size)
+    if isinstance(backbone, ServedBackbone):
+        if fine_tuning:
+            raise ServiceError("A head on a version's export cannot be fine-tuned with it; fine-tune from Keras.")
+        config = backbone.training_config(config)
+    backbone = backbone or get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,
+                                        settings.backbone_batch_size)
     cache = embedding_cache(settings)
     views = ("original", "flipped") if config.augment or config.tta != "off" else ("original",)
     cached_before = cache.count(backbone.spec.id)
@@ -95,8 +102,13 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     head_config = HeadConfig(embedding_dim=backbone.dim, hidden_units=config.hidden_units,
                              dropout_rate=config.dropout_rate)
     head = build_head(head_config)
-    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy",
-                 metrics=["accuracy"])
+    learning_rate = config.learning_rate
+    if isinstance(backbone, ServedBackbone) and config.warm_start:
+        # The version's head learnt from its own photos (thousands, with its fine-tuning): the new one starts
+        # there and moves slowly, rather than forgetting them for the few hundred given here.
+        head.set_weights(backbone.head().get_weights())
+        learning_rate = config.warm_learning_rate
+    head.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 3)),
@@ -106,8 +118,8 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
             on_epoch_end=lambda epoch, logs: progress("training", epoch + 1, config.epochs)))
     fit_started = time.perf_counter()
     fitted = head.fit(train_x, train_y, validation_data=(validation_views["original"], validation_y),
-                      epochs=config.epochs, batch_size=config.batch_size, class_weight=_class_weight(train_y), callbacks=callbacks,
-                      verbose=0)
+                      epochs=config.epochs, batch_size=config.batch_size, class_weight=_class_weight(train_y),
+                      callbacks=callbacks, verbose=0)
     fit_seconds = time.perf_counter() - fit_started
 
     classifier = Classifier(backbone, head, head_config, tta=config.tta == "on",
@@ -189,9 +201,15 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str) -> str:
     """Write the trained model as the hub's next version; returns the version name."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model.
-        trained.classifier.save(folder, full_model=hub.ships_full_model or bool(trained.classifier.spec.fine_tuned))
-        export_onnx(trained.classifier, folder)  # checked against Keras: a version never serves other answers
+        classifier = trained.classifier
+        if isinstance(classifier.backbone, ServedBackbone):  # a new head on a version's backbone
+            classifier.backbone.write_version(folder, classifier.head)  # its export, checked against the head
+            save_version_files(folder, classifier.spec, classifier.head, classifier.head_config, classifier.tta,
+                               classifier.novelty)
+        else:
+            # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model.
+            classifier.save(folder, full_model=hub.ships_full_model or bool(classifier.spec.fine_tuned))
+            export_onnx(classifier, folder)  # checked against Keras: a version never serves other answers
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")

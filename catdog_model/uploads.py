@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import zipfile
@@ -32,6 +33,7 @@ STORED_MAX_SIDE = 1024
 STORED_MAX_BYTES = 2**20
 DEFAULT_REQUEST_MB = 200
 DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
+DEFAULT_FILE_MB = 50
 SUSPECT_FOLDER = "suspect"
 SHOWN_NAME_CHARACTERS = 120  # of a file's name (in an archive: its path) in the results
 # check(label, image) → why the image's label looks wrong (a sentence), or None.
@@ -47,11 +49,14 @@ class UploadResult:
 
 @dataclasses.dataclass(frozen=True)
 class RequestLimits:
-    """What one upload call may bring in across all its files and archives: bytes kept on disk, and pixels
-    decoded to check the images (CATDOG_MAX_REQUEST_MB, CATDOG_MAX_REQUEST_MEGAPIXELS)."""
+    """What one upload call may bring in across all its files and archives: bytes kept on disk, pixels
+    decoded to check the images (CATDOG_MAX_REQUEST_MB, CATDOG_MAX_REQUEST_MEGAPIXELS), files and members
+    read; and the size of one image (CATDOG_MAX_UPLOAD_MB, unpacked from an archive too)."""
 
     stored_bytes: int = DEFAULT_REQUEST_MB * 2**20
     pixels: int = DEFAULT_REQUEST_MEGAPIXELS * 10**6
+    file_bytes: int = DEFAULT_FILE_MB * 2**20  # one image, as a file or unpacked from an archive
+    entries: int = MAX_ZIP_MEMBERS  # files and archive members read, whatever becomes of them
 
     def over(self, stored_bytes: int, pixels: int) -> str | None:
         """Why an upload that has brought this much must stop, in a sentence; None while it may go on."""
@@ -108,8 +113,15 @@ class UploadStore:
             remove_abandoned_writes(folder)  # a crash in an earlier upload must not fill the disk by degrees
         seen: set[str] = set()
         used = {"bytes": 0, "pixels": 0}
-        return [self._add_one(label, cut(name, SHOWN_NAME_CHARACTERS), read, check, seen, used)
-                for name, read in _expand_archives(files)]
+        results = []
+        for name, read in _expand_archives(files, self.request_limits.file_bytes):
+            if len(results) == self.request_limits.entries:  # however cheap each is: duplicates, empty files
+                results.append(UploadResult(cut(name, SHOWN_NAME_CHARACTERS), "rejected", (
+                    f"This upload has reached its limit of {self.request_limits.entries:,} files; it and the "
+                    "files after it were not read. Send them in another upload.")))
+                break
+            results.append(self._add_one(label, cut(name, SHOWN_NAME_CHARACTERS), read, check, seen, used))
+        return results
 
     def _add_one(self, label: str, name: str, read, check: LabelCheck | None, seen: set[str], used: dict
                  ) -> UploadResult:
@@ -176,8 +188,10 @@ class UploadStore:
         return {label: len(self._files(label, suspect=True)) for label in LABELS}
 
 
-def _expand_archives(files: list[tuple[str, Path | bytes]]):
-    """(name, read) for each image: read() returns its bytes, so that one file at a time is in memory."""
+def _expand_archives(files: list[tuple[str, Path | bytes]], file_bytes: int):
+    """(name, read) for each image: read() returns its bytes, so that one file at a time is in memory. An
+    archive that comes again (by content) is read once."""
+    archives: set[str] = set()
     for name, source in files:
         if not name.lower().endswith(".zip"):
             yield name, functools.partial(read_bytes, source)
@@ -188,10 +202,15 @@ def _expand_archives(files: list[tuple[str, Path | bytes]]):
             yield name, _refused(InvalidImage("This zip archive cannot be read; upload it again."))
             continue
         with file:
-            yield from _archive_members(name, file)
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+            if digest in archives:
+                yield name, _refused(InvalidImage("The same archive comes earlier in this upload."))
+                continue
+            archives.add(digest)
+            yield from _archive_members(name, file, file_bytes)
 
 
-def _archive_members(name: str, file):
+def _archive_members(name: str, file, file_bytes: int):
     """(name, read) for each image in the zip archive open in file, or one refusal for the whole archive."""
     try:
         if _directory_bytes(file) > MAX_ZIP_DIRECTORY_BYTES:
@@ -214,7 +233,10 @@ def _archive_members(name: str, file):
             yield name, _refused(InvalidImage(f"The archive unpacks to more than {MAX_ZIP_BYTES // 2**20} MB."))
         else:
             for info in members:
-                yield f"{name}/{info.filename}", functools.partial(_read_member, archive, info)
+                yield f"{name}/{info.filename}", (
+                    functools.partial(_read_member, archive, info) if info.file_size <= file_bytes else _refused(
+                        InvalidImage(f"It unpacks to {info.file_size / 2**20:.0f} MB; the limit for one image is "
+                                     f"{file_bytes // 2**20} MB (CATDOG_MAX_UPLOAD_MB).")))
 
 
 def _directory_bytes(file) -> int:

@@ -33,6 +33,8 @@ UPLOAD_ROUTE = "/gradio_api/upload"
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 NO_LONGER_UPLOADED = ("This file is no longer on the server (uploads are kept for CATDOG_FILE_CACHE_MINUTES): "
                       "upload it again.")
+UNREADABLE_CALL = ('This call\'s fields are not what Gradio expects: send {"data": [inputs]} as JSON (its API page '
+                   "shows each endpoint's inputs), or use gradio_client.")
 MAX_PATH_CHARACTERS = 4096  # resolving a longer one, `..` by `..`, would stall the event loop
 BUSY_POLL_SECONDS = 0.05  # how often a request waiting for decode memory looks again
 
@@ -133,7 +135,19 @@ class CheckedCalls:
         async def replay():
             return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
+        refused = False
+
+        async def sentence_for_invalid_fields(message):
+            """FastAPI answers a body that Gradio's request model refuses with 422 and the input echoed whole."""
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 422:
+                refused = True
+                logger.info("refused a call to %s: %s", path, UNREADABLE_CALL)
+                await _send_json(send, 400, {"error": UNREADABLE_CALL})
+            elif not refused:
+                await send(message)
+
+        await self.app(scope, replay, sentence_for_invalid_fields)
 
     def _problem(self, path: str, call) -> str | None:
         """Why the call cannot run, in a sentence; None when it can (or when Gradio will say so itself)."""

@@ -69,6 +69,17 @@ def test_each_rollback_returns_to_the_version_that_production_last_replaced(hub,
     assert hub.rollback() == "v1" and hub.production() == "v1"
 
 
+def test_a_rollback_may_skip_versions_of_the_history_which_then_leave_it(hub, staged):
+    for _ in range(4):
+        hub.push(staged)
+    for version in ("v1", "v2", "v3", "v4"):
+        hub.promote(version)
+    with pytest.raises(HubError, match="v4 was never production before v4"):
+        hub.rollback(to="v4")
+    assert hub.rollback(to="v2") == "v2" and hub.refs()["previous"] == ["v1"]
+    assert hub.rollback() == "v1"
+
+
 def test_concurrent_alias_updates_lose_nothing(hub, staged):
     hub.push(staged)
     hub.promote("v1")

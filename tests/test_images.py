@@ -323,6 +323,51 @@ def test_decodes_under_one_deadline_wait_for_memory_once_in_all():
     assert asked and sum(asked) <= 0.1
 
 
+def tiff_block(tags: list[tuple[int, int, int, int]], sub_directory: list[tuple[int, int, int, int]] = (),
+               tail: bytes = b"") -> bytes:
+    """A little-endian TIFF structure: its first directory's (tag, type, count, value) entries, then, when
+    given, an EXIF directory (pointed to by tag 0x8769) with its own entries, then `tail`."""
+    first = 8
+    sub = first + 2 + 12 * (len(tags) + bool(sub_directory)) + 4
+    entries = list(tags) + ([(0x8769, 4, 1, sub)] if sub_directory else [])
+    block = b"II*\0" + struct.pack("<I", first) + struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in entries) + bytes(4)
+    if sub_directory:
+        block += struct.pack("<H", len(sub_directory)) + b"".join(
+            struct.pack("<HHII", *entry) for entry in sub_directory) + bytes(4)
+    return block + tail
+
+
+def with_exif(jpeg: bytes, block: bytes) -> bytes:
+    """The JPEG without its JFIF segment (so Pillow reads the resolution from EXIF) and with block as EXIF."""
+    segment = b"Exif\0\0" + block
+    jfif_end = 4 + struct.unpack_from(">H", jpeg, 4)[0]
+    return b"\xff\xd8\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + jpeg[jfif_end:]
+
+
+def test_metadata_that_pillow_would_copy_over_and_over_is_refused_before_it_reads_it():
+    """From the second adversarial review: a 64 KB JPEG whose EXIF block holds 5,300 tags, each pointing at
+    the whole block (Pillow copies every tag's data as it opens the file: +324 MB), and a TIFF whose EXIF
+    sub-directory holds a thousand tags of a megabyte each (read after the pixels: +962 MB). An ordinary
+    EXIF block with an orientation still turns the photo."""
+    photo = encode(half_red_half_blue(64, 48), "JPEG")
+    size = 8 + 2 + 12 * 5301 + 4
+    bomb = with_exif(photo, tiff_block([(0x1000 + index, 7, size - 8, 8) for index in range(5300)] +
+                                       [(0x0112, 3, 1, 6)]))
+    assert len(bomb) < 70_000
+    pixels = bytes([150, 100, 50]) * 64 * 48
+    tiff = tiff_block([(256, 4, 1, 64), (257, 4, 1, 48), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, 0),
+                       (277, 3, 1, 3), (278, 4, 1, 48), (279, 4, 1, len(pixels))],
+                      [(0x1000 + index, 7, 1_000_000, 8) for index in range(1000)])
+    for data, refusal in [(bomb, "EXIF block holds 5,301 tags"),
+                          (tiff + pixels, "TIFF file's metadata holds 1,009 tags")]:
+        with pytest.raises(InvalidImage, match=refusal):
+            load_image(data, size=32)
+    turned = with_exif(photo, tiff_block([(0x0112, 3, 1, 6), (0x010F, 2, 6, 26)], tail=b"Canon\0"))
+    assert load_image(photo, size=32, fit=True).shape[:2] == (24, 32)
+    assert load_image(turned, size=32, fit=True).shape[:2] == (32, 24)
+
+
 def test_files_whose_bookkeeping_costs_more_than_their_pixels_are_refused_before_pillow_parses_them():
     """From the adversarial review: a 1 MB TIFF whose thousand tags all point at the same megabyte (Pillow copied
     each: +1.9 GB), a JPEG of hundreds of tiny refinement scans (11 s of CPU for 65 KB), a run-length BMP whose
@@ -336,7 +381,7 @@ def test_files_whose_bookkeeping_costs_more_than_their_pixels_are_refused_before
                   b"\xff\xd9")
     rle = bytearray(encode(Image.new("P", (64, 64)), "BMP"))
     rle[30:34] = struct.pack("<I", 1)  # BI_RLE8
-    for data, refusal in [(many_tags, "TIFF file's first directory holds 1000 tags"),
+    for data, refusal in [(many_tags, "TIFF file's metadata holds 1,000 tags"),
                           (many_scans, "over 100 scans"), (bytes(rle), "Run-length-encoded BMP")]:
         with pytest.raises(InvalidImage, match=refusal):
             load_image(data, size=32)

@@ -13,7 +13,8 @@ import psutil
 
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.images import content_hash
-from catdog_model.retraining import PARENT_VARIABLE, SETTINGS_VARIABLE, training_dataset
+from catdog_model.retraining import (CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig,
+                                     training_dataset)
 from catdog_model.uploads import UploadStore
 from tests.conftest import random_jpeg
 from tests.servers import wait_for
@@ -75,7 +76,8 @@ sys.stdin.read()
 
 def test_a_silent_retraining_child_ends_when_the_server_is_killed(settings, tmp_path):
     working = tmp_path / "child-is-working"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: settings.to_json()}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: settings.to_json(),
+           CONFIG_VARIABLE: RetrainConfig().to_json()}
     server = subprocess.Popen([sys.executable, "-c", SERVER, SILENT_CHILD, str(working), PARENT_VARIABLE],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=PROJECT_ROOT)
     child = None

@@ -17,7 +17,7 @@ import pytest
 from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 
-from catdog_model.config import Settings
+from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.errors import public_message
 from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, loopback_only_message
 from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, random_jpeg, requires_weights, serve_in_thread,
@@ -179,6 +179,32 @@ def test_messages_never_show_absolute_paths():
     assert public_message("use https://huggingface.co/a/b and 3/4") == "use https://huggingface.co/a/b and 3/4"
     assert public_message("database sqlite:////srv/catdog/data/predictions.sqlite is locked") == \
         "database sqlite:///predictions.sqlite is locked"
+
+
+def test_a_batch_holds_one_files_bytes_at_a_time(settings, tmp_path):
+    """From the second adversarial review: 32 files of 20 MB of noise in one batch were all read before any
+    was decoded (+572 MB). Each is now read, decoded (or refused) and let go before the next."""
+    import tracemalloc
+
+    from catdog_model.service import Service
+
+    shutil.copytree(PROJECT_ROOT / "models", settings.models_dir)
+    service = Service(settings)
+    noise = []
+    for index in range(8):
+        path = tmp_path / f"noise{index}.jpg"
+        path.write_bytes(os.urandom(8 * 2**20))
+        noise.append(str(path))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(random_jpeg(3, side=300))
+    tracemalloc.start()
+    try:
+        rows = service.predict_batch(noise + [str(photo)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all("not an image" in row["error"] for row in rows[:8]) and rows[8]["label"] in ("cat", "dog")
+    assert peak < 3 * 8 * 2**20
 
 
 def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(settings):
@@ -458,6 +484,13 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
                 "a plain path for a file by keyword": ("gradio_api/call/v2/predict", {"image": "cat.jpg"}),
                 "a number for a version by keyword": ("gradio_api/call/v2/promote", {"version": 5, "token": "s3cret"}),
                 "a missing input by keyword": ("gradio_api/call/v2/promote", {"token": "wrong"}),
+                "a session in a list": ("gradio_api/queue/join",
+                                        {"data": [None], "fn_index": 1, "session_hash": ["A" * 5000]}),
+                "a trigger as a page of text": ("gradio_api/queue/join", {"data": [None], "fn_index": 1,
+                                                                         "session_hash": "s", "trigger_id": "A" * 5000}),
+                "an event number with a fraction": ("gradio_api/queue/join",
+                                                    {"data": [None], "fn_index": 1.5, "session_hash": "s"}),
+                "a call without data": ("gradio_api/call/metrics", {"window": "day"}),
         }.items():
             caplog.clear()
             with caplog.at_level(logging.INFO):

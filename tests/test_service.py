@@ -22,6 +22,7 @@ from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, WEIGHTS_DIR, random_jpeg,
                             shipped_models)
 
 SHIPPED = LocalHub(shipped_models(), Settings.from_env().model_name).production()
+LATER_VERSION = f"v{int(OTHER_VERSION[1:]) + 1}"
 
 
 def make_settings(root, cache_dir, **changes) -> Settings:
@@ -187,14 +188,21 @@ def test_promote_and_rollback_at_the_same_moment_leave_alias_and_served_model_ag
 
 
 @requires_weights
-def test_rollback_refuses_a_version_that_cannot_load(service):
-    service.promote(OTHER_VERSION)
+def test_rollback_skips_versions_that_cannot_be_served_says_so_and_refuses_when_none_can(service):
+    # The history: the repository's v1…v4 (no serving export), then SHIPPED, OTHER_VERSION and the one after.
+    assert service.hub.refs()["previous"] == ["v1", "v2", "v3", "v4", SHIPPED, OTHER_VERSION, LATER_VERSION]
+    service.promote(OTHER_VERSION)  # SHIPPED joins the history last
     weights = service.hub.repo / SHIPPED / "head.weights.h5"
     weights.chmod(0o644)
     weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
-    with pytest.raises(ServiceError, match=f"{SHIPPED} cannot be rolled back to: .*does not match the sha256"):
+    assert service.rollback() == f"Rolled back: production is now {LATER_VERSION}. Skipped {SHIPPED}: it cannot be served."
+    assert service.hub.production() == LATER_VERSION == service.health()["model_version"]
+    assert service.rollback() == f"Rolled back: production is now {OTHER_VERSION}."
+    with pytest.raises(ServiceError, match=rf"{SHIPPED} cannot be rolled back to: .*does not match the sha256.* "
+                                           r"\(v4, v3, v2, v1 cannot be served either\)"):
         service.rollback()
-    assert service.hub.production() == OTHER_VERSION and service.health()["model_version"] == OTHER_VERSION
+    assert service.hub.production() == OTHER_VERSION == service.health()["model_version"]
+    assert [row["servable"] for row in service.versions()] == [False] * 4 + [True] * 3
 
 
 @requires_weights

@@ -125,6 +125,32 @@ def test_a_file_sent_many_times_in_one_call_is_decoded_once(tmp_path, monkeypatc
     assert len(decoded) == 2
 
 
+def test_an_upload_call_reads_a_bounded_number_of_files_and_no_member_larger_than_an_upload(tmp_path):
+    """From the second adversarial review: a 478 KB zip holding one 480 MB member (+974 MB while it was
+    unpacked), and a zip of 5,000 empty files sent forty times in one call (133 s of work, 200,000 rows)."""
+    big = io.BytesIO()
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as writer:
+        with writer.open("a.jpg", "w", force_zip64=True) as member:
+            for _ in range(60):
+                member.write(bytes(2**20))
+    store = UploadStore(tmp_path / "uploads", request_limits=RequestLimits(file_bytes=50 * 2**20, entries=220))
+    tracemalloc.start()
+    try:
+        (result,) = store.add("cat", [("big.zip", big.getvalue())])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.status == "rejected" and "unpacks to 60 MB; the limit for one image is 50 MB" in result.reason
+    assert peak < 10 * 2**20
+    empty = tmp_path / "empty.zip"
+    empty.write_bytes(archive_of({f"{index}.jpg": b"" for index in range(200)}))
+    results = store.add("cat", [("empty.zip", empty)] * 40 + [("photo.jpg", random_jpeg(1))])
+    assert [result.status for result in results[:200]] == ["rejected"] + ["duplicate"] * 199  # each read once
+    assert all("same archive comes earlier" in result.reason for result in results[200:220])
+    assert len(results) == 221 and "limit of 220 files" in results[220].reason  # the rest were not read
+    assert store.counts() == {"cat": 0, "dog": 0}
+
+
 def test_an_upload_removes_what_writes_killed_mid_way_left_behind(tmp_path):
     """kill -9 between a write's temporary file and its rename leaves the file; the next upload to that class
     removes it once it is old enough that no running write can own it."""
