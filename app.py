@@ -60,6 +60,11 @@ def build_demo(service: Service) -> gr.Blocks:
         return heat_map, prediction.as_label_dict(), why
 
     @user_errors
+    def correct(image: dict | None, label: str, token: str) -> str:
+        service.check_token(token)
+        return service.correct(input_path(image), label)
+
+    @user_errors
     def predict_batch(files: list[dict] | None):
         rows = service.predict_batch(input_paths(files), origin="api")
         return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
@@ -145,6 +150,10 @@ def build_demo(service: Service) -> gr.Blocks:
                     with gr.Row():
                         predict_button = gr.Button("Classify", variant="primary")
                         explain_button = gr.Button("Show why")
+            with gr.Row():
+                correct_as_cat = gr.Button("Wrong? It's a cat", size="sm")
+                correct_as_dog = gr.Button("Wrong? It's a dog", size="sm")
+            correction_text = gr.Markdown()
             heat_map = gr.Image(label="Why: red pushed towards dog, blue towards cat", type="numpy",
                                 interactive=False)
             if examples := service.example_images():
@@ -159,6 +168,13 @@ def build_demo(service: Service) -> gr.Blocks:
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             explain_button.click(explain, image, [heat_map, label, details], api_name="explain", preprocess=False,
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+            # A correction is an upload under the class the person names (see Service.correct).
+            api_label = gr.Radio(list(LABELS), visible=False)
+            gr.Button(visible=False).click(correct, [api_image, api_label, token], correction_text,
+                                           api_name="correct", preprocess=False)
+            corrected = [button.click(lambda photo, secret, named=named: correct(photo, named, secret),
+                                      [image, token], correction_text, api_name=False, preprocess=False)
+                         for button, named in ((correct_as_cat, "cat"), (correct_as_dog, "dog"))]
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")
@@ -172,17 +188,22 @@ def build_demo(service: Service) -> gr.Blocks:
             upload_button = gr.Button("Add to training data")
             upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
             stats = gr.JSON(label="Dataset")
-            upload_button.click(upload_training_data, [upload_label, upload_files, token],
+            uploaded = upload_button.click(upload_training_data, [upload_label, upload_files, token],
                                 [upload_results, stats, upload_files], api_name="upload_training_data",
                                 preprocess=False)
-            gr.Markdown("Images that production confidently calls the other class are held as *suspect*, out of "
-                        "training, until you confirm or discard them.")
+            gr.Markdown("Images that production confidently calls the other class (uploads and corrections from "
+                        "the Predict tab) are held as *suspect*, out of training, until you confirm or discard them.")
+            suspects = gr.Gallery(label="Held for review", columns=8, height="auto", interactive=False)
             with gr.Row():
                 confirm_button = gr.Button("Confirm suspect images")
                 discard_button = gr.Button("Discard suspect images")
             suspects_message = gr.Markdown()
-            confirm_button.click(confirm_suspects, token, [suspects_message, stats], api_name="confirm_suspects")
-            discard_button.click(discard_suspects, token, [suspects_message, stats], api_name="discard_suspects")
+            reviewed = [confirm_button.click(confirm_suspects, token, [suspects_message, stats],
+                                             api_name="confirm_suspects"),
+                        discard_button.click(discard_suspects, token, [suspects_message, stats],
+                                             api_name="discard_suspects")]
+            for event in [uploaded, *reviewed, *corrected]:
+                event.then(service.suspect_gallery, None, suspects, api_name=False)
             fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
                                           "production's backbone in about a minute)", value=False)
             with gr.Row():
@@ -257,6 +278,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
         demo.load(retraining_view, None, retraining_outputs, api_name=False)
+        demo.load(service.suspect_gallery, None, suspects, api_name=False)
     return demo
 
 

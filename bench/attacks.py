@@ -103,7 +103,7 @@ def zip_upload(app: App, data_dir: Path, work: Path) -> dict:
 
     threading.Thread(target=watch, daemon=True).start()
     started = time.perf_counter()
-    table, _ = Client(app.url, verbose=False).predict(
+    table, *_ = Client(app.url, verbose=False).predict(
         "cat", [handle_file(str(path)) for path in archives], "", api_name="/upload_training_data")
     seconds = time.perf_counter() - started
     watching[0] = False

@@ -3,11 +3,12 @@ time end to end cold (an empty embedding cache) and warm (the cache of the run b
 the status stood still, and the candidate's accuracy beside production's on the trusted photos.
 
     python -m bench.retrain [--base ../shared/data/cats_vs_dogs] [--uploads ../shared/data/cats_vs_dogs_more]
-                            [--per-class 20 100] [--fine-tune] [--json]
+                            [--per-class 20 100] [--trusted base-test|production-test] [--fine-tune] [--json]
 
 For each --per-class count, that many cats and dogs from --uploads (photos the base data does not hold) are
 uploaded, then retrained: the first run cold, then warm. Production is the repository's own version, on a
-private copy of models/; the trusted photos are the base data's test split, as in the app.
+private copy of models/; the trusted photos are the base data's test split, as in the app, or with --trusted
+production-test production's own test split.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 from catdog_model.config import PROJECT_ROOT, Settings
-from catdog_model.data import load_folder
+from catdog_model.data import deduplicate, load_folder, split_examples
+from catdog_model.hub import LocalHub
 from catdog_model.service import Service
 
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -44,12 +46,32 @@ def follow(service: Service, fine_tune: bool) -> dict:
         time.sleep(0.2)
 
 
-def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool) -> list[dict]:
-    photos = load_folder(uploads).examples
+def production_test_split(models: Path, folder: Path) -> set[str]:
+    """Write production's own test photos (its data folders, split as its training split them) into folder;
+    their hashes. Neither production nor a candidate has trained on them."""
+    hub = LocalHub(models, Settings.from_env().model_name)
+    metrics = hub.metrics()
+    data = metrics["data"]
+    sources = [PROJECT_ROOT / source.strip() for source in data["source"].split(" + ")]
+    examples = deduplicate([example for source in sources for example in load_folder(source).examples]).examples
+    test = split_examples(examples, data["split_seed"], data["validation_fraction"], data["test_fraction"]).test
+    for example in test:
+        path = folder / f"{example.label}s" / f"{example.sha256}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(example.data)
+    return {example.sha256 for example in test}
+
+
+def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, trusted: str) -> list[dict]:
     root = Path(tempfile.mkdtemp(prefix="catdog-bench-retrain-"))
     shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
     settings = dataclasses.replace(Settings.from_env(), models_dir=root / "models", data_dir=root / "data",
                                    cache_dir=root / "cache", base_data_dir=base.resolve(), auto_promote=False)
+    held_out: set[str] = set()
+    if trusted == "production-test":
+        held_out = production_test_split(settings.models_dir, root / "trusted")
+        settings = dataclasses.replace(settings, trusted_data_dir=root / "trusted")
+    photos = [example for example in load_folder(uploads).examples if example.sha256 not in held_out]
     runs = []
     try:
         service = Service(settings)
@@ -72,7 +94,8 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool) -> lis
                     shutil.rmtree(settings.cache_dir, ignore_errors=True)
                 outcome = follow(service, fine_tune)
                 result = outcome.pop("result") or {}
-                runs.append({"uploads_per_class": count, "cache": cache, "fine_tune": fine_tune, **outcome,
+                runs.append({"uploads_per_class": count, "cache": cache, "fine_tune": fine_tune, "trusted": trusted,
+                             **outcome,
                              "production": production,
                              "candidate_accuracy": (result.get("candidate") or {}).get("accuracy"),
                              "production_accuracy": (result.get("production") or {}).get("accuracy"),
@@ -91,9 +114,13 @@ def main() -> None:
     parser.add_argument("--uploads", type=Path, default=SHARED / "data" / "cats_vs_dogs_more")
     parser.add_argument("--per-class", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--fine-tune", action="store_true")
+    parser.add_argument("--trusted", choices=["base-test", "production-test"], default="base-test",
+                        help="the gate's photos: the base data's test split (as the app does by default), or "
+                             "production's own test split, which production never trained on (the base data's "
+                             "test split overlaps the repository's production's training photos)")
     parser.add_argument("--json", action="store_true", help="print the runs as one JSON list at the end")
     arguments = parser.parse_args()
-    runs = run(arguments.base, arguments.uploads, arguments.per_class, arguments.fine_tune)
+    runs = run(arguments.base, arguments.uploads, arguments.per_class, arguments.fine_tune, arguments.trusted)
     if arguments.json:
         print(json.dumps(runs, indent=2))
 

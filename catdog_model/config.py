@@ -17,6 +17,7 @@ from .serving import DEFAULT_LOW_CONFIDENCE
 from .uploads import DEFAULT_FILE_MB, DEFAULT_REQUEST_MB, DEFAULT_REQUEST_MEGAPIXELS, RequestLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+HUB_PREFIX = "hf:"  # a setting's value naming a Hugging Face Hub repo rather than a folder
 
 
 def _path(name: str, default: str | None) -> Path | None:
@@ -60,6 +61,7 @@ class Settings:
     backbone_batch_size: int  # images per backbone call (the head and fine-tuning have their own)
     low_confidence: float
     base_data_dir: Path | None
+    base_data_hub: str | None  # CATDOG_BASE_DATA_DIR=hf:<dataset repo>: the base data is a Hub dataset
     examples_dir: Path | None
     admin_token: str | None
     auto_promote: bool
@@ -85,6 +87,10 @@ class Settings:
     def from_env(cls) -> "Settings":
         data_dir = _path("CATDOG_DATA_DIR", "data")
         server_port = _number("GRADIO_SERVER_PORT", 7860, int)
+        base = os.environ.get("CATDOG_BASE_DATA_DIR", "")
+        base_data_hub = base.removeprefix(HUB_PREFIX).strip() if base.startswith(HUB_PREFIX) else None
+        if base_data_hub == "":
+            raise ServiceError("CATDOG_BASE_DATA_DIR=hf: names no dataset; write hf:<user>/<dataset>.")
         return cls(
             weights_dir=_path("CATDOG_WEIGHTS_DIR", None),
             offline=any(_flag(name, False) for name in ("CATDOG_OFFLINE", "HF_HUB_OFFLINE")),
@@ -101,8 +107,10 @@ class Settings:
             decode_memory_mb=_number("CATDOG_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB, int),
             backbone_batch_size=_number("CATDOG_BACKBONE_BATCH_SIZE", 32, int),
             low_confidence=_number("CATDOG_LOW_CONFIDENCE", DEFAULT_LOW_CONFIDENCE),
-            base_data_dir=_path("CATDOG_BASE_DATA_DIR", None),
-            examples_dir=_path("CATDOG_EXAMPLES_DIR", None) or _path("CATDOG_BASE_DATA_DIR", None),
+            base_data_dir=None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None),
+            base_data_hub=base_data_hub,
+            examples_dir=_path("CATDOG_EXAMPLES_DIR", None) or (
+                None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None)),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
             auto_promote=_flag("CATDOG_AUTO_PROMOTE", True),
             promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0),

@@ -26,8 +26,9 @@ from .errors import ServiceError, shown
 logger = logging.getLogger(__name__)
 
 # 1: the SQLite log of catdog ≤ 0.9 (no replica, no novelty score, no index); 2: replica, novelty, time index;
-# 3: the time index covers every column the statistics read, so a window is aggregated from the index alone.
-SCHEMA_VERSION = 3
+# 3: the time index covers every column the statistics read, so a window is aggregated from the index alone;
+# 4: corrections (a user saying a prediction was wrong) and review decisions.
+SCHEMA_VERSION = 4
 OLD_INDEXES = ("predictions_by_time",)
 WINDOWS = {"hour": 3600.0, "day": 86400.0, "all": None}
 SOURCES = ("ui", "api", "rest")
@@ -53,6 +54,19 @@ predictions = sa.Table(
              "replica"),
     sa.Index("predictions_by_version_time", "version", "time"),
 )
+# What people said of predictions and uploads: a correction ("it's a cat", from the Predict tab) stored as an
+# upload ("added", or "suspect" when production was sure of the other class), and each suspect an admin
+# "confirmed" or "discarded".
+corrections = sa.Table(
+    "corrections", metadata,
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("label", sa.String(8), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("replica", sa.String(128), nullable=False, server_default=""),
+    sa.Index("corrections_by_time", "time", "status"),
+)
+CORRECTION_STATUSES = ("added", "suspect", "confirmed", "discarded")
 schema_versions = sa.Table("catdog_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
@@ -249,9 +263,10 @@ class PredictionLog:
         else:
             rows.append({**dataclasses.asdict(item), "flagged": int(item.flagged)})
 
-    # Reading: aggregates over a window, computed by the database.
+    # Reading: aggregates over a window, computed by the database; and the few rows people write (decisions).
 
-    def _read(self, work):
+    def _connected(self, work):
+        """work(connection) on a connection of its own; LogUnavailable, a sentence, when the database is not there."""
         if not self.schema_ready.is_set():
             raise LogUnavailable((self.last_error or "The prediction log's database is not ready yet.")
                                  + " Predictions go on; their rows wait in a buffer.")
@@ -266,7 +281,7 @@ class PredictionLog:
         """The most recent rows (at most `limit`), oldest first."""
         query = (sa.select(*[predictions.c[field.name] for field in dataclasses.fields(LoggedPrediction)])
                  .where(predictions.c.time >= since).order_by(predictions.c.time.desc()).limit(limit))
-        found = self._read(lambda connection: connection.execute(query).all())
+        found = self._connected(lambda connection: connection.execute(query).all())
         return [LoggedPrediction(**{**row._asdict(), "flagged": bool(row.flagged)}) for row in reversed(found)]
 
     def recent_values(self, version: str | None, since: float, limit: int = 5000) -> dict[str, list[float]]:
@@ -274,15 +289,29 @@ class PredictionLog:
         query = (sa.select(predictions.c.p_dog, predictions.c.novelty)
                  .where(predictions.c.time >= since, predictions.c.version == version)
                  .order_by(predictions.c.time.desc()).limit(limit))
-        found = self._read(lambda connection: connection.execute(query).all())
+        found = self._connected(lambda connection: connection.execute(query).all())
         return {"p_dog": [row.p_dog for row in found],
                 "novelty": [row.novelty for row in found if row.novelty is not None]}
+
+    def record_decision(self, sha256: str, label: str, status: str) -> None:
+        """Keep a correction or a review decision (CORRECTION_STATUSES); written at once, as people make few."""
+        row = {"time": time.time(), "sha256": sha256, "label": label, "status": status, "replica": self.replica}
+        self._connected(lambda connection: (connection.execute(corrections.insert().values(**row)),
+                                            connection.commit()))
+
+    def decisions(self, window: str = "all", now: float | None = None) -> dict[str, int]:
+        """How many corrections and review decisions of each status the window holds, across replicas."""
+        since = window_start(window, now)
+        counted = dict(self._connected(lambda connection: connection.execute(
+            sa.select(corrections.c.status, sa.func.count()).where(corrections.c.time >= since)
+            .group_by(corrections.c.status)).all()))
+        return {status: counted.get(status, 0) for status in CORRECTION_STATUSES}
 
     def statistics(self, window: str = "all", now: float | None = None) -> dict:
         """Counts, latency percentiles, label and source mix, confidence histogram, share flagged, per-replica
         counts and a time series — all aggregated by the database, across every replica."""
         since = window_start(window, now)
-        first, last = self._read(lambda connection: _window_bounds(connection, since))
+        first, last = self._connected(lambda connection: _window_bounds(connection, since))
         if first is None:
             return {"window": window, "since": since, "count": 0, **self.health()}
         step = max(60.0, float(round((last - first) / MAX_SERIES_POINTS / 60) * 60 or 60))
@@ -290,10 +319,10 @@ class PredictionLog:
         # Three passes over the window at once, each on its own connection: a refresh over a million rows
         # uses every core (SQLite's reads run in parallel; so do PostgreSQL's backends).
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            halves = [pool.submit(self._read, lambda connection, start=start, end=end:
+            halves = [pool.submit(self._connected, lambda connection, start=start, end=end:
                                   _group_sums(connection, start, end, step))
                       for start, end in ((since, middle), (middle, None))]
-            latency = pool.submit(self._read, lambda connection: _latency_histogram(connection, since))
+            latency = pool.submit(self._connected, lambda connection: _latency_histogram(connection, since))
             groups = [row for half in halves for row in half.result()]
             statistics = _summarize(first, last, step, groups, latency.result())
         return {"window": window, "since": since, **statistics, **self.health()}

@@ -99,9 +99,19 @@ def monitoring_summary(statistics: dict, window: str) -> str:
     if not statistics.get("count"):
         return f"No predictions in this window ({window})."
     noun = "prediction" if statistics["count"] == 1 else "predictions"
-    return (f"**{statistics['count']:,}** {noun} in this window ({window}), latency p50 "
+    line = (f"**{statistics['count']:,}** {noun} in this window ({window}), latency p50 "
             f"{statistics['latency_p50_ms']:.0f} ms / p95 {statistics['latency_p95_ms']:.0f} ms, "
             f"{statistics['flagged_share']:.1%} flagged, served by {len(statistics['replicas'])} replica(s).")
+    return line + " " + decisions_summary(statistics.get("decisions") or {}, statistics["count"])
+
+
+def decisions_summary(decisions: dict[str, int], predictions: int) -> str:
+    """What people said: corrections from the Predict tab (and their share of predictions), review decisions."""
+    corrected = decisions.get("added", 0) + decisions.get("suspect", 0)
+    share = f" ({corrected / predictions:.1%} of predictions)" if predictions else ""
+    return (f"**{corrected}** {'correction' if corrected == 1 else 'corrections'}{share}, "
+            f"{decisions.get('suspect', 0)} held for review; {decisions.get('confirmed', 0)} suspect uploads "
+            f"confirmed, {decisions.get('discarded', 0)} discarded.")
 
 
 # The Retrain tab: a retraining's progress, verdict and comparison, for people.
@@ -122,6 +132,8 @@ def retraining_progress(status: dict) -> str:
     line = f"**{status['stage'].capitalize()}**"
     if status["total"]:
         line += f" — {status['done']:,} of {status['total']:,}"
+    elif status["done"]:  # a stage without steps counts its seconds
+        line += f" — {status['done']} s"
     if status.get("seconds_left") is not None:
         line += f", about {_duration(status['seconds_left'])} left"
     return line + "."

@@ -10,6 +10,7 @@ Server: Retrainer starts one child at a time, follows its lines, and hears how i
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,9 @@ class RetrainState:
 # What the server and the child both need to know about the data.
 
 def base_examples(settings: Settings) -> list[Example]:
+    """CATDOG_BASE_DATA_DIR's photos: a folder's, or a Hub dataset's (hf:<repo>)."""
+    if settings.base_data_hub:
+        return hub_dataset(settings.base_data_hub, settings.hub_endpoint).examples
     base = settings.base_data_dir
     return load_folder(base).examples if base and base.is_dir() else []
 
@@ -73,13 +77,13 @@ def trusted_examples(settings: Settings, seed: int, validation_fraction: float,
     return split_examples(base_examples(settings), seed, validation_fraction, test_fraction).test
 
 
-def hub_uploads(settings: Settings) -> Dataset:
-    """The uploads kept in the Hub dataset, read back through `datasets` (imagefolder)."""
+def hub_dataset(repo: str, endpoint: str | None) -> Dataset:
+    """A Hub dataset repo of class folders (cat/ and dog/, or cats/ and dogs/), read through `datasets`
+    (imagefolder) from its local snapshot; empty while it has none."""
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download(settings.hub_dataset, repo_type="dataset",
-                                    endpoint=settings.hub_endpoint))
-    if not any((folder / label).is_dir() for label in LABELS):
+    folder = Path(snapshot_download(repo, repo_type="dataset", endpoint=endpoint))
+    if not any((folder / name).is_dir() for label in LABELS for name in (label, f"{label}s")):
         return Dataset([])
     return load_hf_dataset(str(folder))
 
@@ -87,8 +91,8 @@ def hub_uploads(settings: Settings) -> Dataset:
 def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Example]) -> Dataset:
     """Base data and confirmed uploads, less the trusted photos (a candidate never trains on its judge)."""
     examples = base_examples(settings) + list(uploads.dataset().examples)
-    if settings.hub_dataset:
-        examples += hub_uploads(settings).examples
+    if settings.hub_dataset:  # the uploads, kept in a Hub dataset
+        examples += hub_dataset(settings.hub_dataset, settings.hub_endpoint).examples
     excluded = {example.sha256 for example in trusted}
     return deduplicate([example for example in examples if example.sha256 not in excluded])
 
@@ -127,32 +131,54 @@ def served_backbone(hub, version: str | None, settings: Settings, emit: Callable
         return None
 
 
+@contextlib.contextmanager
+def ticking(emit: Callable[[dict], None], stage: str, every: float = 1.0):
+    """A stage with no progress of its own to report (reading a folder, importing Keras): its seconds so far,
+    every `every` seconds, so that the status never stands still."""
+    started, stop = time.monotonic(), threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            emit({"stage": stage, "done": round(time.monotonic() - started), "total": 0})
+
+    emit({"stage": stage, "done": 0, "total": 0})
+    thread = threading.Thread(target=tick, name="ticking", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
     """Train on base data + uploads — a new head on production's backbone, or with plan.fine_tuning a
     fine-tuned model — publish it, compare it with production on the trusted photos, decide."""
-    emit({"stage": "reading data", "done": 0, "total": 0})
-    from .classifier import Classifier, load_classifier
-    from .evaluation import compute_metrics
-    from .gate import promotion_gate
-    from .hub import open_hub
-    from .training import embed_examples, embedding_cache, publish, train
+    with ticking(emit, "reading data"):
+        from .classifier import Classifier, load_classifier
+        from .evaluation import compute_metrics
+        from .gate import promotion_gate
+        from .hub import open_hub
+        from .training import embed_examples, embedding_cache, publish, train
 
-    config = plan.training
-    hub = open_hub(settings)
-    production = hub.production()
-    served = None if plan.fine_tuning else served_backbone(hub, production, settings, emit)
-    uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
-    trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
-    dataset = training_dataset(settings, uploads, trusted)
+        config = plan.training
+        hub = open_hub(settings)
+        production = hub.production()
+        served = None if plan.fine_tuning else served_backbone(hub, production, settings, emit)
+        uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
+        trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
+        dataset = training_dataset(settings, uploads, trusted)
     emit({"log": f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates; "
                  f"{len(trusted)} trusted held-out photos."})
     if served:
         emit({"log": f"A new head on {production}'s backbone, embedded by its export on ONNX Runtime."})
+    with ticking(emit, "loading Keras"):
+        import keras  # noqa: F401 — seconds of imports, shown ticking rather than in silence
     trained = train(dataset, settings, config, fine_tuning=plan.fine_tuning, backbone=served,
                     progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}),
                     source=str(settings.data_dir / "uploads"), command="retrain from the app")
-    emit({"stage": "publishing", "done": 0, "total": 1})
-    version = publish(trained, hub, settings.model_name)
+    version = publish(trained, hub, settings.model_name,
+                      progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}))
     emit({"log": f"Published {version}."})
     compared = None if production in (None, version) else production
 
@@ -262,7 +288,8 @@ class Retrainer:
                 continue
             if "stage" in message:
                 if message["stage"] != state.stage:
-                    state.log.append(f"{message['stage']}: {message.get('total')} to do")
+                    total = message.get("total")
+                    state.log.append(message["stage"].capitalize() + (f": {total:,} to do" if total else "…"))
                     state.stage_changed(message["stage"], time.time())
                 state.done, state.total = message.get("done", 0), message.get("total", 0)
             state.log.extend([message["log"]] if "log" in message else [])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -53,13 +54,15 @@ class ServedBackbone:
         head.load_weights(self.directory / WEIGHTS_FILE)
         return head
 
-    def write_version(self, folder: Path, head) -> None:
+    def write_version(self, folder: Path, head, exported: Callable[[], None] = lambda: None) -> None:
         """Write folder/model.onnx (and model.keras where this version has one) with `head` in place of this
-        version's head; ExportError if the export does not then give the new head's answers."""
+        version's head; ExportError if the export does not then give the new head's answers. exported() is
+        called between the two."""
         folder = Path(folder)
         weights = head.get_weights()
         replace_initializers(self.directory / ONNX_FILE, self.head().get_weights(), weights, folder / ONNX_FILE)
         check_head(folder / ONNX_FILE, head, self.spec.image_size, self.tta)
+        exported()
         if FULL_MODEL_FILE in self.config["files"]:
             import keras
 

@@ -17,16 +17,16 @@ import numpy as np
 from . import LABELS
 from .config import Settings, TrainingConfig
 from .errors import CatdogError, ServiceError, public_message
-from .data import IMAGE_SUFFIXES, Example, folder_signature, load_folder
+from .data import IMAGE_SUFFIXES, Dataset, Example, folder_signature, load_folder, normalize_label
 from .hub import open_hub
-from .images import content_hash, read_bytes, return_large_buffers_to_the_system, waiting_at_most
+from .images import content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
 from .drift import drift_report
 from .monitoring import LoggedPrediction, LogUnavailable, PredictionLog, window_start
 from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
                       production_line, production_table, quality_over_time, retraining_comparison,
                       retraining_progress, retraining_verdict, versions_table)
 from .production import Production
-from .retraining import RetrainConfig, Retrainer, trusted_examples, training_dataset
+from .retraining import RetrainConfig, Retrainer, base_examples, trusted_examples, training_dataset
 from .serving import Prediction, ServingModel
 from .uploads import SUSPECT_FOLDER, UploadStore
 
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
 BATCH_COLUMNS = ("file", "label", "p_dog", "confidence", "flags", "error")
 LOG_LINES_SHOWN = 30
+THUMBNAIL_SIDE = 160
 BATCH_CHUNK = 32  # photos decoded and run together: memory stays bounded whatever the batch's size
 
 
@@ -201,10 +202,45 @@ class Service:
         return None
 
     def review_suspects(self, confirm: bool) -> str:
-        count = self.uploads.review_suspects(confirm)
-        if not count:
+        reviewed = self.uploads.review_suspects(confirm)
+        if not reviewed:
             return "There are no suspect images."
-        return f"{count} suspect images {'confirmed: they join training' if confirm else 'discarded'}."
+        self._keep_decisions(reviewed, "confirmed" if confirm else "discarded")
+        count = len(reviewed)
+        images = "1 suspect image" if count == 1 else f"{count} suspect images"
+        if confirm:
+            return f"{images} confirmed: {'it joins' if count == 1 else 'they join'} training."
+        return f"{images} discarded."
+
+    def correct(self, path: str, label: str) -> str:
+        """A person says production got this photo wrong: it joins the uploads as a `label` — held as a
+        suspect, for an admin to review, when production was sure of the other class — and is counted."""
+        (result,) = self.upload(label, [path])
+        if result["status"] in ("added", "suspect"):
+            self._keep_decisions([(normalize_label(label), result["sha256"])], result["status"])
+        return {"added": f"Thank you: this photo is kept as a {normalize_label(label)} for the next retraining.",
+                "suspect": f"Kept for review as a {normalize_label(label)}: {result['reason']}.",
+                "duplicate": f"This photo is already among the uploads: {result['reason']}.",
+                }.get(result["status"], f"Not kept: {result['reason']}")
+
+    def _keep_decisions(self, decided: list[tuple[str, str]], status: str) -> None:
+        """Count corrections and review decisions in the prediction log; the decision stands if it is down."""
+        try:
+            for label, sha256 in decided:
+                self.log.record_decision(sha256, label, status)
+        except LogUnavailable as error:
+            logger.warning("a %s decision was not counted: %s", status, error)
+
+    def suspect_gallery(self, limit: int = 48) -> list[tuple[np.ndarray, str]]:
+        """Thumbnails of the images held for review, each captioned with the class it was uploaded as."""
+        shown = []
+        for label, path in self.uploads.suspects()[:limit]:
+            try:
+                shown.append((load_image(path, size=THUMBNAIL_SIDE, limits=self.limits, fit=True),
+                              f"uploaded as {label}"))
+            except CatdogError:
+                continue  # a file that no longer decodes is not shown; review still confirms or discards it
+        return shown
 
     def _upload_sync(self):
         """A Space's disk is wiped on restart: accepted uploads are also committed, in batches, to a Hub
@@ -239,6 +275,11 @@ class Service:
         """Photos per class in CATDOG_BASE_DATA_DIR, duplicates removed. Counting them reads every photo and the
         Metrics tab asks on each page load, so the counts are kept until a file there changes."""
         folder = self.settings.base_data_dir
+        if self.settings.base_data_hub:  # its local snapshot changes only when it is downloaded again
+            signature = self.settings.base_data_hub
+            if self._base_counts_cache is None:
+                self._base_counts_cache = (signature, Dataset(base_examples(self.settings)).counts())
+            return self._base_counts_cache[1]
         if not folder or not folder.is_dir():
             return dict.fromkeys(LABELS, 0)
         signature = folder_signature(folder)
@@ -303,7 +344,7 @@ class Service:
     def monitoring(self, window: str = "day") -> dict:
         """The prediction log's statistics; while its database is unreachable, the sentence and the buffer."""
         try:
-            statistics = self.log.statistics(window)
+            statistics = {**self.log.statistics(window), "decisions": self.log.decisions(window)}
         except LogUnavailable as error:
             statistics = {"window": window, "error": public_message(error)}
         return {**statistics, **self._log_health()}

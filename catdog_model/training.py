@@ -27,6 +27,7 @@ from .novelty import NoveltyDetector
 from .served_backbone import ServedBackbone
 
 MIN_IMAGES_PER_CLASS = 5
+PUBLISHING_STEPS = 4  # the model's files, its export, metrics and plots, the hub
 NOVELTY_SAMPLE = 1024  # training photos embedded again after fine-tuning, for the unfamiliar flag's reference
 
 
@@ -197,25 +198,35 @@ def _class_weight(labels: np.ndarray) -> dict[int, float] | None:
     return {index: float(len(labels) / (2 * count)) for index, count in enumerate(counts)}
 
 
-def publish(trained: TrainedModel, hub: ModelHub, model_name: str) -> str:
+def publish(trained: TrainedModel, hub: ModelHub, model_name: str, progress: ProgressCallback | None = None
+            ) -> str:
     """Write the trained model as the hub's next version; returns the version name."""
+    def step(done: int) -> None:
+        if progress:
+            progress("publishing", done, PUBLISHING_STEPS)
+
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         classifier = trained.classifier
+        step(0)
         if isinstance(classifier.backbone, ServedBackbone):  # a new head on a version's backbone
-            classifier.backbone.write_version(folder, classifier.head)  # its export, checked against the head
+            classifier.backbone.write_version(folder, classifier.head, lambda: step(1))  # checked against the head
             save_version_files(folder, classifier.spec, classifier.head, classifier.head_config, classifier.tta,
                                classifier.novelty)
         else:
             # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model.
             classifier.save(folder, full_model=hub.ships_full_model or bool(classifier.spec.fine_tuned))
+            step(1)
             export_onnx(classifier, folder)  # checked against Keras: a version never serves other answers
+        step(2)
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")
         seal_version_files(folder)
+        step(3)
         config = json.loads((folder / "config.json").read_text())
         version = hub.push(folder, write_card=lambda version: render_model_card(model_name, version, config,
                                                                                   trained.metrics))
+        step(PUBLISHING_STEPS)
     trained.classifier.version = version
     return version

@@ -45,6 +45,7 @@ class UploadResult:
     file: str
     status: str  # "added", "suspect", "duplicate" or "rejected"
     reason: str = ""
+    sha256: str = ""  # of the file as uploaded, once read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +137,9 @@ class UploadStore:
         sha256 = content_hash(data)  # before decoding: a file sent a hundred times is decoded once
         existing = self.known(sha256)
         if existing:
-            return UploadResult(name, "duplicate", f"the same image is already stored as a {existing}")
+            return UploadResult(name, "duplicate", f"the same image is already stored as a {existing}", sha256)
         if sha256 in seen:
-            return UploadResult(name, "duplicate", "the same file comes earlier in this upload")
+            return UploadResult(name, "duplicate", "the same file comes earlier in this upload", sha256)
         seen.add(sha256)
         try:
             declared = image_size(data, self.limits)
@@ -162,19 +163,23 @@ class UploadStore:
             return UploadResult(name, "rejected", f"Not stored: the data folder cannot be written "
                                                   f"({error.strerror or type(error).__name__}). Free space on its "
                                                   "disk, or make CATDOG_DATA_DIR writable, and upload it again.")
-        return UploadResult(name, "suspect" if doubt else "added", doubt or "")
+        return UploadResult(name, "suspect" if doubt else "added", doubt or "", sha256)
 
-    def review_suspects(self, confirm: bool) -> int:
+    def suspects(self) -> list[tuple[str, Path]]:
+        """(label it was uploaded with, file) of each image held for review."""
+        return [(label, path) for label in LABELS for path in self._files(label, suspect=True)]
+
+    def review_suspects(self, confirm: bool) -> list[tuple[str, str]]:
         """Confirm every suspect image (it joins training under the label it was uploaded with) or discard them
-        all; returns how many."""
-        suspects = [(label, path) for label in LABELS for path in self._files(label, suspect=True)]
+        all; returns the (label, sha256) of each."""
+        suspects = self.suspects()
         for label, path in suspects:
             if confirm:
                 (self.root / label).mkdir(parents=True, exist_ok=True)
                 os.replace(path, self.root / label / path.name)
             else:
                 path.unlink()
-        return len(suspects)
+        return [(label, path.stem) for label, path in suspects]
 
     def dataset(self) -> Dataset:
         """The confirmed uploads as examples that read their file only when used."""

@@ -28,7 +28,7 @@ def test_health_status_and_every_endpoint_listed(server):
     assert get_json(url + "api/status")["versions"] == SHIPPED.versions()
     endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
     for name in ("predict", "explain", "predict_batch", "upload_training_data", "retrain", "retrain_status",
-                 "promote", "rollback", "metrics", "dataset_stats", "versions"):
+                 "promote", "rollback", "metrics", "dataset_stats", "versions", "correct", "show_retraining"):
         assert f"/{name}" in endpoints
 
 
@@ -102,7 +102,7 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
     client = Client(url, verbose=False)
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photos = [handle_file(str(path)) for path in sorted((small_photo_dir / folder).iterdir())]
-        results, stats = client.predict(label, photos + photos[:1], "s3cret", api_name="/upload_training_data")
+        results, stats, _ = client.predict(label, photos + photos[:1], "s3cret", api_name="/upload_training_data")
         statuses = [row[1] for row in results["data"]]
         assert statuses.count("added") == 30 and statuses.count("duplicate") == 1
     assert stats["uploads"] == {"cat": 30, "dog": 30}
@@ -129,6 +129,20 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
     assert get_json(url + "health")["model_version"] == SHIPPED.production()
     versions = client.predict(api_name="/versions")
     assert [row["version"] for row in versions] == SHIPPED.versions() + [new]
+
+
+def test_a_correction_through_the_api_needs_the_token_and_waits_among_the_uploads_to_review(server,
+                                                                                          small_photo_dir):
+    url, service = server
+    client = Client(url, verbose=False)
+    photo = handle_file(str(sorted((small_photo_dir / "cats").iterdir())[2]))
+    with pytest.raises(Exception, match="admin token"):
+        client.predict(photo, "dog", "wrong", api_name="/correct")
+    assert service.uploads.suspect_counts() == {"cat": 0, "dog": 0}
+    answer = client.predict(photo, "dog", "s3cret", api_name="/correct")  # production is sure it is a cat
+    assert answer.startswith("Kept for review as a dog: production") and "says cat" in answer
+    assert service.uploads.suspect_counts() == {"cat": 0, "dog": 1}
+    assert "1 suspect image discarded." == client.predict("s3cret", api_name="/discard_suspects")[0]
 
 
 def test_predict_over_plain_http_upload_call_and_event_stream(server, small_photo_dir):

@@ -91,7 +91,7 @@ def test_training_uploads_refuse_bad_files_and_hostile_names_stay_inside(server,
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(BAD["truncated.jpg"][0])
     before = {path for path in tmp_path.parent.rglob("*escape*")}
-    results, _ = client.predict("dog", [handle_file(str(path)) for path in (hostile, odd, broken)], "s3cret",
+    results, *_ = client.predict("dog", [handle_file(str(path)) for path in (hostile, odd, broken)], "s3cret",
                                 api_name="/upload_training_data")
     assert [row[1] for row in results["data"]] == ["added", "added", "rejected"]
     assert "truncated or corrupt" in results["data"][2][2]

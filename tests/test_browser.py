@@ -87,6 +87,25 @@ def test_predict_tab_labels_an_uploaded_photo(page, small_photo_dir):
     screenshot(page, "predict.png")
 
 
+def test_a_wrong_prediction_corrected_on_the_predict_tab_waits_among_the_uploads_to_review(page, small_photo_dir):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Predict").click()
+    photo = sorted((small_photo_dir / "dogs").iterdir())[-2]
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    page.locator(f"img[src*='{photo.name}']").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.get_by_test_id("label-output-value").first).to_have_text("dog", timeout=60_000)
+    page.get_by_role("button", name="Wrong? It's a cat").click()
+    # Production was sure it is a dog: the person's word waits for an admin.
+    page.get_by_text("Kept for review as a cat").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Retrain").click()
+    expect(page.get_by_text("uploaded as cat").first).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Discard suspect images").click()
+    page.get_by_text("1 suspect image discarded.").wait_for(timeout=30_000)
+    expect(page.get_by_text("uploaded as cat")).to_have_count(0, timeout=30_000)
+
+
 def upload_in_browser(page, label: str, photos: list[Path]) -> None:
     """Choose the class, choose the files, click Add; the file list is emptied when the add is done."""
     page.get_by_role("radio", name=label, exact=True).check()
@@ -117,7 +136,9 @@ def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then
         photos = [path for path in sorted((PHOTOS_DIR / f"{label}s").iterdir())
                   if path.suffix.lower() in IMAGE_SUFFIXES and path.name not in taken][:20]
         upload_in_browser(page, label, photos)
-    expect(page.get_by_text("added", exact=True).locator("visible=true")).to_have_count(20, timeout=30_000)
+    added = page.get_by_text("added", exact=True).locator("visible=true")
+    added.first.wait_for(timeout=30_000)
+    assert added.count() >= 18  # the dogs' rows: production may hold one or two back as suspect
 
     page.get_by_role("button", name="Retrain", exact=True).click()
     verdict = page.get_by_text(" was not promoted").or_(page.get_by_text(" is in production now"))
@@ -146,6 +167,10 @@ def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then
 
 
 def test_suspect_promote_and_rollback_buttons_answer(page):
+    page.get_by_role("tab", name="Retrain").click()
+    page.get_by_role("button", name="Discard suspect images").click()
+    page.get_by_text(" discarded.").or_(page.get_by_text("There are no suspect images.")).first.wait_for(
+        timeout=30_000)
     page.get_by_role("button", name="Confirm suspect images").click()
     page.get_by_text("There are no suspect images.").first.wait_for(timeout=30_000)
     shipped = LocalHub(shipped_models(), Settings.from_env().model_name).production()

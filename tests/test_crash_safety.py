@@ -67,7 +67,7 @@ def test_kill_during_retraining(tmp_path, small_photo_dir):
     acknowledged = 0
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photos = [handle_file(str(path)) for path in sorted((small_photo_dir / folder).iterdir())]
-        results, _ = client.predict(label, photos, "", api_name="/upload_training_data")
+        results, *_ = client.predict(label, photos, "", api_name="/upload_training_data")
         acknowledged += sum(row[1] == "added" for row in results["data"])
     client.predict(handle_file(str(sorted((small_photo_dir / "cats").iterdir())[0])), api_name="/predict")
     client.predict("", api_name="/retrain")
@@ -99,7 +99,7 @@ def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
     app = App(env)
     photos = [handle_file(str(path)) for folder in ("cats", "dogs") for path in sorted((small_photo_dir / folder)
                                                                                         .iterdir())]
-    first, _ = Client(app.url, verbose=False).predict("cat", photos[:10], "", api_name="/upload_training_data")
+    first, *_ = Client(app.url, verbose=False).predict("cat", photos[:10], "", api_name="/upload_training_data")
     errors = []
     uploading = threading.Thread(target=lambda: errors.append(
         _try(lambda: Client(app.url, verbose=False).predict("dog", photos[10:], "", api_name="/upload_training_data"))))

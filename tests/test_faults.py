@@ -448,7 +448,7 @@ def upload(client: Client, label: str, files: list[Path]) -> tuple[list[dict], s
     from gradio_client.exceptions import AppError
 
     try:
-        table, _ = client.predict(label, [handle_file(str(path)) for path in files], "",
+        table, *_ = client.predict(label, [handle_file(str(path)) for path in files], "",
                                   api_name="/upload_training_data")
     except AppError as error:
         return [], str(error)

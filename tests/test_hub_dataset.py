@@ -26,3 +26,29 @@ def test_uploads_reach_the_hub_dataset_and_come_back_after_a_wipe(hf_env, small_
     assert dataset.counts() == {"cat": 6, "dog": 6}
     assert {example.sha256 for example in dataset.examples} == {
         example.sha256 for example in first.uploads.dataset().examples}
+
+
+def test_the_base_data_and_trusted_photos_can_come_from_a_hub_dataset(hf_env, small_photo_dir, tmp_path, cache_dir,
+                                                                     monkeypatch):
+    """CATDOG_BASE_DATA_DIR=hf:<repo>, as a Space names its base data: counted, split, and its test split is the
+    gate's trusted set, exactly as from the same photos in a folder."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hf_env["HF_ENDPOINT"])
+    api.create_repo("tester/catdog-base", repo_type="dataset")
+    api.upload_folder(folder_path=str(small_photo_dir), repo_id="tester/catdog-base", repo_type="dataset")
+    monkeypatch.setenv("CATDOG_BASE_DATA_DIR", "hf:tester/catdog-base")
+    from_hub = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
+                                           data_dir=tmp_path / "hub", cache_dir=cache_dir, reload_seconds=0))
+    assert from_hub.settings.base_data_hub == "tester/catdog-base" and from_hub.settings.base_data_dir is None
+    monkeypatch.setenv("CATDOG_BASE_DATA_DIR", str(small_photo_dir))
+    from_folder = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
+                                              data_dir=tmp_path / "folder", cache_dir=cache_dir, reload_seconds=0))
+    assert from_hub.dataset_stats()["base"] == from_folder.dataset_stats()["base"] == {"cat": 30, "dog": 30}
+
+    def hashes(examples) -> set[str]:
+        return {example.sha256 for example in examples}
+
+    assert hashes(from_hub.trusted_examples()) == hashes(from_folder.trusted_examples()) and len(
+        from_hub.trusted_examples()) == 12
+    assert hashes(from_hub.training_dataset().examples) == hashes(from_folder.training_dataset().examples)

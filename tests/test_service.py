@@ -121,6 +121,26 @@ def test_examples_and_versions_for_the_tabs(service):
     assert len(examples) == 4 and {path.split("/")[-2] for path in examples} == {"cats", "dogs"}
 
 
+@requires_weights
+def test_a_correction_joins_the_uploads_held_for_review_when_production_was_sure_and_is_counted(service,
+                                                                                              small_photo_dir):
+    dog = sorted((small_photo_dir / "dogs").iterdir())[0]
+    noise = service.settings.data_dir / "noise.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(noise)
+    service.predict(str(dog))
+    said = service.predict(str(noise))[0].label
+    sure = service.correct(str(dog), "cat")  # production says dog, sure of it: a person's word is reviewed first
+    assert sure.startswith("Kept for review as a cat: production") and "says dog" in sure
+    assert service.correct(str(dog), "cat").startswith("This photo is already among the uploads")
+    # A label production does not doubt goes straight to training.
+    assert service.correct(str(noise), said) == f"Thank you: this photo is kept as a {said} for the next retraining."
+    assert [caption for _, caption in service.suspect_gallery()] == ["uploaded as cat"]
+    assert service.review_suspects(confirm=False) == "1 suspect image discarded."
+    service.log.flush()
+    assert service.monitoring("day")["decisions"] == {"added": 1, "suspect": 1, "confirmed": 0, "discarded": 1}
+    assert "**2** corrections (100.0% of predictions)" in service.metrics_view("day")["summary"]
+
+
 def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, cache_dir):
     service = Service(make_settings(tmp_path, cache_dir))
     assert service.health() == {"status": "not ready", "model_loaded": False, "model_version": None}
