@@ -21,6 +21,7 @@ from .embeddings import ProgressCallback
 from .errors import ServiceError
 from .images import InvalidImage, load_image
 
+DECODE_PROGRESS_EVERY = 50
 # MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
 LAST_BLOCK = 16
 
@@ -59,10 +60,13 @@ def unfreeze_top(backbone_model, blocks: int) -> list[str]:
     return unfrozen
 
 
-def decode_all(examples: list[Example], size: int) -> tuple[np.ndarray, np.ndarray, list[Example]]:
+def decode_all(examples: list[Example], size: int, progress: ProgressCallback | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[Example]]:
     """uint8 images (N, size, size, 3), labels (N,), and the examples that decoded."""
     images, labels, kept = [], [], []
-    for example in examples:
+    for index, example in enumerate(examples):
+        if progress and index % DECODE_PROGRESS_EVERY == 0:
+            progress("decoding", index, len(examples))
         try:
             images.append(load_image(example.data, size=size))
         except InvalidImage:
@@ -73,8 +77,10 @@ def decode_all(examples: list[Example], size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def fine_tune(classifier: Classifier, train: list[Example], validation: list[Example], config: FineTuneConfig,
-              seed: int, weights: WeightsSource, progress: ProgressCallback | None = None) -> tuple[Classifier, dict]:
-    """A new Classifier whose backbone's top is trained with the (phase-1) head; and what happened."""
+              seed: int, weights: WeightsSource, progress: ProgressCallback | None = None, start=None
+              ) -> tuple[Classifier, dict]:
+    """A new Classifier whose backbone's top is trained with the (phase-1) head; and what happened. start: a
+    backbone (Keras model, a private copy) to continue from, as a version fine-tuned it; else ImageNet's."""
     import keras
     import tensorflow as tf
 
@@ -83,7 +89,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     size = spec.image_size
     keras.utils.set_random_seed(seed)
     # A fresh copy of the backbone: the shared frozen one keeps serving embeddings for other versions.
-    backbone_model = build_backbone(spec, weights)
+    backbone_model = start if start is not None else build_backbone(spec, weights)
     unfrozen = unfreeze_top(backbone_model, config.blocks)
     head = keras.models.clone_model(classifier.head)
     head.set_weights(classifier.head.get_weights())
@@ -91,7 +97,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     model = keras.Model(image, head(backbone_model(image)), name="catdog")
 
     margin_size = int(round(size * (1 + config.crop_margin)))
-    train_images, train_labels, _ = decode_all(train, margin_size)
+    train_images, train_labels, _ = decode_all(train, margin_size, progress)
     validation_images, validation_labels, _ = decode_all(validation, size)
     augment = keras.Sequential([
         keras.layers.RandomCrop(size, size, seed=seed),
@@ -113,9 +119,13 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
     ]
-    if progress:
+    if progress:  # batch by batch: an epoch takes a minute or more
+        steps = -(-len(train_images) // config.batch_size)
+        epoch_now = [0]
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: progress("fine-tuning", epoch + 1, config.epochs)))
+            on_epoch_begin=lambda epoch, logs: epoch_now.__setitem__(0, epoch),
+            on_train_batch_end=lambda batch, logs: progress("fine-tuning", epoch_now[0] * steps + batch + 1,
+                                                            config.epochs * steps)))
     fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,
                        shuffle=False,  # the dataset shuffles itself
                        callbacks=callbacks, verbose=0)
@@ -131,11 +141,12 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
                    "seconds": round(time.perf_counter() - started, 1)}
 
 
-def embed_views(classifier: Classifier, examples: list[Example], views: tuple[str, ...]) -> dict[str, np.ndarray]:
+def embed_views(classifier: Classifier, examples: list[Example], views: tuple[str, ...],
+                progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
     """Embeddings of each view ("original", "flipped") of the examples, by the classifier's own backbone."""
     from .backbone import flip_horizontal
 
-    images, _, _ = decode_all(examples, classifier.spec.image_size)
+    images, _, _ = decode_all(examples, classifier.spec.image_size, progress)
     embedded = {"original": classifier.backbone.embed(images)}
     if "flipped" in views:
         embedded["flipped"] = classifier.backbone.embed(flip_horizontal(images))

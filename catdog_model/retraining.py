@@ -164,14 +164,15 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
         config = plan.training
         hub = open_hub(settings)
         production = hub.production()
-        served = None if plan.fine_tuning else served_backbone(hub, production, settings, emit)
+        served = served_backbone(hub, production, settings, emit)
         uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
         trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
         dataset = training_dataset(settings, uploads, trusted)
     emit({"log": f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates; "
                  f"{len(trusted)} trusted held-out photos."})
     if served:
-        emit({"log": f"A new head on {production}'s backbone, embedded by its export on ONNX Runtime."})
+        emit({"log": f"A new head on {production}'s backbone, embedded by its export on ONNX Runtime" +
+                     (", then its backbone fine-tuned further." if plan.fine_tuning else ".")})
     with ticking(emit, "loading Keras"):
         import keras  # noqa: F401 — seconds of imports, shown ticking rather than in silence
     trained = train(dataset, settings, config, fine_tuning=plan.fine_tuning, backbone=served,
@@ -192,12 +193,12 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
                                                                  classifier.p_dog_from_embeddings(embeddings))}
 
     comparing("comparing", 0, len(trusted))
-    if served and trusted:  # both heads on the same embeddings: the trusted photos are embedded once
-        production_model = Classifier(served, served.head(), served.head_config, tta=served.tta, version=production)
-        candidate_metrics, production_metrics = judged(trained.classifier), judged(production_model)
-    else:
-        candidate_metrics = judged(trained.classifier) if trusted else None
-        production_metrics = judged(load_classifier(hub, compared, settings)) if trusted and compared else None
+    # Production as its export embeds (cached): a head-only candidate shares those embeddings.
+    production_model = compared and (Classifier(served, served.head(), served.head_config, tta=served.tta,
+                                                version=compared) if served else load_classifier(hub, compared,
+                                                                                                 settings))
+    candidate_metrics = judged(trained.classifier) if trusted else None
+    production_metrics = judged(production_model) if trusted and production_model else None
     decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
                               production_metrics and production_metrics["accuracy"], len(trusted),
                               settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy)

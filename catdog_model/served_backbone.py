@@ -1,7 +1,7 @@
 """Retraining on production's own backbone: embeddings come from its serving export (model.onnx on ONNX
 Runtime, several times faster than Keras on a CPU), and the new version keeps that backbone — fine-tuned or
 not — and changes only the head. Its export is production's with the head's weights replaced, checked against
-the new head before the version is written."""
+the new head before the version is written. Fine-tuning further starts from the same backbone, in Keras."""
 
 from __future__ import annotations
 
@@ -53,6 +53,16 @@ class ServedBackbone:
         head = build_head(self.head_config)
         head.load_weights(self.directory / WEIGHTS_FILE)
         return head
+
+    def keras_backbone(self):
+        """This version's backbone as a Keras model of its own (from its model.keras), to fine-tune further;
+        None when the version has no model.keras: its backbone is then ImageNet's, built from the weights."""
+        if FULL_MODEL_FILE not in self.config["files"]:
+            return None
+        import keras
+
+        full = keras.saving.load_model(self.directory / FULL_MODEL_FILE, compile=False, safe_mode=True)
+        return full.get_layer("backbone")
 
     def write_version(self, folder: Path, head, exported: Callable[[], None] = lambda: None) -> None:
         """Write folder/model.onnx (and model.keras where this version has one) with `head` in place of this

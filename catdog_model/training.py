@@ -71,8 +71,6 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     started = time.perf_counter()
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
     if isinstance(backbone, ServedBackbone):
-        if fine_tuning:
-            raise ServiceError("A head on a version's export cannot be fine-tuned with it; fine-tune from Keras.")
         config = backbone.training_config(config)
     backbone = backbone or get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,
                                         settings.backbone_batch_size)
@@ -137,19 +135,20 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         frozen = {"validation": compute_metrics(validation_labels, classifier.p_dog_from_embeddings(validation_views)),
                   "test": compute_metrics(test_labels, classifier.p_dog_from_embeddings(test_views))}
         present = {example.sha256 for example in kept}
+        start = backbone.keras_backbone() if isinstance(backbone, ServedBackbone) else None
         classifier, fine_tuned = fine_tune(
             classifier, [example for example in splits.train if example.sha256 in present],
             [example for example in splits.validation if example.sha256 in present], fine_tuning, config.seed,
-            settings.weights, progress)
+            settings.weights, progress, start)
         fine_tuned["frozen_backbone"] = frozen
         views = classifier.views()
         # The backbone changed, so every embedding is computed again with it (none from the frozen cache).
         train_views = embed_views(classifier, [example for example in splits.train if example.sha256 in present]
-                                  [:NOVELTY_SAMPLE], views)
+                                  [:NOVELTY_SAMPLE], views, progress)
         validation_views = embed_views(classifier, [example for example in splits.validation
-                                                    if example.sha256 in present], views)
+                                                    if example.sha256 in present], views, progress)
         test_views = embed_views(classifier, [example for example in splits.test if example.sha256 in present],
-                                 views)
+                                 views, progress)
     classifier.novelty = NoveltyDetector.fit(train_views["original"], validation_views["original"], config.seed)
     test_p_dog = classifier.p_dog_from_embeddings(test_views)
     validation_p_dog = classifier.p_dog_from_embeddings(validation_views)

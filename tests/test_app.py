@@ -131,11 +131,16 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
     assert [row["version"] for row in versions] == SHIPPED.versions() + [new]
 
 
-def test_a_correction_through_the_api_needs_the_token_and_waits_among_the_uploads_to_review(server,
-                                                                                          small_photo_dir):
+def test_a_correction_through_the_api_needs_the_token_and_waits_among_the_uploads_to_review(server, small_photo_dir,
+                                                                                          tmp_path):
+    from PIL import Image
+
     url, service = server
     client = Client(url, verbose=False)
-    photo = handle_file(str(sorted((small_photo_dir / "cats").iterdir())[2]))
+    mirrored = tmp_path / "mirrored-cat.png"  # a photo no other test uploads
+    with Image.open(sorted((small_photo_dir / "cats").iterdir())[2]) as cat:
+        cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    photo = handle_file(str(mirrored))
     with pytest.raises(Exception, match="admin token"):
         client.predict(photo, "dog", "wrong", api_name="/correct")
     assert service.uploads.suspect_counts() == {"cat": 0, "dog": 0}

@@ -115,7 +115,8 @@ def upload_in_browser(page, label: str, photos: list[Path]) -> None:
     # The upload has finished when the file list shows the last name (its stem and suffix are separate elements).
     page.get_by_text(photos[-1].stem).locator("visible=true").first.wait_for(timeout=60_000)
     page.get_by_role("button", name="Add to training data").click()
-    page.get_by_text(photos[-1].stem).locator("visible=true").first.wait_for(state="detached", timeout=120_000)
+    # The list of chosen files (not the results table, which names them too) is emptied.
+    page.locator("span.stem", has_text=photos[-1].stem).first.wait_for(state="detached", timeout=120_000)
 
 
 def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then_promote_and_roll_back(

@@ -226,3 +226,30 @@ def test_fine_tuning_trains_the_top_blocks_but_leaves_batch_normalization_at_ima
     assert [name for name in normalizations if changed(name)] == []
     assert changed("block_16_project") and changed("block_15_expand") and changed("Conv_1")
     assert not changed("block_14_project")  # below the unfrozen blocks
+
+
+def test_fine_tuning_continues_from_the_backbone_it_is_given_not_from_imagenet(small_photo_dir, settings):
+    """The app's fine-tuning starts from production's fine-tuned backbone: the layers it leaves frozen keep
+    that backbone's weights."""
+    import keras
+
+    from catdog_model.backbone import Backbone, build_backbone
+    from catdog_model.classifier import Classifier, HeadConfig, build_head
+    from catdog_model.finetune import FineTuneConfig, fine_tune
+
+    spec = BackboneSpec.for_alpha(0.5, 96)
+    backbone = Backbone(spec, settings.weights, batch_size=8)
+    head_config = HeadConfig(embedding_dim=backbone.dim)
+    classifier = Classifier(backbone, build_head(head_config), head_config)
+    start = build_backbone(spec, settings.weights)
+    base = next(layer for layer in start.layers if isinstance(layer, keras.Model))
+    kernel, *rest = base.get_layer("block_2_project").get_weights()
+    base.get_layer("block_2_project").set_weights([kernel + 0.01, *rest])  # as an earlier fine-tuning left it
+    photos = load_folder(small_photo_dir).examples
+    cats = [example for example in photos if example.label == "cat"]
+    dogs = [example for example in photos if example.label == "dog"]
+    tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
+                         FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=settings.weights,
+                         start=start)
+    tuned_base = next(layer for layer in tuned.backbone.model.layers if isinstance(layer, keras.Model))
+    assert np.array_equal(tuned_base.get_layer("block_2_project").get_weights()[0], kernel + 0.01)

@@ -136,7 +136,8 @@ def test_promote_without_a_version_gets_a_sentence(server):
 
 
 MUTATIONS = {"upload_training_data": lambda photo, token: ["cat", [handle_file(str(photo))], token],
-             "retrain": lambda photo, token: [token], "retrain_and_follow": lambda photo, token: [token],
+             "retrain": lambda photo, token: [token], "retrain_and_follow": lambda photo, token: [False, token],
+             "correct": lambda photo, token: [handle_file(str(photo)), "dog", token],
              "promote": lambda photo, token: ["v1", token], "rollback": lambda photo, token: [token],
              "confirm_suspects": lambda photo, token: [token], "discard_suspects": lambda photo, token: [token]}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import shutil
 import threading
 import time
@@ -292,6 +293,25 @@ def test_the_gate_judges_on_trusted_photos_that_training_never_sees(gated):
     assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12
     assert result["gate_passed"] and result["promoted"]
     assert service.hub.production() == result["version"] == service.health()["model_version"]
+
+
+@requires_weights
+def test_fine_tuning_from_the_app_continues_from_production_and_is_judged_beside_it(gated):
+    from catdog_model.finetune import FineTuneConfig
+    from catdog_model.retraining import RetrainConfig
+
+    service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
+    service.retrainer.config = RetrainConfig(fine_tuning=FineTuneConfig(blocks=1, epochs=1, batch_size=16))
+    service.start_retrain(fine_tune=True)
+    wait_for_retraining(service, seconds=900)
+    state = service.retrain_state
+    assert state.stage == "done", (state.error, state.log)
+    assert any(line.startswith("Fine-tuning") for line in state.log)
+    result = state.result
+    assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12
+    production, candidate = (service.hub.download(version) / "config.json" for version in (SHIPPED, result["version"]))
+    tuned = [json.loads(path.read_text())["backbone"]["fine_tuned"] for path in (production, candidate)]
+    assert tuned[0] and tuned[1] and tuned[0] != tuned[1]  # production's backbone, tuned further
 
 
 @requires_weights
