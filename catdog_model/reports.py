@@ -129,7 +129,7 @@ def retraining_progress(status: dict) -> str:
         seconds = status.get("seconds")
         took = f" in {_duration(seconds)}" if seconds is not None else ""
         return f"The last retraining {'failed' if status['stage'] == 'failed' else 'finished'}{took}."
-    line = f"**{status['stage'].capitalize()}**"
+    line = f"**{status['stage'][:1].upper()}{status['stage'][1:]}**"
     if status["total"]:
         line += f" — {status['done']:,} of {status['total']:,}"
     elif status["done"]:  # a stage without steps counts its seconds

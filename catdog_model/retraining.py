@@ -290,7 +290,8 @@ class Retrainer:
             if "stage" in message:
                 if message["stage"] != state.stage:
                     total = message.get("total")
-                    state.log.append(message["stage"].capitalize() + (f": {total:,} to do" if total else "…"))
+                    stage = message["stage"]
+                    state.log.append(stage[:1].upper() + stage[1:] + (f": {total:,} to do" if total else "…"))
                     state.stage_changed(message["stage"], time.time())
                 state.done, state.total = message.get("done", 0), message.get("total", 0)
             state.log.extend([message["log"]] if "log" in message else [])
