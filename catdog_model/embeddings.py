@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -12,6 +15,29 @@ from .images import InvalidImage, load_image
 from .sqlite import connect
 
 ProgressCallback = Callable[[str, int, int], None]
+
+
+@contextlib.contextmanager
+def ticking(progress: ProgressCallback | None, stage: str, every: float = 1.0):
+    """A stage with no steps of its own to count (reading a folder, importing Keras, an export): its seconds
+    so far as progress(stage, seconds, 0), every `every` seconds, so that a status never stands still."""
+    if progress is None:
+        yield
+        return
+    started, stop = time.monotonic(), threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            progress(stage, round(time.monotonic() - started), 0)
+
+    progress(stage, 0, 0)
+    thread = threading.Thread(target=tick, name="ticking", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class EmbeddingCache:
@@ -66,7 +92,7 @@ def embed_images(backbone: Backbone, images: list[tuple[str, bytes | Path]], cac
     cached = {view: cache.get_many(backbone.spec.id, view, hashes) if cache else {} for view in views}
     missing = [(sha, data) for sha, data in images if any(sha not in cached[view] for view in views)]
     rejected: dict[str, str] = {}
-    step = backbone.batch_size * 4
+    step = backbone.batch_size  # a batch at a time: progress every second or so, never a silent stretch
     for start in range(0, len(missing), step):
         if progress:
             progress("embedding", start, len(missing))

@@ -22,6 +22,7 @@ from .errors import ServiceError
 from .images import InvalidImage, load_image
 
 DECODE_PROGRESS_EVERY = 50
+VALIDATION_BATCH_SIZE = 32
 # MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
 LAST_BLOCK = 16
 
@@ -119,14 +120,25 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
     ]
-    if progress:  # batch by batch: an epoch takes a minute or more
+    if progress:  # batch by batch, each epoch's validation pass included: an epoch takes a minute or more
         steps = -(-len(train_images) // config.batch_size)
-        epoch_now = [0]
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs: epoch_now.__setitem__(0, epoch),
-            on_train_batch_end=lambda batch, logs: progress("fine-tuning", epoch_now[0] * steps + batch + 1,
-                                                            config.epochs * steps)))
+        per_epoch = steps + -(-len(validation_images) // VALIDATION_BATCH_SIZE)
+
+        class BatchProgress(keras.callbacks.Callback):
+            epoch = 0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                progress("fine-tuning", self.epoch * per_epoch + batch + 1, config.epochs * per_epoch)
+
+            def on_test_batch_end(self, batch, logs=None):
+                progress("fine-tuning", self.epoch * per_epoch + steps + batch + 1, config.epochs * per_epoch)
+
+        callbacks.append(BatchProgress())
     fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,
+                       validation_batch_size=VALIDATION_BATCH_SIZE,
                        shuffle=False,  # the dataset shuffles itself
                        callbacks=callbacks, verbose=0)
     # The fine-tuned backbone gets an identity of its own, so no embedding cached for another backbone is used.
@@ -147,7 +159,14 @@ def embed_views(classifier: Classifier, examples: list[Example], views: tuple[st
     from .backbone import flip_horizontal
 
     images, _, _ = decode_all(examples, classifier.spec.image_size, progress)
-    embedded = {"original": classifier.backbone.embed(images)}
-    if "flipped" in views:
-        embedded["flipped"] = classifier.backbone.embed(flip_horizontal(images))
+    step = classifier.backbone.batch_size
+    embedded = {}
+    for view in views:
+        chunks = []
+        for start in range(0, len(images), step):
+            if progress:
+                progress(f"embedding ({view})", start, len(images))
+            batch = images[start:start + step]
+            chunks.append(classifier.backbone.embed(flip_horizontal(batch) if view == "flipped" else batch))
+        embedded[view] = np.concatenate(chunks) if chunks else classifier.backbone.embed(images)
     return embedded

@@ -10,7 +10,6 @@ Server: Retrainer starts one child at a time, follows its lines, and hears how i
 from __future__ import annotations
 
 import dataclasses
-import contextlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from . import LABELS
 from .atomic import write_atomically
 from .config import PROJECT_ROOT, Settings, TrainingConfig
 from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
+from .embeddings import ticking
 from .finetune import FineTuneConfig
 from .uploads import UploadStore
 
@@ -131,30 +131,13 @@ def served_backbone(hub, version: str | None, settings: Settings, emit: Callable
         return None
 
 
-@contextlib.contextmanager
-def ticking(emit: Callable[[dict], None], stage: str, every: float = 1.0):
-    """A stage with no progress of its own to report (reading a folder, importing Keras): its seconds so far,
-    every `every` seconds, so that the status never stands still."""
-    started, stop = time.monotonic(), threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(every):
-            emit({"stage": stage, "done": round(time.monotonic() - started), "total": 0})
-
-    emit({"stage": stage, "done": 0, "total": 0})
-    thread = threading.Thread(target=tick, name="ticking", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
     """Train on base data + uploads — a new head on production's backbone, or with plan.fine_tuning a
     fine-tuned model — publish it, compare it with production on the trusted photos, decide."""
-    with ticking(emit, "reading data"):
+    def progress(stage: str, done: int, total: int) -> None:
+        emit({"stage": stage, "done": done, "total": total})
+
+    with ticking(progress, "reading data"):
         from .classifier import Classifier, load_classifier
         from .evaluation import compute_metrics
         from .gate import promotion_gate
@@ -173,13 +156,11 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
     if served:
         emit({"log": f"A new head on {production}'s backbone, embedded by its export on ONNX Runtime" +
                      (", then its backbone fine-tuned further." if plan.fine_tuning else ".")})
-    with ticking(emit, "loading Keras"):
+    with ticking(progress, "loading Keras"):
         import keras  # noqa: F401 — seconds of imports, shown ticking rather than in silence
-    trained = train(dataset, settings, config, fine_tuning=plan.fine_tuning, backbone=served,
-                    progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}),
+    trained = train(dataset, settings, config, fine_tuning=plan.fine_tuning, backbone=served, progress=progress,
                     source=str(settings.data_dir / "uploads"), command="retrain from the app")
-    version = publish(trained, hub, settings.model_name,
-                      progress=lambda stage, done, total: emit({"stage": stage, "done": done, "total": total}))
+    version = publish(trained, hub, settings.model_name, progress=progress)
     emit({"log": f"Published {version}."})
     compared = None if production in (None, version) else production
 

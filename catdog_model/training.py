@@ -17,7 +17,7 @@ from .card import render_model_card
 from .classifier import Classifier, HeadConfig, build_head, save_version_files, seal_version_files
 from .config import Settings, TrainingConfig
 from .data import Dataset, Example, split_examples
-from .embeddings import EmbeddingCache, ProgressCallback, embed_images
+from .embeddings import EmbeddingCache, ProgressCallback, embed_images, ticking
 from .errors import ServiceError
 from .evaluation import compute_metrics, save_plots
 from .export import export_onnx
@@ -216,7 +216,8 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str, progress: Pro
             # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model.
             classifier.save(folder, full_model=hub.ships_full_model or bool(classifier.spec.fine_tuned))
             step(1)
-            export_onnx(classifier, folder)  # checked against Keras: a version never serves other answers
+            with ticking(progress, "exporting"):  # tf2onnx: half a minute without steps to count
+                export_onnx(classifier, folder)  # checked against Keras: a version never serves other answers
         step(2)
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
