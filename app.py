@@ -93,8 +93,8 @@ def build_demo(service: Service) -> gr.Blocks:
         return service.retrain_status()
 
     @user_errors
-    def retraining_view() -> list:
-        view = service.retrain_view()
+    def retraining_view(with_versions: bool = True) -> list:
+        view = service.retrain_view(with_versions)
         return [view[name] for name in ("progress", "verdict", "comparison", "log", "production")]
 
     @user_errors
@@ -105,7 +105,7 @@ def build_demo(service: Service) -> gr.Blocks:
             status = service.retrain_status()
             if status["total"]:
                 progress((status["done"], status["total"]), desc=status["stage"])
-            yield retraining_view()
+            yield retraining_view(with_versions=not status["running"])
             if not status["running"]:
                 return
             time.sleep(1)

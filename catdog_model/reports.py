@@ -188,10 +188,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def production_line(production: str | None, servable: set[str]) -> str:
-    """Which version is served now, and which ones promote and rollback can serve."""
+def production_line(production: str | None, servable: set[str] | None) -> str:
+    """Which version is served now, and (unless servable is None) which ones promote and rollback can serve."""
     if production is None:
         return "No version is in production."
+    if servable is None:
+        return f"In production now: **{production}**."
     ordered = sorted(servable, key=lambda version: (len(version), version))  # v9 before v10
     return (f"In production now: **{production}**. Versions that can be served (promoted or rolled back to): "
             f"{', '.join(ordered) or 'none'}.")

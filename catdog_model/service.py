@@ -320,7 +320,8 @@ class Service:
                   "seconds_left": None if seconds_left is None else round(seconds_left),
                   "seconds": state.started_at and round((state.finished_at or now) - state.started_at),
                   "log": [public_message(line) for line in state.log[-LOG_LINES_SHOWN:]], "result": state.result,
-                  "error": state.error and public_message(state.error), "production": self.hub.production()}
+                  "error": state.error and public_message(state.error),
+                  "production": self.health()["model_version"]}  # the served one: no Hub call a second
         return {**status, "verdict": retraining_verdict(status)}
 
     def versions(self) -> list[dict]:
@@ -379,12 +380,14 @@ class Service:
                 "confidence": confidence_histogram(monitoring),
                 "dataset_table": dataset_table(self.dataset_stats())}
 
-    def retrain_view(self) -> dict:
-        """What the Retrain tab shows of the running (or last) retraining, and of production now."""
+    def retrain_view(self, with_versions: bool = True) -> dict:
+        """What the Retrain tab shows of the running (or last) retraining, and of production now; with_versions:
+        also which versions can be served (it reads every version's configuration, so not every second)."""
         status = self.retrain_status()
         return {"status": status, "progress": retraining_progress(status), "verdict": status["verdict"],
                 "comparison": retraining_comparison(status["result"]), "log": "\n".join(status["log"]),
-                "production": production_line(status["production"], self._servable_versions())}
+                "production": production_line(status["production"],
+                                              self._servable_versions() if with_versions else None)}
 
     def example_images(self, per_class: int = 2) -> list[str]:
         folder = self.settings.examples_dir

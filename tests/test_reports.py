@@ -63,6 +63,7 @@ def test_the_comparison_names_both_versions_and_shows_percentages_and_difference
 def test_production_and_the_versions_that_can_be_served_are_named_in_order():
     assert production_line("v10", {"v10", "v9", "v5"}) == (
         "In production now: **v10**. Versions that can be served (promoted or rolled back to): v5, v9, v10.")
+    assert production_line("v10", None) == "In production now: **v10**."  # while a retraining is followed
     assert production_line(None, set()) == "No version is in production."
 
 
