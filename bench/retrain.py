@@ -88,7 +88,7 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, truste
                     path.write_bytes(example.data)
                     paths.append(str(path))
                 service.upload(label, paths)
-                service.review_suspects(confirm=True)  # the photos' own labels are right
+            service.review_suspects(confirm=True)  # the photos' own labels are right
             for cache in ("cold", "warm"):
                 if cache == "cold":
                     shutil.rmtree(settings.cache_dir, ignore_errors=True)

@@ -276,9 +276,8 @@ class Service:
         Metrics tab asks on each page load, so the counts are kept until a file there changes."""
         folder = self.settings.base_data_dir
         if self.settings.base_data_hub:  # its local snapshot changes only when it is downloaded again
-            signature = self.settings.base_data_hub
             if self._base_counts_cache is None:
-                self._base_counts_cache = (signature, Dataset(base_examples(self.settings)).counts())
+                self._base_counts_cache = ((), Dataset(base_examples(self.settings)).counts())
             return self._base_counts_cache[1]
         if not folder or not folder.is_dir():
             return dict.fromkeys(LABELS, 0)

@@ -62,14 +62,8 @@ def make_prediction(p_dog: float, novelty: float | None, threshold: float | None
 def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
     """config.json, after checking every file it lists against its sha256 (files in `optional` may be absent)."""
     directory = Path(directory)
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        expected = dict(config["files"])
-    except FileNotFoundError:
-        raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is missing.") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is corrupt ({error}).") from None
-    for name, sha in expected.items():
+    config = _listed(directory)
+    for name, sha in config["files"].items():
         path = directory / name
         if not path.is_file() and name in optional:
             continue
@@ -86,10 +80,19 @@ def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
 
 def read_config_files(directory: Path) -> set[str]:
     """The files a version's config.json lists, unchecked: what the version holds, cheaply."""
+    return set(_listed(Path(directory))["files"])
+
+
+def _listed(directory: Path) -> dict:
+    """config.json, its list of files read but not checked."""
     try:
-        return set(json.loads((Path(directory) / CONFIG_FILE).read_text())["files"])
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        config["files"] = dict(config["files"])
+        return config
+    except FileNotFoundError:
+        raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is missing.") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{Path(directory).name}: {CONFIG_FILE} cannot be read ({error}).") from None
+        raise ModelLoadError(f"{directory.name}: {CONFIG_FILE} is corrupt ({error}).") from None
 
 
 def onnx_session(path: Path, threads: int):

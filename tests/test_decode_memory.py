@@ -3,7 +3,6 @@ what the decode budget charges for it (CATDOG_DECODE_MEMORY_MB bounds the sum of
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
