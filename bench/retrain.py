@@ -1,12 +1,13 @@
 """Retraining from the app, measured as the Retrain tab runs it (the server's Service, its child process):
-time end to end cold (an empty embedding cache) and warm (the cache of the run before), the longest time
-the status stood still, and the candidate's accuracy beside production's on the trusted photos.
+time end to end cold (an empty embedding cache), prepared (after the background embedding the server starts
+with, timed too) and warm (the cache of the run before), the longest time the status stood still, and the
+candidate's accuracy beside production's on the trusted photos.
 
     python -m bench.retrain [--base ../shared/data/cats_vs_dogs] [--uploads ../shared/data/cats_vs_dogs_more]
                             [--per-class 20 100] [--trusted base-test|production-test] [--fine-tune] [--json]
 
 For each --per-class count, that many cats and dogs from --uploads (photos the base data does not hold) are
-uploaded, then retrained: the first run cold, then warm. Production is the repository's own version, on a
+uploaded, then retrained: cold, prepared, then warm. Production is the repository's own version, on a
 private copy of models/; the trusted photos are the base data's test split, as in the app, or with --trusted
 production-test production's own test split.
 """
@@ -66,7 +67,8 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, truste
     root = Path(tempfile.mkdtemp(prefix="catdog-bench-retrain-"))
     shutil.copytree(PROJECT_ROOT / "models", root / "models", ignore=shutil.ignore_patterns(".lock"))
     settings = dataclasses.replace(Settings.from_env(), models_dir=root / "models", data_dir=root / "data",
-                                   cache_dir=root / "cache", base_data_dir=base.resolve(), auto_promote=False)
+                                   cache_dir=root / "cache", base_data_dir=base.resolve(), auto_promote=False,
+                                   prepare_embeddings=False)  # started by hand below, to time it
     held_out: set[str] = set()
     if trusted == "production-test":
         held_out = production_test_split(settings.models_dir, root / "trusted")
@@ -89,13 +91,20 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, truste
                     paths.append(str(path))
                 service.upload(label, paths)
             service.review_suspects(confirm=True)  # the photos' own labels are right
-            for cache in ("cold", "warm"):
-                if cache == "cold":
+            for cache in ("cold", "prepared", "warm"):
+                preparing_seconds = None
+                if cache in ("cold", "prepared"):
                     shutil.rmtree(settings.cache_dir, ignore_errors=True)
+                if cache == "prepared":
+                    started = time.perf_counter()
+                    service.retrainer.prepare()
+                    while service.retrainer.preparation.running:
+                        time.sleep(0.2)
+                    preparing_seconds = round(time.perf_counter() - started, 1)
                 outcome = follow(service, fine_tune)
                 result = outcome.pop("result") or {}
                 runs.append({"uploads_per_class": count, "cache": cache, "fine_tune": fine_tune, "trusted": trusted,
-                             **outcome,
+                             **outcome, "preparing_seconds": preparing_seconds,
                              "production": production,
                              "candidate_accuracy": (result.get("candidate") or {}).get("accuracy"),
                              "production_accuracy": (result.get("production") or {}).get("accuracy"),

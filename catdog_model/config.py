@@ -62,6 +62,7 @@ class Settings:
     low_confidence: float
     base_data_dir: Path | None
     base_data_hub: str | None  # CATDOG_BASE_DATA_DIR=hf:<dataset repo>: the base data is a Hub dataset
+    prepare_embeddings: bool  # embed the base data with production's backbone in the background
     examples_dir: Path | None
     admin_token: str | None
     auto_promote: bool
@@ -109,6 +110,7 @@ class Settings:
             low_confidence=_number("CATDOG_LOW_CONFIDENCE", DEFAULT_LOW_CONFIDENCE),
             base_data_dir=None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None),
             base_data_hub=base_data_hub,
+            prepare_embeddings=_flag("CATDOG_PREPARE_EMBEDDINGS", True),
             examples_dir=_path("CATDOG_EXAMPLES_DIR", None) or (
                 None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None)),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
@@ -213,6 +215,11 @@ class TrainingConfig:
     alpha: float = option(0.5, "MobileNetV2 width", [0.35, 0.5])
     # 288 rather than the weights' native 224: more detail, chosen on validation loss (docs/experiments.md).
     image_size: int = option(288, "input side in pixels")
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views of each photo a head trained with this config needs embedded."""
+        return ("original", "flipped") if self.augment or self.tta != "off" else ("original",)
 
     def __post_init__(self):
         if self.tta not in ("auto", "on", "off"):

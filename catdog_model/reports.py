@@ -122,13 +122,15 @@ PERCENT_METRICS = {"accuracy", "precision", "recall", "f1"}
 
 
 def retraining_progress(status: dict) -> str:
-    """One line: the stage, how far it is, and the time left."""
+    """One line: the stage, how far it is, and the time left; while no retraining runs, also how far the
+    background preparation of the next one has got."""
     if status["stage"] == "idle":
-        return "No retraining has run yet."
+        return "No retraining has run yet." + _preparation(status.get("preparing"))
     if not status["running"]:
         seconds = status.get("seconds")
         took = f" in {_duration(seconds)}" if seconds is not None else ""
-        return f"The last retraining {'failed' if status['stage'] == 'failed' else 'finished'}{took}."
+        return (f"The last retraining {'failed' if status['stage'] == 'failed' else 'finished'}{took}."
+                + _preparation(status.get("preparing")))
     line = f"**{status['stage'][:1].upper()}{status['stage'][1:]}**"
     if status["total"]:
         line += f" — {status['done']:,} of {status['total']:,}"
@@ -137,6 +139,14 @@ def retraining_progress(status: dict) -> str:
     if status.get("seconds_left") is not None:
         line += f", about {_duration(status['seconds_left'])} left"
     return line + "."
+
+
+def _preparation(preparing: dict | None) -> str:
+    if not preparing:
+        return ""
+    done = f": {preparing['done']:,} of {preparing['total']:,} photos" if preparing["total"] else ""
+    return (f" Getting the next retraining ready in the background (embedding with production's backbone{done}); "
+            "a retraining started now takes over from there.")
 
 
 def retraining_verdict(status: dict) -> str:

@@ -1,15 +1,20 @@
 """Retraining from the app, in its own process: the server never imports TensorFlow and keeps serving at its
 own memory while a child trains, publishes, compares and reports.
 
-Child:  python -m catdog_model.retraining, settings as JSON in CATDOG_RETRAIN_SETTINGS (not on the command
-        line, where `ps` would show the admin token) — prints one JSON object a line:
+Child:  python -m catdog_model.retraining [prepare], settings as JSON in CATDOG_RETRAIN_SETTINGS (not on the
+        command line, where `ps` would show the admin token) — prints one JSON object a line:
         {"stage", "done", "total"} while it works, {"log": …} for notes, {"result": …} at the end.
-Server: Retrainer starts one child at a time, follows its lines, and hears how it ended.
+        `prepare` only embeds the base data and the trusted photos with production's backbone into the cache,
+        so that the next retraining finds them there.
+Server: Retrainer starts one child at a time, follows its lines, and hears how it ended. It prepares after the
+        server starts and after each change of production; a retraining that starts ends a preparation (what
+        it embedded is kept).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -131,6 +136,53 @@ def served_backbone(hub, version: str | None, settings: Settings, emit: Callable
         return None
 
 
+def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
+    """Embed what the next retraining will need — base data, uploads, trusted photos — with production's
+    backbone as its export runs it (no TensorFlow), into the embedding cache."""
+    def progress(stage: str, done: int, total: int) -> None:
+        emit({"stage": stage, "done": done, "total": total})
+
+    with ticking(progress, "reading data"):
+        from .embeddings import EmbeddingCache, embed_images
+        from .hub import open_hub
+
+        hub = open_hub(settings)
+        served = served_backbone(hub, hub.production(), settings, emit)
+        if served is None:
+            return {"embedded": 0}
+        config = served.training_config(plan.training)
+        trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
+        uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
+        examples = deduplicate(training_dataset(settings, uploads, trusted).examples + trusted).examples
+        cache = EmbeddingCache(settings.cache_dir / "embeddings.sqlite")
+        before = cache.count(served.spec.id)
+    embed_images(served, [(example.sha256, example.content) for example in examples], cache, config.views,
+                 progress)
+    return {"embedded": (cache.count(served.spec.id) - before) // len(config.views)}
+
+
+def trusted_signature(trusted: list[Example]) -> str:
+    """Names one trusted set: its photos and their labels, in any order."""
+    return hashlib.sha256("\n".join(sorted(f"{example.sha256} {example.label}" for example in trusted)).encode()
+                          ).hexdigest()
+
+
+def gate_metrics(settings: Settings, version: str, trusted: list[Example], measure: Callable[[], dict]) -> dict:
+    """A version's metrics on the trusted photos: measure()d once, then read back (a version never changes, and
+    the key names the photos), so a second retraining judged beside the same production skips that part."""
+    path = settings.cache_dir / "gate" / f"{version}-{trusted_signature(trusted)[:32]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        metrics = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(metrics).encode())
+    except OSError as error:
+        logger.warning("the gate's metrics of %s could not be kept: %s", version, error.strerror)
+    return metrics
+
+
 def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
     """Train on base data + uploads — a new head on production's backbone, or with plan.fine_tuning a
     fine-tuned model — publish it, compare it with production on the trusted photos, decide."""
@@ -160,6 +212,9 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
         import keras  # noqa: F401 — seconds of imports, shown ticking rather than in silence
     trained = train(dataset, settings, config, fine_tuning=plan.fine_tuning, backbone=served, progress=progress,
                     source=str(settings.data_dir / "uploads"), command="retrain from the app")
+    if trained.metrics["training"]["kept_starting_head"]:
+        emit({"log": f"These photos did not lower the validation loss of {production}'s head, so the new version "
+                     "keeps that head unchanged."})
     version = publish(trained, hub, settings.model_name, progress=progress)
     emit({"log": f"Published {version}."})
     compared = None if production in (None, version) else production
@@ -179,7 +234,8 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
                                                 version=compared) if served else load_classifier(hub, compared,
                                                                                                  settings))
     candidate_metrics = judged(trained.classifier) if trusted else None
-    production_metrics = judged(production_model) if trusted and production_model else None
+    production_metrics = gate_metrics(settings, compared, trusted, lambda: judged(production_model)) \
+        if trusted and production_model else None
     decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
                               production_metrics and production_metrics["accuracy"], len(trusted),
                               settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy)
@@ -211,15 +267,16 @@ def main() -> None:
     os.nice(CHILD_NICENESS)
     settings = Settings.from_json(os.environ[SETTINGS_VARIABLE])
     plan = RetrainConfig.from_json(os.environ[CONFIG_VARIABLE])
+    work = prepare if sys.argv[1:] == ["prepare"] else run
 
     def emit(message: dict) -> None:
         print(json.dumps(message), flush=True)
 
     try:
-        emit({"result": run(settings, plan, emit)})
+        emit({"result": work(settings, plan, emit)})
     except Exception as error:  # whatever went wrong reaches the server as one sentence, then the exit code
         emit({"error": str(error) or type(error).__name__})
-        logger.exception("retraining failed")
+        logger.exception("%s failed", "preparing" if work is prepare else "retraining")
         sys.exit(1)
 
 
@@ -235,29 +292,50 @@ class Retrainer:
         self.config = config
         self.state = RetrainState()
         self.process: subprocess.Popen | None = None
+        self.preparation = RetrainState()  # the latest preparation of embeddings, in the background
+        self.preparer: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
     def start(self, fine_tune: bool = False) -> bool:
         """False if a retraining is already running. fine_tune: the backbone's top too (minutes), with
-        self.config's fine-tuning recipe (FineTuneConfig's defaults where it has none)."""
+        self.config's fine-tuning recipe (FineTuneConfig's defaults where it has none). A preparation that is
+        running ends first."""
         plan = dataclasses.replace(self.config, fine_tuning=(self.config.fine_tuning or FineTuneConfig())
                                    if fine_tune else None)
         with self._lock:
             if self.state.running:
                 return False
+            self._end(self.preparer)
             now = time.time()
             self.state = RetrainState(running=True, stage="starting", log=["Retraining started."], started_at=now,
                                       stage_started_at=now)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "catdog_model.retraining"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json(),
-                     CONFIG_VARIABLE: plan.to_json(), PARENT_VARIABLE: str(os.getpid())})
-        threading.Thread(target=self._follow, args=(self.process, self.state), name="retrain-follow",
-                         daemon=True).start()
+            self.process = self._spawn([], plan)
+        threading.Thread(target=self._follow, args=(self.process, self.state, self._finish_retraining),
+                         name="retrain-follow", daemon=True).start()
         return True
 
-    def _follow(self, process: subprocess.Popen, state: RetrainState) -> None:
+    def prepare(self) -> bool:
+        """Embed the next retraining's photos with production's backbone, in the background; False (nothing
+        started) while a retraining or a preparation runs."""
+        with self._lock:
+            if _alive(self.process) or _alive(self.preparer):
+                return False
+            now = time.time()
+            self.preparation = RetrainState(running=True, stage="starting", started_at=now, stage_started_at=now)
+            self.preparer = self._spawn(["prepare"], self.config)
+        threading.Thread(target=self._follow, args=(self.preparer, self.preparation, self._finish_preparation),
+                         name="prepare-follow", daemon=True).start()
+        return True
+
+    def _spawn(self, arguments: list[str], plan: RetrainConfig) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "catdog_model.retraining", *arguments], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json(),
+                 CONFIG_VARIABLE: plan.to_json(), PARENT_VARIABLE: str(os.getpid())})
+
+    def _follow(self, process: subprocess.Popen, state: RetrainState,
+                finish: Callable[[subprocess.Popen, RetrainState, int, list[str]], None]) -> None:
         stderr: list[str] = []
         reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)
         reader.start()
@@ -280,6 +358,12 @@ class Retrainer:
             state.result = message.get("result", state.result)
         code = process.wait()
         reader.join(timeout=5)
+        finish(process, state, code, stderr)
+        state.finished_at = time.time()
+        state.running = False
+
+    def _finish_retraining(self, process: subprocess.Popen, state: RetrainState, code: int,
+                           stderr: list[str]) -> None:
         if code == 0 and state.result:
             try:
                 self.on_result(state.result)
@@ -294,9 +378,18 @@ class Retrainer:
             state.stage = "failed"
             logger.warning("retraining failed: %s %s", state.error, "".join(stderr[-20:]).strip())
         state.log.append(f"Failed: {state.error}" if state.stage == "failed" else "Finished.")
-        state.finished_at = time.time()
-        state.running = False
-        self._keep(state)
+        self._keep(dataclasses.replace(state, running=False, finished_at=time.time()))
+
+    def _finish_preparation(self, process: subprocess.Popen, state: RetrainState, code: int,
+                            stderr: list[str]) -> None:
+        if code == 0:
+            state.stage = "done"
+        elif getattr(process, "ended_by_us", False):
+            state.stage = "stopped"  # a retraining took over; what was embedded is kept
+        else:
+            state.stage, state.error = "failed", state.error or f"exit code {code}"
+            logger.warning("preparing the next retraining's embeddings failed: %s %s", state.error,
+                           "".join(stderr[-20:]).strip())
 
     def _keep(self, state: RetrainState) -> None:
         """The finished retraining, kept in the data folder: a reload or a restart shows it again."""
@@ -320,11 +413,20 @@ class Retrainer:
         return self.state
 
     def stop(self) -> None:
-        """End a running child (the server is shutting down)."""
-        process = self.process
-        if process and process.poll() is None:
+        """End the running children (the server is shutting down)."""
+        for process in (self.process, self.preparer):
+            self._end(process)
+
+    @staticmethod
+    def _end(process: subprocess.Popen | None) -> None:
+        if _alive(process):
+            process.ended_by_us = True
             process.kill()
             process.wait(timeout=30)
+
+
+def _alive(process: subprocess.Popen | None) -> bool:
+    return process is not None and process.poll() is None
 
 
 if __name__ == "__main__":

@@ -69,6 +69,15 @@ class Service:
             logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
                            "promotion and rollback are refused until it is set.", settings.server_name)
         self.production = Production(settings, self.hub, self.limits)
+        self.prepare_retraining()
+
+    def prepare_retraining(self) -> None:
+        """Embed the base data with production's backbone in the background (a child process at low priority),
+        so that a retraining started later embeds only what is new; where there is base data to embed."""
+        settings = self.settings
+        if settings.prepare_embeddings and (settings.base_data_hub or settings.trusted_data_dir or (
+                settings.base_data_dir and settings.base_data_dir.is_dir())):
+            self.retrainer.prepare()
 
     # Serving: the production unit decides what is served; here each prediction is also logged.
 
@@ -84,11 +93,14 @@ class Service:
         return self.production.health()
 
     def promote(self, version: str) -> str:
-        return self.production.promote(version)
+        promoted = self.production.promote(version)
+        self.prepare_retraining()
+        return promoted
 
     def rollback(self) -> str:
         """Roll back to the latest earlier production that can be served; the sentence saying what happened."""
         version, skipped = self.production.rollback()
+        self.prepare_retraining()
         return f"Rolled back: production is now {version}." + (
             f" Skipped {', '.join(skipped)}: {'it' if len(skipped) == 1 else 'they'} cannot be served." if skipped
             else "")
@@ -320,8 +332,17 @@ class Service:
                   "seconds": state.started_at and round((state.finished_at or now) - state.started_at),
                   "log": [public_message(line) for line in state.log[-LOG_LINES_SHOWN:]], "result": state.result,
                   "error": state.error and public_message(state.error),
-                  "production": self.health()["model_version"]}  # the served one: no Hub call a second
+                  "production": self.health()["model_version"],  # the served one: no Hub call a second
+                  "preparing": self._preparing()}
         return {**status, "verdict": retraining_verdict(status)}
+
+    def _preparing(self) -> dict | None:
+        """How far the background embedding for the next retraining has got, while it runs."""
+        preparation = self.retrainer.preparation
+        if not preparation.running:
+            return None
+        embedding = preparation.stage == "embedding"
+        return {"done": preparation.done if embedding else 0, "total": preparation.total if embedding else 0}
 
     def versions(self) -> list[dict]:
         servable = self._servable_versions()

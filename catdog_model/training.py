@@ -75,7 +75,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     backbone = backbone or get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,
                                         settings.backbone_batch_size)
     cache = embedding_cache(settings)
-    views = ("original", "flipped") if config.augment or config.tta != "off" else ("original",)
+    views = config.views
     cached_before = cache.count(backbone.spec.id)
     arrays, kept, rejected = embed_examples(backbone, splits.train + splits.validation + splits.test, cache,
                                             views, progress)
@@ -116,9 +116,17 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: progress("training", epoch + 1, config.epochs)))
     fit_started = time.perf_counter()
+    warm = isinstance(backbone, ServedBackbone) and config.warm_start
+    if warm:
+        starting_weights = head.get_weights()
+        starting_loss = head.evaluate(validation_views["original"], validation_y, verbose=0)[0]
     fitted = head.fit(train_x, train_y, validation_data=(validation_views["original"], validation_y),
                       epochs=config.epochs, batch_size=config.batch_size, class_weight=_class_weight(train_y),
                       callbacks=callbacks, verbose=0)
+    # A version's head moves only where the new data lowers the validation loss; else it stays as it was.
+    kept_starting_head = warm and min(fitted.history["val_loss"]) >= starting_loss
+    if kept_starting_head:
+        head.set_weights(starting_weights)
     fit_seconds = time.perf_counter() - fit_started
 
     classifier = Classifier(backbone, head, head_config, tta=config.tta == "on",
@@ -173,6 +181,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         },
         "training": {
             "seed": config.seed, "epochs_run": len(history.get("loss", [])), "augment": config.augment,
+            "kept_starting_head": kept_starting_head,
             "tta": classifier.tta, "config": dataclasses.asdict(config),
             "images_embedded": cache.count(backbone.spec.id) - cached_before,
             "embedding_seconds": round(embedding_seconds, 2), "fit_seconds": round(fit_seconds, 2),

@@ -29,6 +29,12 @@ def status(**changes) -> dict:
      "**Fine-tuning** — 10 of 500, about 12 min 34 s left."),
     (status(), "The last retraining finished in 74 s."),
     (status(stage="failed", seconds=3), "The last retraining failed in 3 s."),
+    (status(stage="idle", result=None, seconds=None, preparing={"done": 1200, "total": 2500}),
+     "No retraining has run yet. Getting the next retraining ready in the background (embedding with "
+     "production's backbone: 1,200 of 2,500 photos); a retraining started now takes over from there."),
+    (status(preparing={"done": 0, "total": 0}), "The last retraining finished in 74 s. Getting the next retraining "
+     "ready in the background (embedding with production's backbone); a retraining started now takes over from "
+     "there."),
 ])
 def test_the_progress_line_says_the_stage_how_far_and_the_time_left(given, line):
     assert retraining_progress(given) == line

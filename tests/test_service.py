@@ -19,6 +19,7 @@ from catdog_model.service import Service, ServiceError
 from catdog_model.hub import LocalHub
 from catdog_model.data import load_folder
 from catdog_model.monitoring import LoggedPrediction
+from tests.servers import wait_for
 from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, WEIGHTS_DIR, random_jpeg, requires_photos, requires_weights,
                             shipped_models)
 
@@ -26,9 +27,10 @@ SHIPPED = LocalHub(shipped_models(), Settings.from_env().model_name).production(
 LATER_VERSION = f"v{int(OTHER_VERSION[1:]) + 1}"
 
 
-def make_settings(root, cache_dir, **changes) -> Settings:
+def make_settings(root, shared_cache, **changes) -> Settings:
     return dataclasses.replace(Settings.from_env(), **{"weights_dir": WEIGHTS_DIR, "models_dir": root / "models",
-                                                       "data_dir": root / "data", "cache_dir": cache_dir, **changes})
+                                                       "data_dir": root / "data", "cache_dir": shared_cache,
+                                                       **changes})
 
 
 @pytest.fixture
@@ -314,6 +316,48 @@ def test_fine_tuning_from_the_app_continues_from_production_and_is_judged_beside
     production, candidate = (service.hub.download(version) / "config.json" for version in (SHIPPED, result["version"]))
     tuned = [json.loads(path.read_text())["backbone"]["fine_tuned"] for path in (production, candidate)]
     assert tuned[0] and tuned[1] and tuned[0] != tuned[1]  # production's backbone, tuned further
+
+
+@requires_weights
+def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_per_trusted_set(
+        gated, tmp_path):
+    service = gated(cache_dir=tmp_path / "fresh-cache", gate_min_accuracy=0.0, promotion_tolerance=1.0,
+                    auto_promote=False)
+    assert service.retrainer.preparation.running  # started with the server, in the background
+    preparation = wait_for(lambda: service.retrainer.preparation.stage in ("done", "failed")
+                           and service.retrainer.preparation, 300)
+    assert preparation.stage == "done", (preparation.error, preparation.log)
+    assert preparation.result == {"embedded": 60}  # every base photo, the trusted ones among them
+    service.start_retrain()
+    wait_for_retraining(service)
+    first = service.retrain_state.result
+    assert first["gate_passed"] and not first["promoted"], service.retrain_state.log
+    metrics = json.loads((service.hub.download(first["version"]) / "metrics.json").read_text())
+    assert metrics["training"]["images_embedded"] == 0  # the preparation had embedded them all
+
+    # Production's score on this trusted set is kept: a second retraining reads it rather than measuring again.
+    (kept,) = (tmp_path / "fresh-cache" / "gate").glob(f"{SHIPPED}-*.json")
+    assert json.loads(kept.read_text())["accuracy"] == first["production"]["accuracy"]
+    kept.write_text(json.dumps({**first["production"], "accuracy": 0.125}))
+    service.start_retrain()
+    wait_for_retraining(service)
+    assert service.retrain_state.result["production"]["accuracy"] == 0.125
+
+
+@requires_weights
+def test_a_head_the_new_photos_only_make_worse_stays_as_production_had_it(gated):
+    from catdog_model.config import TrainingConfig
+    from catdog_model.retraining import RetrainConfig
+
+    service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
+    # A learning rate far too high: every epoch ends with a higher validation loss than the one it started from.
+    service.retrainer.config = RetrainConfig(TrainingConfig(epochs=2, patience=2, warm_learning_rate=10.0))
+    service.start_retrain()
+    wait_for_retraining(service)
+    state = service.retrain_state
+    assert any("did not lower the validation loss" in line for line in state.log), state.log
+    candidate, production = state.result["candidate"], state.result["production"]
+    assert candidate["log_loss"] == pytest.approx(production["log_loss"], abs=1e-6)
 
 
 @requires_weights
