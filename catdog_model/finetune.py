@@ -17,7 +17,7 @@ from .backbone import Backbone, WeightsSource, build_backbone
 from .classifier import Classifier
 from .data import Example
 from .config import option
-from .embeddings import ProgressCallback
+from .embeddings import ProgressCallback, ticking
 from .errors import ServiceError
 from .images import InvalidImage, load_image
 
@@ -99,7 +99,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
 
     margin_size = int(round(size * (1 + config.crop_margin)))
     train_images, train_labels, _ = decode_all(train, margin_size, progress)
-    validation_images, validation_labels, _ = decode_all(validation, size)
+    validation_images, validation_labels, _ = decode_all(validation, size, progress)
     augment = keras.Sequential([
         keras.layers.RandomCrop(size, size, seed=seed),
         keras.layers.RandomFlip("horizontal", seed=seed),
@@ -125,16 +125,38 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         per_epoch = steps + -(-len(validation_images) // VALIDATION_BATCH_SIZE)
 
         class BatchProgress(keras.callbacks.Callback):
+            """Each batch; and, until the first training and validation batches end, the seconds of Keras
+            tracing its steps (tens of seconds on two busy cores, with no batch to count)."""
             epoch = 0
+            tracing = None
+
+            def _trace(self, stage: str | None) -> None:
+                if self.tracing:
+                    self.tracing.__exit__(None, None, None)
+                self.tracing = stage and ticking(progress, stage)
+                if self.tracing:
+                    self.tracing.__enter__()
+
+            def on_train_begin(self, logs=None):
+                self._trace("preparing the training step")
 
             def on_epoch_begin(self, epoch, logs=None):
                 self.epoch = epoch
 
             def on_train_batch_end(self, batch, logs=None):
+                self._trace(None)
                 progress("fine-tuning", self.epoch * per_epoch + batch + 1, config.epochs * per_epoch)
 
+            def on_test_begin(self, logs=None):
+                if self.epoch == 0:
+                    self._trace("preparing the validation step")
+
             def on_test_batch_end(self, batch, logs=None):
+                self._trace(None)
                 progress("fine-tuning", self.epoch * per_epoch + steps + batch + 1, config.epochs * per_epoch)
+
+            def on_train_end(self, logs=None):
+                self._trace(None)
 
         callbacks.append(BatchProgress())
     fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,

@@ -51,15 +51,22 @@ class RetrainState:
     started_at: float | None = None  # time.time() of the start, and of the current stage's start
     stage_started_at: float | None = None
     finished_at: float | None = None
+    stage_first_done: int | None = None  # how far the stage was when this part of it began (a stage may resume)
 
     def seconds_left(self, now: float) -> float | None:
         """The current stage's time left, from its pace so far; None before there is a pace to go by."""
-        if not (self.running and self.stage_started_at and self.total and 0 < self.done < self.total):
+        first = self.stage_first_done or 0
+        if not (self.running and self.stage_started_at and self.total and first < self.done < self.total):
             return None
-        return (now - self.stage_started_at) / self.done * (self.total - self.done)
+        return (now - self.stage_started_at) / (self.done - first) * (self.total - self.done)
 
     def stage_changed(self, stage: str, now: float) -> None:
-        self.stage, self.stage_started_at, self.done, self.total = stage, now, 0, 0
+        self.stage, self.stage_started_at, self.done, self.total, self.stage_first_done = stage, now, 0, 0, None
+
+    def progressed(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self.stage_first_done is None:
+            self.stage_first_done = done
 
 
 # What the server and the child both need to know about the data.
@@ -352,7 +359,7 @@ class Retrainer:
                     stage = message["stage"]
                     state.log.append(stage[:1].upper() + stage[1:] + (f": {total:,} to do" if total else "…"))
                     state.stage_changed(message["stage"], time.time())
-                state.done, state.total = message.get("done", 0), message.get("total", 0)
+                state.progressed(message.get("done", 0), message.get("total", 0))
             state.log.extend([message["log"]] if "log" in message else [])
             state.error = message.get("error", state.error)
             state.result = message.get("result", state.result)

@@ -143,7 +143,8 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         frozen = {"validation": compute_metrics(validation_labels, classifier.p_dog_from_embeddings(validation_views)),
                   "test": compute_metrics(test_labels, classifier.p_dog_from_embeddings(test_views))}
         present = {example.sha256 for example in kept}
-        start = backbone.keras_backbone() if isinstance(backbone, ServedBackbone) else None
+        with ticking(progress, "loading the backbone to fine-tune"):
+            start = backbone.keras_backbone() if isinstance(backbone, ServedBackbone) else None
         classifier, fine_tuned = fine_tune(
             classifier, [example for example in splits.train if example.sha256 in present],
             [example for example in splits.validation if example.sha256 in present], fine_tuning, config.seed,

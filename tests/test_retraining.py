@@ -10,11 +10,12 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.images import content_hash
 from catdog_model.retraining import (CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig,
-                                     training_dataset)
+                                     RetrainState, training_dataset)
 from catdog_model.uploads import UploadStore
 from tests.conftest import random_jpeg
 from tests.servers import wait_for
@@ -93,3 +94,18 @@ def test_a_silent_retraining_child_ends_when_the_server_is_killed(settings, tmp_
             server.wait(timeout=30)
         if child is not None and child.is_running():
             child.kill()
+
+
+def test_the_time_left_follows_the_pace_since_a_stage_resumed_not_since_it_first_began():
+    state = RetrainState(running=True)
+    state.stage_changed("fine-tuning", now=100.0)
+    state.progressed(0, 100)
+    state.progressed(10, 100)
+    assert state.seconds_left(110.0) == pytest.approx(90)  # 10 batches in 10 s: 90 to go
+    state.stage_changed("preparing the validation step", now=110.0)  # Keras traces; seconds tick, no batches
+    state.progressed(20, 0)
+    assert state.seconds_left(130.0) is None
+    state.stage_changed("fine-tuning", now=130.0)  # resumed where it was: its pace starts from there
+    state.progressed(50, 100)
+    state.progressed(60, 100)
+    assert state.seconds_left(140.0) == pytest.approx(40)
