@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from catdog_model import LABELS, cli
 from catdog_model.config import Settings
 from catdog_model.monitoring import WINDOWS
+from catdog_model.errors import ServiceError, public_message
 from catdog_model.service import BATCH_COLUMNS, Service
-from catdog_model.errors import public_message
 from catdog_model.web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted,
                               forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message,
                               user_errors)
@@ -85,6 +85,21 @@ def build_demo(service: Service) -> gr.Blocks:
     def discard_suspects(token: str):
         service.check_token(token)
         return service.review_suspects(confirm=False), service.dataset_stats()
+
+    @user_errors
+    def label_photo(sha256: str | None, label: str, token: str):
+        service.check_token(token)
+        if not sha256:
+            raise ServiceError("Click a photo among those to label first, then say what it is.")
+        return service.label_photo(sha256, label), service.dataset_stats()
+
+    def photos_to_label():
+        thumbnails, hashes = service.photos_to_label()
+        return thumbnails, hashes, None
+
+    def choose_photo(hashes: list[str], selected: gr.SelectData) -> str | None:
+        return hashes[selected.index] if isinstance(selected.index, int) and 0 <= selected.index < len(hashes) \
+            else None
 
     @user_errors
     def retrain(token: str, fine_tune: bool = False) -> dict:
@@ -204,6 +219,21 @@ def build_demo(service: Service) -> gr.Blocks:
                                              api_name="discard_suspects")]
             for event in [uploaded, *reviewed, *corrected]:
                 event.then(service.suspect_gallery, None, suspects, api_name=False)
+            if service.settings.review_queue:
+                gr.Markdown("Photos production was unsure of or found unfamiliar wait here for a label "
+                            "(`CATDOG_REVIEW_QUEUE`): click one, then say what it is.")
+                to_label = gr.Gallery(label="To label", columns=8, height="auto", interactive=False)
+                shown_hashes, chosen_hash = gr.State([]), gr.State(None)
+                with gr.Row():
+                    label_buttons = [(gr.Button(text, size="sm"), named) for text, named in (
+                        ("It's a cat", "cat"), ("It's a dog", "dog"), ("Discard", "discard"))]
+                label_message = gr.Markdown()
+                to_label.select(choose_photo, shown_hashes, chosen_hash, api_name=False)
+                for button, named in label_buttons:
+                    button.click(lambda chosen, secret, named=named: label_photo(chosen, named, secret),
+                                 [chosen_hash, token], [label_message, stats], api_name=False).then(
+                        photos_to_label, None, [to_label, shown_hashes, chosen_hash], api_name=False)
+                demo.load(photos_to_label, None, [to_label, shown_hashes, chosen_hash], api_name=False)
             fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
                                           "production's backbone in about a minute)", value=False)
             with gr.Row():
@@ -271,6 +301,16 @@ def build_demo(service: Service) -> gr.Blocks:
         def retrain_status() -> dict:
             """The running (or last) retraining: stage, done, total, seconds_left, log, result and verdict."""
             return user_errors(service.retrain_status)()
+
+        @gr.api(api_name="photos_to_label")
+        def hashes_to_label() -> list[str]:
+            """The sha256 of each photo waiting for a label (CATDOG_REVIEW_QUEUE; none while it is off)."""
+            return user_errors(lambda: service.photos_to_label()[1])()
+
+        @gr.api(api_name="label_photo")
+        def label_waiting_photo(sha256: str, label: str, token: str = "") -> str:
+            """Label a photo waiting for one: cat or dog (it joins training), or discard."""
+            return label_photo(sha256, label, token)[0]
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:

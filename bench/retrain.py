@@ -33,17 +33,20 @@ SHARED = PROJECT_ROOT.parent / "shared"
 def follow(service: Service, fine_tune: bool) -> dict:
     """Start a retraining and poll its status until it ends; the seconds it took and the longest stand-still."""
     started = last_change = time.perf_counter()
-    seen, still = None, 0.0
+    seen, still, still_at = None, 0.0, None
     service.start_retrain(fine_tune)
     while True:
         status = service.retrain_status()
         now = time.perf_counter()
-        if (status["stage"], status["done"], len(status["log"])) != seen:
-            still, seen, last_change = max(still, now - last_change), (status["stage"], status["done"],
-                                                                        len(status["log"])), now
+        shown = (status["stage"], status["done"], len(status["log"]))
+        if shown != seen:
+            if now - last_change > still and seen:
+                still, still_at = now - last_change, f"{seen[0]} at {seen[1]:,}"
+            seen, last_change = shown, now
         if not status["running"]:
             return {"seconds": round(now - started, 1), "longest_still_seconds": round(still, 1),
-                    "verdict": status["verdict"], "result": status["result"], "error": status["error"]}
+                    "longest_still_at": still_at, "verdict": status["verdict"], "result": status["result"],
+                    "error": status["error"]}
         time.sleep(0.2)
 
 

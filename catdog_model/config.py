@@ -77,6 +77,7 @@ class Settings:
     gate_min_images: int
     gate_min_accuracy: float
     suspect_confidence: float
+    review_queue: bool  # keep low-confidence and unfamiliar photos for a person to label
     server_name: str
     server_port: int
     file_cache_minutes: float
@@ -127,6 +128,7 @@ class Settings:
             gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
+            review_queue=_flag("CATDOG_REVIEW_QUEUE", False),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=server_port,
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),

@@ -66,7 +66,7 @@ corrections = sa.Table(
     sa.Column("replica", sa.String(128), nullable=False, server_default=""),
     sa.Index("corrections_by_time", "time", "status"),
 )
-CORRECTION_STATUSES = ("added", "suspect", "confirmed", "discarded")
+CORRECTION_STATUSES = ("added", "suspect", "confirmed", "labelled", "discarded")
 schema_versions = sa.Table("catdog_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 

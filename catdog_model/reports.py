@@ -111,7 +111,8 @@ def decisions_summary(decisions: dict[str, int], predictions: int) -> str:
     share = f" ({corrected / predictions:.1%} of predictions)" if predictions else ""
     return (f"**{corrected}** {'correction' if corrected == 1 else 'corrections'}{share}, "
             f"{decisions.get('suspect', 0)} held for review; {decisions.get('confirmed', 0)} suspect uploads "
-            f"confirmed, {decisions.get('discarded', 0)} discarded.")
+            f"confirmed, {decisions.get('labelled', 0)} photos labelled from the review queue, "
+            f"{decisions.get('discarded', 0)} discarded.")
 
 
 # The Retrain tab: a retraining's progress, verdict and comparison, for people.

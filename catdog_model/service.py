@@ -28,7 +28,7 @@ from .reports import (confidence_histogram, dataset_table, label_mix, monitoring
 from .production import Production
 from .retraining import RetrainConfig, Retrainer, base_examples, trusted_examples, training_dataset
 from .serving import Prediction, ServingModel
-from .uploads import SUSPECT_FOLDER, UploadStore
+from .uploads import SUSPECT_FOLDER, UNLABELLED_FOLDER, UploadStore
 
 logger = logging.getLogger(__name__)
 UPLOAD_SYNC_MINUTES = 1
@@ -36,6 +36,7 @@ BATCH_COLUMNS = ("file", "label", "p_dog", "confidence", "flags", "error")
 LOG_LINES_SHOWN = 30
 THUMBNAIL_SIDE = 160
 BATCH_CHUNK = 32  # photos decoded and run together: memory stays bounded whatever the batch's size
+REVIEW_QUEUE_LIMIT = 200  # photos waiting for a label (about 1 MB each at most): then no more are kept
 
 
 class NotAllowed(ServiceError):
@@ -113,7 +114,17 @@ class Service:
         prediction = classifier.predict_one(data)
         latency_ms = (time.perf_counter() - started) * 1000
         self._log(prediction, latency_ms, content_hash(data), origin)
+        if self.settings.review_queue and prediction.flags:
+            self._keep_for_labelling(data)
         return prediction, latency_ms
+
+    def _keep_for_labelling(self, data: bytes) -> None:
+        """CATDOG_REVIEW_QUEUE: a photo production was unsure of, or found unfamiliar, waits for a label. The
+        prediction stands whatever happens here."""
+        try:
+            self.uploads.keep_for_labelling(data, REVIEW_QUEUE_LIMIT)
+        except (CatdogError, OSError) as error:
+            logger.warning("a photo was not kept for labelling: %s", public_message(error))
 
     def _log(self, prediction: Prediction, latency_ms: float, sha256: str, origin: str) -> None:
         self.log.record(LoggedPrediction(time.time(), prediction.version, prediction.label, prediction.p_dog,
@@ -235,6 +246,27 @@ class Service:
                 "duplicate": f"This photo is already among the uploads: {result['reason']}.",
                 }.get(result["status"], f"Not kept: {result['reason']}")
 
+    def label_photo(self, sha256: str, label: str) -> str:
+        """A person labels a photo of the review queue: `cat` or `dog` (it joins training), or `discard`."""
+        discard = label == "discard"
+        named = None if discard else normalize_label(label)
+        if not self.uploads.label_unlabelled(sha256, named):
+            raise ServiceError("That photo is no longer waiting for a label: choose one among those shown "
+                               "(another admin may have labelled it).")
+        self._keep_decisions([(named or "", sha256)], "discarded" if discard else "labelled")
+        return "Discarded." if discard else f"Kept as a {named}: it joins the next retraining."
+
+    def photos_to_label(self, limit: int = 48) -> tuple[list[tuple[np.ndarray, str]], list[str]]:
+        """Thumbnails of the photos waiting for a label, and their hashes, in the same order."""
+        shown, hashes = [], []
+        for path in self.uploads.unlabelled()[:limit]:
+            try:
+                shown.append((load_image(path, size=THUMBNAIL_SIDE, limits=self.limits, fit=True), "to label"))
+                hashes.append(path.stem)
+            except CatdogError:
+                continue
+        return shown, hashes
+
     def _keep_decisions(self, decided: list[tuple[str, str]], status: str) -> None:
         """Count corrections and review decisions in the prediction log; the decision stands if it is down."""
         try:
@@ -263,7 +295,8 @@ class Service:
         # Suspect images stay on this disk: only confirmed uploads are kept in the dataset.
         return CommitScheduler(repo_id=self.settings.hub_dataset, repo_type="dataset", folder_path=self.uploads.root,
                                every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=self.settings.hub_endpoint),
-                               ignore_patterns=[f"{SUSPECT_FOLDER}/*", f"{SUSPECT_FOLDER}/**"])
+                               ignore_patterns=[f"{folder}/{pattern}" for folder in (SUSPECT_FOLDER, UNLABELLED_FOLDER)
+                                                for pattern in ("*", "**")])
 
     def sync_uploads(self) -> None:
         """Commit pending uploads to the Hub dataset now rather than at the next scheduled batch."""

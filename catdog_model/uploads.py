@@ -1,5 +1,6 @@
 """Training images that users upload: validated, deduplicated by content, stored atomically by hash, and held
-apart as *suspect* when the production model confidently disagrees with the label given."""
+apart as *suspect* when the production model confidently disagrees with the label given; and, with the review
+queue on, photos production was unsure of, waiting for a person to label them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -35,6 +37,7 @@ DEFAULT_REQUEST_MB = 200
 DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
 DEFAULT_FILE_MB = 50
 SUSPECT_FOLDER = "suspect"
+UNLABELLED_FOLDER = "unlabelled"  # the review queue: photos without a label yet, out of training
 SHOWN_NAME_CHARACTERS = 120  # of a file's name (in an archive: its path) in the results
 # check(label, image) → why the image's label looks wrong (a sentence), or None.
 LabelCheck = Callable[[str, bytes], str | None]
@@ -74,8 +77,8 @@ class UploadStore:
     """root/<label>/<sha256>.<format> — the hash (of the file as uploaded) is the name, so a file name from a
     user never becomes a path, and the suffix is the stored format, so `datasets`' imagefolder reads the folder
     back. Suspect images wait in root/suspect/<label>/, out of training, until an admin confirms or discards
-    them. Images are checked and stored one at a time as they are read, at most STORED_MAX_SIDE and about
-    STORED_MAX_BYTES each, within the call's RequestLimits."""
+    them; photos kept for labelling wait in root/unlabelled/. Images are checked and stored one at a time as
+    they are read, at most STORED_MAX_SIDE and about STORED_MAX_BYTES each, within the call's RequestLimits."""
 
     def __init__(self, root: Path, limits: ImageLimits = DEFAULT_LIMITS,
                  request_limits: RequestLimits = RequestLimits()):
@@ -96,6 +99,46 @@ class UploadStore:
     def known(self, sha256: str) -> str | None:
         stored = self._stored_path(sha256)
         return stored[0] if stored else None
+
+    def keep_for_labelling(self, data: bytes, limit: int) -> bool:
+        """Keep a photo for a person to label, stored as an upload would be, out of training; False (nothing
+        stored) when the same photo is already stored or `limit` photos already wait."""
+        sha256 = content_hash(data)
+        if self.known(sha256) or self._unlabelled_path(sha256) or len(self.unlabelled()) >= limit:
+            return False
+        stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits)
+        write_atomically(self.root / UNLABELLED_FOLDER / f"{sha256}{FORMAT_SUFFIXES.get(image_format, '.img')}",
+                         stored)
+        return True
+
+    def unlabelled(self) -> list[Path]:
+        """The photos waiting for a label."""
+        folder = self.root / UNLABELLED_FOLDER
+        return sorted(path for path in folder.glob("*.*")
+                      if path.suffix in STORED_SUFFIXES and path.is_file() and not path.is_symlink())
+
+    def _unlabelled_path(self, sha256: str) -> Path | None:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):  # a name from a client never becomes a path
+            return None
+        return next((path for suffix in STORED_SUFFIXES
+                     if (path := self.root / UNLABELLED_FOLDER / f"{sha256}{suffix}").is_file()), None)
+
+    def label_unlabelled(self, sha256: str, label: str | None) -> bool:
+        """The waiting photo joins training as `label` (a person labelled it), or with label None is deleted;
+        False when no photo with that hash waits."""
+        path = self._unlabelled_path(sha256)
+        if path is None:
+            return False
+        try:
+            if label is None:
+                path.unlink()
+            else:
+                folder = self.root / normalize_label(label)
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(path, folder / path.name)
+        except FileNotFoundError:  # another admin labelled it a moment ago
+            return False
+        return True
 
     def _files(self, label: str, suspect: bool = False) -> list[Path]:
         folder = self.root / SUSPECT_FOLDER / label if suspect else self.root / label

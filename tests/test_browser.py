@@ -32,7 +32,7 @@ def app_url(tmp_path_factory, small_photo_dir, cache_dir):
     port = free_port()
     env = {**os.environ, "CATDOG_MODELS_DIR": str(root / "models"), "CATDOG_DATA_DIR": str(root / "data"),
            "CATDOG_CACHE_DIR": str(cache_dir), "CATDOG_EXAMPLES_DIR": str(small_photo_dir),
-           "CATDOG_BASE_DATA_DIR": str(small_photo_dir),
+           "CATDOG_BASE_DATA_DIR": str(small_photo_dir), "CATDOG_REVIEW_QUEUE": "1",
            "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1", "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR)}
     env.pop("CATDOG_ADMIN_TOKEN", None)
     process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -104,6 +104,32 @@ def test_a_wrong_prediction_corrected_on_the_predict_tab_waits_among_the_uploads
     page.get_by_role("button", name="Discard suspect images").click()
     page.get_by_text("1 suspect image discarded.").wait_for(timeout=30_000)
     expect(page.get_by_text("uploaded as cat")).to_have_count(0, timeout=30_000)
+
+
+def test_a_photo_production_finds_unfamiliar_waits_on_the_retrain_tab_until_someone_labels_it(page, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    noise = tmp_path / "static-noise.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise)
+    page.get_by_role("tab", name="Predict").click()
+    page.locator("input[type=file]").first.set_input_files(str(noise))
+    page.locator(f"img[src*='{noise.name}']").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text(re.compile(r"flagged: .*unfamiliar")).first.wait_for(timeout=60_000)
+    page.reload()
+    page.get_by_role("tab", name="Retrain").click()
+    waiting = page.get_by_text("to label", exact=True)
+    expect(waiting).to_have_count(1, timeout=30_000)
+    waiting.click()
+    page.get_by_role("button", name="It's a dog", exact=True).click()
+    page.get_by_text("Kept as a dog: it joins the next retraining.").wait_for(timeout=30_000)
+    expect(waiting).to_have_count(0, timeout=30_000)
+    page.reload()
+    page.get_by_role("tab", name="Retrain").click()
+    expect(page.get_by_text("In production now:")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("to label", exact=True)).to_have_count(0)
 
 
 def upload_in_browser(page, label: str, photos: list[Path]) -> None:

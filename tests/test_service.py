@@ -261,6 +261,49 @@ def test_flags_reach_the_answer_and_the_log(tmp_path, cache_dir, small_photo_dir
     assert [row.flagged for row in relaxed.log.rows()] == [False, True]
 
 
+def noise_png(seed: int) -> bytes:
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise, "PNG")
+    return noise.getvalue()
+
+
+@requires_weights
+def test_with_the_review_queue_on_unfamiliar_photos_wait_for_a_label_and_each_decision_is_counted(
+        tmp_path, cache_dir, small_photo_dir):
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    sure = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
+    off = Service(make_settings(tmp_path / "off", cache_dir, models_dir=tmp_path / "models"))
+    off.predict(noise_png(1))
+    assert off.photos_to_label() == ([], [])  # off by default: predictions keep nothing
+
+    service = Service(make_settings(tmp_path / "on", cache_dir, models_dir=tmp_path / "models", review_queue=True))
+    for photo in (noise_png(1), noise_png(1), noise_png(2), sure):  # the same photo twice; a photo it is sure of
+        service.predict(photo)
+    thumbnails, hashes = service.photos_to_label()
+    assert len(thumbnails) == len(hashes) == 2 and thumbnails[0][0].shape[2] == 3
+    assert service.label_photo(hashes[0], "dog") == "Kept as a dog: it joins the next retraining."
+    assert service.label_photo(hashes[1], "discard") == "Discarded."
+    assert service.uploads.counts() == {"cat": 0, "dog": 1} and service.photos_to_label() == ([], [])
+    with pytest.raises(ServiceError, match="no longer waiting for a label"):
+        service.label_photo(hashes[0], "cat")
+    with pytest.raises(ServiceError, match="no longer waiting for a label"):
+        service.label_photo("../../models/" + "0" * 64, "cat")  # a name from a client is never a path
+    decisions = service.monitoring("day")["decisions"]
+    assert (decisions["labelled"], decisions["discarded"]) == (1, 1)
+
+
+@requires_weights
+def test_the_review_queue_keeps_at_most_its_limit(tmp_path, cache_dir, monkeypatch):
+    import catdog_model.service
+
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    monkeypatch.setattr(catdog_model.service, "REVIEW_QUEUE_LIMIT", 2)
+    service = Service(make_settings(tmp_path, cache_dir, review_queue=True))
+    for seed in range(4):
+        assert "unfamiliar" in service.predict(noise_png(seed))[0].flags  # every one is answered
+    assert len(service.photos_to_label()[1]) == 2
+
+
 @requires_weights
 def test_the_minimum_side_applies_to_predictions_and_uploads(tmp_path, cache_dir):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
