@@ -286,8 +286,9 @@ def test_with_the_review_queue_on_unfamiliar_photos_wait_for_a_label_and_each_de
     assert service.uploads.counts() == {"cat": 0, "dog": 1} and service.photos_to_label() == ([], [])
     with pytest.raises(ServiceError, match="no longer waiting for a label"):
         service.label_photo(hashes[0], "cat")
-    with pytest.raises(ServiceError, match="no longer waiting for a label"):
-        service.label_photo("../../models/" + "0" * 64, "cat")  # a name from a client is never a path
+    with pytest.raises(ServiceError, match="no longer waiting for a label"):  # a name from a client is no path
+        service.label_photo(f"../dog/{hashes[0]}", "discard")
+    assert service.uploads.counts() == {"cat": 0, "dog": 1}
     decisions = service.monitoring("day")["decisions"]
     assert (decisions["labelled"], decisions["discarded"]) == (1, 1)
 
