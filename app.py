@@ -93,7 +93,9 @@ def build_demo(service: Service) -> gr.Blocks:
             raise ServiceError("Click a photo among those to label first, then say what it is.")
         return service.label_photo(sha256, label), service.dataset_stats()
 
-    def photos_to_label():
+    @user_errors
+    def photos_to_label(token: str):
+        service.check_token(token)  # they are users' photos: for admins only
         thumbnails, hashes = service.photos_to_label()
         return thumbnails, hashes, None
 
@@ -221,19 +223,21 @@ def build_demo(service: Service) -> gr.Blocks:
                 event.then(service.suspect_gallery, None, suspects, api_name=False)
             if service.settings.review_queue:
                 gr.Markdown("Photos production was unsure of or found unfamiliar wait here for a label "
-                            "(`CATDOG_REVIEW_QUEUE`): click one, then say what it is.")
+                            "(`CATDOG_REVIEW_QUEUE`): show them, click one, then say what it is.")
+                show_to_label = gr.Button("Show photos to label", size="sm")
                 to_label = gr.Gallery(label="To label", columns=8, height="auto", interactive=False)
                 shown_hashes, chosen_hash = gr.State([]), gr.State(None)
                 with gr.Row():
                     label_buttons = [(gr.Button(text, size="sm"), named) for text, named in (
                         ("It's a cat", "cat"), ("It's a dog", "dog"), ("Discard", "discard"))]
                 label_message = gr.Markdown()
+                waiting = [to_label, shown_hashes, chosen_hash]
+                show_to_label.click(photos_to_label, token, waiting, api_name=False)
                 to_label.select(choose_photo, shown_hashes, chosen_hash, api_name=False)
                 for button, named in label_buttons:
                     button.click(lambda chosen, secret, named=named: label_photo(chosen, named, secret),
                                  [chosen_hash, token], [label_message, stats], api_name=False).then(
-                        photos_to_label, None, [to_label, shown_hashes, chosen_hash], api_name=False)
-                demo.load(photos_to_label, None, [to_label, shown_hashes, chosen_hash], api_name=False)
+                        photos_to_label, token, waiting, api_name=False)
             fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
                                           "production's backbone in about a minute)", value=False)
             with gr.Row():
@@ -245,8 +249,10 @@ def build_demo(service: Service) -> gr.Blocks:
             retrain_log = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False)
             production_text = gr.Markdown()
             retraining_outputs = [retrain_progress, verdict, comparison, retrain_log, production_text]
+            # Not one at a time (Gradio's default): a second click, from any page, is told a retraining runs
+            # rather than queued to start another once this one ends.
             retrain_button.click(retrain_and_follow, [fine_tune, token], retraining_outputs,
-                                 api_name="retrain_and_follow")
+                                 api_name="retrain_and_follow", concurrency_limit=None)
             status_button.click(retraining_view, None, retraining_outputs, api_name="show_retraining")
             version_box = gr.Textbox(label="Version to promote (e.g. v3)")
             with gr.Row():
@@ -303,9 +309,9 @@ def build_demo(service: Service) -> gr.Blocks:
             return user_errors(service.retrain_status)()
 
         @gr.api(api_name="photos_to_label")
-        def hashes_to_label() -> list[str]:
+        def hashes_to_label(token: str = "") -> list[str]:
             """The sha256 of each photo waiting for a label (CATDOG_REVIEW_QUEUE; none while it is off)."""
-            return user_errors(lambda: service.photos_to_label()[1])()
+            return photos_to_label(token)[1]
 
         @gr.api(api_name="label_photo")
         def label_waiting_photo(sha256: str, label: str, token: str = "") -> str:

@@ -111,7 +111,9 @@ class Production:
 
     def rollback(self) -> tuple[str, list[str]]:
         """Serve the latest version that production replaced and that can be served (loaded first, like
-        promote); the later ones, which cannot, leave the history. Returns the version and those skipped."""
+        promote); the later ones, which never can (no export, or files that fail their checks), leave the
+        history. A version the hub cannot give now (a network error) stops the rollback: nothing changes.
+        Returns the version and those skipped."""
         with self.lock:
             previous = self.hub.refs()["previous"]
             if not previous:
@@ -121,7 +123,10 @@ class Production:
                 try:
                     model = self._load_ready(candidate)
                     break
-                except LOAD_ERRORS as error:
+                except HubError as error:
+                    raise ServiceError(f"{candidate} cannot be fetched now: {error} Production is unchanged; "
+                                       "roll back again once the hub answers.") from None
+                except ModelLoadError as error:
                     refusals.append((candidate, error))
             else:
                 (first, error), others = refusals[0], [version for version, _ in refusals[1:]]

@@ -31,6 +31,7 @@ from .atomic import write_atomically
 from .config import PROJECT_ROOT, Settings, TrainingConfig
 from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
 from .embeddings import ticking
+from .errors import ServiceError
 from .finetune import FineTuneConfig
 from .uploads import UploadStore
 
@@ -94,10 +95,14 @@ def hub_dataset(repo: str, endpoint: str | None) -> Dataset:
     (imagefolder) from its local snapshot; empty while it has none."""
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download(repo, repo_type="dataset", endpoint=endpoint))
-    if not any((folder / name).is_dir() for label in LABELS for name in (label, f"{label}s")):
-        return Dataset([])
-    return load_hf_dataset(str(folder))
+    try:
+        folder = Path(snapshot_download(repo, repo_type="dataset", endpoint=endpoint))
+        if not any((folder / name).is_dir() for label in LABELS for name in (label, f"{label}s")):
+            return Dataset([])
+        return load_hf_dataset(str(folder))
+    except Exception as error:  # the network, the Hub's answer, the dataset's files: one sentence
+        raise ServiceError(f"The Hub dataset {repo} cannot be read now ({type(error).__name__}): check its name, "
+                           "HF_TOKEN and the network, or set a folder.") from error
 
 
 def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Example]) -> Dataset:
@@ -168,20 +173,34 @@ def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None
     return {"embedded": (cache.count(served.spec.id) - before) // len(config.views)}
 
 
+GATE_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "n_images")  # numbers (roc_auc may be None)
+
+
+def are_scores(metrics) -> bool:
+    """Whether `metrics` is what compute_metrics gives: numbers where the gate and the tab read them."""
+    return isinstance(metrics, dict) and all(isinstance(metrics.get(name), (int, float)) for name in GATE_METRICS)
+
+
 def trusted_signature(trusted: list[Example]) -> str:
     """Names one trusted set: its photos and their labels, in any order."""
     return hashlib.sha256("\n".join(sorted(f"{example.sha256} {example.label}" for example in trusted)).encode()
                           ).hexdigest()
 
 
-def gate_metrics(settings: Settings, version: str, trusted: list[Example], measure: Callable[[], dict]) -> dict:
-    """A version's metrics on the trusted photos: measure()d once, then read back (a version never changes, and
-    the key names the photos), so a second retraining judged beside the same production skips that part."""
-    path = settings.cache_dir / "gate" / f"{version}-{trusted_signature(trusted)[:32]}.json"
+def gate_metrics(settings: Settings, folder: Path, trusted: list[Example], measure: Callable[[], dict]) -> dict:
+    """The metrics on the trusted photos of the version in `folder`: measure()d once, then read back, so a
+    second retraining judged beside the same production skips that part. The key names the version's files (its
+    config.json lists their sha256, whatever the version is called) and the photos; what is read back must be
+    numbers, or it is measured again."""
+    version_id = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:32]
+    path = settings.cache_dir / "gate" / f"{version_id}-{trusted_signature(trusted)[:32]}.json"
     try:
-        return json.loads(path.read_text())
+        kept = json.loads(path.read_text())
+        if are_scores(kept):
+            return kept
     except (OSError, ValueError):
-        metrics = measure()
+        pass
+    metrics = measure()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(metrics).encode())
@@ -241,8 +260,8 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
                                                 version=compared) if served else load_classifier(hub, compared,
                                                                                                  settings))
     candidate_metrics = judged(trained.classifier) if trusted else None
-    production_metrics = gate_metrics(settings, compared, trusted, lambda: judged(production_model)) \
-        if trusted and production_model else None
+    production_metrics = gate_metrics(settings, hub.download(compared), trusted,
+                                      lambda: judged(production_model)) if trusted and production_model else None
     decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
                               production_metrics and production_metrics["accuracy"], len(trusted),
                               settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy)
@@ -297,7 +316,7 @@ class Retrainer:
         self.settings = settings
         self.on_result = on_result
         self.config = config
-        self.state = RetrainState()
+        self.state = self._kept()  # the last retraining, as the data folder keeps it across restarts
         self.process: subprocess.Popen | None = None
         self.preparation = RetrainState()  # the latest preparation of embeddings, in the background
         self.preparer: subprocess.Popen | None = None
@@ -322,11 +341,12 @@ class Retrainer:
         return True
 
     def prepare(self) -> bool:
-        """Embed the next retraining's photos with production's backbone, in the background; False (nothing
-        started) while a retraining or a preparation runs."""
+        """Embed the next retraining's photos with production's backbone, in the background, ending a
+        preparation for an earlier production first; False (nothing started) while a retraining runs."""
         with self._lock:
-            if _alive(self.process) or _alive(self.preparer):
+            if _alive(self.process):
                 return False
+            self._end(self.preparer)
             now = time.time()
             self.preparation = RetrainState(running=True, stage="starting", started_at=now, stage_started_at=now)
             self.preparer = self._spawn(["prepare"], self.config)
@@ -406,17 +426,33 @@ class Retrainer:
         except OSError as error:
             logger.warning("the last retraining's result could not be kept: %s", error.strerror)
 
-    def last(self) -> RetrainState:
-        """The current retraining's state; before one has run since this server started, the last one kept in
-        the data folder (idle when there is none, or it cannot be read)."""
+    def _kept(self) -> RetrainState:
+        """The last retraining kept in the data folder, as it ended; idle when there is none, or when what is
+        there is not a retraining's state."""
         path = self.settings.data_dir / LAST_RETRAINING_FILE
-        if self.state.stage == "idle" and path.is_file():
-            fields = {field.name for field in dataclasses.fields(RetrainState)}
-            try:
-                kept = json.loads(path.read_text())
-                self.state = RetrainState(**{key: kept[key] for key in fields & set(kept)})
-            except (OSError, ValueError, TypeError) as error:
-                logger.warning("the last retraining's result could not be read: %s", error)
+        if not path.is_file():
+            return RetrainState()
+        try:
+            kept = json.loads(path.read_text())
+            state = RetrainState(**{field.name: kept[field.name] for field in dataclasses.fields(RetrainState)
+                                    if field.name in kept})
+            valid = (isinstance(state.stage, str) and isinstance(state.log, list)
+                     and all(isinstance(line, str) for line in state.log)
+                     and (state.result is None or (isinstance(state.result.get("version"), str) and all(
+                         state.result.get(side) is None or are_scores(state.result[side])
+                         for side in ("candidate", "production"))))
+                     and all(isinstance(value, (int, float, type(None))) for value in
+                             (state.done, state.total, state.started_at, state.finished_at)))
+            if valid:
+                return dataclasses.replace(state, running=False)  # its process ended with the server that ran it
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            logger.warning("the last retraining's result could not be read: %s", error)
+            return RetrainState()
+        logger.warning("the last retraining's result in %s is not a retraining's state; it is not shown", path)
+        return RetrainState()
+
+    def last(self) -> RetrainState:
+        """The current retraining's state; before one has run since this server started, the last one kept."""
         return self.state
 
     def stop(self) -> None:

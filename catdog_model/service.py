@@ -10,13 +10,14 @@ import logging
 import tempfile
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import LABELS
 from .config import Settings, TrainingConfig
-from .errors import CatdogError, ServiceError, public_message
+from .errors import CatdogError, ServiceError, public_message, shown
 from .data import IMAGE_SUFFIXES, Dataset, Example, folder_signature, load_folder, normalize_label
 from .hub import open_hub
 from .images import content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
@@ -238,6 +239,8 @@ class Service:
     def correct(self, path: str, label: str) -> str:
         """A person says production got this photo wrong: it joins the uploads as a `label` — held as a
         suspect, for an admin to review, when production was sure of the other class — and is counted."""
+        if zipfile.is_zipfile(path):
+            raise ServiceError("A correction is one photo, not an archive: add archives on the Retrain tab.")
         (result,) = self.upload(label, [path])
         if result["status"] in ("added", "suspect"):
             self._keep_decisions([(normalize_label(label), result["sha256"])], result["status"])
@@ -248,8 +251,14 @@ class Service:
 
     def label_photo(self, sha256: str, label: str) -> str:
         """A person labels a photo of the review queue: `cat` or `dog` (it joins training), or `discard`."""
-        discard = label == "discard"
-        named = None if discard else normalize_label(label)
+        discard = isinstance(label, str) and label.strip().lower() == "discard"
+        try:
+            named = None if discard else normalize_label(label)
+        except ServiceError:
+            raise ServiceError(f"Label a photo cat, dog or discard, not {shown(label)}.") from None
+        existing = self.uploads.known(sha256) if isinstance(sha256, str) else None
+        if existing and self.uploads.label_unlabelled(sha256, None):
+            return f"This photo is already among the uploads as a {existing}; it no longer waits for a label."
         if not self.uploads.label_unlabelled(sha256, named):
             raise ServiceError("That photo is no longer waiting for a label: choose one among those shown "
                                "(another admin may have labelled it).")
@@ -322,7 +331,11 @@ class Service:
         folder = self.settings.base_data_dir
         if self.settings.base_data_hub:  # its local snapshot changes only when it is downloaded again
             if self._base_counts_cache is None:
-                self._base_counts_cache = ((), Dataset(base_examples(self.settings)).counts())
+                try:
+                    self._base_counts_cache = ((), Dataset(base_examples(self.settings)).counts())
+                except ServiceError as error:  # counted as none until it can be read
+                    logger.warning("%s", error)
+                    return dict.fromkeys(LABELS, 0)
             return self._base_counts_cache[1]
         if not folder or not folder.is_dir():
             return dict.fromkeys(LABELS, 0)

@@ -101,14 +101,15 @@ class UploadStore:
         return stored[0] if stored else None
 
     def keep_for_labelling(self, data: bytes, limit: int) -> bool:
-        """Keep a photo for a person to label, stored as an upload would be, out of training; False (nothing
-        stored) when the same photo is already stored or `limit` photos already wait."""
+        """Keep a photo for a person to label, out of training: its pixels only, as a JPEG of at most
+        STORED_MAX_SIDE (a user's photo keeps no metadata here); False (nothing stored) when the same photo
+        is already stored or `limit` photos already wait."""
         sha256 = content_hash(data)
         if self.known(sha256) or self._unlabelled_path(sha256) or len(self.unlabelled()) >= limit:
             return False
-        stored, image_format = storable_copy(data, STORED_MAX_SIDE, STORED_MAX_BYTES, self.limits)
-        write_atomically(self.root / UNLABELLED_FOLDER / f"{sha256}{FORMAT_SUFFIXES.get(image_format, '.img')}",
-                         stored)
+        declared = image_size(data, self.limits)
+        stored, _ = storable_copy(data, min(STORED_MAX_SIDE, max(declared[1:])), 0, self.limits, declared)
+        write_atomically(self.root / UNLABELLED_FOLDER / f"{sha256}.jpg", stored)
         return True
 
     def unlabelled(self) -> list[Path]:
@@ -206,6 +207,9 @@ class UploadStore:
             return UploadResult(name, "rejected", f"Not stored: the data folder cannot be written "
                                                   f"({error.strerror or type(error).__name__}). Free space on its "
                                                   "disk, or make CATDOG_DATA_DIR writable, and upload it again.")
+        waiting = self._unlabelled_path(sha256)
+        if waiting:  # labelled by this upload: it no longer waits for a label
+            waiting.unlink(missing_ok=True)
         return UploadResult(name, "suspect" if doubt else "added", doubt or "", sha256)
 
     def suspects(self) -> list[tuple[str, Path]]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from catdog_model.config import Settings
-from catdog_model.service import Service
+from catdog_model.service import Service, ServiceError
 
 
 def test_uploads_reach_the_hub_dataset_and_come_back_after_a_wipe(hf_env, small_photo_dir, tmp_path, cache_dir):
@@ -52,3 +54,14 @@ def test_the_base_data_and_trusted_photos_can_come_from_a_hub_dataset(hf_env, sm
     assert hashes(from_hub.trusted_examples()) == hashes(from_folder.trusted_examples()) and len(
         from_hub.trusted_examples()) == 12
     assert hashes(from_hub.training_dataset().examples) == hashes(from_folder.training_dataset().examples)
+
+
+def test_a_hub_dataset_that_cannot_be_read_is_a_sentence_and_counts_as_no_photos(hf_env, tmp_path, cache_dir,
+                                                                                monkeypatch):
+    monkeypatch.setenv("CATDOG_BASE_DATA_DIR", "hf:tester/no-such-dataset")
+    service = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
+                                          data_dir=tmp_path / "data", cache_dir=cache_dir, reload_seconds=0,
+                                          prepare_embeddings=False))
+    assert service.dataset_stats()["base"] == {"cat": 0, "dog": 0}  # the Metrics tab and upload replies go on
+    with pytest.raises(ServiceError, match="The Hub dataset tester/no-such-dataset cannot be read now"):
+        service.trusted_examples()

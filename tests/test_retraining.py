@@ -4,6 +4,7 @@ server that started it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,8 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.images import content_hash
-from catdog_model.retraining import (CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig,
-                                     RetrainState, training_dataset)
+from catdog_model.retraining import (CONFIG_VARIABLE, LAST_RETRAINING_FILE, PARENT_VARIABLE, SETTINGS_VARIABLE,
+                                     RetrainConfig, Retrainer, RetrainState, training_dataset)
 from catdog_model.uploads import UploadStore
 from tests.conftest import random_jpeg
 from tests.servers import wait_for
@@ -109,3 +110,28 @@ def test_the_time_left_follows_the_pace_since_a_stage_resumed_not_since_it_first
     state.progressed(50, 100)
     state.progressed(60, 100)
     assert state.seconds_left(140.0) == pytest.approx(40)
+
+
+SCORES = {"accuracy": 0.98, "precision": 0.97, "recall": 0.99, "f1": 0.98, "roc_auc": 0.99, "log_loss": 0.05,
+          "n_images": 500}
+
+
+@pytest.mark.parametrize("kept", [
+    "not an object", {"stage": "done", "log": None}, {"stage": "done", "result": [1, 2]},
+    {"stage": "done", "result": {"version": "v6", "candidate": {**SCORES, "f1": "n/a"}}},
+    {"stage": "done", "result": {"candidate": SCORES}}, {"stage": "done", "done": "all"},
+])
+def test_a_kept_retraining_that_is_not_one_is_not_shown(settings, kept):
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / LAST_RETRAINING_FILE).write_text(json.dumps(kept))
+    state = Retrainer(settings, lambda result: None).last()
+    assert state.stage == "idle" and not state.running and state.result is None
+
+
+def test_the_last_retraining_is_shown_after_a_restart_and_never_as_running(settings):
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    result = {"version": "v6", "candidate": SCORES, "production": SCORES, "promoted": False}
+    (settings.data_dir / LAST_RETRAINING_FILE).write_text(json.dumps(
+        {"running": True, "stage": "done", "log": ["Retraining started.", "Finished."], "result": result}))
+    state = Retrainer(settings, lambda result: None).last()
+    assert (state.stage, state.running, state.result) == ("done", False, result)

@@ -9,6 +9,7 @@ import json
 import shutil
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -229,6 +230,24 @@ def test_rollback_skips_versions_that_cannot_be_served_says_so_and_refuses_when_
 
 
 @requires_weights
+def test_a_version_the_hub_cannot_give_now_stops_a_rollback_and_changes_nothing(service, monkeypatch):
+    from catdog_model.hub import HubError
+
+    service.promote(OTHER_VERSION)  # SHIPPED is the version a rollback goes back to
+    refs, download = service.hub.refs(), service.hub.download
+
+    def unavailable_for_shipped(revision="production"):
+        if revision == SHIPPED:
+            raise HubError(f"Cannot download {SHIPPED} (503 Service Unavailable).")
+        return download(revision)
+
+    monkeypatch.setattr(service.hub, "download", unavailable_for_shipped)
+    with pytest.raises(ServiceError, match=f"{SHIPPED} cannot be fetched now: .*Production is unchanged"):
+        service.rollback()
+    assert service.hub.refs() == refs and service.health()["model_version"] == OTHER_VERSION
+
+
+@requires_weights
 def test_model_swaps_leave_no_threads_behind(service, small_photo_dir):
     photo = sorted((small_photo_dir / "cats").iterdir())[0].read_bytes()
     service.predict(photo)
@@ -291,6 +310,21 @@ def test_with_the_review_queue_on_unfamiliar_photos_wait_for_a_label_and_each_de
     assert service.uploads.counts() == {"cat": 0, "dog": 1}
     decisions = service.monitoring("day")["decisions"]
     assert (decisions["labelled"], decisions["discarded"]) == (1, 1)
+
+    # A waiting photo that someone uploads with a class no longer waits: it cannot get the other class too.
+    service.predict(noise_png(3))
+    (waiting,) = service.photos_to_label()[1]
+    (tmp_path / "noise.png").write_bytes(noise_png(3))
+    service.upload("cat", [str(tmp_path / "noise.png")])
+    assert service.photos_to_label() == ([], [])
+    with pytest.raises(ServiceError, match="no longer waiting for a label"):
+        service.label_photo(waiting, "dog")
+    # A correction is one photo: an archive is refused before anything in it is stored.
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+        archive.writestr("cat.jpg", random_jpeg(5, side=64))
+    with pytest.raises(ServiceError, match="not an archive"):
+        service.correct(str(tmp_path / "photos.zip"), "dog")
+    assert service.uploads.counts()["dog"] == 1
 
 
 @requires_weights
@@ -368,6 +402,9 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     service = gated(cache_dir=tmp_path / "fresh-cache", gate_min_accuracy=0.0, promotion_tolerance=1.0,
                     auto_promote=False)
     assert service.retrainer.preparation.running  # started with the server, in the background
+    first = service.retrainer.preparer
+    service.promote(SHIPPED)  # a change of production: the preparation starts again, for the new one
+    assert first.poll() is not None and service.retrainer.preparer is not first
     preparation = wait_for(lambda: service.retrainer.preparation.stage in ("done", "failed")
                            and service.retrainer.preparation, 300)
     assert preparation.stage == "done", (preparation.error, preparation.log)
@@ -379,13 +416,18 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     metrics = json.loads((service.hub.download(first["version"]) / "metrics.json").read_text())
     assert metrics["training"]["images_embedded"] == 0  # the preparation had embedded them all
 
-    # Production's score on this trusted set is kept: a second retraining reads it rather than measuring again.
-    (kept,) = (tmp_path / "fresh-cache" / "gate").glob(f"{SHIPPED}-*.json")
+    # Production's score on this trusted set is kept: a second retraining reads it rather than measuring again,
+    # unless what is kept is not a score.
+    (kept,) = (tmp_path / "fresh-cache" / "gate").glob("*.json")
     assert json.loads(kept.read_text())["accuracy"] == first["production"]["accuracy"]
     kept.write_text(json.dumps({**first["production"], "accuracy": 0.125}))
     service.start_retrain()
     wait_for_retraining(service)
     assert service.retrain_state.result["production"]["accuracy"] == 0.125
+    kept.write_text(json.dumps({**first["production"], "accuracy": "n/a"}))
+    service.start_retrain()
+    wait_for_retraining(service)
+    assert service.retrain_state.result["production"]["accuracy"] == first["production"]["accuracy"]
 
 
 @requires_weights
