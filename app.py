@@ -90,14 +90,15 @@ def build_demo(service: Service) -> gr.Blocks:
     def label_photo(sha256: str | None, label: str, token: str):
         service.check_token(token)
         if not sha256:
-            raise ServiceError("Click a photo among those to label first, then say what it is.")
+            raise ServiceError("Choose a photo waiting for a label first: click one under To label (programs: "
+                               "a sha256 from /photos_to_label).")
         return service.label_photo(sha256, label), service.dataset_stats()
 
     @user_errors
     def photos_to_label(token: str):
         service.check_token(token)  # they are users' photos: for admins only
         thumbnails, hashes = service.photos_to_label()
-        return thumbnails, hashes, None
+        return gr.Gallery(thumbnails, selected_index=None), hashes, None  # nothing looks chosen that is not
 
     def choose_photo(hashes: list[str], selected: gr.SelectData) -> str | None:
         return hashes[selected.index] if isinstance(selected.index, int) and 0 <= selected.index < len(hashes) \
@@ -192,6 +193,9 @@ def build_demo(service: Service) -> gr.Blocks:
             corrected = [button.click(lambda photo, secret, named=named: correct(photo, named, secret),
                                       [image, token], correction_text, api_name=False, preprocess=False)
                          for button, named in ((correct_as_cat, "cat"), (correct_as_dog, "dog"))]
+            # A new photo clears the answers about the last one.
+            image.change(lambda: (None, "", None, ""), None, [label, details, heat_map, correction_text],
+                         api_name=False, queue=False)
             gr.Markdown("### Many photos")
             batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
             batch_button = gr.Button("Classify all")
@@ -252,7 +256,8 @@ def build_demo(service: Service) -> gr.Blocks:
             # Not one at a time (Gradio's default): a second click, from any page, is told a retraining runs
             # rather than queued to start another once this one ends.
             retrain_button.click(retrain_and_follow, [fine_tune, token], retraining_outputs,
-                                 api_name="retrain_and_follow", concurrency_limit=None)
+                                 api_name="retrain_and_follow", concurrency_limit=None,
+                                 show_progress_on=retrain_progress)  # the bar covers the progress line, not the log
             status_button.click(retraining_view, None, retraining_outputs, api_name="show_retraining")
             version_box = gr.Textbox(label="Version to promote (e.g. v3)")
             with gr.Row():

@@ -25,11 +25,12 @@ def promotion_gate(candidate_accuracy: float | None, production_accuracy: float 
                                    "CATDOG_TRUSTED_DATA_DIR); check the candidate and promote it by hand")
     judged = f"on {trusted_images} trusted held-out images"
     if candidate_accuracy < min_accuracy:
-        return GateDecision(False, f"accuracy {candidate_accuracy:.4f} {judged} is under the minimum of "
-                                   f"{min_accuracy:.4f} (CATDOG_GATE_MIN_ACCURACY)")
+        return GateDecision(False, f"accuracy {candidate_accuracy:.2%} {judged} is under the minimum of "
+                                   f"{min_accuracy:.2%} (CATDOG_GATE_MIN_ACCURACY)")
     if production_accuracy is None:
-        return GateDecision(True, f"accuracy {candidate_accuracy:.4f} {judged}; there is no production model")
+        return GateDecision(True, f"accuracy {candidate_accuracy:.2%} {judged}; there is no production model")
     passed = candidate_accuracy >= production_accuracy - tolerance
-    verdict = "at least" if passed else "below"
-    return GateDecision(passed, f"accuracy {candidate_accuracy:.4f} vs production {production_accuracy:.4f} {judged}: "
-                                f"{verdict} production's less the tolerance of {tolerance:.4f}")
+    compared = "at least production's" if passed else "below production's"
+    allowed = f" less the tolerance of {tolerance:.2%} (CATDOG_PROMOTION_TOLERANCE)" if tolerance else ""
+    return GateDecision(passed, f"accuracy {candidate_accuracy:.2%} vs production's {production_accuracy:.2%} "
+                                f"{judged}: {compared}{allowed}")

@@ -110,9 +110,13 @@ def decisions_summary(decisions: dict[str, int], predictions: int) -> str:
     corrected = decisions.get("added", 0) + decisions.get("suspect", 0)
     share = f" ({corrected / predictions:.1%} of predictions)" if predictions else ""
     return (f"**{corrected}** {'correction' if corrected == 1 else 'corrections'}{share}, "
-            f"{decisions.get('suspect', 0)} held for review; {decisions.get('confirmed', 0)} suspect uploads "
-            f"confirmed, {decisions.get('labelled', 0)} photos labelled from the review queue, "
-            f"{decisions.get('discarded', 0)} discarded.")
+            f"{decisions.get('suspect', 0)} of them held for review; {_count(decisions.get('confirmed', 0), 'suspect')}"
+            f" confirmed, {_count(decisions.get('labelled', 0), 'waiting photo')} labelled, "
+            f"{_count(decisions.get('discarded', 0), 'photo')} discarded.")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 # The Retrain tab: a retraining's progress, verdict and comparison, for people.
@@ -120,6 +124,7 @@ def decisions_summary(decisions: dict[str, int], predictions: int) -> str:
 COMPARED_METRICS = (("accuracy", "accuracy"), ("precision (dog)", "precision"), ("recall (dog)", "recall"),
                     ("F1", "f1"), ("ROC-AUC", "roc_auc"), ("log loss", "log_loss"))
 PERCENT_METRICS = {"accuracy", "precision", "recall", "f1"}
+EARLY_STOPPING_STAGES = ("training", "fine-tuning")
 
 
 def retraining_progress(status: dict) -> str:
@@ -138,7 +143,9 @@ def retraining_progress(status: dict) -> str:
     elif status["done"]:  # a stage without steps counts its seconds
         line += f" — {status['done']} s"
     if status.get("seconds_left") is not None:
-        line += f", about {_duration(status['seconds_left'])} left"
+        # Training stops early once the validation loss stops falling: its time left is an upper bound.
+        bound = "at most" if status["stage"] in EARLY_STOPPING_STAGES else "about"
+        line += f", {bound} {_duration(status['seconds_left'])} left"
     return line + "."
 
 
@@ -159,6 +166,9 @@ def retraining_verdict(status: dict) -> str:
         return ""
     if result.get("promoted"):
         return f"✅ **{result['version']} is in production now**: {result['reason']}."
+    if result["version"] == status.get("production"):
+        return (f"✅ **{result['version']} is in production now**, promoted by hand; the gate had said: "
+                f"{result['reason']}.")
     return f"⏸️ **{result['version']} was not promoted**: {result['reason']}."
 
 

@@ -229,8 +229,9 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
         uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
         trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
         dataset = training_dataset(settings, uploads, trusted)
-    emit({"log": f"Dataset: {dataset.counts()} after removing {len(dataset.duplicates)} duplicates; "
-                 f"{len(trusted)} trusted held-out photos."})
+    counts = dataset.counts()
+    emit({"log": f"Training data: {counts['cat']:,} cats and {counts['dog']:,} dogs ({len(dataset.duplicates):,} "
+                 f"duplicates left out); {len(trusted):,} trusted held-out photos to judge by."})
     if served:
         emit({"log": f"A new head on {production}'s backbone, embedded by its export on ONNX Runtime" +
                      (", then its backbone fine-tuned further." if plan.fine_tuning else ".")})

@@ -85,6 +85,15 @@ def test_predict_tab_labels_an_uploaded_photo(page, small_photo_dir):
     heat_map.wait_for(timeout=60_000)
     assert heat_map.evaluate("image => image.naturalWidth") == 288  # the photo as the model saw it, overlaid
     screenshot(page, "predict.png")
+    # Another photo: the answers about the last one go, rather than sit beside it.
+    from playwright.sync_api import expect
+
+    cat = sorted((small_photo_dir / "cats").iterdir())[-1]
+    page.locator("input[type=file]").first.set_input_files(str(cat))
+    page.locator(f"img[src*='{cat.name}']").first.wait_for(timeout=30_000)
+    expect(page.get_by_text(f"Model {shipped}")).to_have_count(0, timeout=30_000)
+    expect(heat_map).to_have_count(0)
+    expect(page.get_by_test_id("label-output-value")).to_have_count(0)
 
 
 def test_a_wrong_prediction_corrected_on_the_predict_tab_waits_among_the_uploads_to_review(page, small_photo_dir):

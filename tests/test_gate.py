@@ -24,6 +24,14 @@ def test_the_gate_compares_with_production_less_the_tolerance(candidate, product
     assert "500 trusted held-out images" in decision.reason
 
 
+def test_the_reason_says_both_accuracies_as_the_comparison_table_does():
+    assert promotion_gate(0.984, 0.986, 500, **{**RULES, "tolerance": 0.0}).reason == (
+        "accuracy 98.40% vs production's 98.60% on 500 trusted held-out images: below production's")
+    assert promotion_gate(0.965, 0.97, 500, **RULES).reason == (
+        "accuracy 96.50% vs production's 97.00% on 500 trusted held-out images: at least production's less the "
+        "tolerance of 1.00% (CATDOG_PROMOTION_TOLERANCE)")
+
+
 def test_the_tolerance_is_used():
     assert not promotion_gate(0.95, 0.97, 500, **{**RULES, "tolerance": 0.0}).passed
     assert promotion_gate(0.95, 0.97, 500, **{**RULES, "tolerance": 0.05}).passed

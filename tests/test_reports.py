@@ -26,7 +26,7 @@ def status(**changes) -> dict:
      "**Embedding** — 500 of 2,040, about 41 s left."),
     (status(running=True, stage="loading Keras", done=4), "**Loading Keras** — 4 s."),
     (status(running=True, stage="fine-tuning", done=10, total=500, seconds_left=754),
-     "**Fine-tuning** — 10 of 500, about 12 min 34 s left."),
+     "**Fine-tuning** — 10 of 500, at most 12 min 34 s left."),
     (status(), "The last retraining finished in 74 s."),
     (status(stage="failed", seconds=3), "The last retraining failed in 3 s."),
     (status(stage="idle", result=None, seconds=None, preparing={"done": 1200, "total": 2500}),
@@ -48,6 +48,8 @@ def test_the_progress_line_says_the_stage_how_far_and_the_time_left(given, line)
     (status(stage="failed", error="Training needs at least 5 images of each class.", result=None),
      "❌ The retraining failed: Training needs at least 5 images of each class."),
     (status(running=True, stage="training", result=None), ""),
+    (status(production="v7"), "✅ **v7 is in production now**, promoted by hand; the gate had said: accuracy "
+                              "0.9840 vs production 0.9860 on 500 trusted held-out images: below production's."),
 ])
 def test_the_verdict_is_one_sentence(given, verdict):
     assert retraining_verdict(given) == verdict
@@ -74,7 +76,8 @@ def test_production_and_the_versions_that_can_be_served_are_named_in_order():
 
 
 def test_corrections_are_counted_with_their_share_of_predictions():
-    decisions = {"added": 2, "suspect": 1, "confirmed": 1, "discarded": 0}
-    assert decisions_summary(decisions, 150) == ("**3** corrections (2.0% of predictions), 1 held for review; "
-                                                 "1 suspect uploads confirmed, 0 discarded.")
+    decisions = {"added": 2, "suspect": 1, "confirmed": 1, "labelled": 3, "discarded": 0}
+    assert decisions_summary(decisions, 150) == ("**3** corrections (2.0% of predictions), 1 of them held for "
+                                                 "review; 1 suspect confirmed, 3 waiting photos labelled, 0 photos "
+                                                 "discarded.")
     assert decisions_summary({}, 0).startswith("**0** corrections,")
