@@ -141,7 +141,8 @@ def test_a_correction_joins_the_uploads_held_for_review_when_production_was_sure
     assert [caption for _, caption in service.suspect_gallery()] == ["uploaded as cat"]
     assert service.review_suspects(confirm=False) == "1 suspect image discarded."
     service.log.flush()
-    assert service.monitoring("day")["decisions"] == {"added": 1, "suspect": 1, "confirmed": 0, "discarded": 1}
+    assert service.monitoring("day")["decisions"] == {"added": 1, "suspect": 1, "confirmed": 0, "labelled": 0,
+                                                      "discarded": 1}
     assert "**2** corrections (100.0% of predictions)" in service.metrics_view("day")["summary"]
 
 
