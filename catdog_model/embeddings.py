@@ -51,6 +51,11 @@ class EmbeddingCache:
             connection.execute("CREATE TABLE IF NOT EXISTS embeddings (backbone TEXT, sha256 TEXT, view TEXT, "
                                "vector BLOB, PRIMARY KEY (backbone, sha256, view))")
 
+    @classmethod
+    def in_folder(cls, folder: Path) -> "EmbeddingCache":
+        """The cache of CATDOG_CACHE_DIR: one file, for training and the server's background embedding alike."""
+        return cls(Path(folder) / "embeddings.sqlite")
+
     def _connect(self):
         return connect(self.path)
 

@@ -148,12 +148,15 @@ def served_backbone(hub, version: str | None, settings: Settings, emit: Callable
         return None
 
 
+def progress_to(emit: Callable[[dict], None]) -> Callable[[str, int, int], None]:
+    """A progress callback that reports to the server as the child's protocol says."""
+    return lambda stage, done, total: emit({"stage": stage, "done": done, "total": total})
+
+
 def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
     """Embed what the next retraining will need — base data, uploads, trusted photos — with production's
     backbone as its export runs it (no TensorFlow), into the embedding cache."""
-    def progress(stage: str, done: int, total: int) -> None:
-        emit({"stage": stage, "done": done, "total": total})
-
+    progress = progress_to(emit)
     with ticking(progress, "reading data"):
         from .embeddings import EmbeddingCache, embed_images
         from .hub import open_hub
@@ -166,7 +169,7 @@ def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None
         trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
         uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
         examples = deduplicate(training_dataset(settings, uploads, trusted).examples + trusted).examples
-        cache = EmbeddingCache(settings.cache_dir / "embeddings.sqlite")
+        cache = EmbeddingCache.in_folder(settings.cache_dir)
         before = cache.count(served.spec.id)
     embed_images(served, [(example.sha256, example.content) for example in examples], cache, config.views,
                  progress)
@@ -205,16 +208,14 @@ def gate_metrics(settings: Settings, folder: Path, trusted: list[Example], measu
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(metrics).encode())
     except OSError as error:
-        logger.warning("the gate's metrics of %s could not be kept: %s", version, error.strerror)
+        logger.warning("the gate's metrics of %s could not be kept: %s", folder.name, error.strerror)
     return metrics
 
 
 def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
     """Train on base data + uploads — a new head on production's backbone, or with plan.fine_tuning a
     fine-tuned model — publish it, compare it with production on the trusted photos, decide."""
-    def progress(stage: str, done: int, total: int) -> None:
-        emit({"stage": stage, "done": done, "total": total})
-
+    progress = progress_to(emit)
     with ticking(progress, "reading data"):
         from .classifier import Classifier, load_classifier
         from .evaluation import compute_metrics

@@ -267,14 +267,14 @@ class Service:
 
     def photos_to_label(self, limit: int = 48) -> tuple[list[tuple[np.ndarray, str]], list[str]]:
         """Thumbnails of the photos waiting for a label, and their hashes, in the same order."""
-        shown, hashes = [], []
+        thumbnails, hashes = [], []
         for path in self.uploads.unlabelled()[:limit]:
             try:
-                shown.append((load_image(path, size=THUMBNAIL_SIDE, limits=self.limits, fit=True), "to label"))
+                thumbnails.append((load_image(path, size=THUMBNAIL_SIDE, limits=self.limits, fit=True), "to label"))
                 hashes.append(path.stem)
             except CatdogError:
                 continue
-        return shown, hashes
+        return thumbnails, hashes
 
     def _keep_decisions(self, decided: list[tuple[str, str]], status: str) -> None:
         """Count corrections and review decisions in the prediction log; the decision stands if it is down."""

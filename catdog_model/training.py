@@ -42,7 +42,7 @@ class TrainedModel:
 
 
 def embedding_cache(settings: Settings) -> EmbeddingCache:
-    return EmbeddingCache(settings.cache_dir / "embeddings.sqlite")
+    return EmbeddingCache.in_folder(settings.cache_dir)
 
 
 def embed_examples(backbone: Backbone, examples: list[Example], cache: EmbeddingCache | None,

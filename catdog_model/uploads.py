@@ -38,6 +38,7 @@ DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixe
 DEFAULT_FILE_MB = 50
 SUSPECT_FOLDER = "suspect"
 UNLABELLED_FOLDER = "unlabelled"  # the review queue: photos without a label yet, out of training
+UNLABELLED_SUFFIX = ".jpg"  # each kept as a bare JPEG
 SHOWN_NAME_CHARACTERS = 120  # of a file's name (in an archive: its path) in the results
 # check(label, image) → why the image's label looks wrong (a sentence), or None.
 LabelCheck = Callable[[str, bytes], str | None]
@@ -109,7 +110,7 @@ class UploadStore:
             return False
         declared = image_size(data, self.limits)
         stored, _ = storable_copy(data, min(STORED_MAX_SIDE, max(declared[1:])), 0, self.limits, declared)
-        write_atomically(self.root / UNLABELLED_FOLDER / f"{sha256}.jpg", stored)
+        write_atomically(self.root / UNLABELLED_FOLDER / f"{sha256}{UNLABELLED_SUFFIX}", stored)
         return True
 
     def unlabelled(self) -> list[Path]:
@@ -121,8 +122,8 @@ class UploadStore:
     def _unlabelled_path(self, sha256: str) -> Path | None:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):  # a name from a client never becomes a path
             return None
-        return next((path for suffix in STORED_SUFFIXES
-                     if (path := self.root / UNLABELLED_FOLDER / f"{sha256}{suffix}").is_file()), None)
+        path = self.root / UNLABELLED_FOLDER / f"{sha256}{UNLABELLED_SUFFIX}"
+        return path if path.is_file() else None
 
     def label_unlabelled(self, sha256: str, label: str | None) -> bool:
         """The waiting photo joins training as `label` (a person labelled it), or with label None is deleted;
