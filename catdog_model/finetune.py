@@ -111,8 +111,12 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         pixels = augment(tf.cast(images, tf.float32), training=True)
         return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), labels
 
+    # One endless stream, reshuffled each pass, read steps_per_epoch batches an epoch: Keras then keeps one
+    # iterator for the whole fit — a new one each epoch stood still for 10-60 s (the photos are a constant of
+    # the dataset's graph, copied again for each iterator) — and every batch is full, so one trace serves.
+    steps = -(-len(train_images) // config.batch_size)
     train_data = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-                  .shuffle(len(train_images), seed=seed).batch(config.batch_size)
+                  .shuffle(len(train_images), seed=seed).repeat().batch(config.batch_size)
                   .map(augmented, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy",
                   metrics=["accuracy"])
@@ -121,7 +125,6 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
     ]
     if progress:  # batch by batch, each epoch's validation pass included: an epoch takes a minute or more
-        steps = -(-len(train_images) // config.batch_size)
         per_epoch = steps + -(-len(validation_images) // VALIDATION_BATCH_SIZE)
 
         class BatchProgress(keras.callbacks.Callback):
@@ -160,7 +163,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
 
         callbacks.append(BatchProgress())
     fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,
-                       validation_batch_size=VALIDATION_BATCH_SIZE,
+                       steps_per_epoch=steps, validation_batch_size=VALIDATION_BATCH_SIZE,
                        shuffle=False,  # the dataset shuffles itself
                        callbacks=callbacks, verbose=0)
     # The fine-tuned backbone gets an identity of its own, so no embedding cached for another backbone is used.
