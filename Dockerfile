@@ -7,9 +7,12 @@ ENV PYTHONUNBUFFERED=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     CATDOG_DATA_DIR=/app/data
 
+# requirements.txt serves and retrains (a Space, one container); serving replicas build with
+# --build-arg REQUIREMENTS=requirements-serve.txt: no TensorFlow (deploy/docker-compose.yml).
+ARG REQUIREMENTS=requirements.txt
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+COPY requirements*.txt ./
+RUN pip install -r "$REQUIREMENTS"
 
 # The data folder is made for the user the app runs as: it holds uploads, caches and the prediction log.
 RUN useradd --create-home --uid 1000 catdog && install -d -o catdog -g catdog "$CATDOG_DATA_DIR"

@@ -18,7 +18,8 @@ from pathlib import Path
 from catdog_model.bulk import list_files, predict_to_parquet
 from catdog_model.cli import open_version
 from catdog_model.config import PROJECT_ROOT
-from catdog_model.serving import Prediction, ServingModel
+from catdog_model.prediction import Prediction
+from catdog_model.serving import ServingModel
 
 
 def in_process(files: list[str], model_dir: Path, version: str, batch_size: int = 32) -> tuple[dict, float]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from catdog_model.config import PROJECT_ROOT
-from tests.servers import free_port
+from bench.servers import free_port
 
 DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cats_vs_dogs"
 LOCUSTFILE = PROJECT_ROOT / "bench" / "locustfile.py"

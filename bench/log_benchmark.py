@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         url = arguments.database_url or f"sqlite:///{Path(folder) / 'predictions.sqlite'}"
         if arguments.postgres:
-            from tests.servers import Postgres
+            from bench.servers import Postgres, ServerUnavailable
 
-            server = Postgres()
+            try:
+                server = Postgres()
+            except ServerUnavailable as missing:
+                raise SystemExit(str(missing)) from None
             url = server.new_database()
         try:
             log = PredictionLog(url, replica="benchmark")

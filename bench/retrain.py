@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from catdog_model.config import PROJECT_ROOT, Settings
-from catdog_model.data import deduplicate, load_folder, split_examples
+from catdog_model.data import load_folder, load_folders, split_examples
 from catdog_model.hub import LocalHub
 from catdog_model.service import Service
 
@@ -57,7 +57,7 @@ def production_test_split(models: Path, folder: Path) -> set[str]:
     metrics = hub.metrics()
     data = metrics["data"]
     sources = [PROJECT_ROOT / source.strip() for source in data["source"].split(" + ")]
-    examples = deduplicate([example for source in sources for example in load_folder(source).examples]).examples
+    examples = load_folders(sources).examples
     test = split_examples(examples, data["split_seed"], data["validation_fraction"], data["test_fraction"]).test
     for example in test:
         path = folder / f"{example.label}s" / f"{example.sha256}.jpg"
@@ -79,7 +79,7 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, truste
     photos = [example for example in load_folder(uploads).examples if example.sha256 not in held_out]
     runs = []
     try:
-        service = Service(settings)
+        service = Service(settings).start()
         production = service.hub.production()
         for count in per_class:
             stored = service.uploads.counts()

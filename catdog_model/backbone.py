@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import Settings
 from .errors import CatdogError
 
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
@@ -23,21 +24,6 @@ KNOWN_WEIGHTS_SHA256 = {
 
 class BackboneUnavailable(CatdogError, RuntimeError):
     """The ImageNet weights cannot be found, downloaded or verified."""
-
-
-def limit_threads(threads: int) -> bool:
-    """Run TensorFlow on this many threads (0: its own choice); only possible before its first operation."""
-    if threads <= 0:
-        return True
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        # Two inter-op threads: a retraining's operations and a request's can run side by side.
-        tf.config.threading.set_inter_op_parallelism_threads(max(threads, 2))
-        return True
-    except RuntimeError:  # TensorFlow already ran in this process (tests): keep its pools.
-        return False
 
 
 def weights_file_name(alpha: float) -> str:
@@ -64,6 +50,10 @@ class WeightsSource:
 
     folder: Path | None = None
     offline: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WeightsSource:
+        return cls(settings.weights_dir, settings.offline)
 
     def locate(self, alpha: float) -> Path:
         name = weights_file_name(alpha)

@@ -1,7 +1,7 @@
 """Bulk prediction on Ray Data: every file of a folder (recursively), a glob or a Hugging Face dataset through
 a version's serving export, one Parquet row per file — an unreadable file is a row with its reason.
 
-    python -m catdog_model.bulk INPUT --out predictions.parquet [--address ADDRESS] [--version production]
+    python -m catdog bulk INPUT --out predictions.parquet [--address ADDRESS] [--version production]
 
 INPUT is a folder, a glob ("photos/**/*.jpg") or `hf:NAME` (a `datasets` name or local folder, --hf-split).
 Ray runs locally by default; --address joins a cluster, whose nodes need catdog's requirements and must see
@@ -25,8 +25,10 @@ from .atomic import fsync
 from .config import Settings
 from .data import open_hf_dataset
 from .errors import ServiceError
-from .images import InvalidImage
-from .serving import CONFIG_FILE, Prediction, ServingModel, read_config
+from .images import ImageLimits, InvalidImage
+from .prediction import Prediction
+from .serving import ServingModel, read_config
+from .layout import CONFIG_FILE
 
 HF_PREFIX = "hf:"
 # Each output column and its Parquet type.
@@ -73,11 +75,11 @@ class Predictor:
     path)}. Every row comes out, with its prediction or the reason it has none."""
 
     def __init__(self, files: dict[str, bytes], version: str, settings: Settings):
-        with tempfile.TemporaryDirectory(prefix="catdog-bulk-") as folder:
+        with tempfile.TemporaryDirectory(prefix="catdog bulk-") as folder:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
             self.model = ServingModel.load(Path(folder), version, threads=1, low_confidence=settings.low_confidence,
-                                           limits=settings.image_limits())
+                                           limits=ImageLimits.from_settings(settings))
         self.max_file_bytes = settings.max_upload_mb * 2**20
 
     def read(self, path: str | None, data) -> bytes:
@@ -196,7 +198,7 @@ def predict_to_parquet(source: str | list[str], out: Path, model_dir: Path, vers
 def main(argv: list[str] | None = None) -> None:
     from .cli import open_version, user_errors
 
-    parser = argparse.ArgumentParser(prog="python -m catdog_model.bulk", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="catdog bulk", description=__doc__.split("\n")[0])
     parser.add_argument("input", help=f"a folder, a glob, or {HF_PREFIX}NAME for a Hugging Face dataset")
     parser.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
     parser.add_argument("--version", default="production", help="the model version (default: production)")
@@ -228,7 +230,3 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             ray.shutdown()
     print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

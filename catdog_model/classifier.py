@@ -11,12 +11,11 @@ import numpy as np
 from . import LABELS
 from .backbone import Backbone, BackboneSpec, WeightsSource, file_sha256, get_backbone
 from .images import DEFAULT_LIMITS, ImageLimits
-from .novelty import NOVELTY_FILE, NoveltyDetector
-from .serving import (CARD_FILE, CONFIG_FILE, DEFAULT_LOW_CONFIDENCE, ONNX_FILE, ImageModel, ModelLoadError,
-                      read_config)
+from .novelty import NoveltyDetector
+from .serving import ImageModel, ModelLoadError, read_config
+from .config import DEFAULT_LOW_CONFIDENCE
+from .layout import CARD_FILE, CONFIG_FILE, FULL_MODEL_FILE, HEAD_WEIGHTS_FILE, NOVELTY_FILE, ONNX_FILE
 
-WEIGHTS_FILE = "head.weights.h5"
-FULL_MODEL_FILE = "model.keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +134,9 @@ class Classifier(ImageModel):
                        version=version, novelty=novelty, **options)
         head = build_head(head_config)
         try:
-            head.load_weights(directory / WEIGHTS_FILE)
+            head.load_weights(directory / HEAD_WEIGHTS_FILE)
         except Exception as error:  # h5py and Keras raise many types for a bad file.
-            raise ModelLoadError(f"{directory.name}: cannot read {WEIGHTS_FILE} ({error}).") from None
+            raise ModelLoadError(f"{directory.name}: cannot read {HEAD_WEIGHTS_FILE} ({error}).") from None
         backbone = get_backbone(spec, weights, batch_size)
         return cls(backbone, head, head_config, tta=bool(config.get("tta")), version=version, novelty=novelty,
                    **options)
@@ -149,8 +148,8 @@ def save_version_files(directory: Path, spec: BackboneSpec, head, head_config: H
     # A compiled model's weight file also carries the optimizer's state, three times the size; a fresh copy doesn't.
     clean_head = build_head(head_config)
     clean_head.set_weights(head.get_weights())
-    clean_head.save_weights(directory / WEIGHTS_FILE)
-    files = [WEIGHTS_FILE] + [FULL_MODEL_FILE] * (directory / FULL_MODEL_FILE).is_file()
+    clean_head.save_weights(directory / HEAD_WEIGHTS_FILE)
+    files = [HEAD_WEIGHTS_FILE] + [FULL_MODEL_FILE] * (directory / FULL_MODEL_FILE).is_file()
     if novelty:
         novelty.save(directory / NOVELTY_FILE)
         files.append(NOVELTY_FILE)
@@ -173,6 +172,6 @@ def seal_version_files(directory: Path) -> None:
 def load_classifier(hub, revision: str, settings, limits: ImageLimits | None = None) -> Classifier:
     """The Keras model of a hub version (training, evaluation, export); serving loads model.onnx instead."""
     version = hub.resolve(revision)
-    return Classifier.load(hub.download(version), settings.weights, version=version,
+    return Classifier.load(hub.download(version), WeightsSource.from_settings(settings), version=version,
                            batch_size=settings.backbone_batch_size, low_confidence=settings.low_confidence,
-                           limits=limits or settings.image_limits())
+                           limits=limits or ImageLimits.from_settings(settings))

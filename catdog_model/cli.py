@@ -1,11 +1,13 @@
-"""What the command-line programs share: a tqdm progress bar per stage, errors as one sentence, the hub and
-version they work on, and options generated from config dataclasses."""
+"""The `catdog` command (also `python -m catdog`), one subcommand a job, each in its own cli_* module; and what
+they share: a tqdm progress bar per stage, errors as one sentence, the hub and version they work on, and options
+generated from config dataclasses."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import sys
 
 from tqdm import tqdm
@@ -13,6 +15,52 @@ from tqdm import tqdm
 from .config import Settings
 from .errors import CatdogError
 from .hub import ModelHub, open_hub
+
+
+# subcommand: (module, what it does). Imported when run, so `catdog predict` never loads TensorFlow.
+COMMANDS = {
+    "serve": ("catdog_model.app", "the Gradio app and REST API on the production model"),
+    "predict": ("catdog_model.cli_predict", "classify photos with the production model, one JSON line each"),
+    "bulk": ("catdog_model.bulk", "classify a folder or a dataset on Ray Data into a Parquet file"),
+    "train": ("catdog_model.cli_train", "train on folders of cats/ and dogs/ and publish a new version"),
+    "evaluate": ("catdog_model.cli_evaluate", "a version's metrics on folders of cats/ and dogs/"),
+    "export": ("catdog_model.cli_export", "publish a version again with its ONNX serving export"),
+    "explain": ("catdog_model.cli_explain", "how often the heat map points at the animal"),
+    "novelty": ("catdog_model.cli_novelty", "how well the unfamiliar flag separates other pictures"),
+    "bench": ("bench", "the benchmarks and load tests of a checkout: catdog bench NAME [options]"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:9} {summary}" for name, (_, summary) in COMMANDS.items())
+        usage = f"usage: catdog COMMAND [options]   (catdog COMMAND --help for its options)\n\n{lines}"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: catdog has no command {argv[0]!r}.\n\n{usage}", file=sys.stderr)
+            sys.exit(2)
+        print(usage)
+        return
+    command, arguments = argv[0], argv[1:]
+    if command == "bench":
+        return run_benchmark(arguments)
+    importlib.import_module(COMMANDS[command][0]).main(arguments)
+
+
+def run_benchmark(arguments: list[str]) -> None:
+    """bench/NAME.py's main, from a checkout (the package does not carry the benchmarks)."""
+    import runpy
+
+    if not arguments or arguments[0].startswith("-"):
+        sys.exit("usage: catdog bench NAME [options], NAME one of bench/*.py in a checkout (loadtest, retrain, …)")
+    import importlib.util
+
+    if importlib.util.find_spec("bench") is None:
+        sys.exit("catdog bench runs the benchmarks of a checkout of the repository: run it from the checkout.")
+    if importlib.util.find_spec(f"bench.{arguments[0]}") is None:
+        sys.exit(f"catdog bench: no benchmark {arguments[0]!r} in bench/.")
+    sys.argv = [f"catdog bench {arguments[0]}", *arguments[1:]]
+    runpy.run_module(f"bench.{arguments[0]}", run_name="__main__")
 
 
 class ProgressBars:

@@ -10,22 +10,32 @@ import re
 import socket
 from pathlib import Path
 
-from .backbone import WeightsSource
+import platformdirs
+
 from .errors import ServiceError
-from .images import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
-from .serving import DEFAULT_LOW_CONFIDENCE
-from .uploads import DEFAULT_FILE_MB, DEFAULT_REQUEST_MB, DEFAULT_REQUEST_MEGAPIXELS, RequestLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A checkout keeps models/ and data/ beside the code; an installed package keeps them in the user's data folder
+# (~/.local/share/catdog on Linux), its models/ copied there from the wheel on first use (hub.open_hub).
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
+DEFAULT_ROOT = PROJECT_ROOT if IN_CHECKOUT else platformdirs.user_data_path("catdog")
 HUB_PREFIX = "hf:"  # a setting's value naming a Hugging Face Hub repo rather than a folder
+# The defaults other modules share (ImageLimits, RequestLimits, the serving model) — written here, once.
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MIN_SIDE = 16
+DEFAULT_DECODE_MEMORY_MB = 256
+DEFAULT_REQUEST_MB = 200
+DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
+DEFAULT_FILE_MB = 50
+DEFAULT_LOW_CONFIDENCE = 0.8  # below this p(label), a prediction is flagged low_confidence
 
 
 def _path(name: str, default: str | None) -> Path | None:
     value = os.environ.get(name)
     if value:
         return Path(value).expanduser().resolve()
-    # Defaults live beside the code, so the programs work from any working directory.
-    return None if default is None else PROJECT_ROOT / default
+    # Defaults are absolute, so the programs work from any working directory.
+    return None if default is None else DEFAULT_ROOT / default
 
 
 def _number(name: str, default: float, kind: type = float):
@@ -149,18 +159,6 @@ class Settings:
         paths = {field.name for field in dataclasses.fields(cls) if "Path" in str(field.type)}
         return cls(**{key: Path(value) if key in paths and value is not None else value
                       for key, value in values.items()})
-
-    @property
-    def weights(self) -> WeightsSource:
-        return WeightsSource(self.weights_dir, self.offline)
-
-    def image_limits(self) -> ImageLimits:
-        """The limits every decode in one process shares (call once per process: it holds the memory budget)."""
-        return ImageLimits(self.max_pixels, self.min_side, self.decode_memory_mb * 2**20)
-
-    def request_limits(self) -> RequestLimits:
-        return RequestLimits(self.max_request_mb * 2**20, self.max_request_megapixels * 10**6,
-                             self.max_upload_mb * 2**20)
 
     @property
     def prediction_log_url(self) -> str:

@@ -90,6 +90,14 @@ def load_folder(root: Path) -> Dataset:
     return deduplicate(examples)
 
 
+def load_folders(roots: list[Path]) -> Dataset:
+    """Images of several folders as one dataset: a photo in two of them, or twice in one, is kept once and the
+    others reported."""
+    loaded = [load_folder(root) for root in roots]
+    merged = deduplicate([example for dataset in loaded for example in dataset.examples])
+    return Dataset(merged.examples, [pair for dataset in loaded for pair in dataset.duplicates] + merged.duplicates)
+
+
 def folder_signature(root: Path) -> tuple:
     """Each file's path, size and modification time under root: it changes when a file is added, removed or
     changed, and costs a stat per file where loading the folder reads and hashes every byte."""

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .serving import Prediction
+from .prediction import Prediction
+from .layout import HEAD_WEIGHTS_FILE
 
-HEAD_FILE = "head.weights.h5"
 DOG_COLOUR = np.array([230, 60, 30], dtype=np.float32)
 CAT_COLOUR = np.array([30, 110, 230], dtype=np.float32)
 OVERLAY_OPACITY = 0.55
@@ -31,7 +31,7 @@ class Head:
     def load(cls, directory: Path) -> "Head":
         import h5py
 
-        with h5py.File(Path(directory) / HEAD_FILE, "r") as weights:
+        with h5py.File(Path(directory) / HEAD_WEIGHTS_FILE, "r") as weights:
             dense = sorted((name for name in weights["layers"] if name.startswith("dense")),
                            key=lambda name: int(name.removeprefix("dense").removeprefix("_") or 0))
             return cls([(weights[f"layers/{name}/vars/0"][()], weights[f"layers/{name}/vars/1"][()])

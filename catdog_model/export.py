@@ -10,7 +10,7 @@ import numpy as np
 
 from .classifier import Classifier
 from .errors import CatdogError
-from .serving import ONNX_FILE
+from .layout import ONNX_FILE
 ONNX_OPSET = 17
 MAX_P_DOG_DIFFERENCE = 1e-4
 FEATURE_MAP_LAYER = "out_relu"  # MobileNetV2's last convolutional activation, before pooling

@@ -24,12 +24,10 @@ from filelock import FileLock
 
 from .atomic import fsync, write_atomically
 from .errors import CatdogError, shown
-from .serving import CARD_FILE, CONFIG_FILE
-from .config import Settings
+from .config import DEFAULT_ROOT, IN_CHECKOUT, Settings
+from .layout import CARD_FILE, CONFIG_FILE, METRICS_FILE, REFS_FILE
 
 PRODUCTION = "production"
-REFS_FILE = "refs.json"
-METRICS_FILE = "metrics.json"
 VERSION_PATTERN = re.compile(r"^v(\d+)$")
 EMPTY_REFS = {PRODUCTION: None, "previous": []}
 
@@ -84,7 +82,7 @@ class ModelHub:
         version = self.production() if revision == PRODUCTION else revision
         if version is None:
             raise HubError(f"{self.name} has no production model yet: train one with "
-                           "`python -m training.train --data-dir DIR`.")
+                           "`python -m catdog train --data-dir DIR`.")
         if version not in self.versions():
             known = ", ".join(self.versions()) or "none"
             raise HubError(f"No model version {shown(version)} in {self.name} (versions: {known}).")
@@ -342,4 +340,15 @@ class HFHub(ModelHub):
 def open_hub(settings: Settings) -> ModelHub:
     if settings.hub_repo:
         return HFHub(settings.hub_repo, settings.data_dir / "pending-pushes", settings.hub_endpoint)
+    shipped = Path(__file__).parent / "shipped_models"  # in the wheel only: the repository's models/
+    if not IN_CHECKOUT and settings.models_dir == DEFAULT_ROOT / "models" and not settings.models_dir.exists():
+        if shipped.is_dir():  # copied whole, then renamed: a second process starting at once finds it complete
+            temporary = settings.models_dir.with_name(f".models-{uuid.uuid4().hex}.tmp")
+            shutil.copytree(shipped, temporary, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+            try:
+                os.replace(temporary, settings.models_dir)
+            except OSError:
+                shutil.rmtree(temporary, ignore_errors=True)
+                if not settings.models_dir.is_dir():
+                    raise
     return LocalHub(settings.models_dir, settings.model_name)

@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .config import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Settings
 from .errors import ServiceError, shown
 
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MIN_SIDE = 16
-DEFAULT_DECODE_MEMORY_MB = 256
 DECODE_WAIT_SECONDS = 2.0  # the most a decode waits for memory that other decodes hold, then "busy"
 DECODE_CPU_SECONDS = 5.0  # the most CPU one decode may take in Pillow's parsers, which loop in Python
 # What decoding holds, in bytes per pixel of the full-size image, measured for every mode Pillow opens
@@ -180,6 +178,12 @@ class ImageLimits:
     def __post_init__(self):
         if self.budget is None:
             object.__setattr__(self, "budget", MemoryBudget(self.decode_bytes))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The limits every decode in one process shares (make them once per process: they hold the memory
+        budget)."""
+        return cls(settings.max_pixels, settings.min_side, settings.decode_memory_mb * 2**20)
 
 
 DEFAULT_LIMITS = ImageLimits()

@@ -25,7 +25,7 @@ from .errors import ServiceError, shown
 
 logger = logging.getLogger(__name__)
 
-# 1: the SQLite log of catdog ≤ 0.9 (no replica, no novelty score, no index); 2: replica, novelty, time index;
+# 1: the first SQLite log (no replica, no novelty score, no index); 2: replica, novelty, time index;
 # 3: the time index covers every column the statistics read, so a window is aggregated from the index alone;
 # 4: corrections (a user saying a prediction was wrong) and review decisions.
 SCHEMA_VERSION = 4
@@ -163,6 +163,9 @@ def upgrade_schema(engine: sa.Engine) -> None:
             logger.info("prediction log schema %d → %d", found, SCHEMA_VERSION)
 
 
+_CLOSE = object()  # put in the buffer by close(): the writer wakes, and stops once its rows are written
+
+
 class PredictionLog:
     """Rows go into a bounded buffer; one writer thread inserts them in batches, and keeps a failed batch to
     retry while the database is unreachable. Reading happens in the database, over a window of time."""
@@ -180,6 +183,7 @@ class PredictionLog:
         self.dropped_rows = 0
         self.last_error: str | None = None
         self.schema_ready = threading.Event()
+        self._closing = threading.Event()
         self._writer = threading.Thread(target=self._write_forever, name="prediction-log", daemon=True)
         self._writer.start()
         # A replica starts and serves even while the database is down; the writer keeps trying.
@@ -217,8 +221,23 @@ class PredictionLog:
                 continue
         return done.wait(max(0.0, deadline - time.monotonic()))
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Write the rows recorded so far (for at most timeout seconds), then stop the writer thread."""
+        if not self.flush(timeout):
+            logger.warning("%d prediction-log rows could not be written before closing: %s", self.pending_rows,
+                           self.last_error)
+        self._closing.set()
+        try:
+            self._buffer.put_nowait(_CLOSE)  # wakes a writer waiting for rows
+        except queue.Full:
+            pass  # a writer with a full buffer is retrying, and sees _closing after the attempt
+        self._writer.join(timeout)
+        self.engine.dispose()
+
     def _write_forever(self) -> None:
         while not self.schema_ready.is_set():
+            if self._closing.is_set():
+                return
             try:
                 upgrade_schema(self.engine)
                 self.schema_ready.set()
@@ -226,7 +245,7 @@ class PredictionLog:
                 self._failed(error)
         rows: list[dict] = []
         events: list[threading.Event] = []
-        while True:
+        while not (self._closing.is_set() and not rows):
             if not rows and not events:
                 self._take(rows, events, self._buffer.get())
                 time.sleep(self.batch_seconds)
@@ -243,6 +262,8 @@ class PredictionLog:
                 self.last_error = None
             except SQLAlchemyError as error:
                 self._failed(error)
+                if self._closing.is_set():
+                    return  # close() has waited its time; these rows are counted in its warning
                 continue
             rows, self._held_rows = [], 0
             for event in events:
@@ -258,6 +279,8 @@ class PredictionLog:
 
     @staticmethod
     def _take(rows: list, events: list, item) -> None:
+        if item is _CLOSE:
+            return
         if isinstance(item, threading.Event):
             events.append(item)
         else:

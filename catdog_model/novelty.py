@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-NOVELTY_FILE = "novelty.npz"
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

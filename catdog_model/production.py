@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import numpy as np
 
@@ -13,8 +12,10 @@ from .config import Settings
 from .errors import ServiceError
 from .hub import HubError, ModelHub
 from .images import DEFAULT_LIMITS, ImageLimits
-from .serving import (DEFAULT_LOW_CONFIDENCE, ONNX_FILE, ImageModel, ModelLoadError, Prediction, ServingModel,
-                      read_config_files)
+from .prediction import Prediction
+from .serving import ImageModel, ModelLoadError, ServingModel, read_config_files
+from .config import DEFAULT_LOW_CONFIDENCE
+from .layout import ONNX_FILE
 
 LOAD_ERRORS = (HubError, ModelLoadError)
 logger = logging.getLogger(__name__)
@@ -44,9 +45,23 @@ class Production:
         # Every change of production (the hub's alias, loading, the swap) happens under this one lock, so the
         # alias and the model being served never disagree, whoever promotes, rolls back or follows a replica.
         self.lock = threading.RLock()
+        self._swaps = 0  # counted under the lock: the follower swaps only if nothing did while it was loading
+        self._stopping = threading.Event()
+        self._follower: threading.Thread | None = None
+
+    def start(self) -> Production:
+        """Load production and serve it; follow the alias (another replica may move it) every reload_seconds."""
         self.reload()
-        if settings.reload_seconds > 0:
-            threading.Thread(target=self._follow, name="follow-production", daemon=True).start()
+        if self.settings.reload_seconds > 0 and self._follower is None:
+            self._follower = threading.Thread(target=self._follow, name="follow-production", daemon=True)
+            self._follower.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following the alias; what is served stays."""
+        self._stopping.set()
+        if self._follower:
+            self._follower.join()
 
     def _load_ready(self, revision: str) -> ServingModel:
         version = self.hub.resolve(revision)
@@ -58,8 +73,9 @@ class Production:
         return model
 
     def _swap(self, model: ServingModel) -> None:
-        """One assignment, so predictions in flight finish on the old model."""
+        """One assignment, so predictions in flight finish on the old model. Under the lock."""
         self.model, self.load_error = model, None
+        self._swaps += 1
 
     def reload(self) -> None:
         """Load production and serve it."""
@@ -73,23 +89,29 @@ class Production:
                 self.load_error = str(error)
 
     def _follow(self) -> None:
-        """Replicas behind a load balancer share one hub: each one swaps models when the alias moves."""
-        while True:
-            time.sleep(self.settings.reload_seconds)
+        """Replicas behind a load balancer share one hub: each one swaps models when the alias moves. The hub is
+        read and the model loaded outside the lock — a slow hub never holds up a promotion or a rollback here —
+        and swapped in only if nothing was swapped meanwhile."""
+        while not self._stopping.wait(self.settings.reload_seconds):
+            swaps = self._swaps
+            try:
+                production = self.hub.production()
+            except Exception as error:  # a hub down for a moment must not end this thread: the next pass retries
+                logger.warning("cannot read the production alias: %s", error)
+                continue
+            serving = self.model.version if self.model else None
+            if production is None or production == serving:
+                continue
+            logger.info("production moved from %s to %s; reloading", serving, production)
+            try:
+                model = self._load_ready(production)
+            except Exception as error:
+                self.load_error = str(error)
+                logger.warning("cannot load production %s: %s", production, error)
+                continue
             with self.lock:
-                try:
-                    production = self.hub.production()
-                except Exception as error:  # A hub that is down for a moment must not stop the replica.
-                    logger.warning("cannot read the production alias: %s", error)
-                    continue
-                serving = self.model.version if self.model else None
-                if production is not None and production != serving:
-                    logger.info("production moved from %s to %s; reloading", serving, production)
-                    try:
-                        self.reload()
-                    except Exception as error:  # the next pass tries again; this thread must not end
-                        self.load_error = str(error)
-                        logger.warning("cannot load production %s: %s", production, error)
+                if self._swaps == swaps:
+                    self._swap(model)
 
     def serving(self) -> ServingModel | ConstantModel:
         """The model to answer a request with; a sentence if there is none."""

@@ -33,10 +33,12 @@ from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, s
 from .embeddings import ticking
 from .errors import ServiceError
 from .finetune import FineTuneConfig
+from .images import ImageLimits
 from .uploads import UploadStore
 
 logger = logging.getLogger(__name__)
 LAST_RETRAINING_FILE = "last_retraining.json"
+TRAINING_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib")  # requirements-train.txt
 CHILD_NICENESS = 10  # the server's requests come first: a retraining takes the cores they leave
 
 
@@ -167,7 +169,7 @@ def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None
             return {"embedded": 0}
         config = served.training_config(plan.training)
         trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
-        uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
+        uploads = UploadStore(settings.data_dir / "uploads", ImageLimits.from_settings(settings))
         examples = deduplicate(training_dataset(settings, uploads, trusted).examples + trusted).examples
         cache = EmbeddingCache.in_folder(settings.cache_dir)
         before = cache.count(served.spec.id)
@@ -227,7 +229,7 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
         hub = open_hub(settings)
         production = hub.production()
         served = served_backbone(hub, production, settings, emit)
-        uploads = UploadStore(settings.data_dir / "uploads", settings.image_limits())
+        uploads = UploadStore(settings.data_dir / "uploads", ImageLimits.from_settings(settings))
         trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
         dataset = training_dataset(settings, uploads, trusted)
     counts = dataset.counts()
@@ -302,6 +304,12 @@ def main() -> None:
 
     try:
         emit({"result": work(settings, plan, emit)})
+    except ModuleNotFoundError as error:
+        left_out = (error.name or "").split(".")[0] in TRAINING_PACKAGES
+        emit({"error": f"Retraining needs {error.name}, which this installation leaves out (a serving image, "
+                       "requirements-serve.txt): retrain where requirements.txt is installed." if left_out
+              else str(error)})
+        sys.exit(1)
     except Exception as error:  # whatever went wrong reaches the server as one sentence, then the exit code
         emit({"error": str(error) or type(error).__name__})
         logger.exception("%s failed", "preparing" if work is prepare else "retraining")

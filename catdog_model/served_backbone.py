@@ -12,14 +12,15 @@ from typing import Callable
 import numpy as np
 
 from .backbone import BackboneSpec, flip_horizontal
-from .classifier import FULL_MODEL_FILE, WEIGHTS_FILE, HeadConfig, build_head
+from .classifier import HeadConfig, build_head
 from .config import TrainingConfig
 from .export import MAX_P_DOG_DIFFERENCE, ExportError, sample_images
-from .serving import ONNX_FILE, ModelLoadError, onnx_session, read_config
+from .serving import ModelLoadError, onnx_session, read_config
+from .layout import FULL_MODEL_FILE, HEAD_WEIGHTS_FILE, ONNX_FILE
 
 
 class ServedBackbone:
-    """A version's backbone as its model.onnx runs it; what `training.train` needs of a backbone (spec, dim,
+    """A version's backbone as its model.onnx runs it; what `training.train()` needs of a backbone (spec, dim,
     batch_size, embed), and what publishing a head on it needs (write_version)."""
 
     def __init__(self, directory: Path, batch_size: int = 32, threads: int = 0):
@@ -51,7 +52,7 @@ class ServedBackbone:
     def head(self):
         """This version's own head, as a Keras model."""
         head = build_head(self.head_config)
-        head.load_weights(self.directory / WEIGHTS_FILE)
+        head.load_weights(self.directory / HEAD_WEIGHTS_FILE)
         return head
 
     def keras_backbone(self):

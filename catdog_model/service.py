@@ -20,7 +20,7 @@ from .config import Settings, TrainingConfig
 from .errors import CatdogError, ServiceError, public_message, shown
 from .data import IMAGE_SUFFIXES, Dataset, Example, folder_signature, load_folder, normalize_label
 from .hub import open_hub
-from .images import content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
+from .images import ImageLimits, content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
 from .drift import drift_report
 from .monitoring import LoggedPrediction, LogUnavailable, PredictionLog, window_start
 from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
@@ -28,10 +28,12 @@ from .reports import (confidence_histogram, dataset_table, label_mix, monitoring
                       retraining_progress, retraining_verdict, versions_table)
 from .production import Production
 from .retraining import RetrainConfig, Retrainer, base_examples, trusted_examples, training_dataset
-from .serving import Prediction, ServingModel
-from .uploads import SUSPECT_FOLDER, UNLABELLED_FOLDER, UploadStore
+from .prediction import Prediction
+from .serving import ServingModel
+from .uploads import SUSPECT_FOLDER, UNLABELLED_FOLDER, RequestLimits, UploadStore
 
 logger = logging.getLogger(__name__)
+UPLOAD_SYNC_CLOSE_SECONDS = 60
 UPLOAD_SYNC_MINUTES = 1
 BATCH_COLUMNS = ("file", "label", "p_dog", "confidence", "flags", "error")
 LOG_LINES_SHOWN = 30
@@ -55,15 +57,18 @@ def writable_folder(path: Path, variable: str) -> None:
 
 
 class Service:
+    """What the app does, for the web layer. Built, then start()ed — which loads production and starts the
+    background work: following the alias, embedding the base data, syncing uploads to the Hub — and close()d."""
+
     def __init__(self, settings: Settings, retrain_config: RetrainConfig = RetrainConfig()):
         return_large_buffers_to_the_system()
         writable_folder(settings.data_dir, "CATDOG_DATA_DIR")
         self.settings = settings
-        self.limits = settings.image_limits()
+        self.limits = ImageLimits.from_settings(settings)
         self.hub = open_hub(settings)
         self.log = PredictionLog(settings.prediction_log_url, settings.replica, settings.log_buffer_rows)
-        self.uploads = UploadStore(settings.data_dir / "uploads", self.limits, settings.request_limits())
-        self.upload_sync = self._upload_sync() if settings.hub_dataset else None
+        self.uploads = UploadStore(settings.data_dir / "uploads", self.limits, RequestLimits.from_settings(settings))
+        self.upload_sync = None
         self.started_at = time.time()
         self._base_counts_cache: tuple[tuple, dict[str, int]] | None = None
         self.retrainer = Retrainer(settings, self._after_retraining, retrain_config)
@@ -71,7 +76,30 @@ class Service:
             logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
                            "promotion and rollback are refused until it is set.", settings.server_name)
         self.production = Production(settings, self.hub, self.limits)
-        self.prepare_retraining()
+        self._started = False
+
+    def start(self) -> Service:
+        """Serve production and start the background work (once; later calls do nothing)."""
+        if not self._started:
+            self._started = True
+            self.production.start()
+            self.upload_sync = self._upload_sync() if self.settings.hub_dataset else None
+            self.prepare_retraining()
+        return self
+
+    def close(self) -> None:
+        """Stop the background work: the retraining and embedding children, following the alias, the upload sync
+        (which commits what is pending first) and the prediction log's writer (which writes what is buffered)."""
+        self.retrainer.stop()
+        self.production.stop()
+        if self.upload_sync:
+            try:
+                self.upload_sync.trigger().result(timeout=UPLOAD_SYNC_CLOSE_SECONDS)
+            except Exception as error:  # the Hub is unreachable: the uploads stay on this disk
+                logger.warning("uploads not yet committed to %s stay on this disk: %s", self.settings.hub_dataset,
+                               public_message(error))
+            self.upload_sync.stop()
+        self.log.close()
 
     def prepare_retraining(self) -> None:
         """Embed the base data with production's backbone in the background (a child process at low priority),

@@ -13,50 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import LABELS
 from .backbone import file_sha256
+from .config import DEFAULT_LOW_CONFIDENCE
 from .errors import CatdogError
 from .images import DEFAULT_LIMITS, ImageLimits, load_image
-from .novelty import NOVELTY_FILE, NoveltyDetector
-
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"  # rendered by the hub when the version is pushed; prose, not read when loading
-ONNX_FILE = "model.onnx"
-DEFAULT_LOW_CONFIDENCE = 0.8  # below this p(label), a prediction is flagged low_confidence
+from .novelty import NoveltyDetector
+from .layout import CONFIG_FILE, NOVELTY_FILE, ONNX_FILE
+from .prediction import Prediction, make_prediction
 
 
 class ModelLoadError(CatdogError, RuntimeError):
     """A model version's files are missing, corrupt or inconsistent."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    label: str
-    p_cat: float
-    p_dog: float
-    version: str | None
-    flags: tuple[str, ...] = ()  # "low_confidence", "unfamiliar"
-    novelty: float | None = None  # distance from the training photos; above the version's threshold: unfamiliar
-
-    @property
-    def confidence(self) -> float:
-        return max(self.p_cat, self.p_dog)
-
-    def as_label_dict(self) -> dict[str, float]:
-        """The {label: probability} mapping that gr.Label shows."""
-        return {"cat": self.p_cat, "dog": self.p_dog}
-
-
-def make_prediction(p_dog: float, novelty: float | None, threshold: float | None, low_confidence: float,
-                    version: str | None) -> Prediction:
-    p_dog = min(max(float(p_dog), 0.0), 1.0)
-    flags = []
-    if max(p_dog, 1 - p_dog) < low_confidence:
-        flags.append("low_confidence")
-    if novelty is not None and threshold is not None and novelty > threshold:
-        flags.append("unfamiliar")
-    return Prediction(label=LABELS[int(p_dog >= 0.5)], p_cat=1.0 - p_dog, p_dog=p_dog, version=version,
-                      flags=tuple(flags), novelty=None if novelty is None else round(float(novelty), 4))
 
 
 def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
@@ -69,7 +36,7 @@ def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
             continue
         if not path.is_file():
             # The repository keeps the full-model files of its production version only.
-            hint = (f" Publish its export again with `python -m training.export --version {directory.name}`."
+            hint = (f" Publish its export again with `python -m catdog export --version {directory.name}`."
                     if name == ONNX_FILE else "")
             raise ModelLoadError(f"{directory.name}: {name} is missing.{hint}")
         if file_sha256(path) != sha:
@@ -176,7 +143,7 @@ class ServingModel(ImageModel):
         config = read_config(directory)
         if ONNX_FILE not in config["files"]:
             raise ModelLoadError(f"{directory.name} has no serving export ({ONNX_FILE}); publish one with "
-                                 f"`python -m training.export --version {version or directory.name}` "
+                                 f"`python -m catdog export --version {version or directory.name}` "
                                  "(same weights and metrics, a new version).")
         novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in config["files"] else None
         try:

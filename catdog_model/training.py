@@ -12,19 +12,21 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .backbone import Backbone, BackboneSpec, get_backbone
+from .backbone import Backbone, BackboneSpec, WeightsSource, get_backbone
 from .card import render_model_card
 from .classifier import Classifier, HeadConfig, build_head, save_version_files, seal_version_files
 from .config import Settings, TrainingConfig
 from .data import Dataset, Example, split_examples
 from .embeddings import EmbeddingCache, ProgressCallback, embed_images, ticking
+from .images import ImageLimits
 from .errors import ServiceError
 from .evaluation import compute_metrics, save_plots
 from .export import export_onnx
 from .finetune import FineTuneConfig, embed_views, fine_tune
-from .hub import METRICS_FILE, ModelHub
+from .hub import ModelHub
 from .novelty import NoveltyDetector
 from .served_backbone import ServedBackbone
+from .layout import CONFIG_FILE, METRICS_FILE
 
 MIN_IMAGES_PER_CLASS = 5
 PUBLISHING_STEPS = 4  # the model's files, its export, metrics and plots, the hub
@@ -72,7 +74,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)
     if isinstance(backbone, ServedBackbone):
         config = backbone.training_config(config)
-    backbone = backbone or get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), settings.weights,
+    backbone = backbone or get_backbone(BackboneSpec.for_alpha(config.alpha, config.image_size), WeightsSource.from_settings(settings),
                                         settings.backbone_batch_size)
     cache = embedding_cache(settings)
     views = config.views
@@ -130,7 +132,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     fit_seconds = time.perf_counter() - fit_started
 
     classifier = Classifier(backbone, head, head_config, tta=config.tta == "on",
-                            low_confidence=settings.low_confidence, limits=settings.image_limits())
+                            low_confidence=settings.low_confidence, limits=ImageLimits.from_settings(settings))
     if config.tta == "auto":
         # Averaging with the mirror image is kept only if it lowers the validation log loss.
         plain = classifier.p_dog_from_embeddings(validation_views, tta=False)
@@ -148,7 +150,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         classifier, fine_tuned = fine_tune(
             classifier, [example for example in splits.train if example.sha256 in present],
             [example for example in splits.validation if example.sha256 in present], fine_tuning, config.seed,
-            settings.weights, progress, start)
+            WeightsSource.from_settings(settings), progress, start)
         fine_tuned["frozen_backbone"] = frozen
         views = classifier.views()
         # The backbone changed, so every embedding is computed again with it (none from the frozen cache).
@@ -232,11 +234,16 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str, progress: Pro
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
         (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")
-        seal_version_files(folder)
         step(3)
-        config = json.loads((folder / "config.json").read_text())
-        version = hub.push(folder, write_card=lambda version: render_model_card(model_name, version, config,
-                                                                                  trained.metrics))
+        version = push_version(folder, hub, model_name, trained.metrics)
         step(PUBLISHING_STEPS)
     trained.classifier.version = version
     return version
+
+
+def push_version(folder: Path, hub: ModelHub, model_name: str, metrics: dict) -> str:
+    """Seal a version's files (config.json lists each with its sha256) and push them, with their model card,
+    as the hub's next version; its name."""
+    seal_version_files(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    return hub.push(folder, write_card=lambda version: render_model_card(model_name, version, config, metrics))

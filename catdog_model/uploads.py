@@ -16,6 +16,7 @@ from typing import Callable
 
 from . import LABELS
 from .atomic import remove_abandoned_writes, write_atomically
+from .config import DEFAULT_FILE_MB, DEFAULT_REQUEST_MB, DEFAULT_REQUEST_MEGAPIXELS, Settings
 from .data import Dataset, Example, IMAGE_SUFFIXES, normalize_label
 from .errors import CatdogError, cut, public_message
 from .images import (DEFAULT_LIMITS, ImageLimits, InvalidImage, content_hash, image_size, read_bytes,
@@ -33,9 +34,6 @@ MAX_ZIP_DIRECTORY_BYTES = 4 * 2**20  # 40,000 entries of long names: room for MA
 # cannot fill the disk.
 STORED_MAX_SIDE = 1024
 STORED_MAX_BYTES = 2**20
-DEFAULT_REQUEST_MB = 200
-DEFAULT_REQUEST_MEGAPIXELS = 6000  # 500 files (CATDOG_MAX_FILES) of 12-megapixel photos
-DEFAULT_FILE_MB = 50
 SUSPECT_FOLDER = "suspect"
 UNLABELLED_FOLDER = "unlabelled"  # the review queue: photos without a label yet, out of training
 UNLABELLED_SUFFIX = ".jpg"  # each kept as a bare JPEG
@@ -62,6 +60,11 @@ class RequestLimits:
     pixels: int = DEFAULT_REQUEST_MEGAPIXELS * 10**6
     file_bytes: int = DEFAULT_FILE_MB * 2**20  # one image, as a file or unpacked from an archive
     entries: int = MAX_ZIP_MEMBERS  # files and archive members read, whatever becomes of them
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestLimits:
+        return cls(settings.max_request_mb * 2**20, settings.max_request_megapixels * 10**6,
+                   settings.max_upload_mb * 2**20)
 
     def over(self, stored_bytes: int, pixels: int) -> str | None:
         """Why an upload that has brought this much must stop, in a sentence; None while it may go on."""

@@ -14,7 +14,8 @@ from catdog_model import LABELS
 from catdog_model.backbone import BackboneUnavailable, WeightsSource
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.data import load_folder
-from tests.servers import free_port
+from catdog_model.hub import LocalHub, next_version
+from bench.servers import Nginx, Postgres, ServerUnavailable, free_port
 
 SHARED = PROJECT_ROOT.parent / "shared"
 PHOTOS_DIR = Path(os.environ.get("CATDOG_TEST_PHOTOS", SHARED / "data" / "cats_vs_dogs"))
@@ -22,8 +23,6 @@ WEIGHTS_DIR = Path(os.environ.get("CATDOG_WEIGHTS_DIR", SHARED / "weights"))
 
 
 def _weights_reason() -> str | None:
-    os.environ.setdefault("CATDOG_OFFLINE", "1")  # tests never download
-    os.environ.setdefault("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR))  # for the app and programs that tests start
     try:
         WeightsSource(WEIGHTS_DIR, offline=True).locate(0.5)
     except BackboneUnavailable as error:
@@ -35,6 +34,16 @@ _missing_weights = _weights_reason()
 requires_weights = pytest.mark.skipif(_missing_weights is not None, reason=_missing_weights or "")
 requires_photos = pytest.mark.skipif(not PHOTOS_DIR.is_dir(),
                                      reason=f"real photos not found at {PHOTOS_DIR} (set CATDOG_TEST_PHOTOS)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline(tmp_path_factory):
+    """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR."""
+    _temporary.append(tmp_path_factory)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (("CATDOG_OFFLINE", "1"), ("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR))):
+            patch.setenv(name, os.environ.get(name, value))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +79,22 @@ def small_photo_dir(tmp_path_factory) -> Path:
         for example in chooser.sample([example for example in examples if example.label == label], 30):
             (root / example.source).write_bytes(example.data)
     return root
+
+
+def start_postgres() -> Postgres:
+    """A PostgreSQL server of its own (close() it); skips, saying how to install it, without the package."""
+    try:
+        return Postgres()
+    except ServerUnavailable as missing:
+        pytest.skip(str(missing))
+
+
+def start_nginx(upstreams: list[str]) -> Nginx:
+    """nginx before upstreams (close() it); skips, saying how to install it, without the package."""
+    try:
+        return Nginx(upstreams)
+    except ServerUnavailable as missing:
+        pytest.skip(str(missing))
 
 
 def random_jpeg(seed: int, side: int = 32) -> bytes:
@@ -135,48 +160,42 @@ def server(tmp_path_factory, cache_dir):
     """The app on a real loopback server, with a private copy of the shipped models and admin token s3cret."""
     import shutil
 
-    from app import build_app
+    from catdog_model.app import build_app
     from catdog_model.service import Service
 
     root = tmp_path_factory.mktemp("app")
     shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
                                    data_dir=root / "data", cache_dir=cache_dir, admin_token="s3cret")
-    service = Service(settings)
+    service = Service(settings).start()
     url, stop = serve_in_thread(build_app(service))
     yield url + "/", service
     stop()
 
 
 # In shipped_models(): the exports of v1 and v2, published after the repository's versions; this one is servable
-# besides production.
-OTHER_VERSION = f"v{len(list((PROJECT_ROOT / 'models' / Settings.from_env().model_name).glob('v*'))) + 1}"
+# besides production, which is the repository's own.
+REPOSITORY_HUB = LocalHub(PROJECT_ROOT / "models", Settings.from_env().model_name)
+PRODUCTION = REPOSITORY_HUB.production()
+OTHER_VERSION = next_version(REPOSITORY_HUB.versions())
+_temporary: list = []  # the session's tmp_path_factory
 _prepared: list[Path] = []
 
 
 def shipped_models() -> Path:
-    """A copy of the repository's models/ where, besides production, v1 and v2 are servable too: their
-    serving exports are published as the next two versions (OTHER_VERSION and the one after, as
-    `python -m training.export` does), and production is promoted back last, so a rollback reaches the second.
-    Built once per test run."""
+    """A copy of the repository's models/ where, besides production, two more versions can be served: copies of
+    production published as the next two versions (OTHER_VERSION and the one after), and production promoted
+    back last, so a rollback reaches the second. Built on first use, once per test run, in pytest's temporary
+    folder (`catdog export` itself is tested in test_cli)."""
     import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    from catdog_model.hub import LocalHub
 
     if not _prepared:
-        root = Path(tempfile.mkdtemp(prefix="catdog-shipped-")) / "models"
+        root = _temporary[0].mktemp("shipped") / "models"
         shutil.copytree(PROJECT_ROOT / "models", root, ignore=shutil.ignore_patterns(".lock"))
-        env = {**os.environ, "CATDOG_MODELS_DIR": str(root), "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR),
-               "CATDOG_OFFLINE": "1", "CATDOG_DATA_DIR": str(root.parent / "data"), "PYTHONPATH": str(PROJECT_ROOT)}
-        for version in ("v1", "v2"):
-            subprocess.run([sys.executable, "-m", "training.export", "--version", version], env=env, check=True,
-                           capture_output=True, cwd=PROJECT_ROOT)
-        hub = LocalHub(root, Settings.from_env().model_name)
-        production = hub.production()
-        for version in (*hub.versions()[-2:], production):
+        hub = LocalHub(root, REPOSITORY_HUB.repo.name)
+        for _ in range(2):
+            hub.push(hub.download(PRODUCTION), write_card=lambda version: f"# {version}, a copy of {PRODUCTION}\n")
+        for version in (*hub.versions()[-2:], PRODUCTION):
             hub.promote(version)
         _prepared.append(root)
     return _prepared[0]

@@ -14,7 +14,12 @@ from catdog_model.hub import LocalHub, next_version
 from tests.conftest import requires_weights, shipped_models
 
 pytestmark = [requires_weights]
-SHIPPED = LocalHub(shipped_models(), Settings.from_env().model_name)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LocalHub:
+    """The hub the server's models were copied from."""
+    return LocalHub(shipped_models(), Settings.from_env().model_name)
 
 
 def get_json(url: str) -> dict:
@@ -22,10 +27,10 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-def test_health_status_and_every_endpoint_listed(server):
+def test_health_status_and_every_endpoint_listed(server, shipped):
     url, service = server
-    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": SHIPPED.production()}
-    assert get_json(url + "api/status")["versions"] == SHIPPED.versions()
+    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": shipped.production()}
+    assert get_json(url + "api/status")["versions"] == shipped.versions()
     endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
     for name in ("predict", "explain", "predict_batch", "upload_training_data", "retrain", "retrain_status",
                  "promote", "rollback", "metrics", "dataset_stats", "versions", "correct", "show_retraining"):
@@ -87,17 +92,18 @@ def test_a_batch_naming_one_uploaded_file_many_times_classifies_it_once(server, 
     assert service.log.statistics("all")["count"] == before + 1
 
 
-def test_mutations_need_the_admin_token(server):
+def test_mutations_need_the_admin_token(server, shipped):
     url, service = server
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="admin token"):
         client.predict("v1", "wrong", api_name="/promote")
     with pytest.raises(Exception, match="admin token"):
         client.predict("", api_name="/rollback")
-    assert service.hub.production() == SHIPPED.production()
+    assert service.hub.production() == shipped.production()
 
 
-def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, small_photo_dir):
+@pytest.mark.heavy
+def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, shipped, small_photo_dir):
     url, service = server
     client = Client(url, verbose=False)
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
@@ -116,19 +122,19 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sm
         time.sleep(1)
     assert status["stage"] == "done", status
     result = status["result"]
-    new = next_version(SHIPPED.versions())
+    new = next_version(shipped.versions())
     assert result["version"] == new
     # No trusted held-out set here (no base data): the candidate is published but never promoted by itself.
     assert result["gate_passed"] is False and result["promoted"] is False
     assert "trusted held-out set has 0 images" in result["reason"]
-    assert get_json(url + "health")["model_version"] == SHIPPED.production()
+    assert get_json(url + "health")["model_version"] == shipped.production()
 
     assert client.predict(new, "s3cret", api_name="/promote") == f"Production is now {new}."
     assert get_json(url + "health")["model_version"] == new
-    assert SHIPPED.production() in client.predict("s3cret", api_name="/rollback")
-    assert get_json(url + "health")["model_version"] == SHIPPED.production()
+    assert shipped.production() in client.predict("s3cret", api_name="/rollback")
+    assert get_json(url + "health")["model_version"] == shipped.production()
     versions = client.predict(api_name="/versions")
-    assert [row["version"] for row in versions] == SHIPPED.versions() + [new]
+    assert [row["version"] for row in versions] == shipped.versions() + [new]
 
 
 def test_a_correction_through_the_api_needs_the_token_and_waits_among_the_uploads_to_review(server, small_photo_dir,

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,10 +17,11 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
+from bench.servers import wait_for
 from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
-pytestmark = [requires_weights,
+pytestmark = [pytest.mark.heavy, requires_weights,
               pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)")]
 
 
@@ -35,23 +35,30 @@ def app_url(tmp_path_factory, small_photo_dir, cache_dir):
            "CATDOG_BASE_DATA_DIR": str(small_photo_dir), "CATDOG_REVIEW_QUEUE": "1",
            "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1", "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR)}
     env.pop("CATDOG_ADMIN_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = root / "app.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
+
+    def started() -> bool:
+        assert process.poll() is None, f"the app did not start: {log.read_text()[-3000:]}"
         try:
             urllib.request.urlopen(url + "health", timeout=2)
-            break
+            return True
         except OSError:
-            time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+            return False
+
+    try:
+        wait_for(started, seconds=180, every=0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser(app_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -59,11 +66,18 @@ def page(app_url):
             executable_path=str(CHROMIUM), headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(app_url)
-        page.get_by_role("heading", name="catdog — cats vs. dogs").wait_for(timeout=60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page for each test: none depends on what an earlier one left on screen."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url)
+    page.get_by_role("heading", name="catdog — cats vs. dogs").wait_for(timeout=60_000)
+    yield page
+    page.close()
 
 
 def screenshot(page, name: str) -> None:

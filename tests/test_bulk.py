@@ -16,13 +16,15 @@ from catdog_model.hub import LocalHub
 from catdog_model.serving import ServingModel
 from tests.conftest import requires_photos, shipped_models
 
+pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
+
 pytest.importorskip("ray", reason="Ray is the bulk extra: pip install -r requirements-bulk.txt")
 pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (installed with Ray Data)")
 
 
 def run_bulk(*arguments: str, models_dir, **environment) -> subprocess.CompletedProcess:
     env = {**os.environ, "CATDOG_MODELS_DIR": str(models_dir), "PYTHONPATH": str(PROJECT_ROOT), **environment}
-    return subprocess.run([sys.executable, "-m", "catdog_model.bulk", *arguments], env=env, cwd=PROJECT_ROOT,
+    return subprocess.run([sys.executable, "-m", "catdog", "bulk", *arguments], env=env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""The three command-line programs end to end, as a user runs them."""
+"""The `catdog` command end to end, as a user runs it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from catdog_model.config import PROJECT_ROOT
 from tests.conftest import requires_weights
 
+pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
+
 
 def run(arguments: list[str], env: dict, expect: int = 0) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", *arguments], cwd=PROJECT_ROOT, env=env, capture_output=True,
@@ -20,17 +22,18 @@ def run(arguments: list[str], env: dict, expect: int = 0) -> subprocess.Complete
 
 
 @requires_weights
-def test_train_evaluate_and_benchmark(small_photo_dir, env, tmp_path):
-    trained = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3",
+def test_train_evaluate_export_and_benchmark(small_photo_dir, env, tmp_path):
+    trained = json.loads(run(["catdog", "train", "--data-dir", str(small_photo_dir), "--seed", "3",
                               "--epochs", "10", "--image-size", "160"], env).stdout)
     assert trained["version"] == "v1" and trained["production"] == "v1"
-    second = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "10",
+    second = json.loads(run(["catdog", "train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "10",
                              "--image-size", "160"], env).stdout)
     assert second["version"] == "v2" and second["production"] == "v1"  # a new version is not promoted by default
     assert second["images_embedded"] == 0
 
     plots = tmp_path / "plots"
-    evaluated = run(["eval.evaluate", "--data-dir", str(small_photo_dir), "--json", "--out", str(plots)], env)
+    evaluated = run(["catdog", "evaluate", "--data-dir", str(small_photo_dir), "--split", "all", "--json", "--out",
+                     str(plots)], env)
     result = json.loads(evaluated.stdout)  # stdout is exactly one JSON object
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "confusion_matrix", "n_images"):
         assert key in result
@@ -39,22 +42,24 @@ def test_train_evaluate_and_benchmark(small_photo_dir, env, tmp_path):
     assert (plots / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert (plots / "roc_curve.png").read_bytes()[:4] == b"\x89PNG"
 
-    test_split = json.loads(run(["eval.evaluate", "--data-dir", str(small_photo_dir), "--version", "v2",
-                                 "--split", "test", "--json"], env).stdout)
-    assert test_split["n_images"] == 12 and test_split["version"] == "v2"
-    human = run(["eval.evaluate", "--data-dir", str(small_photo_dir)], env).stdout
-    assert "accuracy" in human and "v1" in human
+    test_split = json.loads(run(["catdog", "evaluate", "--data-dir", str(small_photo_dir), "--version", "v2", "--json"],
+                                env).stdout)  # by default, the photos the version never trained on
+    assert test_split["n_images"] == 12 and test_split["version"] == "v2" and test_split["split"] == "test"
+    exported = json.loads(run(["catdog", "export", "--version", "v2"], env).stdout)
+    assert exported["version"] == "v3" and exported["exported_from"] == "v2" and exported["production"] == "v1"
+    assert exported["max_p_dog_difference"] < 1e-4  # checked against Keras before the version was written
 
-    benchmark = json.loads(run(["bench.benchmark", "--json", "--data-dir", str(small_photo_dir), "--repeats", "5",
+    benchmark = json.loads(run(["catdog", "bench", "benchmark", "--json", "--data-dir", str(small_photo_dir), "--repeats", "5",
                                 "--skip-training"], env).stdout)
     assert benchmark["predict_one_p50_ms"] > 0 and benchmark["predict_batch32_images_per_s"] > 0
     assert benchmark["peak_rss_mb"] > 0 and benchmark["version"] == "v1"
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["eval.evaluate", "--data-dir", ".", "--json"], "no production model yet"),
-    (["training.train", "--data-dir", "/nonexistent-folder"], "is not a folder"),
-    (["eval.evaluate", "--data-dir", ".", "--version", "v9"], "No model version 'v9'"),
+    (["catdog", "evaluate", "--data-dir", ".", "--json"], "no production model yet"),
+    (["catdog", "train", "--data-dir", "/nonexistent-folder"], "is not a folder"),
+    (["catdog", "evaluate", "--data-dir", ".", "--version", "v9"], "No model version 'v9'"),
+    (["catdog", "evaluation"], "catdog has no command 'evaluation'"),
 ])
 def test_user_mistakes_end_with_a_sentence_not_a_traceback(arguments, message, env):
     result = run(arguments, env, expect=2)
@@ -68,7 +73,7 @@ def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_pho
 
     _, state = hub_server
     hub_env = {**env, **hf_env, "CATDOG_HUB_REPO": "tester/catdog-cli", "CATDOG_DATA_DIR": str(tmp_path / "data")}
-    trained = json.loads(run(["training.train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "5",
+    trained = json.loads(run(["catdog", "train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "5",
                               "--image-size", "160"], hub_env).stdout)
     assert trained["version"] == "v1" and trained["production"] == "v1"
     hub = HFHub("tester/catdog-cli", tmp_path / "pending", hf_env["HF_ENDPOINT"])
@@ -81,6 +86,7 @@ def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_pho
     # The evaluation loads production from the Hub: model.keras carries the backbone, no weights file needed.
     no_weights = {**hub_env, "CATDOG_WEIGHTS_DIR": str(tmp_path / "empty"), "KERAS_HOME": str(tmp_path / "keras")}
     state.requests.clear()
-    result = json.loads(run(["eval.evaluate", "--data-dir", str(small_photo_dir), "--json"], no_weights).stdout)
+    result = json.loads(run(["catdog", "evaluate", "--data-dir", str(small_photo_dir), "--split", "all", "--json"],
+                            no_weights).stdout)
     assert result["version"] == "v1" and result["n_images"] == 60
     assert any("/resolve/" in request for request in state.requests)

@@ -13,15 +13,17 @@ import threading
 import time
 import urllib.request
 
+import pytest
 from gradio_client import Client, handle_file
 
-from catdog_model.classifier import CONFIG_FILE
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.loadtest import App
+from bench.servers import wait_for
 from tests.conftest import WEIGHTS_DIR, requires_weights, shipped_models
+from catdog_model.layout import CONFIG_FILE
 
-pytestmark = [requires_weights]
+pytestmark = [pytest.mark.heavy, requires_weights]
 
 
 def app_env(root, cache_dir) -> dict[str, str]:
@@ -104,13 +106,16 @@ def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
     uploading = threading.Thread(target=lambda: errors.append(
         _try(lambda: Client(app.url, verbose=False).predict("dog", photos[10:], "", api_name="/upload_training_data"))))
     uploading.start()
-    deadline = time.time() + 60
-    while len(list((tmp_path / "data" / "uploads").rglob("*"))) < 14 and time.time() < deadline:
-        time.sleep(0.01)
+
+    def stored_files() -> int:
+        return sum(path.is_file() for path in (tmp_path / "data" / "uploads").rglob("*"))
+
+    wait_for(lambda: stored_files() > 10, seconds=120, every=0.005)  # the second batch has begun to land
     kill(app)
     uploading.join(timeout=60)
 
     stored = assert_uploads_whole(tmp_path)
+    assert 0 < len(stored) - 10 < len(photos) - 10, "the kill must land while the second batch is being stored"
     assert len([path for path in stored if path.parent.name == "cat"]) == 10  # all acknowledged uploads
     restarted = App(env)
     try:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from catdog_model.data import Example, load_folder, load_hf_dataset, normalize_label, split_examples
+from catdog_model.data import Example, load_folder, load_folders, load_hf_dataset, normalize_label, split_examples
 from catdog_model.images import content_hash
 from tests.conftest import PHOTOS_DIR, random_jpeg, requires_photos
 
@@ -42,6 +42,20 @@ def test_duplicates_by_content_are_dropped_and_reported(tmp_path):
     dataset = load_folder(tmp_path)
     assert len(dataset.examples) == 2
     assert dataset.duplicates == [("cats/one.jpg", "cats/one-again.jpg")]
+
+
+def test_several_folders_report_the_duplicates_within_each_and_across_them(tmp_path):
+    for root in ("first", "second"):
+        for folder in ("cats", "dogs"):
+            (tmp_path / root / folder).mkdir(parents=True)
+    (tmp_path / "first" / "cats" / "one.jpg").write_bytes(random_jpeg(1))
+    (tmp_path / "first" / "cats" / "one-again.jpg").write_bytes(random_jpeg(1))
+    (tmp_path / "second" / "dogs" / "two.jpg").write_bytes(random_jpeg(2))
+    (tmp_path / "second" / "dogs" / "two-again.jpg").write_bytes(random_jpeg(2))
+    (tmp_path / "second" / "cats" / "one-elsewhere.jpg").write_bytes(random_jpeg(1))
+    dataset = load_folders([tmp_path / "first", tmp_path / "second"])
+    assert sorted(example.label for example in dataset.examples) == ["cat", "dog"]
+    assert len(dataset.duplicates) == 3  # one in each folder, one across them
 
 
 def test_folder_without_classes_is_a_clear_error(tmp_path):

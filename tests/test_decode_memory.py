@@ -77,6 +77,7 @@ def worst_cases(folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.heavy
 def test_every_modes_worst_case_stays_within_what_the_budget_charges(tmp_path):
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("measuring a peak needs Linux's /proc/self/clear_refs")

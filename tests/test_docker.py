@@ -16,9 +16,13 @@ import urllib.request
 import pytest
 
 from catdog_model.config import PROJECT_ROOT
+from bench.servers import wait_for
 from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
 
+pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
+
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
+TRAINING_ONLY = {"tensorflow-cpu", "keras", "tf2onnx", "onnx", "matplotlib"}  # requirements-train.txt
 
 
 def instruction(name: str) -> list[str]:
@@ -47,7 +51,12 @@ def test_the_image_is_slim_non_root_and_healthchecked():
     assert instruction("EXPOSE") == ["7860"]
     assert json.loads(instruction("CMD")[0]) == ["python", "app.py"]
     assert image_environment()["GRADIO_SERVER_NAME"] == "0.0.0.0"
-    assert "tensorflow-cpu" in (PROJECT_ROOT / "requirements.txt").read_text()
+    serving, training = (set(re.findall(r"^([\w\-\[\]]+)==", (PROJECT_ROOT / name).read_text(), re.M))
+                         for name in ("requirements-serve.txt", "requirements-train.txt"))
+    assert "tensorflow-cpu" in training and not serving & TRAINING_ONLY
+    assert (PROJECT_ROOT / "requirements.txt").read_text().split("\n")[-3:-1] == [
+        "-r requirements-serve.txt", "-r requirements-train.txt"]
+    assert "REQUIREMENTS: requirements-serve.txt" in (PROJECT_ROOT / "deploy" / "docker-compose.yml").read_text()
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "data"} <= set(ignored)
 
@@ -70,6 +79,54 @@ def test_the_image_command_serves_and_its_healthcheck_passes(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@requires_weights
+def test_the_serving_image_serves_and_says_why_it_cannot_retrain(tmp_path, small_photo_dir):
+    """What requirements-serve.txt leaves out cannot be imported here: the app must serve without it."""
+    blocker = tmp_path / "serving-image"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class LeftOut:\n"
+        f"    names = {sorted(name.replace('-cpu', '').replace('-', '_') for name in TRAINING_ONLY)!r}\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in self.names:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, LeftOut())\n")
+    port = free_port()
+    env = {**os.environ, **image_environment(), "GRADIO_SERVER_PORT": str(port), "CATDOG_DATA_DIR": str(tmp_path),
+           "PYTHONPATH": f"{blocker}:{PROJECT_ROOT}", "CATDOG_PREPARE_EMBEDDINGS": "0"}
+    process = subprocess.Popen(command(instruction("CMD")[0]), cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for(lambda: process.poll() is not None or _answers(url + "health"), seconds=120)
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        from gradio_client import Client, handle_file
+
+        client = Client(url, verbose=False)
+        photo = sorted((small_photo_dir / "dogs").iterdir())[0]
+        assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
+        client.predict("cat", [handle_file(str(path)) for path in sorted((small_photo_dir / "cats").iterdir())[:5]],
+                       "", api_name="/upload_training_data")
+        client.predict("dog", [handle_file(str(path)) for path in sorted((small_photo_dir / "dogs").iterdir())[:5]],
+                       "", api_name="/upload_training_data")
+        client.predict("", api_name="/retrain")
+        status = wait_for(lambda: (state := client.predict(api_name="/retrain_status"))["error"] and state,
+                          seconds=300)
+        assert "this installation leaves out" in status["error"] and "requirements.txt" in status["error"]
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except OSError:
+        return False
 
 
 def test_the_healthcheck_fails_while_no_model_is_loaded(tmp_path):

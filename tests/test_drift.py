@@ -16,7 +16,7 @@ from catdog_model.config import Settings
 from catdog_model.data import load_folder, version_splits
 from catdog_model.drift import MIN_RECENT
 from catdog_model.service import Service
-from eval.novelty import package_photos
+from catdog_model.cli_novelty import package_photos
 from tests.conftest import PHOTOS_DIR, WEIGHTS_DIR, requires_photos, shipped_models
 
 STREAM = MIN_RECENT + 20
@@ -25,7 +25,7 @@ STREAM = MIN_RECENT + 20
 def make_service(root, cache_dir) -> Service:
     shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
     service = Service(dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
-                                          data_dir=root / "data", cache_dir=cache_dir))
+                                          data_dir=root / "data", cache_dir=cache_dir)).start()
     if service.classifier is None or service.classifier.novelty is None or not service.classifier.novelty.reference:
         pytest.skip("the shipped production version keeps no validation reference")
     return service

@@ -10,7 +10,7 @@ from catdog_model.config import Settings
 from catdog_model.explain import Head, overlay
 from catdog_model.hub import LocalHub
 from catdog_model.serving import ServingModel
-from eval.explain import centre_rate, explain_photos
+from catdog_model.cli_explain import centre_rate, explain_photos
 from tests.conftest import requires_photos, shipped_models
 
 

@@ -27,13 +27,14 @@ import pytest
 from gradio_client import Client, handle_file
 
 from bench.loadtest import App
-from catdog_model.classifier import CONFIG_FILE
 from catdog_model.config import PROJECT_ROOT, Settings
-from catdog_model.hub import REFS_FILE, VERSION_PATTERN, LocalHub
-from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_photos, requires_weights, shipped_models
-from tests.servers import Postgres, wait_for
+from catdog_model.hub import VERSION_PATTERN, LocalHub
+from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, requires_photos, requires_weights,
+                            shipped_models, start_postgres)
+from bench.servers import Postgres, wait_for
+from catdog_model.layout import CONFIG_FILE, REFS_FILE
 
-pytestmark = [requires_weights]
+pytestmark = [pytest.mark.heavy, requires_weights]
 
 MODEL_NAME = Settings.from_env().model_name
 
@@ -382,7 +383,7 @@ def outage_under_load(app: Served, database: Postgres, photo_list: list[Path]) -
 def test_postgres_stopped_under_load_costs_no_prediction_and_no_logged_row(tmp_path, cache_dir, small_photo_dir):
     import sqlalchemy as sa
 
-    database, app = Postgres(), None
+    database, app = start_postgres(), None
     try:
         url = database.new_database()
         copy_models(tmp_path / "models")

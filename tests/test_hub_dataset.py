@@ -14,7 +14,7 @@ def test_uploads_reach_the_hub_dataset_and_come_back_after_a_wipe(hf_env, small_
     def service(name: str) -> Service:
         return Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
                                            data_dir=tmp_path / name, cache_dir=cache_dir,
-                                           hub_dataset="tester/catdog-uploads", reload_seconds=0))
+                                           hub_dataset="tester/catdog-uploads", reload_seconds=0)).start()
 
     first = service("before-restart")
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
@@ -41,11 +41,11 @@ def test_the_base_data_and_trusted_photos_can_come_from_a_hub_dataset(hf_env, sm
     api.upload_folder(folder_path=str(small_photo_dir), repo_id="tester/catdog-base", repo_type="dataset")
     monkeypatch.setenv("CATDOG_BASE_DATA_DIR", "hf:tester/catdog-base")
     from_hub = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
-                                           data_dir=tmp_path / "hub", cache_dir=cache_dir, reload_seconds=0))
+                                           data_dir=tmp_path / "hub", cache_dir=cache_dir, reload_seconds=0)).start()
     assert from_hub.settings.base_data_hub == "tester/catdog-base" and from_hub.settings.base_data_dir is None
     monkeypatch.setenv("CATDOG_BASE_DATA_DIR", str(small_photo_dir))
     from_folder = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
-                                              data_dir=tmp_path / "folder", cache_dir=cache_dir, reload_seconds=0))
+                                              data_dir=tmp_path / "folder", cache_dir=cache_dir, reload_seconds=0)).start()
     assert from_hub.dataset_stats()["base"] == from_folder.dataset_stats()["base"] == {"cat": 30, "dog": 30}
 
     def hashes(examples) -> set[str]:
@@ -61,7 +61,7 @@ def test_a_hub_dataset_that_cannot_be_read_is_a_sentence_and_counts_as_no_photos
     monkeypatch.setenv("CATDOG_BASE_DATA_DIR", "hf:tester/no-such-dataset")
     service = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
                                           data_dir=tmp_path / "data", cache_dir=cache_dir, reload_seconds=0,
-                                          prepare_embeddings=False))
+                                          prepare_embeddings=False)).start()
     assert service.dataset_stats()["base"] == {"cat": 0, "dog": 0}  # the Metrics tab and upload replies go on
     with pytest.raises(ServiceError, match="The Hub dataset tester/no-such-dataset cannot be read now"):
         service.trusted_examples()

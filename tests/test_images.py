@@ -278,6 +278,7 @@ def test_a_file_of_millions_of_empty_metadata_blocks_is_refused_without_parsing_
         load_image(files[kind], size=32)
 
 
+@pytest.mark.heavy
 def test_real_photos_of_every_format_stay_well_within_the_read_count():
     photo = Image.fromarray(np.random.default_rng(3).integers(0, 256, (1500, 2000, 3), np.uint8))
     for format, options in [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("GIF", {}),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 
 from catdog_model.config import PROJECT_ROOT
 from tests.conftest import requires_weights
+
+pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
 
 
 @requires_weights

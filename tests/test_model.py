@@ -17,19 +17,19 @@ from catdog_model.config import Settings
 from catdog_model.training import TrainingConfig, embed_examples, embedding_cache, publish, train
 from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights, shipped_models
 
-pytestmark = [requires_weights]
+pytestmark = [pytest.mark.heavy, requires_weights]  # Keras, TensorFlow and exports
 SMALL = TrainingConfig(seed=5, epochs=15, image_size=160)  # small and quick; the shipped model uses the defaults
 
 
 def test_weights_are_found_and_verified_in_the_weights_dir(tmp_path, monkeypatch, settings):
-    assert settings.weights.locate(0.5).parent == settings.weights_dir
+    assert WeightsSource.from_settings(settings).locate(0.5).parent == settings.weights_dir
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     monkeypatch.delenv("CATDOG_OFFLINE")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # huggingface_hub's switch turns downloads off too
     monkeypatch.setenv("CATDOG_WEIGHTS_DIR", str(tmp_path))
     name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
     with pytest.raises(BackboneUnavailable, match=f"{name}.*downloads are off.*CATDOG_WEIGHTS_DIR"):
-        Settings.from_env().weights.locate(0.5)
+        WeightsSource.from_settings(Settings.from_env()).locate(0.5)
     (tmp_path / name).write_bytes(b"not the weights")
     with pytest.raises(BackboneUnavailable, match=f"{name} has sha256 .*expected 279052de"):
         WeightsSource(tmp_path, offline=True).locate(0.5)
@@ -65,7 +65,7 @@ def test_training_on_real_photos_gives_a_version_that_loads_and_predicts(small_t
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["training"]["epochs_run"] >= 1
     card = (hub.repo / "v1" / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: keras" in card and "model-index:" in card
-    assert "python -m eval.evaluate" in card
+    assert "python -m catdog evaluate" in card
     classifier = load_classifier(hub, "production", settings)
     assert classifier.version == "v1" and classifier.spec.image_size == 160
     splits = split_examples(dataset.examples, SMALL.seed)
@@ -165,7 +165,7 @@ def test_a_version_with_any_file_changed_is_refused(small_trained, tmp_path):
         else:
             (copy / name).write_bytes((copy / name).read_bytes() + b" ")
         with pytest.raises(ModelLoadError, match="does not match the sha256"):
-            Classifier.load(copy, settings.weights)
+            Classifier.load(copy, WeightsSource.from_settings(settings))
 
 
 def test_a_fine_tuned_version_carries_the_whole_model_and_serves_like_keras(small_photo_dir, settings):
@@ -202,20 +202,20 @@ def test_fine_tuning_trains_the_top_blocks_but_leaves_batch_normalization_at_ima
     from catdog_model.finetune import FineTuneConfig, fine_tune
 
     spec = BackboneSpec.for_alpha(0.5, 96)
-    backbone = Backbone(spec, settings.weights, batch_size=8)
+    backbone = Backbone(spec, WeightsSource.from_settings(settings), batch_size=8)
     head_config = HeadConfig(embedding_dim=backbone.dim)
     classifier = Classifier(backbone, build_head(head_config), head_config)
     photos = load_folder(small_photo_dir).examples
     cats = [example for example in photos if example.label == "cat"]
     dogs = [example for example in photos if example.label == "dog"]
     tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
-                         FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=settings.weights)
+                         FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=WeightsSource.from_settings(settings))
 
     def layers(model) -> dict:
         base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
         return {layer.name: layer for layer in base.layers if layer.weights}
 
-    before, after = layers(build_backbone(spec, settings.weights)), layers(tuned.backbone.model)
+    before, after = layers(build_backbone(spec, WeightsSource.from_settings(settings))), layers(tuned.backbone.model)
 
     def changed(name: str) -> bool:
         return any(not np.array_equal(old, new) for old, new in zip(before[name].get_weights(),
@@ -238,10 +238,10 @@ def test_fine_tuning_continues_from_the_backbone_it_is_given_not_from_imagenet(s
     from catdog_model.finetune import FineTuneConfig, fine_tune
 
     spec = BackboneSpec.for_alpha(0.5, 96)
-    backbone = Backbone(spec, settings.weights, batch_size=8)
+    backbone = Backbone(spec, WeightsSource.from_settings(settings), batch_size=8)
     head_config = HeadConfig(embedding_dim=backbone.dim)
     classifier = Classifier(backbone, build_head(head_config), head_config)
-    start = build_backbone(spec, settings.weights)
+    start = build_backbone(spec, WeightsSource.from_settings(settings))
     base = next(layer for layer in start.layers if isinstance(layer, keras.Model))
     kernel, *rest = base.get_layer("block_2_project").get_weights()
     base.get_layer("block_2_project").set_weights([kernel + 0.01, *rest])  # as an earlier fine-tuning left it
@@ -249,7 +249,7 @@ def test_fine_tuning_continues_from_the_backbone_it_is_given_not_from_imagenet(s
     cats = [example for example in photos if example.label == "cat"]
     dogs = [example for example in photos if example.label == "dog"]
     tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
-                         FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=settings.weights,
+                         FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=WeightsSource.from_settings(settings),
                          start=start)
     tuned_base = next(layer for layer in tuned.backbone.model.layers if isinstance(layer, keras.Model))
     assert np.array_equal(tuned_base.get_layer("block_2_project").get_weights()[0], kernel + 0.01)

@@ -10,14 +10,16 @@ import sys
 import urllib.request
 import json
 
+import pytest
 from gradio_client import Client
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
-from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_photos, requires_weights, shipped_models
-from tests.servers import Nginx, Postgres, wait_for
+from bench.servers import wait_for
+from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, free_port, requires_photos, requires_weights,
+                            shipped_models, start_nginx, start_postgres)
 
-pytestmark = [requires_weights]
+pytestmark = [pytest.mark.heavy, requires_weights]
 
 
 def health(url: str) -> dict | None:
@@ -72,13 +74,13 @@ def test_replicas_behind_nginx_share_one_postgresql_log_and_survive_losing_one(t
                                                                                small_photo_dir):
     from bench.loadtest import run_locust
 
-    database = Postgres()
+    database = start_postgres()
     replicas = start_replicas(tmp_path, cache_dir, CATDOG_DATABASE_URL=database.new_database())
     proxy = None
     try:
         for _, url in replicas:
             assert wait_for(lambda: health(url), 120)
-        proxy = Nginx([url.removeprefix("http://").rstrip("/") for _, url in replicas])
+        proxy = start_nginx([url.removeprefix("http://").rstrip("/") for _, url in replicas])
         load = run_locust(proxy.url.rstrip("/"), users=6, seconds=10, options=("--load-images", str(small_photo_dir)))
         assert load["requests"] >= 20 and load["failures"] == 0
 

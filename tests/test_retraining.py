@@ -19,7 +19,7 @@ from catdog_model.retraining import (CONFIG_VARIABLE, LAST_RETRAINING_FILE, PARE
                                      RetrainConfig, Retrainer, RetrainState, training_dataset)
 from catdog_model.uploads import UploadStore
 from tests.conftest import random_jpeg
-from tests.servers import wait_for
+from bench.servers import wait_for
 
 
 def has_ended(process: psutil.Process) -> bool:

@@ -25,7 +25,7 @@ from catdog_model.serving import ModelLoadError, ServingModel
 from catdog_model.service import Service, ServiceError
 from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, shipped_models
 
-pytestmark = [requires_weights]
+pytestmark = [pytest.mark.heavy, requires_weights]  # Keras, TensorFlow and exports
 
 
 def hub_copy(root: Path) -> LocalHub:
@@ -55,10 +55,10 @@ def test_an_export_that_disagrees_with_keras_is_refused(settings, tmp_path):
 
 def test_a_version_without_an_export_is_refused_for_serving_with_the_command(settings, tmp_path):
     hub = hub_copy(tmp_path)
-    with pytest.raises(ModelLoadError, match=r"v3 has no serving export .*python -m training.export --version v3"):
+    with pytest.raises(ModelLoadError, match=r"v3 has no serving export .*python -m catdog export --version v3"):
         ServingModel.load(hub.download("v3"), "v3")
-    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models"))
-    with pytest.raises(ServiceError, match="v3 cannot be promoted: .*python -m training.export --version v3"):
+    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models")).start()
+    with pytest.raises(ServiceError, match="v3 cannot be promoted: .*python -m catdog export --version v3"):
         service.promote("v3")
     assert service.health()["model_version"] == hub.production()
 
@@ -178,12 +178,12 @@ def test_the_rest_route_gives_each_class_its_own_probability_as_gradio_does(serv
 
 
 def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
-    from app import build_app
+    from catdog_model.app import build_app
     from tests.conftest import serve_in_thread
 
     hub_copy(tmp_path)
     url, stop = serve_in_thread(build_app(Service(dataclasses.replace(settings, models_dir=tmp_path / "models",
-                                                                      max_upload_mb=1))))
+                                                                      max_upload_mb=1)).start()))
     try:
         answer = httpx.post(url + "/api/predict", files={"file": ("big.jpg", b"x" * 1_500_000)}, timeout=30)
         assert answer.status_code == 413 and "CATDOG_MAX_UPLOAD_MB" in answer.json()["error"]
@@ -224,7 +224,7 @@ def test_a_retraining_outlives_the_server_thread_that_started_it(settings, small
     import threading
 
     hub_copy(tmp_path)
-    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models", base_data_dir=small_photo_dir))
+    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models", base_data_dir=small_photo_dir)).start()
     starter = threading.Thread(target=service.start_retrain)  # as a Gradio worker thread, retired when idle
     starter.start()
     starter.join()

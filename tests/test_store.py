@@ -7,6 +7,7 @@ import struct
 import zipfile
 import tracemalloc
 
+import pytest
 import numpy as np
 from PIL import Image
 
@@ -169,6 +170,7 @@ def test_an_upload_removes_what_writes_killed_mid_way_left_behind(tmp_path):
     assert store.counts() == {"cat": 2, "dog": 0}
 
 
+@pytest.mark.heavy
 def test_an_upload_call_holds_one_image_at_a_time_however_many_it_brings(tmp_path):
     """Each image is read, checked and stored before the next is read: 30 images of 4 MB in three archives
     never sit in memory together (they did: 1.5 GB for three 460 KB archives of 4000×4000 BMPs)."""

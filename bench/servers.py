@@ -1,5 +1,6 @@
-"""Real servers for the tests, on loopback: PostgreSQL (Debian's package; `initdb` into a temporary folder) and
-nginx with the repository's configuration. Each skips with the reason and the install command when absent."""
+"""Real servers on loopback for the tests and the benchmarks: PostgreSQL (Debian's package; `initdb` into a
+temporary folder) and nginx with the repository's configuration. Each raises ServerUnavailable, with the install
+command, when its package is absent (tests skip on it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+
+class ServerUnavailable(RuntimeError):
+    """A server's package is not installed; the message says how to install it."""
 
 
 def free_port() -> int:
@@ -37,7 +40,7 @@ class Postgres:
     def __init__(self):
         self.initdb, self.pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
         if not (self.initdb and self.pg_ctl):
-            pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
+            raise ServerUnavailable("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
         self.folder = Path(tempfile.mkdtemp(prefix="catdog-postgres-"))
         self.user = "postgres" if os.geteuid() == 0 else None
         if self.user:
@@ -98,7 +101,7 @@ class Nginx:
     def __init__(self, upstreams: list[str]):
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if not binary:
-            pytest.skip("nginx is not installed: apt-get install nginx (.ci/run does)")
+            raise ServerUnavailable("nginx is not installed: apt-get install nginx (.ci/run does)")
         self.folder = Path(tempfile.mkdtemp(prefix="catdog-nginx-"))
         self.folder.chmod(0o777)  # nginx's workers run as an unprivileged user and keep request bodies here
         self.port = free_port()

@@ -1,6 +1,6 @@
 """Evaluate a model version on a folder of cats/ and dogs/: metrics, and confusion-matrix and ROC plots.
 
-    python -m eval.evaluate --data-dir ../shared/data/cats_vs_dogs --split test --json
+    python -m catdog evaluate --data-dir ../shared/data/cats_vs_dogs --json   # its test split; --split all: every photo
 """
 
 from __future__ import annotations
@@ -9,21 +9,22 @@ import argparse
 import json
 import sys
 
-from catdog_model.cli import ProgressBars, open_version, user_errors
-from catdog_model.data import deduplicate, load_folder, version_splits
-from catdog_model.evaluation import compute_metrics, save_plots
-from catdog_model.classifier import load_classifier
-from catdog_model.hub import PRODUCTION
-from catdog_model.training import embed_examples, embedding_cache
+from .cli import ProgressBars, open_version, user_errors
+from .data import load_folders, version_splits
+from .evaluation import compute_metrics, save_plots
+from .classifier import load_classifier
+from .hub import PRODUCTION
+from .training import embed_examples, embedding_cache
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="catdog evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, action="append",
                         help="folder with class subfolders cats/ and dogs/; repeat for more")
     parser.add_argument("--version", default=PRODUCTION, help="vN or production (default)")
-    parser.add_argument("--split", choices=["all", "train", "validation", "test"], default="all",
-                        help="only the images of this split, cut as the version's training cut them")
+    parser.add_argument("--split", choices=["test", "validation", "train", "all"], default="test",
+                        help="the images of this split, cut as the version's training cut them (default: test, "
+                             "the photos it never trained on; all: every photo in the folders)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.add_argument("--out", help="folder for confusion_matrix.png and roc_curve.png")
     return parser.parse_args(argv)
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings, hub, version = open_version(arguments.version)
         classifier = load_classifier(hub, version, settings)
-        examples = deduplicate([example for folder in arguments.data_dir
-                                for example in load_folder(folder).examples]).examples
+        examples = load_folders(arguments.data_dir).examples
         if arguments.split != "all":
             examples = getattr(version_splits(examples, hub.metrics(version)["data"]), arguments.split)
         progress = ProgressBars()

@@ -1,7 +1,7 @@
 """How often the heat map points at the animal: on photos of cats/ and dogs/, the share whose hardest push
 towards the predicted label lies in the photo's centre box (a random peak would land there ~31 % of the time).
 
-    python -m eval.explain --data-dir ../shared/data/cats_vs_dogs --photos 60 [--out assets/heatmap.png] [--json]
+    python -m catdog explain --data-dir ../shared/data/cats_vs_dogs --photos 60 [--out assets/heatmap.png] [--json]
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import random
 import numpy as np
 from PIL import Image
 
-from catdog_model import LABELS
-from catdog_model.cli import open_version, user_errors
-from catdog_model.data import load_folder
-from catdog_model.errors import ServiceError
-from catdog_model.explain import Explanation, peak_in_centre
-from catdog_model.hub import PRODUCTION
-from catdog_model.images import InvalidImage
-from catdog_model.serving import ServingModel
+from . import LABELS
+from .cli import open_version, user_errors
+from .data import load_folder
+from .errors import ServiceError
+from .explain import Explanation, peak_in_centre
+from .hub import PRODUCTION
+from .images import InvalidImage
+from .serving import ServingModel
 
 
 def explain_photos(model: ServingModel, photos: list[bytes]) -> list[Explanation | None]:
@@ -40,7 +40,7 @@ def centre_rate(explanations: list[Explanation | None]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.explain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="catdog explain", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder with class subfolders cats/ and dogs/")
     parser.add_argument("--photos", type=int, default=60, help="how many, half of each class, chosen by --seed")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,7 +71,3 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result, indent=2) if arguments.json else
           f"{version}: the hardest push lies in the centre box for {result['peak_in_centre']:.0%} of "
           f"{len(explanations)} photos (random: ~31 %)")
-
-
-if __name__ == "__main__":
-    main()

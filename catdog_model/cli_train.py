@@ -1,7 +1,7 @@
 """Train a head on folders of cats/ and dogs/ (or a `datasets` dataset) and publish it as a new model version;
 with --fine-tune, then also train the top of the backbone (two-phase transfer learning).
 
-    python -m training.train --data-dir ../shared/data/cats_vs_dogs [--data-dir MORE …] [--fine-tune]
+    python -m catdog train --data-dir ../shared/data/cats_vs_dogs [--data-dir MORE …] [--fine-tune]
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import json
 import shlex
 import sys
 
-from catdog_model.cli import ProgressBars, add_config_options, config_from_options, user_errors
-from catdog_model.config import Settings
-from catdog_model.data import deduplicate, load_folder, load_hf_dataset
-from catdog_model.finetune import FineTuneConfig
-from catdog_model.hub import open_hub
-from catdog_model.training import TrainingConfig, publish, train
+from .cli import ProgressBars, add_config_options, config_from_options, user_errors
+from .config import Settings
+from .data import load_folders, load_hf_dataset
+from .finetune import FineTuneConfig
+from .hub import open_hub
+from .training import TrainingConfig, publish, train
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="catdog train", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", action="append",
                         help="folder with class subfolders cats/ and dogs/ (or cat/ and dog/); repeat for more")
@@ -43,14 +43,13 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
         config = config_from_options(arguments, TrainingConfig)
         source = " + ".join(arguments.data_dir) if arguments.data_dir else arguments.hf_dataset
-        dataset = (deduplicate([example for folder in arguments.data_dir for example in load_folder(folder).examples])
-                   if arguments.data_dir else load_hf_dataset(arguments.hf_dataset, split=arguments.hf_split))
+        dataset = (load_folders(arguments.data_dir) if arguments.data_dir else load_hf_dataset(arguments.hf_dataset, split=arguments.hf_split))
         fine_tuning = config_from_options(arguments, FineTuneConfig, "fine-tune-") if arguments.fine_tune else None
         print(f"{source}: {len(dataset.examples)} images {dataset.counts()}, "
               f"{len(dataset.duplicates)} duplicate(s) skipped", file=sys.stderr)
         progress = ProgressBars()
         trained = train(dataset, settings, config, progress=progress, source=source,
-                        command=shlex.join(["python", "-m", "training.train", *argv]), fine_tuning=fine_tuning)
+                        command=shlex.join(["python", "-m", "catdog", "train", *argv]), fine_tuning=fine_tuning)
         progress.close()
         hub = open_hub(settings)
         version = publish(trained, hub, settings.model_name)
@@ -61,7 +60,3 @@ def main(argv: list[str] | None = None) -> None:
                       "test_accuracy": test["accuracy"], "test_roc_auc": test["roc_auc"],
                       "test_images": test["n_images"], "tta": training["tta"], "seconds": training["seconds"],
                       "images_embedded": training["images_embedded"]}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ In-distribution: the held-out test photos. Other pictures: the photos that ship 
 (matplotlib, gradio, scikit-learn — a person, cheetahs, a lion, a toy, a tower, a flower, a temple) and three
 synthetic images (noise, flat gray, a gradient).
 
-    python -m eval.novelty --data-dir ../shared/data/cats_vs_dogs [--json]
+    python -m catdog novelty --data-dir ../shared/data/cats_vs_dogs [--json]
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from catdog_model.cli import open_version, user_errors
-from catdog_model.errors import ServiceError
-from catdog_model.data import load_folder, version_splits
-from catdog_model.classifier import load_classifier
-from catdog_model.hub import PRODUCTION
+from .cli import open_version, user_errors
+from .errors import ServiceError
+from .data import load_folder, version_splits
+from .classifier import load_classifier
+from .hub import PRODUCTION
 
 
 def package_photos() -> list[Path]:
@@ -39,7 +39,7 @@ def synthetic_images(size: int = 288) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.novelty", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="catdog novelty", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="the folder the version was trained on")
     parser.add_argument("--version", default=PRODUCTION)
     parser.add_argument("--json", action="store_true")
@@ -67,7 +67,3 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in result["others"].items():
         print(f"    {name:<22} novelty {values['novelty']:.4f}  {'unfamiliar' if values['unfamiliar'] else 'passes'}"
               f"  (labelled {values['label']})")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from catdog_model.cli import main
+
+main()

@@ -1,0 +1,403 @@
+"""catdog's Gradio app: Predict, Retrain and Metrics tabs, named API endpoints, /health and /api/status.
+Wiring only: every decision is in catdog_model.service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import gradio as gr
+import pandas as pd
+import uvicorn
+from fastapi import FastAPI, File, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from . import LABELS, cli
+from .config import Settings
+from .monitoring import WINDOWS
+from .errors import ServiceError, public_message
+from .service import BATCH_COLUMNS, Service
+from .web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted,
+                              forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message,
+                              user_errors)
+
+PREDICT_CONCURRENCY = 16
+SESSION_CAPACITY = 256
+ANALYTICS_EVENTS = 1000
+REST_USAGE = ("POST /api/predict takes one photo as a multipart form field named `file`, for example "
+              "curl -F file=@photo.jpg http://HOST:PORT/api/predict.")
+logger = logging.getLogger("catdog.app")
+
+
+def build_demo(service: Service) -> gr.Blocks:
+    # File inputs arrive unprocessed (preprocess=False, see input_paths): catdog's decoder, with its limits
+    # and memory budget, is the only one that ever reads them.
+    # One photo's events wait for decode memory on the event loop (admitted), not in a worker thread.
+    budget = service.limits.budget
+
+    @user_errors
+    async def predict(image: dict | None) -> dict:
+        path = input_path(image)
+        prediction, _ = await admitted(lambda: service.predict(path, origin="api"), budget)
+        return prediction.as_label_dict()
+
+    @user_errors
+    async def predict_with_details(image: dict | None):
+        path = input_path(image)
+        prediction, latency_ms = await admitted(lambda: service.predict(path, origin="ui"), budget)
+        flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
+        return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
+
+    @user_errors
+    async def explain(image: dict | None):
+        path = input_path(image)
+        prediction, heat_map = await admitted(lambda: service.explain(path), budget)
+        why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
+        return heat_map, prediction.as_label_dict(), why
+
+    @user_errors
+    def correct(image: dict | None, label: str, token: str) -> str:
+        service.check_token(token)
+        return service.correct(input_path(image), label)
+
+    @user_errors
+    def predict_batch(files: list[dict] | None):
+        rows = service.predict_batch(input_paths(files), origin="api")
+        return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
+
+    @user_errors
+    def upload_training_data(label: str, files: list[dict] | None, token: str):
+        service.check_token(token)
+        results = service.upload(label, input_paths(files))
+        # The file list is emptied: the next class's click must not send these files again with its label.
+        return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats(), None
+
+    @user_errors
+    def confirm_suspects(token: str):
+        service.check_token(token)
+        return service.review_suspects(confirm=True), service.dataset_stats()
+
+    @user_errors
+    def discard_suspects(token: str):
+        service.check_token(token)
+        return service.review_suspects(confirm=False), service.dataset_stats()
+
+    @user_errors
+    def label_photo(sha256: str | None, label: str, token: str):
+        service.check_token(token)
+        if not sha256:
+            raise ServiceError("Choose a photo waiting for a label first: click one under To label (programs: "
+                               "a sha256 from /photos_to_label).")
+        return service.label_photo(sha256, label), service.dataset_stats()
+
+    @user_errors
+    def photos_to_label(token: str):
+        service.check_token(token)  # they are users' photos: for admins only
+        thumbnails, hashes = service.photos_to_label()
+        return gr.Gallery(thumbnails, selected_index=None), hashes, None  # nothing looks chosen that is not
+
+    def choose_photo(hashes: list[str], selected: gr.SelectData) -> str | None:
+        return hashes[selected.index] if isinstance(selected.index, int) and 0 <= selected.index < len(hashes) \
+            else None
+
+    @user_errors
+    def retrain(token: str, fine_tune: bool = False) -> dict:
+        service.check_token(token)
+        service.start_retrain(fine_tune)
+        return service.retrain_status()
+
+    @user_errors
+    def retraining_view(with_versions: bool = True) -> list:
+        view = service.retrain_view(with_versions)
+        return [view[name] for name in ("progress", "verdict", "comparison", "log", "production")]
+
+    @user_errors
+    def retrain_and_follow(fine_tune: bool, token: str, progress=gr.Progress()):
+        service.check_token(token)
+        service.start_retrain(fine_tune)
+        while True:
+            status = service.retrain_status()
+            if status["total"]:
+                progress((status["done"], status["total"]), desc=status["stage"])
+            yield retraining_view(with_versions=not status["running"])
+            if not status["running"]:
+                return
+            time.sleep(1)
+
+    @user_errors
+    def promote(version: str, token: str) -> str:
+        service.check_token(token)
+        return f"Production is now {service.promote(version)}."
+
+    @user_errors
+    def rollback(token: str) -> str:
+        service.check_token(token)
+        return service.rollback()
+
+    @user_errors
+    def refresh_metrics(window: str):
+        view = service.metrics_view(window)
+        return [view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
+                                        "versions_table", "over_time", "over_time", "quality", "labels",
+                                        "confidence", "dataset_table")]
+
+    # Gradio's queue rebuilds an analytics summary (a pandas DataFrame over up to 10,000 recent events) after
+    # every event by default: a few milliseconds of each call under load. Rarely, over fewer events, here.
+    # Read when the Blocks (and their queue) are built, so set just before.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVENTS))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", str(ANALYTICS_EVENTS))
+    cache_seconds = int(service.settings.file_cache_minutes * 60)
+    # Uploaded files and results leave Gradio's cache once they are this old (checked four times as often).
+    with gr.Blocks(title="catdog", analytics_enabled=False,
+                   delete_cache=(max(1, cache_seconds // 4), max(1, cache_seconds))) as demo:
+        gr.Markdown("# catdog — cats vs. dogs")
+        if service.load_error:
+            gr.Markdown("⚠️ **No model is loaded, so predictions are unavailable:** "
+                        f"{public_message(service.load_error)}")
+        token = gr.Textbox(label="Admin token", type="password", visible=bool(service.settings.admin_token))
+        with gr.Tab("Predict"):
+            with gr.Row():
+                image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+                with gr.Column():
+                    label = gr.Label(num_top_classes=2, label="Prediction")
+                    details = gr.Markdown()
+                    with gr.Row():
+                        predict_button = gr.Button("Classify", variant="primary")
+                        explain_button = gr.Button("Show why")
+            with gr.Row():
+                correct_as_cat = gr.Button("Wrong? It's a cat", size="sm")
+                correct_as_dog = gr.Button("Wrong? It's a dog", size="sm")
+            correction_text = gr.Markdown()
+            heat_map = gr.Image(label="Why: red pushed towards dog, blue towards cat", type="numpy",
+                                interactive=False)
+            if examples := service.example_images():
+                gr.Examples(examples, inputs=image)
+            # Photos are decoded and run side by side: decoding and ONNX Runtime release the GIL.
+            predict_button.click(predict_with_details, image, [label, details], api_name="predict_with_details",
+                                 concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict", preprocess=False)
+            # /predict answers in gr.Label's format, which gr.api would not give, and takes the raw file, so every
+            # byte a client sends reaches catdog's own validation, not an image component's decoding first.
+            api_image = gr.File(visible=False, type="filepath")
+            gr.Button(visible=False).click(predict, api_image, label, api_name="predict", preprocess=False,
+                                           concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+            explain_button.click(explain, image, [heat_map, label, details], api_name="explain", preprocess=False,
+                                 concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+            # A correction is an upload under the class the person names (see Service.correct).
+            api_label = gr.Radio(list(LABELS), visible=False)
+            gr.Button(visible=False).click(correct, [api_image, api_label, token], correction_text,
+                                           api_name="correct", preprocess=False)
+            corrected = [button.click(lambda photo, secret, named=named: correct(photo, named, secret),
+                                      [image, token], correction_text, api_name=False, preprocess=False)
+                         for button, named in ((correct_as_cat, "cat"), (correct_as_dog, "dog"))]
+            # A new photo clears the answers about the last one.
+            image.change(lambda: (None, "", None, ""), None, [label, details, heat_map, correction_text],
+                         api_name=False, queue=False)
+            gr.Markdown("### Many photos")
+            batch_files = gr.File(file_count="multiple", type="filepath", label="Photos")
+            batch_button = gr.Button("Classify all")
+            batch_table = gr.Dataframe(headers=list(BATCH_COLUMNS), label="Results")
+            batch_csv = gr.File(label="Results as CSV")
+            batch_button.click(predict_batch, batch_files, [batch_table, batch_csv], api_name="predict_batch",
+                               preprocess=False)
+        with gr.Tab("Retrain"):
+            upload_label = gr.Radio(list(LABELS), value=LABELS[0], label="Class of these images")
+            upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip archive")
+            upload_button = gr.Button("Add to training data")
+            upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
+            stats = gr.JSON(label="Dataset")
+            uploaded = upload_button.click(upload_training_data, [upload_label, upload_files, token],
+                                [upload_results, stats, upload_files], api_name="upload_training_data",
+                                preprocess=False)
+            gr.Markdown("Images that production confidently calls the other class (uploads and corrections from "
+                        "the Predict tab) are held as *suspect*, out of training, until you confirm or discard them.")
+            suspects = gr.Gallery(label="Held for review", columns=8, height="auto", interactive=False)
+            with gr.Row():
+                confirm_button = gr.Button("Confirm suspect images")
+                discard_button = gr.Button("Discard suspect images")
+            suspects_message = gr.Markdown()
+            reviewed = [confirm_button.click(confirm_suspects, token, [suspects_message, stats],
+                                             api_name="confirm_suspects"),
+                        discard_button.click(discard_suspects, token, [suspects_message, stats],
+                                             api_name="discard_suspects")]
+            for event in [uploaded, *reviewed, *corrected]:
+                event.then(service.suspect_gallery, None, suspects, api_name=False)
+            if service.settings.review_queue:
+                gr.Markdown("Photos production was unsure of or found unfamiliar wait here for a label "
+                            "(`CATDOG_REVIEW_QUEUE`): show them, click one, then say what it is.")
+                show_to_label = gr.Button("Show photos to label", size="sm")
+                to_label = gr.Gallery(label="To label", columns=8, height="auto", interactive=False)
+                shown_hashes, chosen_hash = gr.State([]), gr.State(None)
+                with gr.Row():
+                    label_buttons = [(gr.Button(text, size="sm"), named) for text, named in (
+                        ("It's a cat", "cat"), ("It's a dog", "dog"), ("Discard", "discard"))]
+                label_message = gr.Markdown()
+                waiting = [to_label, shown_hashes, chosen_hash]
+                show_to_label.click(photos_to_label, token, waiting, api_name=False)
+                to_label.select(choose_photo, shown_hashes, chosen_hash, api_name=False)
+                for button, named in label_buttons:
+                    button.click(lambda chosen, secret, named=named: label_photo(chosen, named, secret),
+                                 [chosen_hash, token], [label_message, stats], api_name=False).then(
+                        photos_to_label, token, waiting, api_name=False)
+            fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
+                                          "production's backbone in about a minute)", value=False)
+            with gr.Row():
+                retrain_button = gr.Button("Retrain", variant="primary")
+                status_button = gr.Button("Check status")
+            retrain_progress = gr.Markdown()
+            verdict = gr.Markdown()
+            comparison = gr.Markdown()
+            retrain_log = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False)
+            production_text = gr.Markdown()
+            retraining_outputs = [retrain_progress, verdict, comparison, retrain_log, production_text]
+            # Not one at a time (Gradio's default): a second click, from any page, is told a retraining runs
+            # rather than queued to start another once this one ends.
+            retrain_button.click(retrain_and_follow, [fine_tune, token], retraining_outputs,
+                                 api_name="retrain_and_follow", concurrency_limit=None,
+                                 show_progress_on=retrain_progress)  # the bar covers the progress line, not the log
+            status_button.click(retraining_view, None, retraining_outputs, api_name="show_retraining")
+            version_box = gr.Textbox(label="Version to promote (e.g. v3)")
+            with gr.Row():
+                promote_button = gr.Button("Promote")
+                rollback_button = gr.Button("Roll back")
+            version_message = gr.Markdown()
+            promote_button.click(promote, [version_box, token], version_message, api_name="promote").then(
+                retraining_view, None, retraining_outputs, api_name=False)
+            rollback_button.click(rollback, token, version_message, api_name="rollback").then(
+                retraining_view, None, retraining_outputs, api_name=False)
+        with gr.Tab("Metrics"):
+            with gr.Row():
+                window = gr.Radio(list(WINDOWS), value="day", label="Monitoring window (all replicas)")
+                refresh = gr.Button("Refresh", variant="primary")
+            drift_text = gr.Markdown()
+            summary_text = gr.Markdown()
+            with gr.Row():
+                production_table = gr.Dataframe(label="Production on its test split", interactive=False)
+                confusion_plot = gr.Image(label="Confusion matrix (test split)", type="filepath")
+                roc_plot = gr.Image(label="ROC curve (test split)", type="filepath")
+            versions_table = gr.Dataframe(label="Versions", interactive=False)
+            with gr.Row():
+                # Points, not lines: a window with a single period still shows it.
+                requests_plot = gr.ScatterPlot(x="time", y="requests per minute", title="Requests per minute")
+                latency_plot = gr.ScatterPlot(x="time", y="mean latency (ms)", title="Mean latency (ms)")
+            with gr.Row():
+                quality_plot = gr.ScatterPlot(x="time", y="value", color="measure", y_lim=[0, 1],
+                                              title="Confidence, unfamiliarity and share flagged")
+                labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels", y_lim=[0, None])
+                confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence", y_lim=[0, None])
+            dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
+            metrics_outputs = [drift_text, summary_text, production_table, confusion_plot, roc_plot, versions_table,
+                               requests_plot, latency_plot, quality_plot, labels_plot, confidence_plot, dataset_table]
+            refresh.click(refresh_metrics, window, metrics_outputs, api_name="refresh_metrics")
+
+        # Endpoints for programs, with no UI of their own.
+        @gr.api(api_name="metrics")
+        def metrics(window: str = "day") -> dict:
+            """Production's test metrics, live monitoring and drift over the window (hour, day or all)."""
+            return user_errors(service.metrics)(window)
+
+        @gr.api(api_name="versions")
+        def versions() -> list[dict]:
+            return user_errors(service.versions)()
+
+        @gr.api(api_name="retrain")
+        def start_retraining(token: str = "", fine_tune: bool = False) -> dict:
+            """Start a retraining in the background (fine_tune: the backbone's top too, minutes); its status."""
+            return retrain(token, fine_tune)
+
+        @gr.api(api_name="retrain_status")
+        def retrain_status() -> dict:
+            """The running (or last) retraining: stage, done, total, seconds_left, log, result and verdict."""
+            return user_errors(service.retrain_status)()
+
+        @gr.api(api_name="photos_to_label")
+        def hashes_to_label(token: str = "") -> list[str]:
+            """The sha256 of each photo waiting for a label (CATDOG_REVIEW_QUEUE; none while it is off)."""
+            return photos_to_label(token)[1]
+
+        @gr.api(api_name="label_photo")
+        def label_waiting_photo(sha256: str, label: str, token: str = "") -> str:
+            """Label a photo waiting for one: cat or dog (it joins training), or discard."""
+            return label_photo(sha256, label, token)[0]
+
+        @gr.api(api_name="dataset_stats")
+        def dataset_stats() -> dict:
+            return user_errors(service.dataset_stats)()
+
+        demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
+        demo.load(retraining_view, None, retraining_outputs, api_name=False)
+        demo.load(service.suspect_gallery, None, suspects, api_name=False)
+    return demo
+
+
+def build_app(service: Service) -> FastAPI:
+    demo = build_demo(service)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        pruning = asyncio.create_task(forget_finished_sessions(demo))
+        yield
+        pruning.cancel()
+        service.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:  # on the event loop: it answers even while every worker thread is busy
+        # 503 until a model is loaded, so load balancers and Docker's HEALTHCHECK skip a replica that can't serve.
+        body = service.health()
+        return JSONResponse(body, status_code=200 if body["model_loaded"] else 503)
+
+    @app.get("/api/status")
+    def status() -> dict:
+        body = service.status()
+        return {**body, "load_error": body["load_error"] and public_message(body["load_error"])}
+
+    @app.post("/api/predict")
+    async def predict_rest(file: UploadFile = File(...)) -> JSONResponse:
+        """One multipart POST (field `file`), JSON back: the fast path for scripts and load tests."""
+        return await rest_prediction(service, file)
+
+    @app.get("/api/predict")
+    async def predict_rest_help() -> JSONResponse:
+        return JSONResponse({"error": REST_USAGE}, status_code=405, headers={"Allow": "POST"})
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed_request(request, error) -> JSONResponse:
+        logger.info("refused %s: the request did not have the form it needs", request.url.path)
+        return JSONResponse({"error": REST_USAGE}, status_code=400)
+
+    app.add_middleware(CheckedCalls, blocks=demo)
+    # The multipart form's own framing adds a few hundred bytes to the file.
+    app.add_middleware(RequestBodyLimit, path="/api/predict", max_bytes=service.settings.max_upload_mb * 2**20 + 2**16,
+                       message=too_large_message(service.settings.max_upload_mb))
+    if service.settings.open_on_loopback:
+        # Added last, so it runs first.
+        app.add_middleware(LoopbackHostOnly, port=service.settings.server_port,
+                           server_name=service.settings.server_name)
+    # Gradio keeps a copy of the app's config for every session, and every API call is a new session: at its
+    # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
+    demo.state_session_capacity = SESSION_CAPACITY
+    # show_error=False: only catdog's own sentences (gr.Error) reach a client, never an unexpected exception's text.
+    return gr.mount_gradio_app(app, demo, path="/", show_error=False,
+                               max_file_size=service.settings.max_upload_mb * 1024 * 1024)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="catdog serve", description="Serve the app on the production model, on "
+                            "GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (127.0.0.1:7860); every setting is an "
+                            "environment variable (docs/configuration.md).").parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with cli.user_errors():  # a setting that cannot work ends the start with its sentence, not a traceback
+        settings = Settings.from_env()
+        service = Service(settings).start()
+    uvicorn.run(build_app(service), host=settings.server_name, port=settings.server_port)
+
+
+if __name__ == "__main__":
+    main()
