@@ -22,9 +22,8 @@ from .config import Settings
 from .monitoring import WINDOWS
 from .errors import ServiceError, public_message
 from .service import BATCH_COLUMNS, Service
-from .web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted,
-                              forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message,
-                              user_errors)
+from .web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted, as_gradio_errors,
+                  forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message)
 
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
@@ -40,54 +39,54 @@ def build_demo(service: Service) -> gr.Blocks:
     # One photo's events wait for decode memory on the event loop (admitted), not in a worker thread.
     budget = service.limits.budget
 
-    @user_errors
+    @as_gradio_errors
     async def predict(image: dict | None) -> dict:
         path = input_path(image)
         prediction, _ = await admitted(lambda: service.predict(path, origin="api"), budget)
         return prediction.as_label_dict()
 
-    @user_errors
+    @as_gradio_errors
     async def predict_with_details(image: dict | None):
         path = input_path(image)
         prediction, latency_ms = await admitted(lambda: service.predict(path, origin="ui"), budget)
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
         return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
 
-    @user_errors
+    @as_gradio_errors
     async def explain(image: dict | None):
         path = input_path(image)
         prediction, heat_map = await admitted(lambda: service.explain(path), budget)
         why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
         return heat_map, prediction.as_label_dict(), why
 
-    @user_errors
+    @as_gradio_errors
     def correct(image: dict | None, label: str, token: str) -> str:
         service.check_token(token)
         return service.correct(input_path(image), label)
 
-    @user_errors
+    @as_gradio_errors
     def predict_batch(files: list[dict] | None):
         rows = service.predict_batch(input_paths(files), origin="api")
         return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
 
-    @user_errors
+    @as_gradio_errors
     def upload_training_data(label: str, files: list[dict] | None, token: str):
         service.check_token(token)
         results = service.upload(label, input_paths(files))
         # The file list is emptied: the next class's click must not send these files again with its label.
         return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats(), None
 
-    @user_errors
+    @as_gradio_errors
     def confirm_suspects(token: str):
         service.check_token(token)
         return service.review_suspects(confirm=True), service.dataset_stats()
 
-    @user_errors
+    @as_gradio_errors
     def discard_suspects(token: str):
         service.check_token(token)
         return service.review_suspects(confirm=False), service.dataset_stats()
 
-    @user_errors
+    @as_gradio_errors
     def label_photo(sha256: str | None, label: str, token: str):
         service.check_token(token)
         if not sha256:
@@ -95,7 +94,7 @@ def build_demo(service: Service) -> gr.Blocks:
                                "a sha256 from /photos_to_label).")
         return service.label_photo(sha256, label), service.dataset_stats()
 
-    @user_errors
+    @as_gradio_errors
     def photos_to_label(token: str):
         service.check_token(token)  # they are users' photos: for admins only
         thumbnails, hashes = service.photos_to_label()
@@ -105,18 +104,18 @@ def build_demo(service: Service) -> gr.Blocks:
         return hashes[selected.index] if isinstance(selected.index, int) and 0 <= selected.index < len(hashes) \
             else None
 
-    @user_errors
+    @as_gradio_errors
     def retrain(token: str, fine_tune: bool = False) -> dict:
         service.check_token(token)
         service.start_retrain(fine_tune)
         return service.retrain_status()
 
-    @user_errors
+    @as_gradio_errors
     def retraining_view(with_versions: bool = True) -> list:
         view = service.retrain_view(with_versions)
         return [view[name] for name in ("progress", "verdict", "comparison", "log", "production")]
 
-    @user_errors
+    @as_gradio_errors
     def retrain_and_follow(fine_tune: bool, token: str, progress=gr.Progress()):
         service.check_token(token)
         service.start_retrain(fine_tune)
@@ -129,17 +128,17 @@ def build_demo(service: Service) -> gr.Blocks:
                 return
             time.sleep(1)
 
-    @user_errors
+    @as_gradio_errors
     def promote(version: str, token: str) -> str:
         service.check_token(token)
         return f"Production is now {service.promote(version)}."
 
-    @user_errors
+    @as_gradio_errors
     def rollback(token: str) -> str:
         service.check_token(token)
         return service.rollback()
 
-    @user_errors
+    @as_gradio_errors
     def refresh_metrics(window: str):
         view = service.metrics_view(window)
         return [view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
@@ -298,11 +297,11 @@ def build_demo(service: Service) -> gr.Blocks:
         @gr.api(api_name="metrics")
         def metrics(window: str = "day") -> dict:
             """Production's test metrics, live monitoring and drift over the window (hour, day or all)."""
-            return user_errors(service.metrics)(window)
+            return as_gradio_errors(service.metrics)(window)
 
         @gr.api(api_name="versions")
         def versions() -> list[dict]:
-            return user_errors(service.versions)()
+            return as_gradio_errors(service.versions)()
 
         @gr.api(api_name="retrain")
         def start_retraining(token: str = "", fine_tune: bool = False) -> dict:
@@ -312,7 +311,7 @@ def build_demo(service: Service) -> gr.Blocks:
         @gr.api(api_name="retrain_status")
         def retrain_status() -> dict:
             """The running (or last) retraining: stage, done, total, seconds_left, log, result and verdict."""
-            return user_errors(service.retrain_status)()
+            return as_gradio_errors(service.retrain_status)()
 
         @gr.api(api_name="photos_to_label")
         def hashes_to_label(token: str = "") -> list[str]:
@@ -326,7 +325,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:
-            return user_errors(service.dataset_stats)()
+            return as_gradio_errors(service.dataset_stats)()
 
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
         demo.load(retraining_view, None, retraining_outputs, api_name=False)
@@ -397,7 +396,3 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
         service = Service(settings).start()
     uvicorn.run(build_app(service), host=settings.server_name, port=settings.server_port)
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from .cli import ProgressBars, open_version, user_errors
 from .data import load_folders, version_splits
@@ -60,7 +59,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  confusion  true cat → cat {true_cat}, dog {false_dog}; true dog → cat {false_cat}, dog {true_dog}")
     for path in result.get("plots", []):
         print(f"  plot       {path}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

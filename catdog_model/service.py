@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .config import Settings, TrainingConfig
+from .config import Settings
 from .errors import CatdogError, ServiceError, public_message, shown
-from .data import IMAGE_SUFFIXES, Dataset, Example, folder_signature, load_folder, normalize_label
+from .data import IMAGE_SUFFIXES, Dataset, folder_signature, load_folder, normalize_label
 from .hub import open_hub
 from .images import ImageLimits, content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
 from .drift import drift_report
@@ -27,7 +27,9 @@ from .reports import (confidence_histogram, dataset_table, label_mix, monitoring
                       production_line, production_table, quality_over_time, retraining_comparison,
                       retraining_progress, retraining_verdict, versions_table)
 from .production import Production
-from .retraining import RetrainConfig, Retrainer, base_examples, trusted_examples, training_dataset
+from .retrain_data import base_examples
+from .retrain_job import RetrainConfig
+from .retraining import Retrainer
 from .prediction import Prediction
 from .serving import ServingModel
 from .uploads import SUSPECT_FOLDER, UNLABELLED_FOLDER, RequestLimits, UploadStore
@@ -112,7 +114,7 @@ class Service:
     # Serving: the production unit decides what is served; here each prediction is also logged.
 
     @property
-    def classifier(self) -> ServingModel | None:
+    def serving_model(self) -> ServingModel | None:
         return self.production.model
 
     @property
@@ -244,10 +246,10 @@ class Service:
     def _doubt_label(self, label: str, image: bytes) -> str | None:
         """Why production doubts the image's label, or None: an image it confidently calls the other class
         is held back until an admin confirms it (mislabelled uploads must not train the next version)."""
-        classifier = self.classifier
-        if not isinstance(classifier, ServingModel):
+        model = self.serving_model
+        if not isinstance(model, ServingModel):
             return None
-        prediction = classifier.predict_one(image)
+        prediction = model.predict_one(image)
         if prediction.label != label and prediction.confidence >= self.settings.suspect_confidence:
             return (f"production ({prediction.version}) says {prediction.label} with {prediction.confidence:.0%} "
                     "confidence; kept out of training until an admin confirms the suspect images")
@@ -334,18 +336,6 @@ class Service:
                                every=UPLOAD_SYNC_MINUTES, hf_api=HfApi(endpoint=self.settings.hub_endpoint),
                                ignore_patterns=[f"{folder}/{pattern}" for folder in (SUSPECT_FOLDER, UNLABELLED_FOLDER)
                                                 for pattern in ("*", "**")])
-
-    def sync_uploads(self) -> None:
-        """Commit pending uploads to the Hub dataset now rather than at the next scheduled batch."""
-        if self.upload_sync:
-            self.upload_sync.trigger().result()
-
-    def trusted_examples(self) -> list[Example]:
-        config = TrainingConfig()
-        return trusted_examples(self.settings, config.seed, config.validation_fraction, config.test_fraction)
-
-    def training_dataset(self):
-        return training_dataset(self.settings, self.uploads, self.trusted_examples())
 
     def dataset_stats(self) -> dict:
         base = self._base_counts()
@@ -449,7 +439,7 @@ class Service:
         return {**health, "write_error": health["write_error"] and public_message(health["write_error"])}
 
     def drift(self, window: str = "day") -> dict:
-        model = self.classifier
+        model = self.serving_model
         if not isinstance(model, ServingModel):
             return {"verdict": "no model", "sentence": "No model is served.", "tests": {}}
         try:

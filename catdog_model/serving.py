@@ -7,7 +7,6 @@ saved: 185 against 281 requests/s on /api/predict in the same 20-s Locust runs."
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

@@ -325,7 +325,7 @@ async def forget_finished_sessions(blocks, every_seconds: float = 30.0) -> None:
             sessions.pop(session_hash, None)
 
 
-def user_errors(function):
+def as_gradio_errors(function):
     """Every refusal reaches the caller as a gr.Error sentence, logged as one line, not a stack trace: catdog's
     own (CatdogError) as they are, anything else — inputs of a kind the endpoint does not take, say — as a
     sentence naming the endpoint, with the place it failed in the log line. Works for plain functions,
@@ -440,7 +440,7 @@ async def rest_prediction(service, upload) -> JSONResponse:
     limit = service.settings.max_upload_mb * 2**20
     if upload.size is not None and upload.size > limit:
         return _refusal(413, too_large_message(service.settings.max_upload_mb))
-    if service.classifier is None:
+    if service.serving_model is None:
         return _refusal(503, f"No model is loaded: {service.load_error}")
     data = await upload.read(limit + 1)
     try:

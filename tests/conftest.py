@@ -97,6 +97,22 @@ def start_nginx(upstreams: list[str]) -> Nginx:
         pytest.skip(str(missing))
 
 
+def trusted_photos(service) -> list:
+    """The trusted photos a retraining by this service is judged on."""
+    from catdog_model.config import TrainingConfig
+    from catdog_model.retrain_data import trusted_examples
+
+    config = TrainingConfig()
+    return trusted_examples(service.settings, config.seed, config.validation_fraction, config.test_fraction)
+
+
+def training_data(service):
+    """The Dataset a retraining by this service would train on."""
+    from catdog_model.retrain_data import training_dataset
+
+    return training_dataset(service.settings, service.uploads, trusted_photos(service))
+
+
 def random_jpeg(seed: int, side: int = 32) -> bytes:
     """A small JPEG of noise, different for each seed."""
     import io

@@ -26,7 +26,8 @@ def make_service(root, cache_dir) -> Service:
     shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
     service = Service(dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
                                           data_dir=root / "data", cache_dir=cache_dir)).start()
-    if service.classifier is None or service.classifier.novelty is None or not service.classifier.novelty.reference:
+    model = service.serving_model
+    if model is None or model.novelty is None or not model.novelty.reference:
         pytest.skip("the shipped production version keeps no validation reference")
     return service
 

@@ -8,6 +8,7 @@ import pytest
 
 from catdog_model.config import Settings
 from catdog_model.service import Service, ServiceError
+from tests.conftest import training_data, trusted_photos
 
 
 def test_uploads_reach_the_hub_dataset_and_come_back_after_a_wipe(hf_env, small_photo_dir, tmp_path, cache_dir):
@@ -20,11 +21,11 @@ def test_uploads_reach_the_hub_dataset_and_come_back_after_a_wipe(hf_env, small_
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photos = [str(path) for path in sorted((small_photo_dir / folder).iterdir())[:6]]
         assert [row["status"] for row in first.upload(label, photos)] == ["added"] * 6
-    first.sync_uploads()
+    first.close()  # commits what the upload sync has pending
 
     after_restart = service("after-restart")  # an empty disk, as a restarted Space has
     assert after_restart.uploads.counts() == {"cat": 0, "dog": 0}
-    dataset = after_restart.training_dataset()
+    dataset = training_data(after_restart)
     assert dataset.counts() == {"cat": 6, "dog": 6}
     assert {example.sha256 for example in dataset.examples} == {
         example.sha256 for example in first.uploads.dataset().examples}
@@ -51,9 +52,9 @@ def test_the_base_data_and_trusted_photos_can_come_from_a_hub_dataset(hf_env, sm
     def hashes(examples) -> set[str]:
         return {example.sha256 for example in examples}
 
-    assert hashes(from_hub.trusted_examples()) == hashes(from_folder.trusted_examples()) and len(
-        from_hub.trusted_examples()) == 12
-    assert hashes(from_hub.training_dataset().examples) == hashes(from_folder.training_dataset().examples)
+    assert hashes(trusted_photos(from_hub)) == hashes(trusted_photos(from_folder)) and len(
+        trusted_photos(from_hub)) == 12
+    assert hashes(training_data(from_hub).examples) == hashes(training_data(from_folder).examples)
 
 
 def test_a_hub_dataset_that_cannot_be_read_is_a_sentence_and_counts_as_no_photos(hf_env, tmp_path, cache_dir,
@@ -64,4 +65,4 @@ def test_a_hub_dataset_that_cannot_be_read_is_a_sentence_and_counts_as_no_photos
                                           prepare_embeddings=False)).start()
     assert service.dataset_stats()["base"] == {"cat": 0, "dog": 0}  # the Metrics tab and upload replies go on
     with pytest.raises(ServiceError, match="The Hub dataset tester/no-such-dataset cannot be read now"):
-        service.trusted_examples()
+        trusted_photos(service)

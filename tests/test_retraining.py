@@ -15,8 +15,9 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.images import content_hash
-from catdog_model.retraining import (CONFIG_VARIABLE, LAST_RETRAINING_FILE, PARENT_VARIABLE, SETTINGS_VARIABLE,
-                                     RetrainConfig, Retrainer, RetrainState, training_dataset)
+from catdog_model.retrain_data import training_dataset
+from catdog_model.retrain_job import CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig
+from catdog_model.retraining import LAST_RETRAINING_FILE, Retrainer, RetrainState
 from catdog_model.uploads import UploadStore
 from tests.conftest import random_jpeg
 from bench.servers import wait_for
@@ -48,7 +49,7 @@ def test_a_suspect_upload_joins_training_only_once_an_admin_confirms_it(settings
     assert trained_on() == {content_hash(agreed): "cat", content_hash(doubted): "cat"}
 
 
-# The child as the server starts it (python -m catdog_model.retraining, run as __main__), except that its work
+# The child as the server starts it (python -m catdog_model.retrain_job, run as __main__), except that its work
 # never finishes and never prints: it says it has started working, then waits silently.
 SILENT_CHILD = """
 import pathlib, runpy, sys, threading
@@ -62,7 +63,7 @@ def open_hub(settings):
 
 catdog_model.hub.open_hub = open_hub
 sys.argv = sys.argv[:1]
-runpy.run_module("catdog_model.retraining", run_name="__main__", alter_sys=True)
+runpy.run_module("catdog_model.retrain_job", run_name="__main__", alter_sys=True)
 """
 
 # The server's side: start the child as Retrainer does (its pid in the environment, its output in a pipe), say

@@ -19,12 +19,11 @@ from PIL import Image
 
 from catdog_model.config import Settings
 from catdog_model.service import Service, ServiceError
-from catdog_model.hub import LocalHub
 from catdog_model.data import load_folder
 from catdog_model.monitoring import LoggedPrediction
 from bench.servers import wait_for
-from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, PRODUCTION, WEIGHTS_DIR, random_jpeg, requires_photos, requires_weights,
-                            shipped_models)
+from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, PRODUCTION, WEIGHTS_DIR, random_jpeg, requires_photos,
+                            requires_weights, shipped_models, training_data, trusted_photos)
 
 LATER_VERSION = f"v{int(OTHER_VERSION[1:]) + 1}"
 
@@ -416,9 +415,9 @@ def test_the_gate_judges_on_trusted_photos_that_training_never_sees(gated, tmp_p
     # Offline and without the ImageNet weights anywhere: retraining builds on production's own files.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-cache"))
     service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, weights_dir=None, offline=True)
-    trusted = {example.sha256 for example in service.trusted_examples()}
+    trusted = {example.sha256 for example in trusted_photos(service)}
     assert len(trusted) == 12
-    assert not trusted & {example.sha256 for example in service.training_dataset().examples}
+    assert not trusted & {example.sha256 for example in training_data(service).examples}
     service.start_retrain()
     wait_for_retraining(service)
     result = service.retrain_state.result
@@ -431,7 +430,7 @@ def test_the_gate_judges_on_trusted_photos_that_training_never_sees(gated, tmp_p
 @requires_weights
 def test_fine_tuning_from_the_app_continues_from_production_and_is_judged_beside_it(gated):
     from catdog_model.finetune import FineTuneConfig
-    from catdog_model.retraining import RetrainConfig
+    from catdog_model.retrain_job import RetrainConfig
 
     service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
     service.retrainer.config = RetrainConfig(fine_tuning=FineTuneConfig(blocks=1, epochs=1, batch_size=16))
@@ -486,7 +485,7 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
 @requires_weights
 def test_a_head_the_new_photos_only_make_worse_stays_as_production_had_it(gated):
     from catdog_model.config import TrainingConfig
-    from catdog_model.retraining import RetrainConfig
+    from catdog_model.retrain_job import RetrainConfig
 
     service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
     # A learning rate far too high: every epoch ends with a higher validation loss than the one it started from.
