@@ -5,7 +5,7 @@ a version's serving export, one Parquet row per file — an unreadable file is a
 
 INPUT is a folder, a glob ("photos/**/*.jpg") or `hf:NAME` (a `datasets` name or local folder, --hf-split).
 Ray runs locally by default; --address joins a cluster, whose nodes need catdog's requirements and must see
-INPUT's files at the same paths. Ray is an optional install: `pip install -r requirements-bulk.txt`.
+INPUT's files at the same paths. Ray is an optional install: `pip install 'catdog[bulk]'` (in a clone, `-r requirements-bulk.txt`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Predictor:
     path)}. Every row comes out, with its prediction or the reason it has none."""
 
     def __init__(self, files: dict[str, bytes], version: str, settings: Settings):
-        with tempfile.TemporaryDirectory(prefix="catdog bulk-") as folder:
+        with tempfile.TemporaryDirectory(prefix="catdog-bulk-") as folder:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
             self.model = ServingModel.load(Path(folder), version, threads=1, low_confidence=settings.low_confidence,
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import ray
     except ImportError:
-        sys.exit("error: bulk prediction needs Ray: pip install -r requirements-bulk.txt")
+        sys.exit("error: bulk prediction needs Ray: pip install 'catdog[bulk]' "
+                 "(in a clone: pip install -r requirements-bulk.txt)")
     with user_errors():
         settings, hub, version = open_version(arguments.version)
         model_dir = hub.download(version)

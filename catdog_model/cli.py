@@ -55,7 +55,11 @@ def run_benchmark(arguments: list[str]) -> None:
         sys.exit("usage: catdog bench NAME [options], NAME one of bench/*.py in a checkout (loadtest, retrain, …)")
     import importlib.util
 
-    if importlib.util.find_spec("bench") is None:
+    from .config import IN_CHECKOUT, PROJECT_ROOT
+
+    if IN_CHECKOUT and str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))  # the console script of an editable install, from anywhere
+    if importlib.util.find_spec("bench") is None or not IN_CHECKOUT:
         sys.exit("catdog bench runs the benchmarks of a checkout of the repository: run it from the checkout.")
     if importlib.util.find_spec(f"bench.{arguments[0]}") is None:
         sys.exit(f"catdog bench: no benchmark {arguments[0]!r} in bench/.")

@@ -10,7 +10,8 @@ from .serving import ServingModel
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="catdog predict", description=__doc__.split(":")[0] + ".")
+    parser = argparse.ArgumentParser(prog="catdog predict", description=__doc__.split(":")[0] + "; exit status 1 "
+                                     "if any file could not be classified (its line says why).")
     parser.add_argument("photos", nargs="+", help="image files")
     parser.add_argument("--version", default="production", help="the model version (default: production)")
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
         settings, hub, version = open_version(arguments.version)
         model = ServingModel.load(hub.download(version), version, low_confidence=settings.low_confidence,
                                   limits=ImageLimits.from_settings(settings))
+    failed = False
     for path in arguments.photos:
         try:
             prediction = model.predict_one(path)
@@ -25,3 +27,6 @@ def main(argv: list[str] | None = None) -> None:
                               "version": prediction.version, "flags": list(prediction.flags)}))
         except InvalidImage as error:
             print(json.dumps({"file": path, "error": str(error)}))
+            failed = True
+    if failed:
+        sys.exit(1)

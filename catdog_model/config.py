@@ -17,7 +17,7 @@ from .errors import ServiceError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A checkout keeps models/ and data/ beside the code; an installed package keeps them in the user's data folder
 # (~/.local/share/catdog on Linux), its models/ copied there from the wheel on first use (hub.open_hub).
-IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
+IN_CHECKOUT = not (Path(__file__).parent / "shipped_models").is_dir()  # a folder the wheel alone carries
 DEFAULT_ROOT = PROJECT_ROOT if IN_CHECKOUT else platformdirs.user_data_path("catdog")
 HUB_PREFIX = "hf:"  # a setting's value naming a Hugging Face Hub repo rather than a folder
 # The defaults other modules share (ImageLimits, RequestLimits, the serving model) — written here, once.

@@ -340,15 +340,26 @@ class HFHub(ModelHub):
 def open_hub(settings: Settings) -> ModelHub:
     if settings.hub_repo:
         return HFHub(settings.hub_repo, settings.data_dir / "pending-pushes", settings.hub_endpoint)
-    shipped = Path(__file__).parent / "shipped_models"  # in the wheel only: the repository's models/
     if not IN_CHECKOUT and settings.models_dir == DEFAULT_ROOT / "models" and not settings.models_dir.exists():
-        if shipped.is_dir():  # copied whole, then renamed: a second process starting at once finds it complete
-            temporary = settings.models_dir.with_name(f".models-{uuid.uuid4().hex}.tmp")
-            shutil.copytree(shipped, temporary, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
-            try:
-                os.replace(temporary, settings.models_dir)
-            except OSError:
-                shutil.rmtree(temporary, ignore_errors=True)
-                if not settings.models_dir.is_dir():
-                    raise
+        copy_shipped_models(settings.models_dir)
     return LocalHub(settings.models_dir, settings.model_name)
+
+
+def copy_shipped_models(models_dir: Path) -> None:
+    """An installed catdog's first use: the wheel's models/ (catdog_model/shipped_models) becomes the user's hub,
+    writable. Copied whole, then renamed, so a second process starting at once finds it complete. A later wheel's
+    versions are not added to a hub that exists: `catdog export`, a retraining or a copy by hand adds versions."""
+    temporary = models_dir.with_name(f".models-{uuid.uuid4().hex}.tmp")
+    try:
+        shutil.copytree(Path(__file__).parent / "shipped_models", temporary,
+                        ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+        for folder, _, files in os.walk(temporary):  # an installation may be read-only; the hub is written to
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
+        os.replace(temporary, models_dir)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if not models_dir.is_dir():  # not another process that copied first
+            raise HubError(f"The shipped model could not be copied to {models_dir} ({error.strerror or error}); "
+                           "free some space there, or set CATDOG_MODELS_DIR to a folder this user can write.") from None

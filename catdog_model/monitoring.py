@@ -179,6 +179,7 @@ class PredictionLog:
         self.batch_rows = batch_rows
         self.engine = open_engine(url)
         self._buffer: queue.Queue = queue.Queue(maxsize=buffer_rows)
+        self._queued_rows = 0  # rows in the buffer (which holds flush and close markers too)
         self._held_rows = 0  # taken from the buffer by the writer, not yet written
         self.dropped_rows = 0
         self.last_error: str | None = None
@@ -194,23 +195,32 @@ class PredictionLog:
         return f"The prediction log's database {describe_url(self.url)} cannot be reached ({reason})."
 
     def record(self, prediction: LoggedPrediction) -> None:
-        """Never blocks: a full buffer (the database has been down a while) drops the row and counts it."""
+        """Never blocks: a full buffer (the database has been down a while), or a closed log, drops the row and
+        counts it."""
+        if self._closing.is_set():
+            self.dropped_rows += 1
+            return
         try:
             self._buffer.put_nowait(dataclasses.replace(prediction, replica=prediction.replica or self.replica))
+            self._queued_rows += 1
         except queue.Full:
             self.dropped_rows += 1
 
     @property
     def pending_rows(self) -> int:
-        """Rows waiting to be written: in the buffer, and the batch the writer keeps while the database is down."""
-        return self._buffer.qsize() + self._held_rows
+        """Rows waiting to be written: in the buffer, and the batch the writer holds (kept while the database is
+        down)."""
+        return self._queued_rows + self._held_rows
 
     def health(self) -> dict:
         """What the writer knows, even while the database is down: rows waiting, rows lost, the last error."""
         return {"pending_rows": self.pending_rows, "dropped_rows": self.dropped_rows, "write_error": self.last_error}
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every row recorded so far is written; False if the database did not take them in time."""
+        """Wait until every row recorded so far is written; False if the database did not take them in time (or
+        the log is closed)."""
+        if not self._writer.is_alive():
+            return self.pending_rows == 0
         done = threading.Event()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -222,7 +232,10 @@ class PredictionLog:
         return done.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write the rows recorded so far (for at most timeout seconds), then stop the writer thread."""
+        """Write the rows recorded so far (for at most timeout seconds), then stop the writer thread. Rows recorded
+        afterwards are dropped and counted."""
+        if self._closing.is_set():
+            return
         if not self.flush(timeout):
             logger.warning("%d prediction-log rows could not be written before closing: %s", self.pending_rows,
                            self.last_error)
@@ -254,7 +267,6 @@ class PredictionLog:
                     self._take(rows, events, self._buffer.get_nowait())
                 except queue.Empty:
                     break
-            self._held_rows = len(rows)
             try:
                 if rows:
                     with self.engine.begin() as connection:
@@ -277,14 +289,15 @@ class PredictionLog:
         self.last_error = message
         time.sleep(self.retry_seconds)
 
-    @staticmethod
-    def _take(rows: list, events: list, item) -> None:
+    def _take(self, rows: list, events: list, item) -> None:
         if item is _CLOSE:
             return
         if isinstance(item, threading.Event):
             events.append(item)
         else:
             rows.append({**dataclasses.asdict(item), "flagged": int(item.flagged)})
+            self._held_rows += 1  # before it leaves the count of queued rows: pending_rows never misses it
+            self._queued_rows -= 1
 
     # Reading: aggregates over a window, computed by the database; and the few rows people write (decisions).
 

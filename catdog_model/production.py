@@ -52,16 +52,18 @@ class Production:
     def start(self) -> Production:
         """Load production and serve it; follow the alias (another replica may move it) every reload_seconds."""
         self.reload()
-        if self.settings.reload_seconds > 0 and self._follower is None:
+        # The no-op model of the load tests never follows the alias: it would swap the real model in.
+        if self.settings.reload_seconds > 0 and not self.settings.noop_model and self._follower is None:
             self._follower = threading.Thread(target=self._follow, name="follow-production", daemon=True)
             self._follower.start()
         return self
 
-    def stop(self) -> None:
-        """Stop following the alias; what is served stays."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop following the alias; what is served stays. A follower in the middle of a download is not waited
+        for longer than timeout: it swaps nothing once stopped."""
         self._stopping.set()
         if self._follower:
-            self._follower.join()
+            self._follower.join(timeout)
 
     def _load_ready(self, revision: str) -> ServingModel:
         version = self.hub.resolve(revision)
@@ -110,7 +112,7 @@ class Production:
                 logger.warning("cannot load production %s: %s", production, error)
                 continue
             with self.lock:
-                if self._swaps == swaps:
+                if self._swaps == swaps and not self._stopping.is_set():
                     self._swap(model)
 
     def serving(self) -> ServingModel | ConstantModel:

@@ -109,7 +109,9 @@ class Retrainer:
         return subprocess.Popen(
             [sys.executable, "-m", "catdog_model.retrain_job", *arguments], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), SETTINGS_VARIABLE: self.settings.to_json(),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(PROJECT_ROOT),
+                                                                            os.environ.get("PYTHONPATH")))),
+                 SETTINGS_VARIABLE: self.settings.to_json(),
                  CONFIG_VARIABLE: plan.to_json(), PARENT_VARIABLE: str(os.getpid())})
 
     def _follow(self, process: subprocess.Popen, state: RetrainState,

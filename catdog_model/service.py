@@ -78,7 +78,7 @@ class Service:
             logger.warning("CATDOG_ADMIN_TOKEN is not set and the server listens on %s: uploads, retraining, "
                            "promotion and rollback are refused until it is set.", settings.server_name)
         self.production = Production(settings, self.hub, self.limits)
-        self._started = False
+        self._started = self._closed = False
 
     def start(self) -> Service:
         """Serve production and start the background work (once; later calls do nothing)."""
@@ -90,10 +90,15 @@ class Service:
         return self
 
     def close(self) -> None:
-        """Stop the background work: the retraining and embedding children, following the alias, the upload sync
-        (which commits what is pending first) and the prediction log's writer (which writes what is buffered)."""
+        """Stop the background work (once; later calls do nothing): the retraining and embedding children,
+        following the alias, the prediction log's writer (which writes what is buffered first) and the upload
+        sync (which commits what is pending)."""
+        if self._closed:
+            return
+        self._closed = True
         self.retrainer.stop()
         self.production.stop()
+        self.log.close()
         if self.upload_sync:
             try:
                 self.upload_sync.trigger().result(timeout=UPLOAD_SYNC_CLOSE_SECONDS)
@@ -101,7 +106,6 @@ class Service:
                 logger.warning("uploads not yet committed to %s stay on this disk: %s", self.settings.hub_dataset,
                                public_message(error))
             self.upload_sync.stop()
-        self.log.close()
 
     def prepare_retraining(self) -> None:
         """Embed the base data with production's backbone in the background (a child process at low priority),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,6 @@ import pytest
 from catdog_model.config import PROJECT_ROOT
 from tests.conftest import requires_weights
 
-pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
 
 
 def run(arguments: list[str], env: dict, expect: int = 0) -> subprocess.CompletedProcess:
@@ -21,6 +21,7 @@ def run(arguments: list[str], env: dict, expect: int = 0) -> subprocess.Complete
     return result
 
 
+@pytest.mark.heavy
 @requires_weights
 def test_train_evaluate_export_and_benchmark(small_photo_dir, env, tmp_path):
     trained = json.loads(run(["catdog", "train", "--data-dir", str(small_photo_dir), "--seed", "3",
@@ -66,6 +67,7 @@ def test_user_mistakes_end_with_a_sentence_not_a_traceback(arguments, message, e
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.heavy
 @requires_weights
 def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_photo_dir, env, hf_env, hub_server,
                                                                         tmp_path):
@@ -90,3 +92,15 @@ def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_pho
                             no_weights).stdout)
     assert result["version"] == "v1" and result["n_images"] == 60
     assert any("/resolve/" in request for request in state.requests)
+
+
+def test_predict_prints_a_line_a_file_and_fails_when_a_file_cannot_be_classified(small_photo_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}  # the repository's own models/
+    cat = sorted((small_photo_dir / "cats").iterdir())[0]
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    classified = run(["catdog", "predict", str(cat)], env)
+    assert json.loads(classified.stdout)["label"] == "cat"
+    mixed = run(["catdog", "predict", str(cat), str(notes)], env, expect=1)
+    first, second = (json.loads(line) for line in mixed.stdout.splitlines())
+    assert first["label"] == "cat" and "not an image" in second["error"]

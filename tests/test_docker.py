@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT
 from bench.servers import wait_for
-from tests.conftest import WEIGHTS_DIR, free_port, requires_weights
+from tests.conftest import WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
 pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
 
@@ -94,8 +95,10 @@ def test_the_serving_image_serves_and_says_why_it_cannot_retrain(tmp_path, small
         "        if name.split('.')[0] in self.names:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, LeftOut())\n")
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     port = free_port()
     env = {**os.environ, **image_environment(), "GRADIO_SERVER_PORT": str(port), "CATDOG_DATA_DIR": str(tmp_path),
+           "CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_ADMIN_TOKEN": "s3cret",
            "PYTHONPATH": f"{blocker}:{PROJECT_ROOT}", "CATDOG_PREPARE_EMBEDDINGS": "0"}
     process = subprocess.Popen(command(instruction("CMD")[0]), cwd=PROJECT_ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -108,11 +111,10 @@ def test_the_serving_image_serves_and_says_why_it_cannot_retrain(tmp_path, small
         client = Client(url, verbose=False)
         photo = sorted((small_photo_dir / "dogs").iterdir())[0]
         assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
-        client.predict("cat", [handle_file(str(path)) for path in sorted((small_photo_dir / "cats").iterdir())[:5]],
-                       "", api_name="/upload_training_data")
-        client.predict("dog", [handle_file(str(path)) for path in sorted((small_photo_dir / "dogs").iterdir())[:5]],
-                       "", api_name="/upload_training_data")
-        client.predict("", api_name="/retrain")
+        for label in ("cat", "dog"):
+            photos = [handle_file(str(path)) for path in sorted((small_photo_dir / f"{label}s").iterdir())[:5]]
+            client.predict(label, photos, "s3cret", api_name="/upload_training_data")
+        client.predict("s3cret", api_name="/retrain")
         status = wait_for(lambda: (state := client.predict(api_name="/retrain_status"))["error"] and state,
                           seconds=300)
         assert "this installation leaves out" in status["error"] and "requirements.txt" in status["error"]

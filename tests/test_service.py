@@ -20,6 +20,7 @@ from PIL import Image
 from catdog_model.config import Settings
 from catdog_model.service import Service, ServiceError
 from catdog_model.data import load_folder
+from catdog_model.hub import LocalHub
 from catdog_model.monitoring import LoggedPrediction
 from bench.servers import wait_for
 from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, PRODUCTION, WEIGHTS_DIR, random_jpeg, requires_photos,
@@ -37,7 +38,9 @@ def make_settings(root, shared_cache, **changes) -> Settings:
 @pytest.fixture
 def service(tmp_path, cache_dir, small_photo_dir) -> Service:
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
-    return Service(make_settings(tmp_path, cache_dir, examples_dir=small_photo_dir)).start()
+    service = Service(make_settings(tmp_path, cache_dir, examples_dir=small_photo_dir)).start()
+    yield service
+    service.close()
 
 
 @requires_weights
@@ -297,6 +300,38 @@ def test_a_promotion_never_waits_for_the_follower_reading_a_slow_hub(tmp_path, c
 
 
 @requires_weights
+def test_the_follower_never_swaps_in_what_it_loaded_while_a_promotion_here_went_through(tmp_path, cache_dir,
+                                                                                        monkeypatch):
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    service = Service(make_settings(tmp_path, cache_dir, reload_seconds=0.01)).start()
+    production = service.production
+    loading, finish, passes = threading.Event(), threading.Event(), []
+    load, read_alias = production._load_ready, service.hub.production
+
+    def slow_load(revision):
+        if threading.current_thread().name == "follow-production":
+            loading.set()
+            finish.wait()
+        return load(revision)
+
+    def counted_alias():
+        if threading.current_thread().name == "follow-production":
+            passes.append(1)
+        return read_alias()
+
+    monkeypatch.setattr(production, "_load_ready", slow_load)
+    monkeypatch.setattr(service.hub, "production", counted_alias)
+    LocalHub(tmp_path / "models", service.settings.model_name).promote(OTHER_VERSION)  # another replica's promotion
+    assert loading.wait(60)  # the follower saw it and is loading OTHER_VERSION
+    service.promote(LATER_VERSION)  # meanwhile, a promotion here
+    finish.set()
+    seen = len(passes)
+    wait_for(lambda: len(passes) > seen, seconds=60)  # the follower's pass has ended and another has begun
+    assert service.health()["model_version"] == LATER_VERSION == service.hub.production()
+    service.close()
+
+
+@requires_weights
 def test_close_stops_the_services_threads_and_writes_the_buffered_log(tmp_path, cache_dir, small_photo_dir):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     before = set(threading.enumerate())
@@ -403,10 +438,15 @@ def gated(tmp_path, cache_dir, small_photo_dir):
     """A service whose base data is the small photo set: its test split (12 photos) is the trusted set."""
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
 
+    made = []
+
     def make(**changes) -> Service:
-        return Service(make_settings(tmp_path, cache_dir, base_data_dir=small_photo_dir, gate_min_images=10,
-                                     **changes)).start()
-    return make
+        made.append(Service(make_settings(tmp_path, cache_dir, base_data_dir=small_photo_dir, gate_min_images=10,
+                                          **changes)).start())
+        return made[-1]
+    yield make
+    for service in made:
+        service.close()
 
 
 @pytest.mark.heavy
@@ -467,18 +507,34 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     metrics = json.loads((service.hub.download(first["version"]) / "metrics.json").read_text())
     assert metrics["training"]["images_embedded"] == 0  # the preparation had embedded them all
 
-    # Production's score on this trusted set is kept: a second retraining reads it rather than measuring again,
-    # unless what is kept is not a score.
-    (kept,) = (tmp_path / "fresh-cache" / "gate").glob("*.json")
+    (kept,) = (tmp_path / "fresh-cache" / "gate").glob("*.json")  # production's score on this trusted set
     assert json.loads(kept.read_text())["accuracy"] == first["production"]["accuracy"]
-    kept.write_text(json.dumps({**first["production"], "accuracy": 0.125}))
-    service.start_retrain()
-    wait_for_retraining(service)
-    assert service.retrain_state.result["production"]["accuracy"] == 0.125
-    kept.write_text(json.dumps({**first["production"], "accuracy": "n/a"}))
-    service.start_retrain()
-    wait_for_retraining(service)
-    assert service.retrain_state.result["production"]["accuracy"] == first["production"]["accuracy"]
+
+
+def test_productions_score_on_a_trusted_set_is_measured_once_and_again_if_what_is_kept_is_not_a_score(
+        settings, tmp_path):
+    from catdog_model.data import Example
+    from catdog_model.retrain_job import gate_metrics
+
+    version = tmp_path / "v5"
+    version.mkdir()
+    (version / "config.json").write_text('{"backbone": "one"}')
+    trusted = [Example("a" * 64, "cat", "cats/a.jpg", b""), Example("b" * 64, "dog", "dogs/b.jpg", b"")]
+    scores = {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "log_loss": 0.7, "n_images": 2}
+    measured = []
+
+    def measure() -> dict:
+        measured.append(1)
+        return scores
+
+    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 1
+    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 1  # kept
+    (kept,) = (settings.cache_dir / "gate").glob("*.json")
+    kept.write_text(json.dumps({**scores, "accuracy": "n/a"}))
+    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 2  # not a score
+    assert gate_metrics(settings, version, trusted[:1], measure) == scores and len(measured) == 3  # another set
+    (version / "config.json").write_text('{"backbone": "two"}')
+    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 4  # another version
 
 
 @pytest.mark.heavy
