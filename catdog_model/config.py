@@ -86,6 +86,7 @@ class Settings:
     trusted_data_dir: Path | None
     gate_min_images: int
     gate_min_accuracy: float
+    gate_log_loss_margin: float
     suspect_confidence: float
     review_queue: bool  # keep low-confidence and unfamiliar photos for a person to label
     server_name: str
@@ -137,6 +138,7 @@ class Settings:
             trusted_data_dir=_path("CATDOG_TRUSTED_DATA_DIR", None),
             gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
+            gate_log_loss_margin=_number("CATDOG_GATE_LOG_LOSS_MARGIN", 0.05),
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
             review_queue=_flag("CATDOG_REVIEW_QUEUE", False),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

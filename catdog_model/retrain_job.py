@@ -182,7 +182,9 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
                                       lambda: judged(production_model)) if trusted and production_model else None
     decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
                               production_metrics and production_metrics["accuracy"], len(trusted),
-                              settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy)
+                              settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy,
+                              candidate_metrics and candidate_metrics["log_loss"],
+                              production_metrics and production_metrics["log_loss"], settings.gate_log_loss_margin)
     return {"version": version, "candidate": candidate_metrics, "production": production_metrics,
             "production_version": compared, "gate_passed": decision.passed, "reason": decision.reason}
 

@@ -107,8 +107,8 @@ def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
         _try(lambda: Client(app.url, verbose=False).predict("dog", photos[10:], "", api_name="/upload_training_data"))))
     uploading.start()
 
-    def stored_files() -> int:
-        return sum(path.is_file() for path in (tmp_path / "data" / "uploads").rglob("*"))
+    def stored_files() -> int:  # complete ones: a file being written is a .tmp until it is renamed
+        return sum(path.is_file() and path.suffix != ".tmp" for path in (tmp_path / "data" / "uploads").rglob("*"))
 
     wait_for(lambda: stored_files() > 10, seconds=120, every=0.005)  # the second batch has begun to land
     kill(app)

@@ -42,3 +42,22 @@ def test_without_enough_trusted_images_nothing_is_promoted_automatically():
         decision = promotion_gate(candidate, 0.5, images, **RULES)
         assert not decision.passed
         assert f"has {images} images and at least 100 are needed" in decision.reason
+
+
+@pytest.mark.parametrize("candidate_log_loss, passed", [
+    (0.0005, True),   # the same answers, as sure
+    (0.04, True),     # a little less sure: within the margin
+    (0.358, False),   # the same answers far less surely: what 50 swapped labels did on 12 trusted photos
+])
+def test_a_tie_in_accuracy_given_far_less_surely_is_not_promoted(candidate_log_loss, passed):
+    decision = promotion_gate(1.0, 1.0, 500, **RULES, candidate_log_loss=candidate_log_loss,
+                              production_log_loss=0.0005, log_loss_margin=0.05)
+    assert decision.passed is passed
+    if not passed:
+        assert decision.reason.endswith("but log loss 0.358 vs production's 0.001: more than 0.05 worse "
+                                        "(CATDOG_GATE_LOG_LOSS_MARGIN), the same answers given far less surely")
+
+
+def test_without_log_losses_accuracy_alone_decides():
+    assert promotion_gate(0.97, 0.97, 500, **RULES, candidate_log_loss=None, production_log_loss=0.1,
+                          log_loss_margin=0.0).passed

@@ -8,6 +8,7 @@ import gc
 import io
 import os
 import json
+import re
 import shutil
 import threading
 import time
@@ -617,8 +618,9 @@ def test_swapped_labels_are_held_as_suspect_and_when_trained_on_anyway_the_gate_
     wait_for_retraining(service)
     result = service.retrain_state.result
     assert result["candidate"]["n_images"] == result["production"]["n_images"] >= 10  # judged on trusted photos
-    assert result["candidate"]["accuracy"] < result["production"]["accuracy"] and not result["promoted"]
-    assert "below production" in service.retrain_status()["verdict"]
+    assert not result["gate_passed"] and not result["promoted"], result["reason"]
+    # On 12 trusted photos the swapped labels may cost no answer, but they cost certainty: the gate sees it.
+    assert re.search("below production's|far less surely", service.retrain_status()["verdict"])
     assert service.hub.production() == PRODUCTION and accuracy() == before
 
 
