@@ -517,6 +517,7 @@ def test_productions_score_on_a_trusted_set_is_measured_once_and_again_if_what_i
     from catdog_model.data import Example
     from catdog_model.retrain_job import gate_metrics
 
+    settings = dataclasses.replace(settings, cache_dir=tmp_path / "cache")  # no other test's kept scores
     version = tmp_path / "v5"
     version.mkdir()
     (version / "config.json").write_text('{"backbone": "one"}')
