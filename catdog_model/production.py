@@ -45,7 +45,6 @@ class Production:
         # Every change of production (the hub's alias, loading, the swap) happens under this one lock, so the
         # alias and the model being served never disagree, whoever promotes, rolls back or follows a replica.
         self.lock = threading.RLock()
-        self._swaps = 0  # counted under the lock: the follower swaps only if nothing did while it was loading
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
 
@@ -75,9 +74,8 @@ class Production:
         return model
 
     def _swap(self, model: ServingModel) -> None:
-        """One assignment, so predictions in flight finish on the old model. Under the lock."""
+        """One assignment, so predictions in flight finish on the old model."""
         self.model, self.load_error = model, None
-        self._swaps += 1
 
     def reload(self) -> None:
         """Load production and serve it."""
@@ -95,13 +93,13 @@ class Production:
         read and the model loaded outside the lock — a slow hub never holds up a promotion or a rollback here —
         and swapped in only if nothing was swapped meanwhile."""
         while not self._stopping.wait(self.settings.reload_seconds):
-            swaps = self._swaps
+            served = self.model
             try:
                 production = self.hub.production()
             except Exception as error:  # a hub down for a moment must not end this thread: the next pass retries
                 logger.warning("cannot read the production alias: %s", error)
                 continue
-            serving = self.model.version if self.model else None
+            serving = served.version if served else None
             if production is None or production == serving:
                 continue
             logger.info("production moved from %s to %s; reloading", serving, production)
@@ -112,7 +110,7 @@ class Production:
                 logger.warning("cannot load production %s: %s", production, error)
                 continue
             with self.lock:
-                if self._swaps == swaps and not self._stopping.is_set():
+                if self.model is served and not self._stopping.is_set():  # nothing was swapped meanwhile
                     self._swap(model)
 
     def serving(self) -> ServingModel | ConstantModel:
