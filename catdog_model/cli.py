@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
+import importlib.util
 import sys
 
 from tqdm import tqdm
@@ -53,14 +53,12 @@ def run_benchmark(arguments: list[str]) -> None:
 
     if not arguments or arguments[0].startswith("-"):
         sys.exit("usage: catdog bench NAME [options], NAME one of bench/*.py in a checkout (loadtest, retrain, …)")
-    import importlib.util
-
     from .config import IN_CHECKOUT, PROJECT_ROOT
 
-    if IN_CHECKOUT and str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))  # the console script of an editable install, from anywhere
-    if importlib.util.find_spec("bench") is None or not IN_CHECKOUT:
+    if not IN_CHECKOUT or not (PROJECT_ROOT / "bench").is_dir():
         sys.exit("catdog bench runs the benchmarks of a checkout of the repository: run it from the checkout.")
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))  # the console script of an editable install, from anywhere
     if importlib.util.find_spec(f"bench.{arguments[0]}") is None:
         sys.exit(f"catdog bench: no benchmark {arguments[0]!r} in bench/.")
     sys.argv = [f"catdog bench {arguments[0]}", *arguments[1:]]
