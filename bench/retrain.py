@@ -36,7 +36,7 @@ def follow(service: Service, fine_tune: bool) -> dict:
     seen, still, still_at = None, 0.0, None
     service.start_retrain(fine_tune)
     while True:
-        status = service.retrain_status()
+        status = service.dashboard.retrain_status()
         now = time.perf_counter()
         shown = (status["stage"], status["done"], len(status["log"]))
         if shown != seen:
@@ -82,7 +82,7 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, truste
         service = Service(settings).start()
         production = service.hub.production()
         for count in per_class:
-            stored = service.uploads.counts()
+            stored = service.curation.uploads.counts()
             for label in ("cat", "dog"):
                 chosen = [example for example in photos if example.label == label][:count]
                 folder = root / "upload" / label
@@ -92,8 +92,8 @@ def run(base: Path, uploads: Path, per_class: list[int], fine_tune: bool, truste
                     path = folder / Path(example.source).name
                     path.write_bytes(example.data)
                     paths.append(str(path))
-                service.upload(label, paths)
-            service.review_suspects(confirm=True)  # the photos' own labels are right
+                service.curation.upload(label, paths)
+            service.curation.review_suspects(confirm=True)  # the photos' own labels are right
             for cache in ("cold", "prepared", "warm"):
                 preparing_seconds = None
                 if cache in ("cold", "prepared"):

@@ -1,5 +1,5 @@
 """catdog's Gradio app: Predict, Retrain and Metrics tabs, named API endpoints, /health and /api/status.
-Wiring only: every decision is in catdog_model.service."""
+Wiring only: every decision is in catdog_model.service and the parts it builds (curation, dashboard)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def build_demo(service: Service) -> gr.Blocks:
     @as_gradio_errors
     def correct(image: dict | None, label: str, token: str) -> str:
         service.check_token(token)
-        return service.correct(input_path(image), label)
+        return service.curation.correct(input_path(image), label)
 
     @as_gradio_errors
     def predict_batch(files: list[dict] | None):
@@ -72,19 +72,19 @@ def build_demo(service: Service) -> gr.Blocks:
     @as_gradio_errors
     def upload_training_data(label: str, files: list[dict] | None, token: str):
         service.check_token(token)
-        results = service.upload(label, input_paths(files))
+        results = service.curation.upload(label, input_paths(files))
         # The file list is emptied: the next class's click must not send these files again with its label.
-        return pd.DataFrame(results, columns=["file", "status", "reason"]), service.dataset_stats(), None
+        return pd.DataFrame(results, columns=["file", "status", "reason"]), service.curation.dataset_stats(), None
 
     @as_gradio_errors
     def confirm_suspects(token: str):
         service.check_token(token)
-        return service.review_suspects(confirm=True), service.dataset_stats()
+        return service.curation.review_suspects(confirm=True), service.curation.dataset_stats()
 
     @as_gradio_errors
     def discard_suspects(token: str):
         service.check_token(token)
-        return service.review_suspects(confirm=False), service.dataset_stats()
+        return service.curation.review_suspects(confirm=False), service.curation.dataset_stats()
 
     @as_gradio_errors
     def label_photo(sha256: str | None, label: str, token: str):
@@ -92,12 +92,12 @@ def build_demo(service: Service) -> gr.Blocks:
         if not sha256:
             raise ServiceError("Choose a photo waiting for a label first: click one under To label (programs: "
                                "a sha256 from /photos_to_label).")
-        return service.label_photo(sha256, label), service.dataset_stats()
+        return service.curation.label_photo(sha256, label), service.curation.dataset_stats()
 
     @as_gradio_errors
     def photos_to_label(token: str):
         service.check_token(token)  # they are users' photos: for admins only
-        thumbnails, hashes = service.photos_to_label()
+        thumbnails, hashes = service.curation.photos_to_label()
         return gr.Gallery(thumbnails, selected_index=None), hashes, None  # nothing looks chosen that is not
 
     def choose_photo(hashes: list[str], selected: gr.SelectData) -> str | None:
@@ -108,11 +108,11 @@ def build_demo(service: Service) -> gr.Blocks:
     def retrain(token: str, fine_tune: bool = False) -> dict:
         service.check_token(token)
         service.start_retrain(fine_tune)
-        return service.retrain_status()
+        return service.dashboard.retrain_status()
 
     @as_gradio_errors
     def retraining_view(with_versions: bool = True) -> list:
-        view = service.retrain_view(with_versions)
+        view = service.dashboard.retrain_view(with_versions)
         return [view[name] for name in ("progress", "verdict", "comparison", "log", "production")]
 
     @as_gradio_errors
@@ -120,7 +120,7 @@ def build_demo(service: Service) -> gr.Blocks:
         service.check_token(token)
         service.start_retrain(fine_tune)
         while True:
-            status = service.retrain_status()
+            status = service.dashboard.retrain_status()
             if status["total"]:
                 progress((status["done"], status["total"]), desc=status["stage"])
             yield retraining_view(with_versions=not status["running"])
@@ -140,7 +140,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     def refresh_metrics(window: str):
-        view = service.metrics_view(window)
+        view = service.dashboard.metrics_view(window)
         return [view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
                                         "versions_table", "over_time", "over_time", "quality", "labels",
                                         "confidence", "dataset_table")]
@@ -224,7 +224,7 @@ def build_demo(service: Service) -> gr.Blocks:
                         discard_button.click(discard_suspects, token, [suspects_message, stats],
                                              api_name="discard_suspects")]
             for event in [uploaded, *reviewed, *corrected]:
-                event.then(service.suspect_gallery, None, suspects, api_name=False)
+                event.then(service.curation.suspect_gallery, None, suspects, api_name=False)
             if service.settings.review_queue:
                 gr.Markdown("Photos production was unsure of or found unfamiliar wait here for a label "
                             "(`CATDOG_REVIEW_QUEUE`): show them, click one, then say what it is.")
@@ -297,11 +297,11 @@ def build_demo(service: Service) -> gr.Blocks:
         @gr.api(api_name="metrics")
         def metrics(window: str = "day") -> dict:
             """Production's test metrics, live monitoring and drift over the window (hour, day or all)."""
-            return as_gradio_errors(service.metrics)(window)
+            return as_gradio_errors(service.dashboard.metrics)(window)
 
         @gr.api(api_name="versions")
         def versions() -> list[dict]:
-            return as_gradio_errors(service.versions)()
+            return as_gradio_errors(service.dashboard.versions)()
 
         @gr.api(api_name="retrain")
         def start_retraining(token: str = "", fine_tune: bool = False) -> dict:
@@ -311,7 +311,7 @@ def build_demo(service: Service) -> gr.Blocks:
         @gr.api(api_name="retrain_status")
         def retrain_status() -> dict:
             """The running (or last) retraining: stage, done, total, seconds_left, log, result and verdict."""
-            return as_gradio_errors(service.retrain_status)()
+            return as_gradio_errors(service.dashboard.retrain_status)()
 
         @gr.api(api_name="photos_to_label")
         def hashes_to_label(token: str = "") -> list[str]:
@@ -325,11 +325,11 @@ def build_demo(service: Service) -> gr.Blocks:
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:
-            return as_gradio_errors(service.dataset_stats)()
+            return as_gradio_errors(service.curation.dataset_stats)()
 
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)
         demo.load(retraining_view, None, retraining_outputs, api_name=False)
-        demo.load(service.suspect_gallery, None, suspects, api_name=False)
+        demo.load(service.curation.suspect_gallery, None, suspects, api_name=False)
     return demo
 
 
@@ -354,7 +354,7 @@ def build_app(service: Service) -> FastAPI:
 
     @app.get("/api/status")
     def status() -> dict:
-        body = service.status()
+        body = service.dashboard.status()
         return {**body, "load_error": body["load_error"] and public_message(body["load_error"])}
 
     @app.post("/api/predict")

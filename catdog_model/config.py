@@ -87,6 +87,7 @@ class Settings:
     gate_min_images: int
     gate_min_accuracy: float
     gate_log_loss_margin: float
+    retrain_recipe: str | None  # JSON over RetrainConfig's defaults: {"training": {...}, "fine_tuning": {...}}
     suspect_confidence: float
     review_queue: bool  # keep low-confidence and unfamiliar photos for a person to label
     server_name: str
@@ -139,6 +140,7 @@ class Settings:
             gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
             gate_log_loss_margin=_number("CATDOG_GATE_LOG_LOSS_MARGIN", 0.05),
+            retrain_recipe=os.environ.get("CATDOG_RETRAIN_RECIPE") or None,
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
             review_queue=_flag("CATDOG_REVIEW_QUEUE", False),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -20,6 +20,7 @@ from typing import Callable
 
 from .atomic import write_atomically
 from .config import Settings, TrainingConfig
+from .errors import ServiceError
 from .data import Example, deduplicate
 from .embeddings import ticking
 from .finetune import FineTuneConfig
@@ -44,9 +45,22 @@ class RetrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RetrainConfig":
+        """The fields given, over the defaults: '{"training": {"epochs": 5}}' changes the epochs alone."""
         values = json.loads(text)
-        return cls(TrainingConfig(**values["training"]),
-                   values["fine_tuning"] and FineTuneConfig(**values["fine_tuning"]))
+        return cls(TrainingConfig(**values.get("training", {})),
+                   values.get("fine_tuning") and FineTuneConfig(**values["fine_tuning"]))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetrainConfig":
+        """CATDOG_RETRAIN_RECIPE over the defaults, or a sentence saying how to write it."""
+        if not settings.retrain_recipe:
+            return cls()
+        try:
+            return cls.from_json(settings.retrain_recipe)
+        except (ValueError, TypeError, AttributeError, ServiceError) as error:
+            raise ServiceError(f"CATDOG_RETRAIN_RECIPE is not a recipe ({error}): write JSON such as "
+                               '{"training": {"epochs": 20}, "fine_tuning": {"blocks": 4}}, with the fields of '
+                               "TrainingConfig and FineTuneConfig (docs/configuration.md).") from None
 
 
 def served_backbone(hub, version: str | None, settings: Settings, emit: Callable[[dict], None]):

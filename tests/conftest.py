@@ -110,7 +110,7 @@ def training_data(service):
     """The Dataset a retraining by this service would train on."""
     from catdog_model.retrain_data import training_dataset
 
-    return training_dataset(service.settings, service.uploads, trusted_photos(service))
+    return training_dataset(service.settings, service.curation.uploads, trusted_photos(service))
 
 
 def random_jpeg(seed: int, side: int = 32) -> bytes:

@@ -149,10 +149,10 @@ def test_a_correction_through_the_api_needs_the_token_and_waits_among_the_upload
     photo = handle_file(str(mirrored))
     with pytest.raises(Exception, match="admin token"):
         client.predict(photo, "dog", "wrong", api_name="/correct")
-    assert service.uploads.suspect_counts() == {"cat": 0, "dog": 0}
+    assert service.curation.uploads.suspect_counts() == {"cat": 0, "dog": 0}
     answer = client.predict(photo, "dog", "s3cret", api_name="/correct")  # production is sure it is a cat
     assert answer.startswith("Kept for review as a dog: production") and "says cat" in answer
-    assert service.uploads.suspect_counts() == {"cat": 0, "dog": 1}
+    assert service.curation.uploads.suspect_counts() == {"cat": 0, "dog": 1}
     assert "1 suspect image discarded." == client.predict("s3cret", api_name="/discard_suspects")[0]
 
 

@@ -62,7 +62,7 @@ def test_a_stream_of_real_photos_shows_no_drift(tmp_path, cache_dir):
         service.predict(example.data)
     service.log.flush()
 
-    report = service.drift("hour")
+    report = service.dashboard.drift("hour")
     assert report["verdict"] == "no drift", report["sentence"]
     assert report["recent"] == STREAM and set(report["tests"]) == {"p_dog", "confidence", "novelty"}
 
@@ -73,7 +73,7 @@ def test_a_stream_of_other_pictures_is_called_drift(tmp_path, cache_dir):
         service.predict(picture)
     service.log.flush()
 
-    report = service.drift("hour")
+    report = service.dashboard.drift("hour")
     assert report["verdict"] == "drift", report["sentence"]
     assert report["tests"]["novelty"]["drifted"]  # unfamiliar pictures: the unfamiliarity score moved
     assert report["sentence"].startswith(f"Drift: the last {STREAM} predictions")

@@ -20,15 +20,15 @@ def test_uploads_reach_the_hub_dataset_and_come_back_after_a_wipe(hf_env, small_
     first = service("before-restart")
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photos = [str(path) for path in sorted((small_photo_dir / folder).iterdir())[:6]]
-        assert [row["status"] for row in first.upload(label, photos)] == ["added"] * 6
+        assert [row["status"] for row in first.curation.upload(label, photos)] == ["added"] * 6
     first.close()  # commits what the upload sync has pending
 
     after_restart = service("after-restart")  # an empty disk, as a restarted Space has
-    assert after_restart.uploads.counts() == {"cat": 0, "dog": 0}
+    assert after_restart.curation.uploads.counts() == {"cat": 0, "dog": 0}
     dataset = training_data(after_restart)
     assert dataset.counts() == {"cat": 6, "dog": 6}
     assert {example.sha256 for example in dataset.examples} == {
-        example.sha256 for example in first.uploads.dataset().examples}
+        example.sha256 for example in first.curation.uploads.dataset().examples}
 
 
 def test_the_base_data_and_trusted_photos_can_come_from_a_hub_dataset(hf_env, small_photo_dir, tmp_path, cache_dir,
@@ -47,7 +47,7 @@ def test_the_base_data_and_trusted_photos_can_come_from_a_hub_dataset(hf_env, sm
     monkeypatch.setenv("CATDOG_BASE_DATA_DIR", str(small_photo_dir))
     from_folder = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
                                               data_dir=tmp_path / "folder", cache_dir=cache_dir, reload_seconds=0)).start()
-    assert from_hub.dataset_stats()["base"] == from_folder.dataset_stats()["base"] == {"cat": 30, "dog": 30}
+    assert from_hub.curation.dataset_stats()["base"] == from_folder.curation.dataset_stats()["base"] == {"cat": 30, "dog": 30}
 
     def hashes(examples) -> set[str]:
         return {example.sha256 for example in examples}
@@ -63,6 +63,6 @@ def test_a_hub_dataset_that_cannot_be_read_is_a_sentence_and_counts_as_no_photos
     service = Service(dataclasses.replace(Settings.from_env(), models_dir=tmp_path / "models",
                                           data_dir=tmp_path / "data", cache_dir=cache_dir, reload_seconds=0,
                                           prepare_embeddings=False)).start()
-    assert service.dataset_stats()["base"] == {"cat": 0, "dog": 0}  # the Metrics tab and upload replies go on
+    assert service.curation.dataset_stats()["base"] == {"cat": 0, "dog": 0}  # the Metrics tab and upload replies go on
     with pytest.raises(ServiceError, match="The Hub dataset tester/no-such-dataset cannot be read now"):
         trusted_photos(service)

@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 from catdog_model.config import PROJECT_ROOT
+from catdog_model.errors import ServiceError
+from catdog_model.finetune import FineTuneConfig
 from catdog_model.images import content_hash
 from catdog_model.retrain_data import training_dataset
 from catdog_model.retrain_job import CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig
@@ -47,6 +49,20 @@ def test_a_suspect_upload_joins_training_only_once_an_admin_confirms_it(settings
     assert trained_on() == {content_hash(agreed): "cat"}
     assert len(store.review_suspects(confirm=True)) == 1
     assert trained_on() == {content_hash(agreed): "cat", content_hash(doubted): "cat"}
+
+
+def test_the_retraining_recipe_changes_the_fields_it_names_and_a_wrong_one_is_a_sentence(settings):
+    from catdog_model.service import Service
+
+    recipe = '{"training": {"epochs": 7}, "fine_tuning": {"blocks": 2}}'
+    service = Service(dataclasses.replace(settings, retrain_recipe=recipe))
+    assert service.retrainer.config == RetrainConfig(dataclasses.replace(RetrainConfig().training, epochs=7),
+                                                     FineTuneConfig(blocks=2))
+    service.close()
+    for wrong in ('{"training": {"epoch": 7}}', '{"training": {"epochs": "many"}}', "epochs=7", "[7]",
+                  '{"fine_tuning": "deep"}'):
+        with pytest.raises(ServiceError, match=r"^CATDOG_RETRAIN_RECIPE is not a recipe .*write JSON such as"):
+            Service(dataclasses.replace(settings, retrain_recipe=wrong))
 
 
 # The child as the server starts it (python -m catdog_model.retrain_job, run as __main__), except that its work

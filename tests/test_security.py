@@ -82,7 +82,7 @@ def test_only_regular_files_inside_the_upload_folder_count_as_uploaded(planted, 
 @pytest.mark.parametrize("endpoint", sorted(FILE_ENDPOINTS))
 def test_paths_never_uploaded_are_refused_over_http_with_one_sentence(server, planted, endpoint):
     url, service = server
-    uploads_before = service.uploads.counts()
+    uploads_before = service.curation.uploads.counts()
     with httpx.Client(base_url=url, timeout=10) as http:
         for kind, path in planted.items():
             response = http.post(f"gradio_api/call/{endpoint}", json={"data": FILE_ENDPOINTS[endpoint](file_data(path))})
@@ -93,7 +93,7 @@ def test_paths_never_uploaded_are_refused_over_http_with_one_sentence(server, pl
                                                               "fn_index": 0, "session_hash": "attacker"})
             assert joined.status_code == 400, (kind, joined.text)
         assert http.get("health").json()["model_loaded"] is True  # still serving
-    assert service.uploads.counts() == uploads_before
+    assert service.curation.uploads.counts() == uploads_before
 
 
 def test_paths_never_uploaded_are_refused_through_gradio_client(server, planted):
@@ -147,13 +147,13 @@ def test_mutations_without_the_right_token_change_nothing(server, small_photo_di
     caplog.set_level(logging.INFO, logger="catdog_model.web")
     url, service = server
     photo = sorted((small_photo_dir / "cats").iterdir())[5]
-    before = (service.uploads.counts(), service.uploads.suspect_counts(), service.hub.refs(),
+    before = (service.curation.uploads.counts(), service.curation.uploads.suspect_counts(), service.hub.refs(),
               service.health()["model_version"])
     client = Client(url, verbose=False)
     for token in (None, "", "wrong", "s3cret "):
         with pytest.raises(Exception, match="needs the admin token"):
             client.predict(*MUTATIONS[endpoint](photo, token), api_name=f"/{endpoint}")
-    after = (service.uploads.counts(), service.uploads.suspect_counts(), service.hub.refs(),
+    after = (service.curation.uploads.counts(), service.curation.uploads.suspect_counts(), service.hub.refs(),
              service.health()["model_version"])
     assert after == before
     assert service.retrain_state.stage == "idle" and not service.retrain_state.running
@@ -218,7 +218,7 @@ def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(settings
     service = Service(settings).start()
     service.predict(random_jpeg(1, side=64))
     service.log.flush()
-    shown = json.dumps([service.status(), service.metrics("all"), service.metrics_view("all")["summary"]],
+    shown = json.dumps([service.dashboard.status(), service.dashboard.metrics("all"), service.dashboard.metrics_view("all")["summary"]],
                        default=str)
     assert "predictions.sqlite" in shown  # the log's trouble is told...
     assert str(settings.data_dir) not in shown and "sqlite:////" not in shown  # ...without where it lives
@@ -258,11 +258,11 @@ def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, sett
                                           data_dir=settings.data_dir, cache_dir=settings.cache_dir)).start()
     assert (service.limits.max_pixels, service.limits.min_side, service.limits.decode_bytes) == (
         1234567, 33, 77 * 2**20)
-    assert service.uploads.limits is service.limits
-    assert (service.uploads.request_limits.stored_bytes, service.uploads.request_limits.pixels) == (
+    assert service.curation.uploads.limits is service.limits
+    assert (service.curation.uploads.request_limits.stored_bytes, service.curation.uploads.request_limits.pixels) == (
         11 * 2**20, 22 * 10**6)
     with pytest.raises(ValueError, match="8 files in one request; the limit is 7"):
-        service.upload("cat", ["a.jpg"] * 8)
+        service.curation.upload("cat", ["a.jpg"] * 8)
 
 
 def test_the_upload_size_limit_reaches_gradio(settings):

@@ -76,7 +76,7 @@ def test_promotion_while_predictions_run_fails_no_request(service, small_photo_d
 @requires_weights
 def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_predictions(service,
                                                                                         small_photo_dir):
-    empty = service.metrics_view("hour")
+    empty = service.dashboard.metrics_view("hour")
     assert empty["summary"] == "No predictions in this window (hour)."
     assert empty["over_time"].empty and list(empty["over_time"].columns)[:2] == ["time", "requests per minute"]
     assert empty["confidence"]["predictions"].sum() == 0 and empty["labels"]["predictions"].tolist() == [0, 0]
@@ -90,7 +90,7 @@ def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_pr
     cats = sorted((small_photo_dir / "cats").iterdir())
     service.predict(cats[0].read_bytes())
     service.log.flush()
-    one = service.metrics_view("hour")
+    one = service.dashboard.metrics_view("hour")
     assert one["summary"].startswith("**1** prediction in") and len(one["over_time"]) == 1
     assert one["labels"].set_index("label")["predictions"].to_dict() == {"cat": 1, "dog": 0}
     assert one["confidence"]["predictions"].sum() == 1
@@ -100,7 +100,7 @@ def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_pr
     for photo in cats[1:6]:
         service.predict(photo.read_bytes())
     service.log.flush()
-    many = service.metrics_view("hour")
+    many = service.dashboard.metrics_view("hour")
     assert many["labels"]["predictions"].sum() == 6 and many["over_time"]["requests per minute"].sum() > 0
 
 
@@ -112,19 +112,19 @@ def test_the_metrics_tab_judges_drift_over_the_window_that_is_chosen(service):
         service.log.record(LoggedPrediction(two_days_ago + index, version, "dog", 0.97, 10.0, f"sha{index}", "api",
                                             novelty=0.5))
     service.log.flush()
-    everything = service.metrics_view("all")
+    everything = service.dashboard.metrics_view("all")
     assert everything["metrics"]["drift"]["recent"] == 150
     assert everything["metrics"]["drift"]["verdict"] in ("drift", "no drift")
     assert f"the last 150 predictions by {version}" in everything["drift"]
-    today = service.metrics_view("day")
+    today = service.dashboard.metrics_view("day")
     assert today["metrics"]["drift"]["verdict"] == "too little traffic"
     assert today["drift"].startswith(f"0 recent predictions by {version}")
 
 
 @requires_weights
 def test_examples_and_versions_for_the_tabs(service):
-    assert [row["production"] for row in service.versions()] == [row["version"] == PRODUCTION
-                                                               for row in service.versions()]
+    assert [row["production"] for row in service.dashboard.versions()] == [row["version"] == PRODUCTION
+                                                               for row in service.dashboard.versions()]
     examples = service.example_images()
     assert len(examples) == 4 and {path.split("/")[-2] for path in examples} == {"cats", "dogs"}
 
@@ -137,17 +137,17 @@ def test_a_correction_joins_the_uploads_held_for_review_when_production_was_sure
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(noise)
     service.predict(str(dog))
     said = service.predict(str(noise))[0].label
-    sure = service.correct(str(dog), "cat")  # production says dog, sure of it: a person's word is reviewed first
+    sure = service.curation.correct(str(dog), "cat")  # production says dog, sure of it: a person's word is reviewed first
     assert sure.startswith("Kept for review as a cat: production") and "says dog" in sure
-    assert service.correct(str(dog), "cat").startswith("This photo is already among the uploads")
+    assert service.curation.correct(str(dog), "cat").startswith("This photo is already among the uploads")
     # A label production does not doubt goes straight to training.
-    assert service.correct(str(noise), said) == f"Thank you: this photo is kept as a {said} for the next retraining."
-    assert [caption for _, caption in service.suspect_gallery()] == ["uploaded as cat"]
-    assert service.review_suspects(confirm=False) == "1 suspect image discarded."
+    assert service.curation.correct(str(noise), said) == f"Thank you: this photo is kept as a {said} for the next retraining."
+    assert [caption for _, caption in service.curation.suspect_gallery()] == ["uploaded as cat"]
+    assert service.curation.review_suspects(confirm=False) == "1 suspect image discarded."
     service.log.flush()
-    assert service.monitoring("day")["decisions"] == {"added": 1, "suspect": 1, "confirmed": 0, "labelled": 0,
+    assert service.dashboard.monitoring("day")["decisions"] == {"added": 1, "suspect": 1, "confirmed": 0, "labelled": 0,
                                                       "discarded": 1}
-    assert "**2** corrections (100.0% of predictions)" in service.metrics_view("day")["summary"]
+    assert "**2** corrections (100.0% of predictions)" in service.dashboard.metrics_view("day")["summary"]
 
 
 def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, cache_dir):
@@ -230,7 +230,7 @@ def test_rollback_skips_versions_that_cannot_be_served_says_so_and_refuses_when_
                                            r"\(v4, v3, v2, v1 cannot be served either\)"):
         service.rollback()
     assert service.hub.production() == OTHER_VERSION == service.health()["model_version"]
-    assert [row["servable"] for row in service.versions()] == [False] * 4 + [True] * 3
+    assert [row["servable"] for row in service.dashboard.versions()] == [False] * 4 + [True] * 3
 
 
 @requires_weights
@@ -377,50 +377,50 @@ def test_with_the_review_queue_on_unfamiliar_photos_wait_for_a_label_and_each_de
     sure = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
     off = Service(make_settings(tmp_path / "off", cache_dir, models_dir=tmp_path / "models")).start()
     off.predict(noise_png(1))
-    assert off.photos_to_label() == ([], [])  # off by default: predictions keep nothing
+    assert off.curation.photos_to_label() == ([], [])  # off by default: predictions keep nothing
 
     service = Service(make_settings(tmp_path / "on", cache_dir, models_dir=tmp_path / "models", review_queue=True)).start()
     for photo in (noise_png(1), noise_png(1), noise_png(2), sure):  # the same photo twice; a photo it is sure of
         service.predict(photo)
-    thumbnails, hashes = service.photos_to_label()
+    thumbnails, hashes = service.curation.photos_to_label()
     assert len(thumbnails) == len(hashes) == 2 and thumbnails[0][0].shape[2] == 3
-    assert service.label_photo(hashes[0], "dog") == "Kept as a dog: it joins the next retraining."
-    assert service.label_photo(hashes[1], "discard") == "Discarded."
-    assert service.uploads.counts() == {"cat": 0, "dog": 1} and service.photos_to_label() == ([], [])
+    assert service.curation.label_photo(hashes[0], "dog") == "Kept as a dog: it joins the next retraining."
+    assert service.curation.label_photo(hashes[1], "discard") == "Discarded."
+    assert service.curation.uploads.counts() == {"cat": 0, "dog": 1} and service.curation.photos_to_label() == ([], [])
     with pytest.raises(ServiceError, match="no longer waiting for a label"):
-        service.label_photo(hashes[0], "cat")
+        service.curation.label_photo(hashes[0], "cat")
     with pytest.raises(ServiceError, match="no longer waiting for a label"):  # a name from a client is no path
-        service.label_photo(f"../dog/{hashes[0]}", "discard")
-    assert service.uploads.counts() == {"cat": 0, "dog": 1}
-    decisions = service.monitoring("day")["decisions"]
+        service.curation.label_photo(f"../dog/{hashes[0]}", "discard")
+    assert service.curation.uploads.counts() == {"cat": 0, "dog": 1}
+    decisions = service.dashboard.monitoring("day")["decisions"]
     assert (decisions["labelled"], decisions["discarded"]) == (1, 1)
 
     # A waiting photo that someone uploads with a class no longer waits: it cannot get the other class too.
     service.predict(noise_png(3))
-    (waiting,) = service.photos_to_label()[1]
+    (waiting,) = service.curation.photos_to_label()[1]
     (tmp_path / "noise.png").write_bytes(noise_png(3))
-    service.upload("cat", [str(tmp_path / "noise.png")])
-    assert service.photos_to_label() == ([], [])
+    service.curation.upload("cat", [str(tmp_path / "noise.png")])
+    assert service.curation.photos_to_label() == ([], [])
     with pytest.raises(ServiceError, match="no longer waiting for a label"):
-        service.label_photo(waiting, "dog")
+        service.curation.label_photo(waiting, "dog")
     # A correction is one photo: an archive is refused before anything in it is stored.
     with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
         archive.writestr("cat.jpg", random_jpeg(5, side=64))
     with pytest.raises(ServiceError, match="not an archive"):
-        service.correct(str(tmp_path / "photos.zip"), "dog")
-    assert service.uploads.counts()["dog"] == 1
+        service.curation.correct(str(tmp_path / "photos.zip"), "dog")
+    assert service.curation.uploads.counts()["dog"] == 1
 
 
 @requires_weights
 def test_the_review_queue_keeps_at_most_its_limit(tmp_path, cache_dir, monkeypatch):
-    import catdog_model.service
+    import catdog_model.curation
 
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
-    monkeypatch.setattr(catdog_model.service, "REVIEW_QUEUE_LIMIT", 2)
+    monkeypatch.setattr(catdog_model.curation, "REVIEW_QUEUE_LIMIT", 2)
     service = Service(make_settings(tmp_path, cache_dir, review_queue=True)).start()
     for seed in range(4):
         assert "unfamiliar" in service.predict(noise_png(seed))[0].flags  # every one is answered
-    assert len(service.photos_to_label()[1]) == 2
+    assert len(service.curation.photos_to_label()[1]) == 2
 
 
 @requires_weights
@@ -431,7 +431,7 @@ def test_the_minimum_side_applies_to_predictions_and_uploads(tmp_path, cache_dir
     strict = Service(make_settings(tmp_path, cache_dir, models_dir=tmp_path / "models", min_side=100)).start()
     with pytest.raises(ValueError, match="at least 100 pixels"):
         strict.predict(str(small))
-    assert strict.upload("cat", [str(small)])[0]["status"] == "rejected"
+    assert strict.curation.upload("cat", [str(small)])[0]["status"] == "rejected"
 
 
 @pytest.fixture
@@ -611,17 +611,17 @@ def test_swapped_labels_are_held_as_suspect_and_when_trained_on_anyway_the_gate_
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(example.data)
             paths.append(str(path))
-        statuses = [row["status"] for row in service.upload(claimed, paths)]
+        statuses = [row["status"] for row in service.curation.upload(claimed, paths)]
         assert statuses.count("suspect") >= 23, statuses
-    assert sum(service.dataset_stats()["suspect"].values()) >= 46
-    service.review_suspects(confirm=True)  # a careless admin: the swapped photos join training
+    assert sum(service.curation.dataset_stats()["suspect"].values()) >= 46
+    service.curation.review_suspects(confirm=True)  # a careless admin: the swapped photos join training
     service.start_retrain()
     wait_for_retraining(service)
     result = service.retrain_state.result
     assert result["candidate"]["n_images"] == result["production"]["n_images"] >= 10  # judged on trusted photos
     assert not result["gate_passed"] and not result["promoted"], result["reason"]
     # On 12 trusted photos the swapped labels may cost no answer, but they cost certainty: the gate sees it.
-    assert re.search("below production's|far less surely", service.retrain_status()["verdict"])
+    assert re.search("below production's|far less surely", service.dashboard.retrain_status()["verdict"])
     assert service.hub.production() == PRODUCTION and accuracy() == before
 
 
@@ -631,9 +631,9 @@ def test_the_training_data_counts_follow_the_base_folder_as_it_changes(tmp_path,
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     service = Service(make_settings(tmp_path, cache_dir, base_data_dir=base)).start()
     counted = load_folder(base).counts()
-    assert service.dataset_stats()["base"] == counted == service.dataset_stats()["base"]
+    assert service.curation.dataset_stats()["base"] == counted == service.curation.dataset_stats()["base"]
 
     (base / "dogs" / "new.jpg").write_bytes(random_jpeg(7))
-    assert service.dataset_stats()["base"]["dog"] == counted["dog"] + 1
+    assert service.curation.dataset_stats()["base"]["dog"] == counted["dog"] + 1
     next(iter(sorted((base / "cats").iterdir()))).unlink()
-    assert service.dataset_stats()["base"] == {"cat": counted["cat"] - 1, "dog": counted["dog"] + 1}
+    assert service.curation.dataset_stats()["base"] == {"cat": counted["cat"] - 1, "dog": counted["dog"] + 1}

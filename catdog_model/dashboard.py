@@ -1,0 +1,126 @@
+"""What the Metrics and Retrain tabs and /status read: production's test metrics, live monitoring and drift
+from the prediction log, the versions, the retraining's progress and verdict, the dataset's counts — as
+numbers, and as the tables, plot data and sentences of catdog_model.reports. It only reads."""
+
+from __future__ import annotations
+
+import time
+
+from .curation import Curation
+from .drift import drift_report
+from .errors import public_message
+from .hub import ModelHub
+from .monitoring import LogUnavailable, PredictionLog, window_start
+from .production import Production
+from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
+                      production_line, production_table, quality_over_time, retraining_comparison,
+                      retraining_progress, retraining_verdict, versions_table)
+from .retraining import Retrainer
+from .serving import ServingModel
+
+LOG_LINES_SHOWN = 30
+
+
+class Dashboard:
+    def __init__(self, hub: ModelHub, log: PredictionLog, production: Production, retrainer: Retrainer,
+                 curation: Curation):
+        self.hub = hub
+        self.log = log
+        self.production = production
+        self.retrainer = retrainer
+        self.curation = curation
+        self.started_at = time.time()
+
+    def metrics(self, window: str = "day") -> dict:
+        """Production's test metrics, and live monitoring and drift over the window, across all replicas."""
+        production = self.hub.production()
+        test = self.hub.metrics()["test"] if production else None
+        return {"production": production, "test": test, "monitoring": self.monitoring(window),
+                "drift": self.drift(window)}
+
+    def monitoring(self, window: str = "day") -> dict:
+        """The prediction log's statistics; while its database is unreachable, the sentence and the buffer."""
+        try:
+            statistics = {**self.log.statistics(window), "decisions": self.log.decisions(window)}
+        except LogUnavailable as error:
+            statistics = {"window": window, "error": public_message(error)}
+        return {**statistics, **self._log_health()}
+
+    def _log_health(self) -> dict:
+        health = self.log.health()
+        return {**health, "write_error": health["write_error"] and public_message(health["write_error"])}
+
+    def drift(self, window: str = "day") -> dict:
+        model = self.production.model
+        if not isinstance(model, ServingModel):
+            return {"verdict": "no model", "sentence": "No model is served.", "tests": {}}
+        try:
+            recent = self.log.recent_values(model.version, window_start(window))
+        except LogUnavailable as error:
+            return {"verdict": "unknown", "sentence": public_message(error), "tests": {}}
+        reference = model.novelty.reference if model.novelty else None
+        return drift_report(model.version, reference, recent)
+
+    def versions(self) -> list[dict]:
+        servable = self._servable_versions()
+        return [{"version": row["version"], "production": row["production"], "servable": row["version"] in servable,
+                 "created_at": row["created_at"], "test_accuracy": row["test"].get("accuracy"),
+                 "test_roc_auc": row["test"].get("roc_auc"), "test_images": row["test"].get("n_images")}
+                for row in self.hub.list_versions()]
+
+    def _servable_versions(self) -> set[str]:
+        """The versions that carry a serving export, so that promote and rollback can serve them."""
+        return {version for version in self.hub.versions() if self.production.servable(version)}
+
+    def metrics_view(self, window: str = "day") -> dict:
+        """What the Metrics tab shows: metrics() as tables, plot data and sentences, and production's own
+        confusion matrix and ROC curve (PNG files written with the version)."""
+        metrics = self.metrics(window)
+        folder = self.hub.download() if metrics["production"] else None
+        images = {name: folder / f"{name}.png" if folder and (folder / f"{name}.png").is_file() else None
+                  for name in ("confusion_matrix", "roc_curve")}
+        monitoring = metrics["monitoring"]
+        return {"metrics": metrics, **images, "production_table": production_table(metrics["test"]),
+                "versions_table": versions_table(self.versions()), "drift": metrics["drift"]["sentence"],
+                "summary": monitoring_summary(monitoring, window), "over_time": over_time(monitoring),
+                "quality": quality_over_time(monitoring), "labels": label_mix(monitoring),
+                "confidence": confidence_histogram(monitoring),
+                "dataset_table": dataset_table(self.curation.dataset_stats())}
+
+    def retrain_status(self) -> dict:
+        """The running (or last) retraining: stage, progress, time left, log, result, and its verdict."""
+        state, now = self.retrainer.last(), time.time()
+        seconds_left = state.seconds_left(now)
+        status = {"running": state.running, "stage": state.stage, "done": state.done, "total": state.total,
+                  "seconds_left": None if seconds_left is None else round(seconds_left),
+                  "seconds": state.started_at and round((state.finished_at or now) - state.started_at),
+                  "log": [public_message(line) for line in state.log[-LOG_LINES_SHOWN:]], "result": state.result,
+                  "error": state.error and public_message(state.error),
+                  "production": self.production.health()["model_version"],  # the served one: no Hub call a second
+                  "preparing": self._preparing()}
+        return {**status, "verdict": retraining_verdict(status)}
+
+    def _preparing(self) -> dict | None:
+        """How far the background embedding for the next retraining has got, while it runs."""
+        preparation = self.retrainer.preparation
+        if not preparation.running:
+            return None
+        embedding = preparation.stage == "embedding"
+        return {"done": preparation.done if embedding else 0, "total": preparation.total if embedding else 0}
+
+    def retrain_view(self, with_versions: bool = True) -> dict:
+        """What the Retrain tab shows of the running (or last) retraining, and of production now; with_versions:
+        also which versions can be served (it reads every version's configuration, so not every second)."""
+        status = self.retrain_status()
+        return {"status": status, "progress": retraining_progress(status), "verdict": status["verdict"],
+                "comparison": retraining_comparison(status["result"]), "log": "\n".join(status["log"]),
+                "production": production_line(status["production"],
+                                              self._servable_versions() if with_versions else None)}
+
+    def status(self) -> dict:
+        """/status: production, uptime, the log's health, the versions, whether a retraining runs, uploads."""
+        return {**self.production.health(), "uptime_s": round(time.time() - self.started_at, 1),
+                "load_error": self.production.load_error,
+                "predictions_last_hour": self.monitoring("hour").get("count"), "prediction_log": self._log_health(),
+                "versions": self.hub.versions(), "retraining": self.retrainer.last().running,
+                "uploads": self.curation.uploads.counts()}
