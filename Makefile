@@ -11,7 +11,7 @@ run: $(VENV)/installed
 	$(PYTHON) app.py
 
 test: $(VENV)/installed-test
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(VENV)/installed-test
 	$(PYTHON) -m pytest -q -m "not heavy"

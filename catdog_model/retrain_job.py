@@ -151,7 +151,7 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
         from .evaluation import compute_metrics
         from .gate import promotion_gate
         from .hub import open_hub
-        from .training import embed_examples, embedding_cache, publish, train
+        from .training import embed_examples, embedding_cache, publish, refuse_too_few_images, train
 
         config = plan.training
         hub = open_hub(settings)
@@ -161,6 +161,7 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
         trusted = trusted_examples(settings, config.seed, config.validation_fraction, config.test_fraction)
         dataset = training_dataset(settings, uploads, trusted)
     counts = dataset.counts()
+    refuse_too_few_images(dataset)  # before seconds of loading Keras
     emit({"log": f"Training data: {counts['cat']:,} cats and {counts['dog']:,} dogs ({len(dataset.duplicates):,} "
                  f"duplicates left out); {len(trusted):,} trusted held-out photos to judge by."})
     if served:

@@ -57,6 +57,13 @@ def embed_examples(backbone: Backbone, examples: list[Example], cache: Embedding
     return arrays, kept, reasons
 
 
+def refuse_too_few_images(dataset: Dataset) -> None:
+    counts = dataset.counts()
+    if min(counts.values()) < MIN_IMAGES_PER_CLASS:
+        raise ServiceError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
+                           f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
+
+
 def train(dataset: Dataset, settings: Settings, config: TrainingConfig = TrainingConfig(),
           progress: ProgressCallback | None = None, source: str = "", command: str = "",
           fine_tuning: FineTuneConfig | None = None, backbone: Backbone | ServedBackbone | None = None
@@ -65,10 +72,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
     as its export runs it: the new head then goes on that version's backbone). With fine_tuning, phase 2 then
     trains the top of the backbone with that head on augmented photos; validation and test are then measured
     with the fine-tuned backbone."""
-    counts = dataset.counts()
-    if min(counts.values()) < MIN_IMAGES_PER_CLASS:
-        raise ServiceError(f"Training needs at least {MIN_IMAGES_PER_CLASS} images of each class; "
-                           f"this dataset has {counts['cat']} cats and {counts['dog']} dogs.")
+    refuse_too_few_images(dataset)
     import keras  # seconds: only once there is something to train
     started = time.perf_counter()
     splits = split_examples(dataset.examples, config.seed, config.validation_fraction, config.test_fraction)

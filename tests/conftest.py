@@ -36,12 +36,19 @@ requires_photos = pytest.mark.skipif(not PHOTOS_DIR.is_dir(),
                                      reason=f"real photos not found at {PHOTOS_DIR} (set CATDOG_TEST_PHOTOS)")
 
 
+# The app's retraining, small: a handful of epochs (the defaults run up to 60), fine-tuning one block for one epoch.
+SMALL_RETRAIN_RECIPE = ('{"training": {"epochs": 8, "patience": 2}, '
+                        '"fine_tuning": {"blocks": 1, "epochs": 1, "batch_size": 16}}')
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline(tmp_path_factory):
-    """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR."""
+    """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR; and their
+    retrainings follow the small recipe unless a test says otherwise."""
     _temporary.append(tmp_path_factory)
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in (("CATDOG_OFFLINE", "1"), ("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR))):
+        for name, value in (("CATDOG_OFFLINE", "1"), ("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR)),
+                            ("CATDOG_RETRAIN_RECIPE", SMALL_RETRAIN_RECIPE)):
             patch.setenv(name, os.environ.get(name, value))
         yield
 
