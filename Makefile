@@ -2,6 +2,7 @@
 #   make run    set up on first use, then the app on the shipped production model (http://127.0.0.1:7860)
 #   make test   set up on first use, test tools included, then the whole test suite
 #   make test-fast   the same without the heavy tests (browser, servers, Ray, retraining): the inner loop
+# Both run on two pytest-xdist workers; `make test` keeps each file on one worker, as its module fixtures expect.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
@@ -14,7 +15,7 @@ test: $(VENV)/installed-test
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(VENV)/installed-test
-	$(PYTHON) -m pytest -q -m "not heavy"
+	$(PYTHON) -m pytest -q -n 2 -m "not heavy"
 
 $(VENV)/installed: requirements.txt requirements-serve.txt requirements-train.txt
 	python3 -m venv $(VENV)

@@ -186,7 +186,7 @@ def build_demo(service: Service) -> gr.Blocks:
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             explain_button.click(explain, image, [heat_map, label, details], api_name="explain", preprocess=False,
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
-            # A correction is an upload under the class the person names (see Service.correct).
+            # A correction is an upload under the class the person names (see Curation.correct).
             api_label = gr.Radio(list(LABELS), visible=False)
             gr.Button(visible=False).click(correct, [api_image, api_label, token], correction_text,
                                            api_name="correct", preprocess=False)

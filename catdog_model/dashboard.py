@@ -1,4 +1,4 @@
-"""What the Metrics and Retrain tabs and /status read: production's test metrics, live monitoring and drift
+"""What the Metrics and Retrain tabs and /api/status read: production's test metrics, live monitoring and drift
 from the prediction log, the versions, the retraining's progress and verdict, the dataset's counts — as
 numbers, and as the tables, plot data and sentences of catdog_model.reports. It only reads."""
 
@@ -118,7 +118,7 @@ class Dashboard:
                                               self._servable_versions() if with_versions else None)}
 
     def status(self) -> dict:
-        """/status: production, uptime, the log's health, the versions, whether a retraining runs, uploads."""
+        """/api/status: production, uptime, the log's health, the versions, whether a retraining runs, uploads."""
         return {**self.production.health(), "uptime_s": round(time.time() - self.started_at, 1),
                 "load_error": self.production.load_error,
                 "predictions_last_hour": self.monitoring("hour").get("count"), "prediction_log": self._log_health(),

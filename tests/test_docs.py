@@ -3,6 +3,7 @@ and every link between the documents leads somewhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -15,27 +16,29 @@ CONFIG_SOURCE = (PROJECT_ROOT / "catdog_model" / "config.py").read_text()
 
 
 def documented() -> dict[str, str]:
-    """{variable: its default as the reference writes it} for each `CATDOG_…` row."""
-    rows = re.findall(r"^\| `(CATDOG_[A-Z_]+)` \| ([^|]*) \|", CONFIGURATION.read_text(), re.M)
+    """{variable: its default as the reference writes it} for each `CATDOG_…` and `GRADIO_…` row."""
+    rows = re.findall(r"^\| `((?:CATDOG|GRADIO)_[A-Z_]+)` \| ([^|]*) \|", CONFIGURATION.read_text(), re.M)
     return {name: default.strip().strip("`") for name, default in rows}
 
 
 def read_by_settings() -> dict[str, str]:
-    """{variable: the Settings field it sets}, from Settings.from_env."""
-    return dict((variable, field) for field, variable in
-                re.findall(r"(\w+)=(?:_number|_flag|_path|os\.environ\.get)\(\"(CATDOG_[A-Z_]+)\"", CONFIG_SOURCE))
+    """{variable: the Settings field it sets}, from Settings.from_env (`field=` or a local of the field's name)."""
+    fields = {field.name for field in dataclasses.fields(Settings)}
+    return {variable: field for field, variable in
+            re.findall(r"(\w+) ?= ?(?:_number|_flag|_path|os\.environ\.get)\(\"((?:CATDOG|GRADIO)_[A-Z_]+)\"",
+                       CONFIG_SOURCE) if field in fields}
 
 
 def test_every_variable_settings_reads_is_in_the_reference_and_every_row_is_read_somewhere():
     code = "".join(path.read_text() for folder in ("catdog_model", "bench", "tests") for path in
                    (PROJECT_ROOT / folder).glob("*.py")) + (PROJECT_ROOT / "app.py").read_text()
-    assert set(re.findall(r"\"(CATDOG_[A-Z_]+)\"", CONFIG_SOURCE)) <= set(documented())
+    assert set(re.findall(r"\"((?:CATDOG|GRADIO)_[A-Z_]+)\"", CONFIG_SOURCE)) <= set(documented())
     assert [name for name in documented() if f'"{name}"' not in code] == []
 
 
 def test_the_reference_gives_the_defaults_settings_uses(monkeypatch):
     for name in list(os.environ):
-        if name.startswith("CATDOG_"):
+        if name.startswith(("CATDOG_", "GRADIO_")):
             monkeypatch.delenv(name)
     settings = Settings.from_env()
     checked = 0
