@@ -41,12 +41,14 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     async def predict(image: dict | None) -> dict:
+        """Classify one photo: {"label", "confidences"} as gr.Label gives it."""
         path = input_path(image)
         prediction, _ = await admitted(lambda: service.predict(path, origin="api"), budget)
         return prediction.as_label_dict()
 
     @as_gradio_errors
     async def predict_with_details(image: dict | None):
+        """Classify one photo, as the Predict tab does: the label, and a line with the version, time and flags."""
         path = input_path(image)
         prediction, latency_ms = await admitted(lambda: service.predict(path, origin="ui"), budget)
         flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
@@ -54,35 +56,41 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     async def explain(image: dict | None):
+        """Where the photo made the model say dog or cat: the heat map over the photo, the label, the line."""
         path = input_path(image)
         prediction, heat_map = await admitted(lambda: service.explain(path), budget)
         why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
         return heat_map, prediction.as_label_dict(), why
 
     @as_gradio_errors
-    def correct(image: dict | None, label: str, token: str) -> str:
+    def correct(image: dict | None, label: str, token: str = "") -> str:
+        """Say production got this photo wrong: it joins the uploads as `label` (admin token where one is set)."""
         service.check_token(token)
         return service.curation.correct(input_path(image), label)
 
     @as_gradio_errors
     def predict_batch(files: list[dict] | None):
+        """Classify many photos: a table, a row a file (or why it was not classified), and the same as CSV."""
         rows = service.predict_batch(input_paths(files), origin="api")
         return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
 
     @as_gradio_errors
-    def upload_training_data(label: str, files: list[dict] | None, token: str):
+    def upload_training_data(label: str, files: list[dict] | None, token: str = ""):
+        """Add photos (or zip archives) of one class to the training data: a row a file, and the counts."""
         service.check_token(token)
         results = service.curation.upload(label, input_paths(files))
         # The file list is emptied: the next class's click must not send these files again with its label.
         return pd.DataFrame(results, columns=["file", "status", "reason"]), service.curation.dataset_stats(), None
 
     @as_gradio_errors
-    def confirm_suspects(token: str):
+    def confirm_suspects(token: str = ""):
+        """The uploads held as suspect join training; the sentence and the counts."""
         service.check_token(token)
         return service.curation.review_suspects(confirm=True), service.curation.dataset_stats()
 
     @as_gradio_errors
-    def discard_suspects(token: str):
+    def discard_suspects(token: str = ""):
+        """The uploads held as suspect are discarded; the sentence and the counts."""
         service.check_token(token)
         return service.curation.review_suspects(confirm=False), service.curation.dataset_stats()
 
@@ -112,11 +120,13 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     def retraining_view(with_versions: bool = True) -> list:
+        """The running (or last) retraining as the Retrain tab shows it: progress, verdict, comparison, log."""
         view = service.dashboard.retrain_view(with_versions)
         return [view[name] for name in ("progress", "verdict", "comparison", "log", "production")]
 
     @as_gradio_errors
-    def retrain_and_follow(fine_tune: bool, token: str, progress=gr.Progress()):
+    def retrain_and_follow(fine_tune: bool, token: str = "", progress=gr.Progress()):
+        """Start a retraining and follow it to its verdict, as the Retrain tab does (a generator)."""
         service.check_token(token)
         service.start_retrain(fine_tune)
         while True:
@@ -129,17 +139,20 @@ def build_demo(service: Service) -> gr.Blocks:
             time.sleep(1)
 
     @as_gradio_errors
-    def promote(version: str, token: str) -> str:
+    def promote(version: str, token: str = "") -> str:
+        """Make a version production (it is loaded first; the served model swaps without a restart)."""
         service.check_token(token)
         return f"Production is now {service.promote(version)}."
 
     @as_gradio_errors
-    def rollback(token: str) -> str:
+    def rollback(token: str = "") -> str:
+        """Production goes back to the latest earlier production that can be served."""
         service.check_token(token)
         return service.rollback()
 
     @as_gradio_errors
     def refresh_metrics(window: str):
+        """The Metrics tab over the window (hour, day or all): drift, traffic, production, versions, plots."""
         view = service.dashboard.metrics_view(window)
         return [view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
                                         "versions_table", "over_time", "over_time", "quality", "labels",
@@ -158,20 +171,22 @@ def build_demo(service: Service) -> gr.Blocks:
         if service.load_error:
             gr.Markdown("⚠️ **No model is loaded, so predictions are unavailable:** "
                         f"{public_message(service.load_error)}")
-        token = gr.Textbox(label="Admin token", type="password", visible=bool(service.settings.admin_token))
+        # value="": a client need not pass a token where the server takes none (tokenless, on loopback).
+        token = gr.Textbox(label="Admin token", type="password", value="",
+                           visible=bool(service.settings.admin_token))
         with gr.Tab("Predict"):
             with gr.Row():
                 image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
                 with gr.Column():
                     label = gr.Label(num_top_classes=2, label="Prediction")
-                    details = gr.Markdown()
+                    details = gr.Markdown(label="details")
                     with gr.Row():
                         predict_button = gr.Button("Classify", variant="primary")
                         explain_button = gr.Button("Show why")
             with gr.Row():
                 correct_as_cat = gr.Button("Wrong? It's a cat", size="sm")
                 correct_as_dog = gr.Button("Wrong? It's a dog", size="sm")
-            correction_text = gr.Markdown()
+            correction_text = gr.Markdown(label="message")
             heat_map = gr.Image(label="Why: red pushed towards dog, blue towards cat", type="numpy",
                                 interactive=False)
             if examples := service.example_images():
@@ -181,13 +196,13 @@ def build_demo(service: Service) -> gr.Blocks:
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict", preprocess=False)
             # /predict answers in gr.Label's format, which gr.api would not give, and takes the raw file, so every
             # byte a client sends reaches catdog's own validation, not an image component's decoding first.
-            api_image = gr.File(visible=False, type="filepath")
+            api_image = gr.Image(visible=False, type="filepath", label="photo")
             gr.Button(visible=False).click(predict, api_image, label, api_name="predict", preprocess=False,
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             explain_button.click(explain, image, [heat_map, label, details], api_name="explain", preprocess=False,
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             # A correction is an upload under the class the person names (see Curation.correct).
-            api_label = gr.Radio(list(LABELS), visible=False)
+            api_label = gr.Radio(list(LABELS), visible=False, label="label")
             gr.Button(visible=False).click(correct, [api_image, api_label, token], correction_text,
                                            api_name="correct", preprocess=False)
             corrected = [button.click(lambda photo, secret, named=named: correct(photo, named, secret),
@@ -218,7 +233,7 @@ def build_demo(service: Service) -> gr.Blocks:
             with gr.Row():
                 confirm_button = gr.Button("Confirm suspect images")
                 discard_button = gr.Button("Discard suspect images")
-            suspects_message = gr.Markdown()
+            suspects_message = gr.Markdown(label="message")
             reviewed = [confirm_button.click(confirm_suspects, token, [suspects_message, stats],
                                              api_name="confirm_suspects"),
                         discard_button.click(discard_suspects, token, [suspects_message, stats],
@@ -247,11 +262,11 @@ def build_demo(service: Service) -> gr.Blocks:
             with gr.Row():
                 retrain_button = gr.Button("Retrain", variant="primary")
                 status_button = gr.Button("Check status")
-            retrain_progress = gr.Markdown()
-            verdict = gr.Markdown()
-            comparison = gr.Markdown()
+            retrain_progress = gr.Markdown(label="progress")
+            verdict = gr.Markdown(label="verdict")
+            comparison = gr.Markdown(label="comparison")
             retrain_log = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False)
-            production_text = gr.Markdown()
+            production_text = gr.Markdown(label="production")
             retraining_outputs = [retrain_progress, verdict, comparison, retrain_log, production_text]
             # Not one at a time (Gradio's default): a second click, from any page, is told a retraining runs
             # rather than queued to start another once this one ends.
@@ -263,7 +278,7 @@ def build_demo(service: Service) -> gr.Blocks:
             with gr.Row():
                 promote_button = gr.Button("Promote")
                 rollback_button = gr.Button("Roll back")
-            version_message = gr.Markdown()
+            version_message = gr.Markdown(label="message")
             promote_button.click(promote, [version_box, token], version_message, api_name="promote").then(
                 retraining_view, None, retraining_outputs, api_name=False)
             rollback_button.click(rollback, token, version_message, api_name="rollback").then(
@@ -272,8 +287,8 @@ def build_demo(service: Service) -> gr.Blocks:
             with gr.Row():
                 window = gr.Radio(list(WINDOWS), value="day", label="Monitoring window (all replicas)")
                 refresh = gr.Button("Refresh", variant="primary")
-            drift_text = gr.Markdown()
-            summary_text = gr.Markdown()
+            drift_text = gr.Markdown(label="drift")
+            summary_text = gr.Markdown(label="summary")
             with gr.Row():
                 production_table = gr.Dataframe(label="Production on its test split", interactive=False)
                 confusion_plot = gr.Image(label="Confusion matrix (test split)", type="filepath")
@@ -281,13 +296,19 @@ def build_demo(service: Service) -> gr.Blocks:
             versions_table = gr.Dataframe(label="Versions", interactive=False)
             with gr.Row():
                 # Points, not lines: a window with a single period still shows it.
-                requests_plot = gr.ScatterPlot(x="time", y="requests per minute", title="Requests per minute")
-                latency_plot = gr.ScatterPlot(x="time", y="mean latency (ms)", title="Mean latency (ms)")
+                # Each plot's label names its output for programs (gradio_client); its title is what people read.
+                requests_plot = gr.ScatterPlot(x="time", y="requests per minute", title="Requests per minute",
+                                               label="requests per minute", show_label=False)
+                latency_plot = gr.ScatterPlot(x="time", y="mean latency (ms)", title="Mean latency (ms)",
+                                              label="mean latency", show_label=False)
             with gr.Row():
                 quality_plot = gr.ScatterPlot(x="time", y="value", color="measure", y_lim=[0, 1],
-                                              title="Confidence, unfamiliarity and share flagged")
-                labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels", y_lim=[0, None])
-                confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence", y_lim=[0, None])
+                                              title="Confidence, unfamiliarity and share flagged",
+                                              label="quality over time", show_label=False)
+                labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels", y_lim=[0, None],
+                                         label="labels", show_label=False)
+                confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence", y_lim=[0, None],
+                                             label="confidence histogram", show_label=False)
             dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
             metrics_outputs = [drift_text, summary_text, production_table, confusion_plot, roc_plot, versions_table,
                                requests_plot, latency_plot, quality_plot, labels_plot, confidence_plot, dataset_table]
@@ -301,6 +322,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
         @gr.api(api_name="versions")
         def versions() -> list[dict]:
+            """Every version: production or not, servable or not, created, its own test-split figures."""
             return as_gradio_errors(service.dashboard.versions)()
 
         @gr.api(api_name="retrain")
@@ -325,6 +347,7 @@ def build_demo(service: Service) -> gr.Blocks:
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:
+            """Photos per class: base data, uploads, suspects held for review, and the total."""
             return as_gradio_errors(service.curation.dataset_stats)()
 
         demo.load(refresh_metrics, window, metrics_outputs, api_name=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import time
 import urllib.request
-import json
 
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from catdog_model.config import Settings
 from catdog_model.hub import LocalHub, next_version
@@ -35,6 +38,42 @@ def test_health_status_and_every_endpoint_listed(server, shipped):
     for name in ("predict", "explain", "predict_batch", "upload_training_data", "retrain", "retrain_status",
                  "promote", "rollback", "metrics", "dataset_stats", "versions", "correct", "show_retraining"):
         assert f"/{name}" in endpoints
+
+
+def test_every_endpoint_says_what_it_does_and_names_its_inputs_and_outputs(server, shipped):
+    url, _ = server
+    endpoints = get_json(url + "gradio_api/info")["named_endpoints"]
+    unnamed = [(name, item["label"]) for name, endpoint in endpoints.items()
+               for item in endpoint["parameters"] + endpoint["returns"]
+               if re.fullmatch(r"(value|parameter)_\d+", str(item["label"]))]
+    assert unnamed == []
+    assert [name for name, endpoint in endpoints.items() if not endpoint["description"]] == []
+    tokens = [parameter for endpoint in endpoints.values() for parameter in endpoint["parameters"]
+              if parameter["parameter_name"] == "token"]
+    assert len(tokens) >= 8 and all(token["parameter_has_default"] and token["parameter_default"] == ""
+                                    for token in tokens)
+    # Without a token, this server (which has one) answers with its sentence, not a missing-argument TypeError.
+    with pytest.raises(AppError, match="needs the admin token"):
+        Client(url, verbose=False).predict(shipped.production(), api_name="/promote")
+
+
+def test_a_program_calls_a_tokenless_loopback_server_without_naming_a_token(settings, tmp_path):
+    import shutil
+
+    from catdog_model.app import build_app
+    from catdog_model.service import Service
+    from tests.conftest import serve_in_thread
+
+    shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    service = Service(dataclasses.replace(settings, admin_token=None, prepare_embeddings=False)).start()
+    url, stop = serve_in_thread(build_app(service))
+    try:
+        production = service.hub.production()
+        promoted = Client(url, verbose=False).predict(production, api_name="/promote")
+        assert promoted == f"Production is now {production}."
+    finally:
+        stop()
+        service.close()
 
 
 def test_predict_real_photos_through_gradio_client(server, small_photo_dir):
