@@ -41,6 +41,11 @@ SMALL_RETRAIN_RECIPE = ('{"training": {"epochs": 8, "patience": 2}, '
                         '"fine_tuning": {"blocks": 1, "epochs": 1, "batch_size": 16}}')
 
 
+# How long a test waits for a retraining to reach its end (or a stage): a safety net for a stuck one, far beyond
+# the 20-60 s one takes here, because the child runs niced and on a busy machine gets only what others leave.
+RETRAINING_SECONDS = 1800
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline(tmp_path_factory):
     """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR; and their

@@ -14,7 +14,7 @@ from gradio_client.exceptions import AppError
 
 from catdog_model.config import Settings
 from catdog_model.hub import LocalHub, next_version
-from tests.conftest import requires_weights, shipped_models
+from tests.conftest import RETRAINING_SECONDS, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 
@@ -156,7 +156,7 @@ def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, sh
     assert started["log"][0] == "Retraining started."
     with pytest.raises(Exception, match="already running"):
         client.predict("s3cret", api_name="/retrain")
-    deadline = time.time() + 300
+    deadline = time.time() + RETRAINING_SECONDS
     while (status := client.predict(api_name="/retrain_status"))["running"] and time.time() < deadline:
         time.sleep(1)
     assert status["stage"] == "done", status

@@ -18,7 +18,7 @@ import pytest
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.servers import wait_for
-from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, free_port, requires_weights, shipped_models
+from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [pytest.mark.heavy, requires_weights,
@@ -203,7 +203,7 @@ def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then
     finally:
         client.close()
     verdict = page.get_by_text(" was not promoted").or_(page.get_by_text(" is in production now"))
-    verdict.first.wait_for(timeout=600_000)
+    verdict.first.wait_for(timeout=RETRAINING_SECONDS * 1000)
     candidate = re.search(r"(v\d+) (was not promoted|is in production now)", verdict.first.inner_text()).group(1)
     comparison = page.get_by_text(f"{candidate} (candidate) vs {shipped} (production) on 12 trusted photos")
     expect(comparison).to_be_visible()

@@ -20,7 +20,7 @@ from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.loadtest import App
 from bench.servers import wait_for
-from tests.conftest import WEIGHTS_DIR, requires_weights, shipped_models
+from tests.conftest import RETRAINING_SECONDS, WEIGHTS_DIR, requires_weights, shipped_models
 from catdog_model.layout import CONFIG_FILE
 
 pytestmark = [pytest.mark.heavy, requires_weights]
@@ -73,7 +73,7 @@ def test_kill_during_retraining(tmp_path, small_photo_dir):
         acknowledged += sum(row[1] == "added" for row in results["data"])
     client.predict(handle_file(str(sorted((small_photo_dir / "cats").iterdir())[0])), api_name="/predict")
     client.predict("", api_name="/retrain")
-    deadline = time.time() + 120
+    deadline = time.time() + RETRAINING_SECONDS
     while client.predict(api_name="/retrain_status")["stage"] not in ("embedding", "training"):
         assert time.time() < deadline
         time.sleep(0.2)

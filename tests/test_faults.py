@@ -29,7 +29,7 @@ from gradio_client import Client, handle_file
 from bench.loadtest import App
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import VERSION_PATTERN, LocalHub
-from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, requires_photos, requires_weights,
+from tests.conftest import (OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, requires_photos, requires_weights,
                             shipped_models, start_postgres)
 from bench.servers import Postgres, wait_for
 from catdog_model.layout import CONFIG_FILE, REFS_FILE
@@ -161,12 +161,13 @@ def start_retraining(app: Served, client: Client) -> psutil.Process:
     """Start a retraining through the API and wait until its child publishes; the child."""
     assert client.predict("", api_name="/retrain")["running"]
     child = wait_for(lambda: psutil.Process(app.process.pid).children(), 30)[0]
-    wait_for(lambda: retrain_status(client)["stage"] == "publishing", 300, every=0.2)
+    wait_for(lambda: retrain_status(client)["stage"] == "publishing", RETRAINING_SECONDS, every=0.2)
     return child
 
 
 def finished(client: Client) -> dict:
-    return wait_for(lambda: (status := retrain_status(client)) and not status["running"] and status, 300, every=0.5)
+    return wait_for(lambda: (status := retrain_status(client)) and not status["running"] and status, RETRAINING_SECONDS,
+                    every=0.5)
 
 
 @requires_photos

@@ -25,8 +25,8 @@ from catdog_model.data import load_folder
 from catdog_model.hub import LocalHub
 from catdog_model.monitoring import LoggedPrediction
 from bench.servers import wait_for
-from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, PRODUCTION, WEIGHTS_DIR, random_jpeg, requires_photos,
-                            requires_weights, shipped_models, training_data, trusted_photos)
+from tests.conftest import (OTHER_VERSION, PHOTOS_DIR, PRODUCTION, RETRAINING_SECONDS, WEIGHTS_DIR, random_jpeg,
+                            requires_photos, requires_weights, shipped_models, training_data, trusted_photos)
 
 LATER_VERSION = f"v{int(OTHER_VERSION[1:]) + 1}"
 
@@ -163,7 +163,7 @@ def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, 
 def test_retraining_with_too_few_images_reports_the_reason(tmp_path, cache_dir):
     service = Service(make_settings(tmp_path, cache_dir)).start()
     service.start_retrain()
-    wait_for_retraining(service, seconds=600)
+    wait_for_retraining(service)
     assert service.retrain_state.stage == "failed"
     assert "at least 5 images of each class" in service.retrain_state.error
 
@@ -189,7 +189,7 @@ def test_a_version_that_cannot_load_is_never_promoted(service):
     assert service.hub.production() == PRODUCTION and service.health()["model_version"] == PRODUCTION
 
 
-def wait_for_retraining(service: Service, seconds: float = 600) -> None:
+def wait_for_retraining(service: Service, seconds: float = RETRAINING_SECONDS) -> None:
     wait_for(lambda: not service.retrain_state.running, seconds=seconds, every=0.2)
 
 
@@ -473,7 +473,7 @@ def test_the_gate_judges_on_trusted_photos_that_training_never_sees(gated, tmp_p
 def test_fine_tuning_from_the_app_continues_from_production_and_is_judged_beside_it(gated):
     service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
     service.start_retrain(fine_tune=True)
-    wait_for_retraining(service, seconds=900)
+    wait_for_retraining(service)
     state = service.retrain_state
     assert state.stage == "done", (state.error, state.log)
     assert any(line.startswith("Fine-tuning") for line in state.log)

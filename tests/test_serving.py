@@ -23,7 +23,7 @@ from catdog_model.export import ExportError, check_export, sample_images
 from catdog_model.hub import LocalHub
 from catdog_model.serving import ModelLoadError, ServingModel
 from catdog_model.service import Service, ServiceError
-from tests.conftest import OTHER_VERSION, WEIGHTS_DIR, requires_weights, shipped_models
+from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, requires_weights, shipped_models
 
 pytestmark = [pytest.mark.heavy, requires_weights]  # Keras, TensorFlow and exports
 
@@ -102,7 +102,7 @@ def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrai
     assert client.predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
     client.predict("", api_name="/rollback")
     client.predict("", api_name="/retrain")
-    assert wait_for(lambda: not client.predict(api_name="/retrain_status")["running"], 300)
+    assert wait_for(lambda: not client.predict(api_name="/retrain_status")["running"], RETRAINING_SECONDS)
     status = client.predict(api_name="/retrain_status")
     assert status["stage"] == "done", (status["error"], status["log"])
     assert "Published" in " ".join(status["log"])
@@ -120,7 +120,8 @@ def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(ap
     server = psutil.Process(app_process.process.pid)
     assert wait_for(lambda: server.children(), 30)
     child = server.children()[0]
-    assert wait_for(lambda: client.predict(api_name="/retrain_status")["stage"] not in ("starting",), 120)
+    assert wait_for(lambda: client.predict(api_name="/retrain_status")["stage"] not in ("starting",),
+                    RETRAINING_SECONDS)
     os.kill(child.pid, signal.SIGKILL)
     assert wait_for(lambda: not client.predict(api_name="/retrain_status")["running"], 30)
     status = client.predict(api_name="/retrain_status")
@@ -228,5 +229,5 @@ def test_a_retraining_outlives_the_server_thread_that_started_it(settings, small
     starter = threading.Thread(target=service.start_retrain)  # as a Gradio worker thread, retired when idle
     starter.start()
     starter.join()
-    assert wait_for(lambda: not service.retrain_state.running, 300)
+    assert wait_for(lambda: not service.retrain_state.running, RETRAINING_SECONDS)
     assert service.retrain_state.stage == "done", (service.retrain_state.error, service.retrain_state.log)
