@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from catdog_model.export import ExportError, check_export, sample_images
 from catdog_model.hub import LocalHub
 from catdog_model.serving import ModelLoadError, ServingModel
 from catdog_model.service import Service, ServiceError
+from bench.servers import wait_for
 from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, requires_weights, shipped_models
 
 pytestmark = [pytest.mark.heavy, requires_weights]  # Keras, TensorFlow and exports
@@ -61,15 +61,6 @@ def test_a_version_without_an_export_is_refused_for_serving_with_the_command(set
     with pytest.raises(ServiceError, match="v3 cannot be promoted: .*python -m catdog export --version v3"):
         service.promote("v3")
     assert service.health()["model_version"] == hub.production()
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture
