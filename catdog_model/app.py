@@ -21,6 +21,7 @@ from . import LABELS, cli
 from .config import Settings
 from .monitoring import WINDOWS
 from .errors import ServiceError, public_message
+from .reports import prediction_details
 from .service import BATCH_COLUMNS, Service
 from .web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted, as_gradio_errors,
                   forget_finished_sessions, input_path, input_paths, rest_prediction, too_large_message)
@@ -48,19 +49,21 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     async def predict_with_details(image: dict | None):
-        """Classify one photo, as the Predict tab does: the label, and a line with the version, time and flags."""
+        """Classify one photo, as the Predict tab does: the label, and its warnings (unfamiliar, not sure) above
+        a line with the version and time."""
         path = input_path(image)
         prediction, latency_ms = await admitted(lambda: service.predict(path, origin="ui"), budget)
-        flags = f" — flagged: {', '.join(prediction.flags)}" if prediction.flags else ""
-        return prediction.as_label_dict(), f"Model **{prediction.version}**, {latency_ms:.0f} ms{flags}"
+        line = f"Model **{prediction.version}**, {latency_ms:.0f} ms"
+        return prediction.as_label_dict(), prediction_details(prediction.flags, line)
 
     @as_gradio_errors
     async def explain(image: dict | None):
-        """Where the photo made the model say dog or cat: the heat map over the photo, the label, the line."""
+        """Where the photo made the model say dog or cat: the heat map over the photo (its own aspect ratio),
+        the label, and its warnings above the line."""
         path = input_path(image)
         prediction, heat_map = await admitted(lambda: service.explain(path), budget)
-        why = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
-        return heat_map, prediction.as_label_dict(), why
+        line = f"Model **{prediction.version}**: red pushed towards dog, blue towards cat"
+        return heat_map, prediction.as_label_dict(), prediction_details(prediction.flags, line)
 
     @as_gradio_errors
     def correct(image: dict | None, label: str, token: str = "") -> str:
@@ -69,9 +72,9 @@ def build_demo(service: Service) -> gr.Blocks:
         return service.curation.correct(input_path(image), label)
 
     @as_gradio_errors
-    def predict_batch(files: list[dict] | None):
+    def predict_batch(files: list[dict] | None, origin: str = "api"):
         """Classify many photos: a table, a row a file (or why it was not classified), and the same as CSV."""
-        rows = service.predict_batch(input_paths(files), origin="api")
+        rows = service.predict_batch(input_paths(files), origin=origin)
         return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
 
     @as_gradio_errors
@@ -152,9 +155,10 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     def refresh_metrics(window: str):
-        """The Metrics tab over the window (hour, day or all): drift, traffic, production, versions, plots."""
+        """The Metrics tab over the window (hour, day or all): headline cards (HTML), traffic, production,
+        versions, plots."""
         view = service.dashboard.metrics_view(window)
-        return [view[name] for name in ("drift", "summary", "production_table", "confusion_matrix", "roc_curve",
+        return [view[name] for name in ("cards", "summary", "production_table", "confusion_matrix", "roc_curve",
                                         "versions_table", "over_time", "over_time", "quality", "labels",
                                         "confidence", "dataset_table")]
 
@@ -178,8 +182,8 @@ def build_demo(service: Service) -> gr.Blocks:
             with gr.Row():
                 image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
                 with gr.Column():
+                    details = gr.Markdown(label="details")  # above the label: a warning is read first
                     label = gr.Label(num_top_classes=2, label="Prediction")
-                    details = gr.Markdown(label="details")
                     with gr.Row():
                         predict_button = gr.Button("Classify", variant="primary")
                         explain_button = gr.Button("Show why")
@@ -208,6 +212,8 @@ def build_demo(service: Service) -> gr.Blocks:
             corrected = [button.click(lambda photo, secret, named=named: correct(photo, named, secret),
                                       [image, token], correction_text, api_name=False, preprocess=False)
                          for button, named in ((correct_as_cat, "cat"), (correct_as_dog, "dog"))]
+            for event in corrected:
+                clear_on_failure(event, correction_text)
             # A new photo clears the answers about the last one.
             image.change(lambda: (None, "", None, ""), None, [label, details, heat_map, correction_text],
                          api_name=False, queue=False)
@@ -216,8 +222,11 @@ def build_demo(service: Service) -> gr.Blocks:
             batch_button = gr.Button("Classify all")
             batch_table = gr.Dataframe(headers=list(BATCH_COLUMNS), label="Results")
             batch_csv = gr.File(label="Results as CSV")
-            batch_button.click(predict_batch, batch_files, [batch_table, batch_csv], api_name="predict_batch",
-                               preprocess=False)
+            batch_button.click(lambda files: predict_batch(files, origin="ui"), batch_files,
+                               [batch_table, batch_csv], api_name=False, preprocess=False)
+            api_files = gr.File(visible=False, file_count="multiple", type="filepath", label="photos")
+            gr.Button(visible=False).click(predict_batch, api_files, [batch_table, batch_csv],
+                                           api_name="predict_batch", preprocess=False)
         with gr.Tab("Retrain"):
             upload_label = gr.Radio(list(LABELS), value=LABELS[0], label="Class of these images")
             upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip archive")
@@ -238,6 +247,8 @@ def build_demo(service: Service) -> gr.Blocks:
                                              api_name="confirm_suspects"),
                         discard_button.click(discard_suspects, token, [suspects_message, stats],
                                              api_name="discard_suspects")]
+            for event in reviewed:
+                clear_on_failure(event, suspects_message)
             for event in [uploaded, *reviewed, *corrected]:
                 event.then(service.curation.suspect_gallery, None, suspects, api_name=False)
             if service.settings.review_queue:
@@ -254,9 +265,10 @@ def build_demo(service: Service) -> gr.Blocks:
                 show_to_label.click(photos_to_label, token, waiting, api_name=False)
                 to_label.select(choose_photo, shown_hashes, chosen_hash, api_name=False)
                 for button, named in label_buttons:
-                    button.click(lambda chosen, secret, named=named: label_photo(chosen, named, secret),
-                                 [chosen_hash, token], [label_message, stats], api_name=False).then(
-                        photos_to_label, token, waiting, api_name=False)
+                    labelled = button.click(lambda chosen, secret, named=named: label_photo(chosen, named, secret),
+                                            [chosen_hash, token], [label_message, stats], api_name=False)
+                    clear_on_failure(labelled, label_message)
+                    labelled.then(photos_to_label, token, waiting, api_name=False)
             fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
                                           "production's backbone in about a minute)", value=False)
             with gr.Row():
@@ -279,38 +291,39 @@ def build_demo(service: Service) -> gr.Blocks:
                 promote_button = gr.Button("Promote")
                 rollback_button = gr.Button("Roll back")
             version_message = gr.Markdown(label="message")
-            promote_button.click(promote, [version_box, token], version_message, api_name="promote").then(
-                retraining_view, None, retraining_outputs, api_name=False)
-            rollback_button.click(rollback, token, version_message, api_name="rollback").then(
-                retraining_view, None, retraining_outputs, api_name=False)
+            for event in (promote_button.click(promote, [version_box, token], version_message, api_name="promote"),
+                          rollback_button.click(rollback, token, version_message, api_name="rollback")):
+                clear_on_failure(event, version_message)
+                event.then(retraining_view, None, retraining_outputs, api_name=False)
         with gr.Tab("Metrics"):
             with gr.Row():
                 window = gr.Radio(list(WINDOWS), value="day", label="Monitoring window (all replicas)")
                 refresh = gr.Button("Refresh", variant="primary")
-            drift_text = gr.Markdown(label="drift")
+            cards = gr.HTML(label="headline figures")
             summary_text = gr.Markdown(label="summary")
+            # Each plot's label names its output for programs (gradio_client); its title, inside it, is what
+            # people read. Without predictions in the window, a plot is empty (the cards say "no data yet").
             with gr.Row():
-                production_table = gr.Dataframe(label="Production on its test split", interactive=False)
-                confusion_plot = gr.Image(label="Confusion matrix (test split)", type="filepath")
-                roc_plot = gr.Image(label="ROC curve (test split)", type="filepath")
-            versions_table = gr.Dataframe(label="Versions", interactive=False)
+                requests_plot = gr.LinePlot(x="time", y="requests per minute", title="Requests per minute",
+                                            label="requests per minute", show_label=False, y_lim=[0, None])
+                latency_plot = gr.LinePlot(x="time", y="mean latency (ms)", title="Mean latency (ms)",
+                                           label="mean latency", show_label=False, y_lim=[0, None])
             with gr.Row():
-                # Points, not lines: a window with a single period still shows it.
-                # Each plot's label names its output for programs (gradio_client); its title is what people read.
-                requests_plot = gr.ScatterPlot(x="time", y="requests per minute", title="Requests per minute",
-                                               label="requests per minute", show_label=False)
-                latency_plot = gr.ScatterPlot(x="time", y="mean latency (ms)", title="Mean latency (ms)",
-                                              label="mean latency", show_label=False)
-            with gr.Row():
-                quality_plot = gr.ScatterPlot(x="time", y="value", color="measure", y_lim=[0, 1],
-                                              title="Confidence, unfamiliarity and share flagged",
-                                              label="quality over time", show_label=False)
+                quality_plot = gr.LinePlot(x="time", y="value", color="measure", y_lim=[0, 1],
+                                           title="Confidence, unfamiliarity and share flagged",
+                                           label="quality over time", show_label=False)
                 labels_plot = gr.BarPlot(x="label", y="predictions", title="Labels", y_lim=[0, None],
                                          label="labels", show_label=False)
                 confidence_plot = gr.BarPlot(x="confidence", y="predictions", title="Confidence", y_lim=[0, None],
-                                             label="confidence histogram", show_label=False)
+                                             label="confidence histogram", show_label=False, x_label_angle=-45)
+            with gr.Row():
+                production_table = gr.Dataframe(label="Production on its own test split", interactive=False)
+                # The PNGs carry their titles: a label over them would hide them.
+                confusion_plot = gr.Image(label="confusion matrix", type="filepath", show_label=False)
+                roc_plot = gr.Image(label="ROC curve", type="filepath", show_label=False)
+            versions_table = gr.Dataframe(label="Versions", interactive=False)
             dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
-            metrics_outputs = [drift_text, summary_text, production_table, confusion_plot, roc_plot, versions_table,
+            metrics_outputs = [cards, summary_text, production_table, confusion_plot, roc_plot, versions_table,
                                requests_plot, latency_plot, quality_plot, labels_plot, confidence_plot, dataset_table]
             refresh.click(refresh_metrics, window, metrics_outputs, api_name="refresh_metrics")
 
@@ -354,6 +367,11 @@ def build_demo(service: Service) -> gr.Blocks:
         demo.load(retraining_view, None, retraining_outputs, api_name=False)
         demo.load(service.curation.suspect_gallery, None, suspects, api_name=False)
     return demo
+
+
+def clear_on_failure(event, message: gr.Markdown) -> None:
+    """An action that fails clears its message line, so that an old success is not read beside the error."""
+    event.failure(lambda: "", None, message, api_name=False, queue=False)
 
 
 def build_app(service: Service) -> FastAPI:

@@ -5,6 +5,7 @@ numbers, and as the tables, plot data and sentences of catdog_model.reports. It 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from .curation import Curation
 from .drift import drift_report
@@ -12,10 +13,11 @@ from .errors import public_message
 from .hub import ModelHub
 from .monitoring import LogUnavailable, PredictionLog, window_start
 from .production import Production
-from .reports import (confidence_histogram, dataset_table, label_mix, monitoring_summary, over_time,
+from .reports import (confidence_histogram, dataset_table, label_mix, metric_cards, monitoring_summary, over_time,
                       production_line, production_table, quality_over_time, retraining_comparison,
                       retraining_progress, retraining_verdict, versions_table)
 from .retraining import Retrainer
+from .scores import kept_score, noted_trusted_set
 from .serving import ServingModel
 
 LOG_LINES_SHOWN = 30
@@ -23,12 +25,13 @@ LOG_LINES_SHOWN = 30
 
 class Dashboard:
     def __init__(self, hub: ModelHub, log: PredictionLog, production: Production, retrainer: Retrainer,
-                 curation: Curation):
+                 curation: Curation, cache_dir: Path):
         self.hub = hub
         self.log = log
         self.production = production
         self.retrainer = retrainer
         self.curation = curation
+        self.cache_dir = cache_dir  # where the versions' scores on the trusted photos are kept
         self.started_at = time.time()
 
     def metrics(self, window: str = "day") -> dict:
@@ -62,11 +65,23 @@ class Dashboard:
         return drift_report(model.version, reference, recent)
 
     def versions(self) -> list[dict]:
+        """Every version: production or not, servable or not, created; its accuracy and log loss on the trusted
+        photos (the same set for every version, so comparable; None until measured — in the background after
+        start, or by the gate), and its own test-split figures (each on its own split: not comparable)."""
         servable = self._servable_versions()
-        return [{"version": row["version"], "production": row["production"], "servable": row["version"] in servable,
-                 "created_at": row["created_at"], "test_accuracy": row["test"].get("accuracy"),
-                 "test_roc_auc": row["test"].get("roc_auc"), "test_images": row["test"].get("n_images")}
-                for row in self.hub.list_versions()]
+        trusted = noted_trusted_set(self.cache_dir)
+        rows = []
+        for row in self.hub.list_versions():
+            score = trusted and row["version"] in servable and kept_score(
+                self.cache_dir, self.hub.download(row["version"]), trusted["signature"])
+            rows.append({"version": row["version"], "production": row["production"],
+                         "servable": row["version"] in servable, "created_at": row["created_at"],
+                         "trusted_accuracy": score["accuracy"] if score else None,
+                         "trusted_log_loss": score["log_loss"] if score else None,
+                         "trusted_images": trusted and trusted["n_images"],
+                         "test_accuracy": row["test"].get("accuracy"), "test_roc_auc": row["test"].get("roc_auc"),
+                         "test_images": row["test"].get("n_images")})
+        return rows
 
     def _servable_versions(self) -> set[str]:
         """The versions that carry a serving export, so that promote and rollback can serve them."""
@@ -82,6 +97,7 @@ class Dashboard:
         monitoring = metrics["monitoring"]
         return {"metrics": metrics, **images, "production_table": production_table(metrics["test"]),
                 "versions_table": versions_table(self.versions()), "drift": metrics["drift"]["sentence"],
+                "cards": metric_cards(monitoring, metrics["drift"], window),
                 "summary": monitoring_summary(monitoring, window), "over_time": over_time(monitoring),
                 "quality": quality_over_time(monitoring), "labels": label_mix(monitoring),
                 "confidence": confidence_histogram(monitoring),

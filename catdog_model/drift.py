@@ -5,7 +5,6 @@ on the version's validation photos, which training keeps with the version (in no
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 MIN_RECENT = 100  # fewer predictions say little either way
 P_VALUE = 0.01
@@ -29,6 +28,8 @@ def drift_report(version: str | None, reference: dict | None, recent: dict[str, 
         return {"verdict": "too little traffic", "recent": count, "tests": {},
                 "sentence": f"{count} recent predictions by {version}; the drift test needs {MIN_RECENT}."}
     expected, seen = _values(reference["p_dog"], reference["novelty"]), _values(recent["p_dog"], recent["novelty"])
+    from scipy import stats  # a second of imports: not at the server's start, only once there is traffic to test
+
     tests = {}
     for name in NAMES:
         if len(seen[name]) < MIN_RECENT or len(expected[name]) < MIN_RECENT:

@@ -18,7 +18,7 @@ from .layout import HEAD_WEIGHTS_FILE
 
 DOG_COLOUR = np.array([230, 60, 30], dtype=np.float32)
 CAT_COLOUR = np.array([30, 110, 230], dtype=np.float32)
-OVERLAY_OPACITY = 0.55
+OVERLAY_OPACITY = 0.6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,18 @@ class Head:
             return cls([(weights[f"layers/{name}/vars/0"][()], weights[f"layers/{name}/vars/1"][()])
                         for name in dense])
 
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """The head's logit for each embedding (N, dim) → (N,): hidden layers with ReLU, dropout off."""
+        activations = np.asarray(embeddings, dtype=np.float64)
+        for kernel, bias in self.layers[:-1]:
+            activations = np.maximum(activations @ kernel + bias, 0)
+        kernel, bias = self.layers[-1]
+        return (activations @ kernel + bias)[:, 0]
+
+    def p_dog(self, embeddings: np.ndarray) -> np.ndarray:
+        """What the version's head answers for each embedding, without Keras."""
+        return 1 / (1 + np.exp(-self.logits(embeddings)))
+
     def logit_gradient(self, embedding: np.ndarray) -> np.ndarray:
         """d logit / d embedding for one embedding (dim,): back through ReLU hidden layers (dropout is off)."""
         activations = [embedding]
@@ -54,8 +66,10 @@ class Explanation:
     image: np.ndarray  # the photo as the model saw it (size × size × 3)
     activation: np.ndarray  # signed Grad-CAM (h × w): > 0 towards dog, < 0 towards cat
 
-    def overlay(self) -> np.ndarray:
-        return overlay(self.image, self.activation)
+    def overlay(self, photo: np.ndarray | None = None) -> np.ndarray:
+        """The map over the photo as the model saw it (square), or over `photo`: the same photo decoded with
+        its own aspect ratio (the model saw it stretched to a square, so the map stretches back with it)."""
+        return overlay(self.image if photo is None else photo, self.activation)
 
 
 def class_activation_map(feature_map: np.ndarray, head: Head) -> np.ndarray:
@@ -71,7 +85,8 @@ def overlay(image: np.ndarray, activation: np.ndarray) -> np.ndarray:
     scale = float(np.abs(activation).max()) or 1.0
     resized = np.asarray(Image.fromarray((activation / scale).astype(np.float32), mode="F").resize(
         size, Image.Resampling.BILINEAR))
-    strength = np.clip(np.abs(resized), 0, 1)[..., np.newaxis] * OVERLAY_OPACITY
+    # The square root lifts moderate pushes into view; none stays clear.
+    strength = np.sqrt(np.clip(np.abs(resized), 0, 1))[..., np.newaxis] * OVERLAY_OPACITY
     colour = np.where(resized[..., np.newaxis] > 0, DOG_COLOUR, CAT_COLOUR)
     return np.round(image * (1 - strength) + colour * strength).astype(np.uint8)
 

@@ -1,14 +1,16 @@
-"""What the Metrics tab shows, as tables and as DataFrames for Gradio's own plots: production's test metrics,
-the versions, and live monitoring from the prediction log's aggregates (never from rows, never pyplot)."""
+"""What the Predict, Retrain and Metrics tabs show, for people: sentences, tables, and DataFrames for Gradio's own
+plots — a prediction's warnings, a retraining's progress and verdict, production's test metrics, the versions,
+and live monitoring from the prediction log's aggregates (never from rows, never pyplot)."""
 
 from __future__ import annotations
 
 import math
+from html import escape
 
 import pandas as pd
 
 from . import LABELS
-from .monitoring import CONFIDENCE_BINS, CONFIDENCE_EDGES
+from .monitoring import CONFIDENCE_EDGES
 
 OVER_TIME_COLUMNS = ["time", "requests per minute", "mean latency (ms)"]
 QUALITY_COLUMNS = ["time", "measure", "value"]
@@ -31,7 +33,7 @@ def production_table(test: dict | None) -> pd.DataFrame:
     if not test:
         return pd.DataFrame({"metric": ["production"], "value": ["no version is in production"]})
     low, high = wilson_interval(round(test["accuracy"] * test["n_images"]), test["n_images"])
-    rows = [("accuracy", f"{test['accuracy']:.2%}  (95 % interval {low:.1%}–{high:.1%})")]
+    rows = [("accuracy", f"{test['accuracy']:.2%}"), ("accuracy, 95 % interval", f"{low:.1%}–{high:.1%}")]
     rows += [(name, "—" if test.get(key) is None else f"{test[key]:.4f}")
              for name, key in (("precision (dog)", "precision"), ("recall (dog)", "recall"), ("F1", "f1"),
                                ("ROC-AUC", "roc_auc"), ("log loss", "log_loss"))]
@@ -40,35 +42,63 @@ def production_table(test: dict | None) -> pd.DataFrame:
 
 
 def versions_table(versions: list[dict]) -> pd.DataFrame:
+    """A row a version. The trusted-photo columns are on one set for every version (comparable); the test-split
+    columns are each version's own split, as training measured it (not comparable between versions)."""
+    images = next((row["trusted_images"] for row in versions if row.get("trusted_images")), None)
+    on_trusted = f"accuracy on {images:,} trusted photos" if images else "accuracy on the trusted photos"
+    columns = ["version", "production", "servable", on_trusted, "log loss (trusted)", "own test split: accuracy",
+               "own test split: photos", "created"]
     return pd.DataFrame([{"version": row["version"], "production": "✔" if row["production"] else "",
                           "servable": "✔" if row["servable"] else "",
-                          "test accuracy": None if row["test_accuracy"] is None else round(row["test_accuracy"], 4),
-                          "ROC-AUC": None if row["test_roc_auc"] is None else round(row["test_roc_auc"], 4),
-                          "test photos": row["test_images"], "created": (row["created_at"] or "")[:16]}
-                         for row in versions],
-                        columns=["version", "production", "servable", "test accuracy", "ROC-AUC", "test photos",
-                                 "created"])
+                          on_trusted: _share(row.get("trusted_accuracy")) or
+                          ("not measured yet" if row["servable"] else "— (no serving export)"),
+                          "log loss (trusted)": "" if row.get("trusted_log_loss") is None
+                          else f"{row['trusted_log_loss']:.3f}",
+                          "own test split: accuracy": _share(row["test_accuracy"]),
+                          "own test split: photos": "" if row["test_images"] is None else f"{row['test_images']:,}",
+                          "created": (row["created_at"] or "")[:16]}
+                         for row in versions], columns=columns)
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.2%}"
+
+
+def _periods(statistics: dict) -> tuple[pd.DatetimeIndex, list[int]] | None:
+    """The series' period starts and, for each point to draw, its period. A single period is drawn from its
+    start to its end, so that a line shows it."""
+    series = statistics.get("series") if statistics.get("count") else None
+    if not series or not series["start"]:
+        return None
+    starts = list(series["start"])
+    indices = list(range(len(starts)))
+    if len(starts) == 1:
+        starts.append(starts[0] + series["step_seconds"])
+        indices.append(0)
+    return pd.to_datetime(starts, unit="s"), indices
 
 
 def over_time(statistics: dict) -> pd.DataFrame:
     """Requests per minute and mean latency per period of the window (no rows: an empty frame)."""
-    series = statistics.get("series") if statistics.get("count") else None
-    if not series:
+    periods = _periods(statistics)
+    if periods is None:
         return pd.DataFrame({column: [] for column in OVER_TIME_COLUMNS}).astype({"time": "datetime64[s]"})
-    return pd.DataFrame({"time": pd.to_datetime(series["start"], unit="s"),
-                         "requests per minute": series["requests_per_minute"],
-                         "mean latency (ms)": series["latency_ms"]})
+    times, indices = periods
+    series = statistics["series"]
+    return pd.DataFrame({"time": times, "requests per minute": [series["requests_per_minute"][i] for i in indices],
+                         "mean latency (ms)": [series["latency_ms"][i] for i in indices]})
 
 
 def quality_over_time(statistics: dict) -> pd.DataFrame:
     """Mean confidence, mean unfamiliarity and share flagged per period, in one long frame (all 0–1). An empty
     frame keeps the column types: the browser's plot fixes them from the first frame it is sent."""
-    series = statistics.get("series") if statistics.get("count") else None
+    periods = _periods(statistics)
     rows = []
-    if series:
-        times = pd.to_datetime(series["start"], unit="s")
+    if periods is not None:
+        times, indices = periods
         for key, measure in QUALITY_MEASURES.items():
-            rows += [(time, measure, value) for time, value in zip(times, series[key]) if value is not None]
+            values = [statistics["series"][key][i] for i in indices]
+            rows += [(time, measure, value) for time, value in zip(times, values) if value is not None]
     frame = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     return frame.astype({"time": "datetime64[s]", "measure": "str", "value": "float64"})
 
@@ -80,29 +110,67 @@ def dataset_table(stats: dict) -> pd.DataFrame:
 
 
 def label_mix(statistics: dict) -> pd.DataFrame:
+    """Predictions per label; no rows without predictions (an empty plot, not bars of zero)."""
     labels = statistics.get("labels") or {}
-    return pd.DataFrame({"label": list(LABELS), "predictions": [labels.get(label, 0) for label in LABELS]})
+    shown = list(LABELS) if statistics.get("count") else []
+    return pd.DataFrame({"label": shown, "predictions": [labels.get(label, 0) for label in shown]},
+                        columns=["label", "predictions"]).astype({"label": "str", "predictions": "int64"})
 
 
 def confidence_histogram(statistics: dict) -> pd.DataFrame:
-    """Predictions per confidence bin, every bin present (all zero without predictions)."""
+    """Predictions per confidence bin, every bin present; no rows without predictions."""
     counts = (statistics.get("confidence_histogram") or {}).get("counts") if statistics.get("count") else None
-    bins = [f"{low:.2f}-{high:.2f}" for low, high in zip(CONFIDENCE_EDGES, CONFIDENCE_EDGES[1:])]
-    return pd.DataFrame({"confidence": bins,
-                         "predictions": counts or [0] * CONFIDENCE_BINS})
+    bins = [f"{low:.0%}–{high:.0%}" for low, high in zip(CONFIDENCE_EDGES, CONFIDENCE_EDGES[1:])]
+    return pd.DataFrame({"confidence": bins if counts else [], "predictions": counts or []},
+                        columns=["confidence", "predictions"]).astype({"confidence": "str", "predictions": "int64"})
+
+
+CARD_COLOURS = {"green": "#15803d", "amber": "#b45309", "red": "#b91c1c", "grey": "#4b5563"}
+DRIFT_STATUS = {"no drift": "green", "drift": "red"}  # every other verdict (too little traffic, …): amber
+NO_DATA = "no data yet"
+SOURCE_NAMES = {"ui": "from the Predict tab", "api": "through the Gradio API", "rest": "through REST"}
+
+
+def metric_cards(statistics: dict, drift: dict, window: str) -> str:
+    """The Metrics tab's headline figures as HTML cards: predictions, latency p50/p95, share flagged, and the
+    drift verdict coloured green (no drift), red (drift) or amber (not tested: too little traffic, …)."""
+    if statistics.get("error"):
+        traffic = [("predictions", "Predictions", "log unavailable", statistics["error"], "amber")]
+    elif not statistics.get("count"):
+        traffic = [("predictions", "Predictions", NO_DATA, f"none in this window ({window})", "grey"),
+                   ("latency", "Latency", NO_DATA, "p50 / p95", "grey"),
+                   ("flagged", "Flagged", NO_DATA, "not sure or unfamiliar", "grey")]
+    else:
+        traffic = [("predictions", "Predictions", f"{statistics['count']:,}", f"in this window ({window})", "grey"),
+                   ("latency", "Latency", f"{statistics['latency_p50_ms']:.0f} / {statistics['latency_p95_ms']:.0f} ms",
+                    "p50 / p95", "grey"),
+                   ("flagged", "Flagged", f"{statistics['flagged_share']:.1%}", "not sure or unfamiliar", "grey")]
+    verdict = drift.get("verdict", "unknown")
+    cards = [*traffic, ("drift", "Drift", verdict[:1].upper() + verdict[1:], drift.get("sentence", ""),
+                        DRIFT_STATUS.get(verdict, "amber"))]
+    return ('<div class="catdog-cards" style="display:flex;flex-wrap:wrap;gap:12px">'
+            + "".join(_card(*card) for card in cards) + "</div>")
+
+
+def _card(name: str, title: str, value: str, note: str, status: str) -> str:
+    colour = CARD_COLOURS[status]
+    return (f'<div class="catdog-card" data-card="{name}" data-status="{status}" style="flex:1 1 200px;'
+            f'border:2px solid {colour};border-radius:8px;padding:10px 14px">'
+            f'<div style="font-size:0.85em;opacity:0.8">{escape(title)}</div>'
+            f'<div class="catdog-card-value" style="font-size:1.6em;font-weight:700;color:{colour}">'
+            f'{escape(value)}</div><div style="font-size:0.8em;opacity:0.8">{escape(note)}</div></div>')
 
 
 def monitoring_summary(statistics: dict, window: str) -> str:
-    """One line on the window's traffic, for people."""
+    """One line on the window's traffic beyond the cards: where it came from, and what people said of it."""
     if statistics.get("error"):
         return f"⚠️ {statistics['error']}"
     if not statistics.get("count"):
         return f"No predictions in this window ({window})."
-    noun = "prediction" if statistics["count"] == 1 else "predictions"
-    line = (f"**{statistics['count']:,}** {noun} in this window ({window}), latency p50 "
-            f"{statistics['latency_p50_ms']:.0f} ms / p95 {statistics['latency_p95_ms']:.0f} ms, "
-            f"{statistics['flagged_share']:.1%} flagged, served by {len(statistics['replicas'])} replica(s).")
-    return line + " " + decisions_summary(statistics.get("decisions") or {}, statistics["count"])
+    sources = ", ".join(f"{count:,} {SOURCE_NAMES.get(source, source)}"
+                        for source, count in statistics["sources"].items() if count)
+    return (f"Served by {_count(len(statistics['replicas']), 'replica')}; {sources}. "
+            + decisions_summary(statistics.get("decisions") or {}, statistics["count"]))
 
 
 def decisions_summary(decisions: dict[str, int], predictions: int) -> str:
@@ -117,6 +185,21 @@ def decisions_summary(decisions: dict[str, int], predictions: int) -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+# The Predict tab: what one prediction says beyond its label, warnings first.
+
+FLAG_WARNINGS = {
+    "unfamiliar": "⚠️ This does not look like a cat or a dog photo: the model has seen nothing like it, so its "
+                  "answer means little.",
+    "low_confidence": "⚠️ Not sure: the model is torn between cat and dog.",
+}
+
+
+def prediction_details(flags: tuple[str, ...], line: str) -> str:
+    """Each flag as a warning heading (as prominent as the label), then the line (version, time, …)."""
+    warnings = [f"### {FLAG_WARNINGS.get(flag, flag)}" for flag in flags]
+    return "\n\n".join([*warnings, line + (f" — flagged: {', '.join(flags)}" if flags else "")])
 
 
 # The Retrain tab: a retraining's progress, verdict and comparison, for people.

@@ -2,23 +2,23 @@
 CATDOG_RETRAIN_SETTINGS (not on the command line, where `ps` would show the admin token) and its recipe in
 CATDOG_RETRAIN_CONFIG. It prints one JSON object a line: {"stage", "done", "total"} while it works, {"log": …} for
 notes, {"result": …} or {"error": …} at the end. `prepare` only embeds the base data and the trusted photos with
-production's backbone into the cache, so that the next retraining finds them there. The server's side is
+production's backbone into the cache, so that the next retraining finds them there, and measures every servable
+version on the trusted photos (catdog_model.scores) for the Versions table. The server's side is
 catdog_model.retraining."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
-from .atomic import write_atomically
+import numpy as np
+
 from .config import Settings, TrainingConfig
 from .errors import ServiceError
 from .data import Example, deduplicate
@@ -26,6 +26,7 @@ from .embeddings import ticking
 from .finetune import FineTuneConfig
 from .images import ImageLimits
 from .retrain_data import trusted_examples, training_dataset
+from .scores import kept_score, note_trusted_set, scored, trusted_signature
 from .uploads import UploadStore
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def progress_to(emit: Callable[[dict], None]) -> Callable[[str, int, int], None]
 
 def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
     """Embed what the next retraining will need — base data, uploads, trusted photos — with production's
-    backbone as its export runs it (no TensorFlow), into the embedding cache."""
+    backbone as its export runs it (no TensorFlow), into the embedding cache; then score the versions."""
     progress = progress_to(emit)
     with ticking(progress, "reading data"):
         from .embeddings import EmbeddingCache, embed_images
@@ -103,43 +104,41 @@ def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None
         before = cache.count(served.spec.id)
     embed_images(served, [(example.sha256, example.content) for example in examples], cache, config.views,
                  progress)
-    return {"embedded": (cache.count(served.spec.id) - before) // len(config.views)}
+    embedded = (cache.count(served.spec.id) - before) // len(config.views)
+    note_trusted_set(settings.cache_dir, trusted)
+    return {"embedded": embedded, "scored": score_versions(hub, settings, trusted, cache, progress)}
 
 
-GATE_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "n_images")  # numbers (roc_auc may be None)
+def score_versions(hub, settings: Settings, trusted: list[Example], cache, progress) -> list[str]:
+    """Measure every servable version not yet measured on the trusted photos (production first), each with its
+    own backbone as its export runs it and its head in numpy: the Versions table's comparable figures. The
+    versions measured now."""
+    from .evaluation import compute_metrics
+    from .explain import Head
+    from .served_backbone import ServedBackbone
+    from .serving import ModelLoadError
+    from .training import embed_examples
 
+    production, measured = hub.production(), []
+    for version in sorted(hub.versions(), key=lambda name: name != production):
+        folder = hub.download(version)
+        try:
+            if not trusted or kept_score(settings.cache_dir, folder, trusted_signature(trusted)) is not None:
+                continue
+            backbone = ServedBackbone(folder, settings.backbone_batch_size)
+        except (ModelLoadError, OSError):  # no serving export: nothing to measure it with here
+            continue
 
-def are_scores(metrics) -> bool:
-    """Whether `metrics` is what compute_metrics gives: numbers where the gate and the tab read them."""
-    return isinstance(metrics, dict) and all(isinstance(metrics.get(name), (int, float)) for name in GATE_METRICS)
+        def measure() -> dict:
+            views = ("original", "flipped") if backbone.tta else ("original",)
+            embeddings, kept, _ = embed_examples(backbone, trusted, cache, views, progress)
+            head = Head.load(folder)
+            p_dog = np.mean([head.p_dog(embeddings[view]) for view in views], axis=0)
+            return {"version": version, **compute_metrics([example.label for example in kept], p_dog)}
 
-
-def trusted_signature(trusted: list[Example]) -> str:
-    """Names one trusted set: its photos and their labels, in any order."""
-    return hashlib.sha256("\n".join(sorted(f"{example.sha256} {example.label}" for example in trusted)).encode()
-                          ).hexdigest()
-
-
-def gate_metrics(settings: Settings, folder: Path, trusted: list[Example], measure: Callable[[], dict]) -> dict:
-    """The metrics on the trusted photos of the version in `folder`: measure()d once, then read back, so a
-    second retraining judged beside the same production skips that part. The key names the version's files (its
-    config.json lists their sha256, whatever the version is called) and the photos; what is read back must be
-    numbers, or it is measured again."""
-    version_id = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:32]
-    path = settings.cache_dir / "gate" / f"{version_id}-{trusted_signature(trusted)[:32]}.json"
-    try:
-        kept = json.loads(path.read_text())
-        if are_scores(kept):
-            return kept
-    except (OSError, ValueError):
-        pass
-    metrics = measure()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps(metrics).encode())
-    except OSError as error:
-        logger.warning("the gate's metrics of %s could not be kept: %s", folder.name, error.strerror)
-    return metrics
+        scored(settings.cache_dir, folder, trusted, measure)
+        measured.append(version)
+    return measured
 
 
 def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
@@ -192,9 +191,11 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
     production_model = compared and (Classifier(served, served.head(), served.head_config, tta=served.tta,
                                                 version=compared) if served else load_classifier(hub, compared,
                                                                                                  settings))
-    candidate_metrics = judged(trained.classifier) if trusted else None
-    production_metrics = gate_metrics(settings, hub.download(compared), trusted,
-                                      lambda: judged(production_model)) if trusted and production_model else None
+    note_trusted_set(settings.cache_dir, trusted)
+    candidate_metrics = scored(settings.cache_dir, hub.download(version), trusted,
+                               lambda: judged(trained.classifier)) if trusted else None
+    production_metrics = scored(settings.cache_dir, hub.download(compared), trusted,
+                                lambda: judged(production_model)) if trusted and production_model else None
     decision = promotion_gate(candidate_metrics and candidate_metrics["accuracy"],
                               production_metrics and production_metrics["accuracy"], len(trusted),
                               settings.gate_min_images, settings.promotion_tolerance, settings.gate_min_accuracy,

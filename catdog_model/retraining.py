@@ -21,7 +21,8 @@ from typing import Callable
 from .atomic import write_atomically
 from .config import PROJECT_ROOT, Settings
 from .finetune import FineTuneConfig
-from .retrain_job import CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig, are_scores
+from .retrain_job import CONFIG_VARIABLE, PARENT_VARIABLE, SETTINGS_VARIABLE, RetrainConfig
+from .scores import are_scores
 
 logger = logging.getLogger(__name__)
 LAST_RETRAINING_FILE = "last_retraining.json"

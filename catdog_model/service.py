@@ -22,7 +22,7 @@ from .dashboard import Dashboard
 from .errors import CatdogError, ServiceError, public_message
 from .data import IMAGE_SUFFIXES
 from .hub import open_hub
-from .images import ImageLimits, content_hash, read_bytes, return_large_buffers_to_the_system, waiting_at_most
+from .images import ImageLimits, content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
 from .monitoring import LoggedPrediction, PredictionLog
 from .production import Production
 from .retrain_job import RetrainConfig
@@ -33,6 +33,7 @@ from .serving import ServingModel
 logger = logging.getLogger(__name__)
 BATCH_COLUMNS = ("file", "label", "p_dog", "confidence", "flags", "error")
 BATCH_CHUNK = 32  # photos decoded and run together: memory stays bounded whatever the batch's size
+EXPLAIN_SIDE = 512  # the heat map's longer side: the photo at its own aspect ratio, big enough to see
 
 
 class NotAllowed(ServiceError):
@@ -68,7 +69,8 @@ class Service:
                            "promotion and rollback are refused until it is set.", settings.server_name)
         self.production = Production(settings, self.hub, self.limits)
         self.curation = Curation(settings, self.limits, self.log, self._doubt_label)
-        self.dashboard = Dashboard(self.hub, self.log, self.production, self.retrainer, self.curation)
+        self.dashboard = Dashboard(self.hub, self.log, self.production, self.retrainer, self.curation,
+                                   settings.cache_dir)
         self._started = self._closed = False
 
     def start(self) -> Service:
@@ -159,14 +161,18 @@ class Service:
         model = self.production.serving()
         if not isinstance(model, ServingModel):
             raise ServiceError("This server runs without a model (CATDOG_NOOP_MODEL), so it cannot explain.")
-        explanation = model.explain(read_bytes(source))
-        return explanation.prediction, explanation.overlay()
+        data = read_bytes(source)
+        explanation = model.explain(data)
+        photo = load_image(data, size=EXPLAIN_SIDE, limits=self.limits, fit=True)
+        return explanation.prediction, explanation.overlay(photo)
 
     def predict_batch(self, paths: list[str], origin: str = "api") -> list[dict]:
         """One row per file: file, label, p_dog, confidence, flags — or, in `error`, why it was not classified.
         Each file is read and decoded before the next is read, and the decoded photos go through the model
         BATCH_CHUNK at a time: memory stays bounded whatever the batch's size. A file given twice is classified
         once, and the whole batch waits for decode memory no longer than one photo would."""
+        if not paths:
+            raise ServiceError("No photos were given: choose one or more photos, then classify them.")
         refuse_too_many_files(paths, self.settings.max_files)
         model = self.production.serving()
         rows = {path: dict.fromkeys(BATCH_COLUMNS, "") | {"file": Path(path).name, "p_dog": None, "confidence": None}

@@ -14,6 +14,7 @@ from gradio_client.exceptions import AppError
 
 from catdog_model.config import Settings
 from catdog_model.hub import LocalHub, next_version
+from catdog_model.service import EXPLAIN_SIDE
 from tests.conftest import RETRAINING_SECONDS, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
@@ -88,15 +89,17 @@ def test_predict_real_photos_through_gradio_client(server, small_photo_dir):
     assert service.log.statistics()["sources"]["api"] >= 2
 
 
-def test_explain_returns_the_photo_with_its_heat_map_and_the_label(server, small_photo_dir):
+def test_explain_returns_the_photo_in_its_own_shape_with_its_heat_map_and_the_label(server, small_photo_dir):
     from PIL import Image
 
     url, _ = server
     photo = sorted((small_photo_dir / "dogs").iterdir())[2]
     overlay, label, details = Client(url, verbose=False).predict(handle_file(str(photo)), api_name="/explain")
     assert label["label"] == "dog" and "red pushed towards dog" in details
-    with Image.open(overlay) as image:
-        assert image.size == (288, 288) and image.mode == "RGB"
+    with Image.open(overlay) as image, Image.open(photo) as original:
+        assert image.mode == "RGB" and max(image.size) <= EXPLAIN_SIDE
+        width, height = original.size
+        assert abs(image.size[0] / image.size[1] - width / height) < 0.01  # the photo's shape, not a square
 
 
 def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_dir, tmp_path):

@@ -11,7 +11,7 @@ from catdog_model.explain import Head, overlay
 from catdog_model.hub import LocalHub
 from catdog_model.serving import ServingModel
 from catdog_model.cli_explain import centre_rate, explain_photos
-from tests.conftest import requires_photos, shipped_models
+from tests.conftest import PRODUCTION, requires_photos, shipped_models
 
 
 def production_model() -> ServingModel:
@@ -32,6 +32,16 @@ def test_the_head_gradient_is_the_derivative_of_its_logit():
     numerical = [(logit(embedding + step * unit) - logit(embedding - step * unit)) / (2 * step)
                  for unit in np.eye(16)]
     np.testing.assert_allclose(head.logit_gradient(embedding), numerical, rtol=1e-4, atol=1e-6)
+
+
+def test_the_head_in_numpy_answers_as_the_versions_keras_head_does():
+    from catdog_model.served_backbone import ServedBackbone
+
+    folder = LocalHub(shipped_models(), Settings.from_env().model_name).download(PRODUCTION)
+    keras_head = ServedBackbone(folder).head()
+    embeddings = np.random.default_rng(0).gamma(1.0, 0.5, size=(64, keras_head.input_shape[-1])).astype("float32")
+    np.testing.assert_allclose(Head.load(folder).p_dog(embeddings), keras_head.predict(embeddings, verbose=0)[:, 0],
+                               atol=1e-5)
 
 
 def test_the_overlay_is_red_towards_dog_blue_towards_cat_and_clear_where_neither():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import html
 import io
 import os
 import json
@@ -74,16 +75,27 @@ def test_promotion_while_predictions_run_fails_no_request(service, small_photo_d
     assert service.health()["model_version"] == PRODUCTION
 
 
+def card(view: dict, name: str) -> tuple[str, str]:
+    """A headline card of the Metrics tab: its big figure and its status colour."""
+    found = re.search(rf'data-card="{name}" data-status="(\w+)".*?class="catdog-card-value"[^>]*>([^<]*)<',
+                      view["cards"])
+    assert found, view["cards"]
+    return html.unescape(found[2]), found[1]
+
+
 @requires_weights
-def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_predictions(service,
-                                                                                        small_photo_dir):
+def test_the_metrics_tab_reads_as_cards_tables_and_plot_data_with_zero_one_and_many_predictions(service,
+                                                                                              small_photo_dir):
     empty = service.dashboard.metrics_view("hour")
     assert empty["summary"] == "No predictions in this window (hour)."
+    assert [card(empty, name)[0] for name in ("predictions", "latency", "flagged")] == ["no data yet"] * 3
+    assert card(empty, "drift")[1] == "amber"  # not tested: neither green nor red
     assert empty["over_time"].empty and list(empty["over_time"].columns)[:2] == ["time", "requests per minute"]
-    assert empty["confidence"]["predictions"].sum() == 0 and empty["labels"]["predictions"].tolist() == [0, 0]
+    assert empty["confidence"].empty and empty["labels"].empty  # empty plots, not bars of zero
     assert empty["quality"].empty and str(empty["quality"]["measure"].dtype) == "str"  # types kept for the plot
-    accuracy = empty["production_table"].set_index("metric").loc["accuracy", "value"]
-    assert "95 % interval" in accuracy and "%" in accuracy and "{" not in accuracy  # a sentence, not JSON
+    table = empty["production_table"].set_index("metric")["value"]
+    assert re.fullmatch(r"\d+\.\d\d%", table["accuracy"])  # short enough for its cell
+    assert re.fullmatch(r"\d+\.\d%–\d+\.\d%", table["accuracy, 95 % interval"])
     assert empty["confusion_matrix"].read_bytes()[:4] == b"\x89PNG" and empty["roc_curve"] is not None
     production_rows = empty["versions_table"][empty["versions_table"]["production"] == "✔"]
     assert production_rows["version"].tolist() == [PRODUCTION]
@@ -92,16 +104,20 @@ def test_the_metrics_tab_reads_as_tables_and_plot_data_with_zero_one_and_many_pr
     service.predict(cats[0].read_bytes())
     service.log.flush()
     one = service.dashboard.metrics_view("hour")
-    assert one["summary"].startswith("**1** prediction in") and len(one["over_time"]) == 1
+    assert card(one, "predictions") == ("1", "grey") and card(one, "latency")[0].endswith(" ms")
+    assert one["summary"].startswith("Served by 1 replica; 1 through the Gradio API.")
+    # A single period is drawn from its start to its end: a line shows it.
+    assert len(one["over_time"]) == 2 and one["over_time"]["requests per minute"].nunique() == 1
     assert one["labels"].set_index("label")["predictions"].to_dict() == {"cat": 1, "dog": 0}
-    assert one["confidence"]["predictions"].sum() == 1
+    assert one["confidence"]["predictions"].sum() == 1 and len(one["confidence"]) == 10
     assert set(one["quality"]["measure"]) >= {"mean confidence", "share flagged"}
     assert one["metrics"]["drift"]["verdict"] in ("no reference", "too little traffic")
 
     for photo in cats[1:6]:
-        service.predict(photo.read_bytes())
+        service.predict(photo.read_bytes(), origin="ui")
     service.log.flush()
     many = service.dashboard.metrics_view("hour")
+    assert card(many, "predictions")[0] == "6" and "5 from the Predict tab" in many["summary"]
     assert many["labels"]["predictions"].sum() == 6 and many["over_time"]["requests per minute"].sum() > 0
 
 
@@ -117,9 +133,12 @@ def test_the_metrics_tab_judges_drift_over_the_window_that_is_chosen(service):
     assert everything["metrics"]["drift"]["recent"] == 150
     assert everything["metrics"]["drift"]["verdict"] in ("drift", "no drift")
     assert f"the last 150 predictions by {version}" in everything["drift"]
+    assert card(everything, "drift") == (("Drift", "red") if everything["metrics"]["drift"]["verdict"] == "drift"
+                                         else ("No drift", "green"))
     today = service.dashboard.metrics_view("day")
     assert today["metrics"]["drift"]["verdict"] == "too little traffic"
     assert today["drift"].startswith(f"0 recent predictions by {version}")
+    assert card(today, "drift") == ("Too little traffic", "amber")
 
 
 @requires_weights
@@ -497,7 +516,11 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     preparation = wait_for(lambda: service.retrainer.preparation.stage in ("done", "failed")
                            and service.retrainer.preparation, 300)
     assert preparation.stage == "done", (preparation.error, preparation.log)
-    assert preparation.result == {"embedded": 60}  # every base photo, the trusted ones among them
+    assert preparation.result["embedded"] == 60  # every base photo, the trusted ones among them
+    servable = {row["version"] for row in service.dashboard.versions() if row["servable"]}
+    assert preparation.result["scored"][0] == PRODUCTION  # then the others (twins of one file set: measured once)
+    before = {row["version"]: row for row in service.dashboard.versions()}
+    assert servable and all(before[version]["trusted_accuracy"] is not None for version in servable)
     service.start_retrain()
     wait_for_retraining(service)
     first = service.retrain_state.result
@@ -505,16 +528,23 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     metrics = json.loads((service.hub.download(first["version"]) / "metrics.json").read_text())
     assert metrics["training"]["images_embedded"] == 0  # the preparation had embedded them all
 
-    (kept,) = (tmp_path / "fresh-cache" / "gate").glob("*.json")  # production's score on this trusted set
-    assert json.loads(kept.read_text())["accuracy"] == first["production"]["accuracy"]
+    # The Retrain tab and the Versions table give the same figures, on the same photos: production's was
+    # measured once, in the background, and the gate read it back.
+    after = {row["version"]: row for row in service.dashboard.versions()}
+    assert after[PRODUCTION]["trusted_accuracy"] == first["production"]["accuracy"] \
+        == before[PRODUCTION]["trusted_accuracy"]
+    assert after[first["version"]]["trusted_accuracy"] == first["candidate"]["accuracy"]
+    assert {row["trusted_images"] for row in after.values()} == {first["candidate"]["n_images"]}
+    table = service.dashboard.metrics_view()["versions_table"].set_index("version")
+    column = f"accuracy on {first['candidate']['n_images']:,} trusted photos"
+    assert table.loc[first["version"], column] == f"{first['candidate']['accuracy']:.2%}"
 
 
-def test_productions_score_on_a_trusted_set_is_measured_once_and_again_if_what_is_kept_is_not_a_score(
-        settings, tmp_path):
+def test_a_versions_score_on_a_trusted_set_is_measured_once_and_again_if_what_is_kept_is_not_a_score(tmp_path):
     from catdog_model.data import Example
-    from catdog_model.retrain_job import gate_metrics
+    from catdog_model.scores import noted_trusted_set, note_trusted_set, scored
 
-    settings = dataclasses.replace(settings, cache_dir=tmp_path / "cache")  # no other test's kept scores
+    cache = tmp_path / "cache"
     version = tmp_path / "v5"
     version.mkdir()
     (version / "config.json").write_text('{"backbone": "one"}')
@@ -526,14 +556,20 @@ def test_productions_score_on_a_trusted_set_is_measured_once_and_again_if_what_i
         measured.append(1)
         return scores
 
-    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 1
-    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 1  # kept
-    (kept,) = (settings.cache_dir / "gate").glob("*.json")
+    assert scored(cache, version, trusted, measure) == scores and len(measured) == 1
+    assert scored(cache, version, trusted, measure) == scores and len(measured) == 1  # kept
+    (kept,) = (cache / "gate").glob("*/*.json")
     kept.write_text(json.dumps({**scores, "accuracy": "n/a"}))
-    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 2  # not a score
-    assert gate_metrics(settings, version, trusted[:1], measure) == scores and len(measured) == 3  # another set
+    assert scored(cache, version, trusted, measure) == scores and len(measured) == 2  # not a score
+    assert scored(cache, version, trusted[:1], measure) == scores and len(measured) == 3  # another set
     (version / "config.json").write_text('{"backbone": "two"}')
-    assert gate_metrics(settings, version, trusted, measure) == scores and len(measured) == 4  # another version
+    assert scored(cache, version, trusted, measure) == scores and len(measured) == 4  # another version
+
+    assert noted_trusted_set(cache) is None  # no retraining child has said which set yet
+    note_trusted_set(cache, trusted)
+    assert noted_trusted_set(cache)["n_images"] == 2
+    (cache / "gate" / "trusted.json").write_text('{"signature": "../../etc", "n_images": 2}')
+    assert noted_trusted_set(cache) is None  # a name that would leave the cache is not one
 
 
 @pytest.mark.heavy
