@@ -34,6 +34,19 @@ REST_USAGE = ("POST /api/predict takes one photo as a multipart form field named
 logger = logging.getLogger("catdog.app")
 
 
+def with_photo_example(component):
+    """The component, its example on the API page and in view_api() a photo's path (handle_file('cat.jpg'))
+    rather than Gradio's picture of a bus or sample PDF on GitHub. Set on the instance: a subclass of a Gradio
+    component would make Gradio write a .pyi file beside this module."""
+    def photo(name: str) -> dict:  # as handle_file gives it, without looking for the file here
+        return {"path": name, "url": name, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+    many = getattr(component, "file_count", "single") != "single"
+    example = [photo("cat.jpg"), photo("dog.jpg")] if many else photo("cat.jpg")
+    component.example_payload = lambda: example
+    return component
+
+
 def build_demo(service: Service) -> gr.Blocks:
     # File inputs arrive unprocessed (preprocess=False, see input_paths): catdog's decoder, with its limits
     # and memory budget, is the only one that ever reads them.
@@ -180,7 +193,8 @@ def build_demo(service: Service) -> gr.Blocks:
                            visible=bool(service.settings.admin_token))
         with gr.Tab("Predict"):
             with gr.Row():
-                image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+                image = with_photo_example(gr.Image(type="filepath", label="Photo",
+                                                    sources=["upload", "clipboard"]))
                 with gr.Column():
                     details = gr.Markdown(label="details")  # above the label: a warning is read first
                     label = gr.Label(num_top_classes=2, label="Prediction")
@@ -200,7 +214,7 @@ def build_demo(service: Service) -> gr.Blocks:
                                  concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict", preprocess=False)
             # /predict answers in gr.Label's format, which gr.api would not give, and takes the raw file, so every
             # byte a client sends reaches catdog's own validation, not an image component's decoding first.
-            api_image = gr.Image(visible=False, type="filepath", label="photo")
+            api_image = with_photo_example(gr.Image(visible=False, type="filepath", label="photo"))
             gr.Button(visible=False).click(predict, api_image, label, api_name="predict", preprocess=False,
                                            concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
             explain_button.click(explain, image, [heat_map, label, details], api_name="explain", preprocess=False,
@@ -224,12 +238,14 @@ def build_demo(service: Service) -> gr.Blocks:
             batch_csv = gr.File(label="Results as CSV")
             batch_button.click(lambda files: predict_batch(files, origin="ui"), batch_files,
                                [batch_table, batch_csv], api_name=False, preprocess=False)
-            api_files = gr.File(visible=False, file_count="multiple", type="filepath", label="photos")
+            api_files = with_photo_example(gr.File(visible=False, file_count="multiple", type="filepath",
+                                                  label="photos"))
             gr.Button(visible=False).click(predict_batch, api_files, [batch_table, batch_csv],
                                            api_name="predict_batch", preprocess=False)
         with gr.Tab("Retrain"):
             upload_label = gr.Radio(list(LABELS), value=LABELS[0], label="Class of these images")
-            upload_files = gr.File(file_count="multiple", type="filepath", label="Images or a zip archive")
+            upload_files = with_photo_example(gr.File(file_count="multiple", type="filepath",
+                                                     label="Images or a zip archive"))
             upload_button = gr.Button("Add to training data")
             upload_results = gr.Dataframe(headers=["file", "status", "reason"], label="Per file")
             stats = gr.JSON(label="Dataset")
@@ -405,6 +421,7 @@ def build_app(service: Service) -> FastAPI:
 
     @app.get("/api/predict")
     async def predict_rest_help() -> JSONResponse:
+        logger.info("refused GET /api/predict: it takes a POST")
         return JSONResponse({"error": REST_USAGE}, status_code=405, headers={"Allow": "POST"})
 
     @app.exception_handler(RequestValidationError)

@@ -49,6 +49,12 @@ def test_every_endpoint_says_what_it_does_and_names_its_inputs_and_outputs(serve
                if re.fullmatch(r"(value|parameter)_\d+", str(item["label"]))]
     assert unnamed == []
     assert [name for name, endpoint in endpoints.items() if not endpoint["description"]] == []
+    # The examples a reader copies from the API page are photos, not Gradio's sample PDF or picture of a bus.
+    examples = json.dumps({name: [item.get("example_input") for item in endpoint["parameters"]]
+                           for name, endpoint in endpoints.items()})
+    assert "cat.jpg" in json.dumps(endpoints["/predict"]["parameters"][0]["example_input"])
+    assert "dog.jpg" in json.dumps(endpoints["/predict_batch"]["parameters"][0]["example_input"])
+    assert ".pdf" not in examples and "bus.png" not in examples
     tokens = [parameter for endpoint in endpoints.values() for parameter in endpoint["parameters"]
               if parameter["parameter_name"] == "token"]
     assert len(tokens) >= 8 and all(token["parameter_has_default"] and token["parameter_default"] == ""
@@ -102,7 +108,7 @@ def test_explain_returns_the_photo_in_its_own_shape_with_its_heat_map_and_the_la
         assert abs(image.size[0] / image.size[1] - width / height) < 0.01  # the photo's shape, not a square
 
 
-def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_dir, tmp_path):
+def test_batch_gives_a_row_per_file_rejects_non_images_and_says_when_there_are_no_files(server, small_photo_dir, tmp_path):
     url, _ = server
     text = tmp_path / "notes.jpg"
     text.write_text("not a photo")
@@ -113,6 +119,8 @@ def test_batch_gives_a_row_per_file_and_rejects_non_images(server, small_photo_d
     assert rows[0][:2] == [photo.name, "dog"]
     assert rows[1][0] == "notes.jpg" and rows[1][1] == "" and "not an image" in rows[1][5]
     assert open(csv_path).read().startswith("file,label,p_dog,confidence,flags,error")
+    with pytest.raises(AppError, match="No photos were given: choose one or more photos"):
+        Client(url, verbose=False).predict([], api_name="/predict_batch")  # not an empty table and CSV
 
 
 def test_a_batch_naming_one_uploaded_file_many_times_classifies_it_once(server, small_photo_dir):

@@ -507,12 +507,16 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
             error = response.json()["error"]
             assert response.status_code == 400 and error.endswith(".") and len(error) < 300, (kind, response.text)
             assert len([record for record in caplog.records if record.name.startswith(("catdog", "gradio"))]) == 1
-        for kind, response in {"a REST call with the wrong form field":
-                               http.post("api/predict", files={"photo": ("x.jpg", b"x")}),
-                               "a REST call without a body": http.post("api/predict"),
-                               "a REST GET": http.get("api/predict")}.items():
+        for kind, call in {"a REST call with the wrong form field":
+                           lambda: http.post("api/predict", files={"photo": ("x.jpg", b"x")}),
+                           "a REST call without a body": lambda: http.post("api/predict"),
+                           "a REST GET": lambda: http.get("api/predict")}.items():
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                response = call()
             assert response.status_code in (400, 405) and "multipart form field named `file`" in response.json()[
                 "error"], kind
+            assert len([record for record in caplog.records if record.name.startswith(("catdog", "gradio"))]) == 1
     assert "handle_file" in answers["a plain path for a file"]
     assert "takes 1 input" in answers["no inputs"]
     assert "hour, day, all" in answers["a window in a list"]
