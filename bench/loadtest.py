@@ -7,8 +7,8 @@ Servers, each started on a free loopback port (time to ready measured) and load-
 - catdog (`python app.py`) through Gradio's /predict, and through POST /api/predict;
 - catdog with a no-op model (CATDOG_NOOP_MODEL=1): what catdog's own web layer costs;
 - a minimal FastAPI app serving the same model.onnx (decode + one ONNX Runtime call) — the REST ceiling.
-Each gets --users users for --seconds (throughput, p50/p95/p99, failures) and 1 user (latency); catdog's
-RSS is read after its load. With --retrain, catdog's 1-user latency is measured again while a retraining
+Each gets --users users for --seconds (throughput, p50/p95/p99, failures, the server's CPU time per
+prediction) and 1 user (latency); catdog's RSS is read after its load. With --retrain, catdog's 1-user latency is measured again while a retraining
 runs. Locust runs on the same machine and shares its cores.
 """
 
@@ -73,6 +73,13 @@ class App:
                 return
             time.sleep(0.2)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far, its threads and any children (a retraining) together."""
+        process = psutil.Process(self.process.pid)
+        times = process.cpu_times()
+        return times.user + times.system + sum(child.cpu_times().user + child.cpu_times().system
+                                               for child in process.children(recursive=True))
+
     def stop(self) -> None:
         self._watching = False
         self.process.terminate()
@@ -113,8 +120,12 @@ def measure(env: dict[str, str], arguments, command: tuple[str, ...] = ("app.py"
     app = App(env, command)
     options = image_options(arguments.images) + ("--no-label-check",) * (not check_labels)
     try:
+        before = app.cpu_seconds()
         result = {"ready_s": round(app.ready_seconds, 1),
                   "load": run_locust(app.url, arguments.users, arguments.seconds, options, user)}
+        # What one prediction costs the server, whatever the machine's speed or Locust's share of it.
+        result["load"]["server_cpu_ms"] = round((app.cpu_seconds() - before) * 1000
+                                                / max(result["load"]["requests"], 1), 2)
         result["rss_mb_after_load"] = round(psutil.Process(app.process.pid).memory_info().rss / 2**20, 1)
         result["one_user"] = run_locust(app.url, 1, arguments.one_user_seconds, options, user)
         if rest:
@@ -146,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="catdog-loadtest-"))
     # Each app gets a private copy of the models and data, so a retraining here never touches the repository.
     shutil.copytree(PROJECT_ROOT / "models", work / "models", ignore=shutil.ignore_patterns(".lock"))
+    # The background embedding of the base data after a first start is a one-off job at low priority, not
+    # the request path: off, so that every catdog run measures the same thing.
     base = {**os.environ, "CATDOG_MODELS_DIR": str(work / "models"), "CATDOG_RELOAD_SECONDS": "0",
-            "PYTHONPATH": str(PROJECT_ROOT)}
+            "PYTHONPATH": str(PROJECT_ROOT), "CATDOG_PREPARE_EMBEDDINGS": "0"}
     base.pop("CATDOG_ADMIN_TOKEN", None)
     if arguments.images:
         base.update(CATDOG_BASE_DATA_DIR=arguments.images)
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'':24}" + "".join(f"{name:>17}" for name in names))
     rows = [("ready (s)", "ready_s", None), (f"req/s, {arguments.users} users", "load", "requests_per_s"),
             ("p50 ms", "load", "p50_ms"), ("p95 ms", "load", "p95_ms"), ("failures", "load", "failures"),
+            ("server CPU ms / pred.", "load", "server_cpu_ms"),
             ("p50 ms, 1 user", "one_user", "p50_ms"), ("p95 ms, 1 user", "one_user", "p95_ms"),
             ("RSS after load (MB)", "rss_mb_after_load", None), ("peak RSS (MB)", "peak_rss_mb", None)]
     for title, key, field in rows:

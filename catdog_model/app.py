@@ -21,6 +21,7 @@ from . import LABELS, cli
 from .config import Settings
 from .monitoring import WINDOWS
 from .errors import ServiceError, public_message
+from .gradio_sessions import share_session_config
 from .reports import prediction_details
 from .service import BATCH_COLUMNS, Service
 from .web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted, as_gradio_errors,
@@ -441,8 +442,10 @@ def build_app(service: Service) -> FastAPI:
     # default of 10,000 sessions that is over a gigabyte. A few hundred recent sessions are plenty here.
     demo.state_session_capacity = SESSION_CAPACITY
     # show_error=False: only catdog's own sentences (gr.Error) reach a client, never an unexpected exception's text.
-    return gr.mount_gradio_app(app, demo, path="/", show_error=False,
-                               max_file_size=service.settings.max_upload_mb * 1024 * 1024)
+    app = gr.mount_gradio_app(app, demo, path="/", show_error=False,
+                              max_file_size=service.settings.max_upload_mb * 1024 * 1024)
+    share_session_config(demo)  # every API call is a new session: entering one must not cost a config build
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
