@@ -10,14 +10,14 @@ from pathlib import Path
 from .curation import Curation
 from .drift import drift_report
 from .errors import public_message
-from .hub import ModelHub
+from .hub import HubError, ModelHub
 from .monitoring import LogUnavailable, PredictionLog, window_start
 from .production import Production
 from .reports import (confidence_histogram, dataset_table, label_mix, metric_cards, monitoring_summary, over_time,
                       production_line, production_table, quality_over_time, retraining_comparison,
                       retraining_progress, retraining_verdict, versions_table)
 from .retraining import Retrainer
-from .scores import kept_score, noted_trusted_set
+from .scores import kept_score, noted_trusted_set, version_id
 from .serving import ServingModel
 
 LOG_LINES_SHOWN = 30
@@ -32,6 +32,7 @@ class Dashboard:
         self.retrainer = retrainer
         self.curation = curation
         self.cache_dir = cache_dir  # where the versions' scores on the trusted photos are kept
+        self._version_ids: dict[str, str] = {}
         self.started_at = time.time()
 
     def metrics(self, window: str = "day") -> dict:
@@ -67,21 +68,33 @@ class Dashboard:
     def versions(self) -> list[dict]:
         """Every version: production or not, servable or not, created; its accuracy and log loss on the trusted
         photos (the same set for every version, so comparable; None until measured — in the background after
-        start, or by the gate), and its own test-split figures (each on its own split: not comparable)."""
+        start and after each promotion, or by the gate), and its own test-split figures (each on its own split:
+        not comparable)."""
         servable = self._servable_versions()
         trusted = noted_trusted_set(self.cache_dir)
         rows = []
         for row in self.hub.list_versions():
-            score = trusted and row["version"] in servable and kept_score(
-                self.cache_dir, self.hub.download(row["version"]), trusted["signature"])
+            score = self._trusted_score(row["version"], trusted["signature"]) \
+                if trusted and row["version"] in servable else None
             rows.append({"version": row["version"], "production": row["production"],
                          "servable": row["version"] in servable, "created_at": row["created_at"],
-                         "trusted_accuracy": score["accuracy"] if score else None,
-                         "trusted_log_loss": score["log_loss"] if score else None,
-                         "trusted_images": trusted and trusted["n_images"],
+                         "trusted_accuracy": score and score["accuracy"],
+                         "trusted_log_loss": score and score["log_loss"],
+                         "trusted_images": score and score["n_images"],
                          "test_accuracy": row["test"].get("accuracy"), "test_roc_auc": row["test"].get("roc_auc"),
                          "test_images": row["test"].get("n_images")})
         return rows
+
+    def _trusted_score(self, version: str, signature: str) -> dict | None:
+        """The version's kept score on the trusted set; None when not measured, or while its files cannot be
+        read (the Hub unreachable): a missing figure, not a failed tab. Versions never change, so each one's
+        identity is read once."""
+        try:
+            if version not in self._version_ids:
+                self._version_ids[version] = version_id(self.hub.download(version))
+        except (HubError, OSError):
+            return None
+        return kept_score(self.cache_dir, self._version_ids[version], signature)
 
     def _servable_versions(self) -> set[str]:
         """The versions that carry a serving export, so that promote and rollback can serve them."""

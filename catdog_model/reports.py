@@ -41,23 +41,27 @@ def production_table(test: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "value"])
 
 
+VERSION_COLUMNS = ["version", "production", "servable", "accuracy, trusted photos", "log loss, trusted photos",
+                   "trusted photos", "accuracy, own test split", "own test split photos", "created"]
+
+
 def versions_table(versions: list[dict]) -> pd.DataFrame:
     """A row a version. The trusted-photo columns are on one set for every version (comparable); the test-split
     columns are each version's own split, as training measured it (not comparable between versions)."""
-    images = next((row["trusted_images"] for row in versions if row.get("trusted_images")), None)
-    on_trusted = f"accuracy on {images:,} trusted photos" if images else "accuracy on the trusted photos"
-    columns = ["version", "production", "servable", on_trusted, "log loss (trusted)", "own test split: accuracy",
-               "own test split: photos", "created"]
+    def trusted(row: dict) -> str:
+        if row.get("trusted_accuracy") is not None:
+            return _share(row["trusted_accuracy"])
+        return "not measured" if row["servable"] else "— (no serving export)"
+
     return pd.DataFrame([{"version": row["version"], "production": "✔" if row["production"] else "",
-                          "servable": "✔" if row["servable"] else "",
-                          on_trusted: _share(row.get("trusted_accuracy")) or
-                          ("not measured yet" if row["servable"] else "— (no serving export)"),
-                          "log loss (trusted)": "" if row.get("trusted_log_loss") is None
+                          "servable": "✔" if row["servable"] else "", "accuracy, trusted photos": trusted(row),
+                          "log loss, trusted photos": "" if row.get("trusted_log_loss") is None
                           else f"{row['trusted_log_loss']:.3f}",
-                          "own test split: accuracy": _share(row["test_accuracy"]),
-                          "own test split: photos": "" if row["test_images"] is None else f"{row['test_images']:,}",
+                          "trusted photos": "" if not row.get("trusted_images") else f"{row['trusted_images']:,}",
+                          "accuracy, own test split": _share(row["test_accuracy"]),
+                          "own test split photos": "" if row["test_images"] is None else f"{row['test_images']:,}",
                           "created": (row["created_at"] or "")[:16]}
-                         for row in versions], columns=columns)
+                         for row in versions], columns=VERSION_COLUMNS)
 
 
 def _share(value: float | None) -> str:

@@ -26,7 +26,7 @@ from .embeddings import ticking
 from .finetune import FineTuneConfig
 from .images import ImageLimits
 from .retrain_data import trusted_examples, training_dataset
-from .scores import kept_score, note_trusted_set, scored, trusted_signature
+from .scores import kept_score, note_trusted_set, scored, trusted_signature, version_id
 from .uploads import UploadStore
 
 logger = logging.getLogger(__name__)
@@ -105,40 +105,50 @@ def prepare(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None
     embed_images(served, [(example.sha256, example.content) for example in examples], cache, config.views,
                  progress)
     embedded = (cache.count(served.spec.id) - before) // len(config.views)
-    note_trusted_set(settings.cache_dir, trusted)
-    return {"embedded": embedded, "scored": score_versions(hub, settings, trusted, cache, progress)}
+    if trusted:
+        note_trusted_set(settings.cache_dir, trusted)
+    return {"embedded": embedded, "scored": score_versions(hub, settings, trusted, cache, progress, emit)}
 
 
-def score_versions(hub, settings: Settings, trusted: list[Example], cache, progress) -> list[str]:
+def score_versions(hub, settings: Settings, trusted: list[Example], cache, progress,
+                   emit: Callable[[dict], None]) -> list[str]:
     """Measure every servable version not yet measured on the trusted photos (production first), each with its
     own backbone as its export runs it and its head in numpy: the Versions table's comparable figures. The
-    versions measured now."""
-    from .evaluation import compute_metrics
+    versions measured now; one that cannot be measured is logged and passed over."""
     from .explain import Head
     from .served_backbone import ServedBackbone
     from .serving import ModelLoadError
-    from .training import embed_examples
 
+    if not trusted:
+        return []
     production, measured = hub.production(), []
     for version in sorted(hub.versions(), key=lambda name: name != production):
-        folder = hub.download(version)
         try:
-            if not trusted or kept_score(settings.cache_dir, folder, trusted_signature(trusted)) is not None:
+            folder = hub.download(version)
+            if kept_score(settings.cache_dir, version_id(folder), trusted_signature(trusted)) is not None:
                 continue
             backbone = ServedBackbone(folder, settings.backbone_batch_size)
-        except (ModelLoadError, OSError):  # no serving export: nothing to measure it with here
+            scored(settings.cache_dir, folder, trusted, lambda: measured_on(
+                version, backbone, Head.load(folder), trusted, cache,
+                lambda stage, done, total: progress(f"scoring {version}", done, total)))
+            measured.append(version)
+        except ModelLoadError:  # no serving export: nothing to measure it with here
             continue
-
-        def measure() -> dict:
-            views = ("original", "flipped") if backbone.tta else ("original",)
-            embeddings, kept, _ = embed_examples(backbone, trusted, cache, views, progress)
-            head = Head.load(folder)
-            p_dog = np.mean([head.p_dog(embeddings[view]) for view in views], axis=0)
-            return {"version": version, **compute_metrics([example.label for example in kept], p_dog)}
-
-        scored(settings.cache_dir, folder, trusted, measure)
-        measured.append(version)
+        except Exception as error:  # the Hub, a damaged file, photos that no longer decode: the next version
+            emit({"log": f"{version} could not be measured on the trusted photos: {error}"})
     return measured
+
+
+def measured_on(version: str, backbone, head, trusted: list[Example], cache, progress) -> dict:
+    """The metrics of `head` on `backbone`'s embeddings of the trusted photos (mirror-averaged where the
+    version's export is)."""
+    from .evaluation import compute_metrics
+    from .training import embed_examples
+
+    views = ("original", "flipped") if backbone.tta else ("original",)
+    embeddings, kept, _ = embed_examples(backbone, trusted, cache, views, progress)
+    p_dog = np.mean([head.p_dog(embeddings[view]) for view in views], axis=0)
+    return {"version": version, **compute_metrics([example.label for example in kept], p_dog)}
 
 
 def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -> dict:
@@ -191,7 +201,8 @@ def run(settings: Settings, plan: RetrainConfig, emit: Callable[[dict], None]) -
     production_model = compared and (Classifier(served, served.head(), served.head_config, tta=served.tta,
                                                 version=compared) if served else load_classifier(hub, compared,
                                                                                                  settings))
-    note_trusted_set(settings.cache_dir, trusted)
+    if trusted:
+        note_trusted_set(settings.cache_dir, trusted)
     candidate_metrics = scored(settings.cache_dir, hub.download(version), trusted,
                                lambda: judged(trained.classifier)) if trusted else None
     production_metrics = scored(settings.cache_dir, hub.download(compared), trusted,

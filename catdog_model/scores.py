@@ -34,17 +34,19 @@ def trusted_signature(trusted: list[Example]) -> str:
 
 
 def version_id(folder: Path) -> str:
+    """Names a version by its files: config.json lists each one's sha256."""
     return hashlib.sha256((Path(folder) / CONFIG_FILE).read_bytes()).hexdigest()[:32]
 
 
-def _score_path(cache_dir: Path, folder: Path, signature: str) -> Path:
-    return Path(cache_dir) / SCORES_FOLDER / signature / f"{version_id(folder)}.json"
+def _score_path(cache_dir: Path, identity: str, signature: str) -> Path:
+    return Path(cache_dir) / SCORES_FOLDER / signature / f"{identity}.json"
 
 
-def kept_score(cache_dir: Path, folder: Path, signature: str) -> dict | None:
-    """The metrics kept for the version in `folder` on the set, or None (never measured, or not a score)."""
+def kept_score(cache_dir: Path, identity: str, signature: str) -> dict | None:
+    """The metrics kept for the version (its version_id) on the set, or None (never measured, or not a
+    score)."""
     try:
-        kept = json.loads(_score_path(cache_dir, folder, signature).read_text())
+        kept = json.loads(_score_path(cache_dir, identity, signature).read_text())
     except (OSError, ValueError):
         return None
     return kept if are_scores(kept) else None
@@ -53,12 +55,12 @@ def kept_score(cache_dir: Path, folder: Path, signature: str) -> dict | None:
 def scored(cache_dir: Path, folder: Path, trusted: list[Example], measure: Callable[[], dict]) -> dict:
     """The metrics on the trusted photos of the version in `folder`: read back when kept, else measure()d and
     kept (a cache that cannot be written costs a warning, not the figure)."""
-    signature = trusted_signature(trusted)
-    if (kept := kept_score(cache_dir, folder, signature)) is not None:
+    identity, signature = version_id(folder), trusted_signature(trusted)
+    if (kept := kept_score(cache_dir, identity, signature)) is not None:
         return kept
     metrics = measure()
     try:
-        path = _score_path(cache_dir, folder, signature)
+        path = _score_path(cache_dir, identity, signature)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(metrics).encode())
     except OSError as error:

@@ -602,3 +602,25 @@ def test_a_full_disk_fails_a_retraining_in_a_sentence_and_publishes_nothing(tmp_
             assert shutil.disk_usage(models).free >= free - 8192  # what the failed write took is given back
         finally:
             stop_app(app)
+
+
+def test_a_stop_ends_although_a_client_stalls_in_the_middle_of_an_upload(tmp_path, cache_dir):
+    """uvicorn waits for open requests when it is stopped; a client that sends half an upload and goes quiet
+    (a dead link, or on purpose) would hold a `docker stop` or a redeploy until it is killed."""
+    import socket
+
+    from catdog_model.app import SHUTDOWN_GRACE_SECONDS
+
+    copy_models(tmp_path / "models")
+    app = Served(app_env(tmp_path, cache_dir, CATDOG_PREPARE_EMBEDDINGS="0"))
+    try:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=30) as stalled:
+            # One whole request first, so the server is surely reading this connection, then half of another.
+            stalled.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+            stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                            b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            app.process.terminate()
+            app.process.wait(timeout=SHUTDOWN_GRACE_SECONDS + 50)  # without the grace period: never
+    finally:
+        app.stop()

@@ -534,10 +534,10 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     assert after[PRODUCTION]["trusted_accuracy"] == first["production"]["accuracy"] \
         == before[PRODUCTION]["trusted_accuracy"]
     assert after[first["version"]]["trusted_accuracy"] == first["candidate"]["accuracy"]
-    assert {row["trusted_images"] for row in after.values()} == {first["candidate"]["n_images"]}
+    assert {row["trusted_images"] for row in after.values() if row["servable"]} == {first["candidate"]["n_images"]}
     table = service.dashboard.metrics_view()["versions_table"].set_index("version")
-    column = f"accuracy on {first['candidate']['n_images']:,} trusted photos"
-    assert table.loc[first["version"], column] == f"{first['candidate']['accuracy']:.2%}"
+    assert table.loc[first["version"], "accuracy, trusted photos"] == f"{first['candidate']['accuracy']:.2%}"
+    assert table.loc[first["version"], "trusted photos"] == f"{first['candidate']['n_images']:,}"
 
 
 def test_a_versions_score_on_a_trusted_set_is_measured_once_and_again_if_what_is_kept_is_not_a_score(tmp_path):
@@ -570,6 +570,37 @@ def test_a_versions_score_on_a_trusted_set_is_measured_once_and_again_if_what_is
     assert noted_trusted_set(cache)["n_images"] == 2
     (cache / "gate" / "trusted.json").write_text('{"signature": "../../etc", "n_images": 2}')
     assert noted_trusted_set(cache) is None  # a name that would leave the cache is not one
+
+
+@requires_weights
+def test_a_version_that_cannot_be_measured_is_said_and_passed_over_and_the_others_are_measured(
+        settings, small_photo_dir, tmp_path):
+    import shutil
+
+    from catdog_model.embeddings import EmbeddingCache
+    from catdog_model.hub import HubError
+    from catdog_model.retrain_job import score_versions
+
+    shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    hub = LocalHub(tmp_path / "models", settings.model_name)
+    production = hub.production()
+    config = json.loads((hub.download(OTHER_VERSION) / "config.json").read_text())
+    (hub.download(OTHER_VERSION) / "config.json").write_text(json.dumps({**config, "note": "not a twin"}))
+    real_download = hub.download
+
+    def download(version=None):
+        if version == production:
+            raise HubError("The Hub cannot be reached now.")
+        return real_download(version)
+
+    hub.download = download
+    trusted = load_folder(small_photo_dir).examples[:8]
+    said = []
+    measured = score_versions(hub, dataclasses.replace(settings, cache_dir=tmp_path / "cache"), trusted,
+                              EmbeddingCache.in_folder(tmp_path / "cache"), lambda *_: None, said.append)
+    assert OTHER_VERSION in measured and production not in measured
+    assert said == [{"log": f"{production} could not be measured on the trusted photos: The Hub cannot be "
+                            "reached now."}]
 
 
 @pytest.mark.heavy
