@@ -16,6 +16,7 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
+from bench.screenshots import noise, rest_predict
 from bench.servers import wait_for
 from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
@@ -282,23 +283,7 @@ def test_classify_all_answers_a_row_a_photo_logged_as_the_tabs_and_says_when_no_
 def rest_predictions(url: str, images: list[bytes]) -> None:
     """Predictions through POST /api/predict, as a program would send them."""
     for index, data in enumerate(images):
-        boundary = "catdogboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{index}.png\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(url + "api/predict", data=body,
-                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        urllib.request.urlopen(request, timeout=60).read()
-
-
-def noise_png(seed: int) -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+        rest_predict(url, data, f"{index}.png")
 
 
 def cards(page) -> dict[str, tuple[str, str]]:
@@ -327,7 +312,7 @@ def test_the_metrics_tab_reads_at_a_glance_after_real_and_odd_traffic(page, smal
     assert int(shown["predictions"][0].replace(",", "")) >= 20 and shown["latency"][0].endswith(" ms")
     assert shown["drift"] == ("Too little traffic", AMBER)
 
-    rest_predictions(url, [noise_png(seed) for seed in range(110)])  # pictures unlike any photo of a pet
+    rest_predictions(url, [noise(seed) for seed in range(110)])  # pictures unlike any photo of a pet
     page.get_by_role("button", name="Refresh").click()
     expect(page.locator('[data-card="drift"] .catdog-card-value')).to_have_text("Drift", timeout=60_000)
     assert cards(page)["drift"][1] == RED
