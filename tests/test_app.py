@@ -15,7 +15,8 @@ from gradio_client.exceptions import AppError
 from catdog_model.config import Settings
 from catdog_model.hub import LocalHub, next_version
 from catdog_model.service import EXPLAIN_SIDE
-from tests.conftest import RETRAINING_SECONDS, requires_weights, shipped_models
+from bench.servers import wait_for
+from tests.conftest import PRODUCTION, RETRAINING_SECONDS, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 
@@ -79,6 +80,55 @@ def test_a_program_calls_a_tokenless_loopback_server_without_naming_a_token(sett
         promoted = Client(url, verbose=False).predict(production, api_name="/promote")
         assert promoted == f"Production is now {production}."
     finally:
+        stop()
+        service.close()
+
+
+def test_a_program_calls_every_endpoint_by_its_documented_parameter_names_without_a_token(settings, tmp_path,
+                                                                                          small_photo_dir):
+    import shutil
+
+    from catdog_model.app import build_app
+    from catdog_model.service import Service
+    from tests.conftest import serve_in_thread
+
+    shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    for folder in ("cats", "dogs"):  # a retraining refuses at once: too few photos, before any Keras
+        (tmp_path / "no-base-data" / folder).mkdir(parents=True)
+    service = Service(dataclasses.replace(settings, admin_token=None, prepare_embeddings=False,
+                                          base_data_dir=tmp_path / "no-base-data")).start()
+    url, stop = serve_in_thread(build_app(service))
+    client = Client(url, verbose=False)
+    try:
+        documented = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        photo, production = handle_file(str(sorted((small_photo_dir / "dogs").iterdir())[3])), PRODUCTION
+        calls = {"/predict": {"image": photo}, "/predict_with_details": {"image": photo},
+                 "/explain": {"image": photo}, "/predict_batch": {"files": [photo]},
+                 "/correct": {"image": photo, "label": "dog"},
+                 "/upload_training_data": {"label": "dog", "files": [photo]},
+                 "/confirm_suspects": {}, "/discard_suspects": {}, "/promote": {"version": production},
+                 "/rollback": {}, "/refresh_metrics": {"window": "hour"}, "/metrics": {"window": "hour"},
+                 "/versions": {}, "/dataset_stats": {}, "/photos_to_label": {},
+                 "/label_photo": {"sha256": "0" * 64, "label": "cat"}, "/retrain": {"fine_tune": False},
+                 "/retrain_status": {}, "/show_retraining": {}, "/retrain_and_follow": {"fine_tune": False}}
+        assert set(calls) == set(documented)  # a new endpoint needs its call here
+        answers = {}
+        for name, parameters in calls.items():
+            assert set(parameters) <= {item["parameter_name"] for item in documented[name]["parameters"]}, name
+            if name == "/retrain_and_follow":  # after /retrain's retraining has ended
+                wait_for(lambda: not client.predict(api_name="/retrain_status")["running"], RETRAINING_SECONDS)
+            try:
+                answers[name] = client.predict(**parameters, api_name=name)
+            except AppError as refusal:
+                answers[name] = f"refused: {refusal}"
+        assert answers["/predict"]["label"] == "dog" and answers["/predict_with_details"][0]["label"] == "dog"
+        assert answers["/promote"] == f"Production is now {production}."
+        assert answers["/label_photo"].startswith("refused: ")  # nothing waits under that sha256
+        assert answers["/retrain"]["running"] or answers["/retrain"]["stage"] != "idle"
+        assert "at least" in answers["/retrain_and_follow"][1]  # the verdict: too few photos, in a sentence
+        assert [name for name, answer in answers.items() if str(answer).startswith("refused")] == ["/label_photo"]
+    finally:
+        client.close()
         stop()
         service.close()
 
