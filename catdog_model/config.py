@@ -72,7 +72,7 @@ class Settings:
     low_confidence: float
     base_data_dir: Path | None
     base_data_hub: str | None  # CATDOG_BASE_DATA_DIR=hf:<dataset repo>: the base data is a Hub dataset
-    prepare_embeddings: bool  # embed the base data with production's backbone in the background
+    prepare_embeddings: bool  # in the background: embed the base data with production's backbone, score versions
     examples_dir: Path | None
     admin_token: str | None
     auto_promote: bool

@@ -97,7 +97,13 @@ def test_a_program_calls_every_endpoint_by_its_documented_parameter_names_withou
         (tmp_path / "no-base-data" / folder).mkdir(parents=True)
     service = Service(dataclasses.replace(settings, admin_token=None, prepare_embeddings=False,
                                           base_data_dir=tmp_path / "no-base-data")).start()
-    url, stop = serve_in_thread(build_app(service))
+    app = build_app(service)
+    # Each of these calls is a new Gradio session: entered without building every component's config.
+    from catdog_model.gradio_sessions import SharedConfigSessions
+
+    (mounted,) = [route.app for route in app.routes if hasattr(getattr(route, "app", None), "state_holder")]
+    assert isinstance(mounted.state_holder, SharedConfigSessions)
+    url, stop = serve_in_thread(app)
     client = Client(url, verbose=False)
     try:
         documented = client.view_api(return_format="dict", print_info=False)["named_endpoints"]

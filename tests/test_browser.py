@@ -298,37 +298,48 @@ RED, AMBER = "rgb(185, 28, 28)", "rgb(180, 83, 9)"
 
 
 def test_the_metrics_tab_reads_at_a_glance_after_real_and_odd_traffic(page, small_photo_dir):
+    from gradio_client import Client
     from playwright.sync_api import expect
 
     url = page.url.split("?")[0]
-    real = [path.read_bytes() for folder in ("cats", "dogs") for path in sorted((small_photo_dir / folder).iterdir())[:10]]
-    rest_predictions(url, real)
-    page.get_by_role("tab", name="Metrics").click()
-    page.get_by_role("button", name="Refresh").click()
-    # real photos, under a hundred: counted, and too few to test for drift (amber)
-    expect(page.locator('[data-card="predictions"] .catdog-card-value')).not_to_have_text("no data yet",
-                                                                                            timeout=60_000)
-    shown = cards(page)
-    assert int(shown["predictions"][0].replace(",", "")) >= 20 and shown["latency"][0].endswith(" ms")
-    assert shown["drift"] == ("Too little traffic", AMBER)
-
-    rest_predictions(url, [noise(seed) for seed in range(110)])  # pictures unlike any photo of a pet
-    page.get_by_role("button", name="Refresh").click()
-    expect(page.locator('[data-card="drift"] .catdog-card-value')).to_have_text("Drift", timeout=60_000)
-    assert cards(page)["drift"][1] == RED
-    assert float(cards(page)["flagged"][0].rstrip("%")) > 50  # most of what came was flagged
-    images = page.locator("img[src*='.png']")
-    sources = [images.nth(index).get_attribute("src") for index in range(images.count())]
-    for name in ("confusion_matrix", "roc_curve"):
-        assert any(name in source for source in sources), sources
-    for title in ("Requests per minute", "Mean latency (ms)", "Confidence, unfamiliarity", "Labels", "Confidence"):
-        expect(page.locator(".block", has_text=title).locator("svg.marks").first).to_be_visible()
-    assert page.locator("svg.marks path").count() > 5  # lines and bars, from the database's aggregates
-    # Every servable version on the same trusted photos, once the background job has measured them.
-    from gradio_client import Client
-
     client = Client(url, verbose=False)
+    predictions = page.locator('[data-card="predictions"] .catdog-card-value')
+    drift = page.locator('[data-card="drift"] .catdog-card-value')
+
+    def refreshed_after(sent: int, before: int) -> int:
+        """Once the log's writer has stored what was sent, click Refresh and wait for the card to count it."""
+        count = wait_for(lambda: (lambda now: now if now >= before + sent else None)(
+            client.predict("day", api_name="/metrics")["monitoring"].get("count", 0)), 60)
+        page.get_by_role("button", name="Refresh").click()
+        expect(predictions).to_have_text(f"{count:,}", timeout=60_000)
+        return count
+
     try:
+        before = client.predict("day", api_name="/metrics")["monitoring"].get("count", 0)
+        real = [path.read_bytes() for folder in ("cats", "dogs")
+                for path in sorted((small_photo_dir / folder).iterdir())[:10]]
+        rest_predictions(url, real)
+        page.get_by_role("tab", name="Metrics").click()
+        count = refreshed_after(len(real), before)
+        # real photos, under a hundred in all: counted, and too few to test for drift (amber)
+        shown = cards(page)
+        assert count < 100 and shown["latency"][0].endswith(" ms")
+        assert shown["drift"] == ("Too little traffic", AMBER)
+
+        rest_predictions(url, [noise(seed) for seed in range(110)])  # pictures unlike any photo of a pet
+        refreshed_after(110, count)
+        expect(drift).to_have_text("Drift", timeout=60_000)
+        assert cards(page)["drift"][1] == RED
+        assert float(cards(page)["flagged"][0].rstrip("%")) > 50  # most of what came was flagged
+        images = page.locator("img[src*='.png']")
+        sources = [images.nth(index).get_attribute("src") for index in range(images.count())]
+        for name in ("confusion_matrix", "roc_curve"):
+            assert any(name in source for source in sources), sources
+        for title in ("Requests per minute", "Mean latency (ms)", "Confidence, unfamiliarity", "Labels",
+                      "Confidence"):
+            expect(page.locator(".block", has_text=title).locator("svg.marks").first).to_be_visible()
+        assert page.locator("svg.marks path").count() > 5  # lines and bars, from the database's aggregates
+        # Every servable version on the same trusted photos, once the background job has measured them.
         assert wait_for(lambda: all(row["trusted_accuracy"] is not None
                                     for row in client.predict(api_name="/versions") if row["servable"]), 300)
     finally:
@@ -339,5 +350,5 @@ def test_the_metrics_tab_reads_at_a_glance_after_real_and_odd_traffic(page, smal
 
     page.reload()  # what the page shows on arrival, without a click
     page.get_by_role("tab", name="Metrics").click()
-    expect(page.locator('[data-card="drift"] .catdog-card-value')).to_have_text("Drift", timeout=60_000)
+    expect(drift).to_have_text("Drift", timeout=60_000)
     assert cards(page)["drift"][1] == RED
