@@ -93,16 +93,18 @@ def over_time(statistics: dict) -> pd.DataFrame:
                          "mean latency (ms)": [series["latency_ms"][i] for i in indices]})
 
 
-def quality_over_time(statistics: dict) -> pd.DataFrame:
-    """Mean confidence, mean unfamiliarity and share flagged per period, in one long frame (all 0–1). An empty
-    frame keeps the column types: the browser's plot fixes them from the first frame it is sent."""
+def quality_over_time(statistics: dict) -> pd.DataFrame | None:
+    """Mean confidence, mean unfamiliarity and share flagged per period, in one long frame (all 0–1); None
+    without predictions: a plot with a colour column that is first sent an empty frame (Gradio 6.31) never
+    draws the lines of the frames that follow."""
     periods = _periods(statistics)
+    if periods is None:
+        return None
+    times, indices = periods
     rows = []
-    if periods is not None:
-        times, indices = periods
-        for key, measure in QUALITY_MEASURES.items():
-            values = [statistics["series"][key][i] for i in indices]
-            rows += [(time, measure, value) for time, value in zip(times, values) if value is not None]
+    for key, measure in QUALITY_MEASURES.items():
+        values = [statistics["series"][key][i] for i in indices]
+        rows += [(time, measure, value) for time, value in zip(times, values) if value is not None]
     frame = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     return frame.astype({"time": "datetime64[s]", "measure": "str", "value": "float64"})
 

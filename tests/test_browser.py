@@ -339,6 +339,9 @@ def test_the_metrics_tab_reads_at_a_glance_after_real_and_odd_traffic(page, smal
                       "Confidence"):
             expect(page.locator(".block", has_text=title).locator("svg.marks").first).to_be_visible()
         assert page.locator("svg.marks path").count() > 5  # lines and bars, from the database's aggregates
+        quality = page.locator(".block", has_text="Confidence, unfamiliarity")
+        for measure in ("mean confidence", "share flagged"):  # its lines' legend: drawn, not just axes
+            expect(quality.get_by_text(measure).first).to_be_visible()
         # Every servable version on the same trusted photos, once the background job has measured them.
         assert wait_for(lambda: all(row["trusted_accuracy"] is not None
                                     for row in client.predict(api_name="/versions") if row["servable"]), 300)

@@ -81,3 +81,13 @@ def test_corrections_are_counted_with_their_share_of_predictions():
                                                  "review; 1 suspect confirmed, 3 waiting photos labelled, 0 photos "
                                                  "discarded.")
     assert decisions_summary({}, 0).startswith("**0** corrections,")
+
+
+def test_each_flag_is_a_warning_heading_above_the_line():
+    from catdog_model.reports import prediction_details
+
+    assert prediction_details((), "Model **v5**, 12 ms") == "Model **v5**, 12 ms"
+    lines = prediction_details(("low_confidence", "unfamiliar"), "Model **v5**, 12 ms").split("\n\n")
+    assert lines[0].startswith("### ⚠️ Not sure")
+    assert lines[1].startswith("### ⚠️ This does not look like a cat or a dog photo")
+    assert lines[2] == "Model **v5**, 12 ms — flagged: low_confidence, unfamiliar"
