@@ -126,7 +126,7 @@ def label_mix(statistics: dict) -> pd.DataFrame:
 def confidence_histogram(statistics: dict) -> pd.DataFrame:
     """Predictions per confidence bin, every bin present; no rows without predictions."""
     counts = (statistics.get("confidence_histogram") or {}).get("counts") if statistics.get("count") else None
-    bins = [f"{low:.0%}–{high:.0%}" for low, high in zip(CONFIDENCE_EDGES, CONFIDENCE_EDGES[1:])]
+    bins = [f"≥{low:.0%}" for low in CONFIDENCE_EDGES[:-1]]  # short: ten labels under a third of the row
     return pd.DataFrame({"confidence": bins if counts else [], "predictions": counts or []},
                         columns=["confidence", "predictions"]).astype({"confidence": "str", "predictions": "int64"})
 
