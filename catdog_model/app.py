@@ -92,6 +92,15 @@ def build_demo(service: Service) -> gr.Blocks:
         rows = service.predict_batch(input_paths(files), origin=origin)
         return pd.DataFrame(rows, columns=list(BATCH_COLUMNS)), str(service.save_batch_csv(rows))
 
+    def predict_batch_in_tab(files: list[dict] | None):
+        """Classify all, as the Predict tab does: logged as `ui`; a refusal (no photos, too many) is a warning,
+        and the tables stay empty rather than marked as failed."""
+        try:
+            return predict_batch(files, origin="ui")
+        except gr.Error as refusal:
+            gr.Warning(refusal.message)
+            return None, None
+
     @as_gradio_errors
     def upload_training_data(label: str, files: list[dict] | None, token: str = ""):
         """Add photos (or zip archives) of one class to the training data: a row a file, and the counts."""
@@ -238,8 +247,8 @@ def build_demo(service: Service) -> gr.Blocks:
             batch_button = gr.Button("Classify all")
             batch_table = gr.Dataframe(headers=list(BATCH_COLUMNS), label="Results")
             batch_csv = gr.File(label="Results as CSV")
-            batch_button.click(lambda files: predict_batch(files, origin="ui"), batch_files,
-                               [batch_table, batch_csv], api_name=False, preprocess=False)
+            batch_button.click(predict_batch_in_tab, batch_files, [batch_table, batch_csv], api_name=False,
+                               preprocess=False)
             api_files = with_photo_example(gr.File(visible=False, file_count="multiple", type="filepath",
                                                   label="photos"))
             gr.Button(visible=False).click(predict_batch, api_files, [batch_table, batch_csv],
@@ -339,6 +348,9 @@ def build_demo(service: Service) -> gr.Blocks:
                 # The PNGs carry their titles: a label over them would hide them.
                 confusion_plot = gr.Image(label="confusion matrix", type="filepath", show_label=False)
                 roc_plot = gr.Image(label="ROC curve", type="filepath", show_label=False)
+            gr.Markdown("**Versions.** *Accuracy, trusted photos*: every version on the same held-out photos the "
+                        "gate judges on — compare these. *Own test split*: each version on its own split, as its "
+                        "training measured it — not comparable between versions.")
             versions_table = gr.Dataframe(label="Versions", interactive=False)
             dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
             metrics_outputs = [cards, summary_text, production_table, confusion_plot, roc_plot, versions_table,

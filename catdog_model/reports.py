@@ -152,8 +152,9 @@ def metric_cards(statistics: dict, drift: dict, window: str) -> str:
                     "p50 / p95", "grey"),
                    ("flagged", "Flagged", f"{statistics['flagged_share']:.1%}", "not sure or unfamiliar", "grey")]
     verdict = drift.get("verdict", "unknown")
-    cards = [*traffic, ("drift", "Drift", verdict[:1].upper() + verdict[1:], drift.get("sentence", ""),
-                        DRIFT_STATUS.get(verdict, "amber"))]
+    headline = verdict[:1].upper() + verdict[1:]
+    note = drift.get("sentence", "").removeprefix(f"{headline}: ")  # the headline says it already
+    cards = [*traffic, ("drift", "Drift", headline, note, DRIFT_STATUS.get(verdict, "amber"))]
     return ('<div class="catdog-cards" style="display:flex;flex-wrap:wrap;gap:12px">'
             + "".join(_card(*card) for card in cards) + "</div>")
 

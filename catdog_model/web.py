@@ -30,6 +30,7 @@ UPLOADED_FILES_ONLY = ("Only files uploaded to this app can be used as input: up
 GRADIO_API = "/gradio_api/"
 MAX_CALL_BYTES = 2**20  # a call's JSON names files and short texts; anything larger is refused unread
 UPLOAD_ROUTE = "/gradio_api/upload"
+JOIN_ROUTE = "/gradio_api/queue/join"
 NO_IMAGE = "No image was given: upload, drop or paste a photo."
 NO_LONGER_UPLOADED = ("This file is no longer on the server (uploads are kept for CATDOG_FILE_CACHE_MINUTES): "
                       "upload it again.")
@@ -129,7 +130,7 @@ class CheckedCalls:
             problem = f"This call could not be read ({type(error).__name__}); send {{\"data\": [inputs]}} as JSON."
         if problem:
             logger.info("refused a call to %s: %s", path, problem)
-            await _send_json(send, 400, {"error": problem})
+            await _send_refusal(send, path, problem)
             return
 
         async def replay():
@@ -143,7 +144,7 @@ class CheckedCalls:
             if message["type"] == "http.response.start" and message["status"] == 422:
                 refused = True
                 logger.info("refused a call to %s: %s", path, UNREADABLE_CALL)
-                await _send_json(send, 400, {"error": UNREADABLE_CALL})
+                await _send_refusal(send, path, UNREADABLE_CALL)
             elif not refused:
                 await send(message)
 
@@ -311,6 +312,17 @@ async def _send_json(send, status: int, content: dict) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_refusal(send, path: str, sentence: str) -> None:
+    """400 with {"error": sentence}; on the queue's join route (gradio_client's and the browser's), 422 in the
+    form of Gradio's own input validation as well, the one refusal gradio_client shows its caller in words
+    (ValidationError) rather than as a bare HTTP status."""
+    if path.rstrip("/").endswith(JOIN_ROUTE):
+        await _send_json(send, 422, {"error": sentence, "detail": [
+            {"__type__": "validate", "is_valid": False, "parameter_name": "call", "message": sentence}]})
+    else:
+        await _send_json(send, 400, {"error": sentence})
 
 
 async def forget_finished_sessions(blocks, every_seconds: float = 30.0) -> None:

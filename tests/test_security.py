@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import logging
 import os
 import shutil
@@ -91,20 +92,23 @@ def test_paths_never_uploaded_are_refused_over_http_with_one_sentence(server, pl
             # The browser's route is guarded the same way.
             joined = http.post("gradio_api/queue/join", json={"data": FILE_ENDPOINTS[endpoint](file_data(path)),
                                                               "fn_index": 0, "session_hash": "attacker"})
-            assert joined.status_code == 400, (kind, joined.text)
+            assert joined.status_code == 422 and joined.json()["error"] == UPLOADED_FILES_ONLY, (kind, joined.text)
         assert http.get("health").json()["model_loaded"] is True  # still serving
     assert service.curation.uploads.counts() == uploads_before
 
 
-def test_paths_never_uploaded_are_refused_through_gradio_client(server, planted):
+def test_paths_never_uploaded_are_refused_through_gradio_client_in_its_own_words(server, planted):
+    from gradio_client.exceptions import ValidationError
+
     url, _ = server
     client = Client(url, verbose=False)
     for kind, path in planted.items():
-        with pytest.raises(httpx.HTTPStatusError) as raised:
+        # Refused before Gradio reads the file: the same sentence whether the file exists or not, none of it,
+        # and gradio_client shows it (a ValidationError), not a bare "400 Bad Request".
+        with pytest.raises(ValidationError, match=re.escape(UPLOADED_FILES_ONLY)):
             client.predict({"path": path}, api_name="/predict")
-        # Refused before Gradio reads the file: the same sentence whether the file exists or not, none of it.
-        assert raised.value.response.status_code == 400, kind
-        assert raised.value.response.json() == {"error": UPLOADED_FILES_ONLY}, kind
+    with pytest.raises(ValidationError, match=re.escape("pass handle_file(path) rather than the path itself")):
+        client.predict("cat.jpg", api_name="/predict")  # the path itself, where handle_file was meant
 
 
 def test_nothing_of_the_servers_disk_reaches_gradios_cache(server, planted):
@@ -505,7 +509,8 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
                 content = '{"data": [' + body + ']}' if isinstance(body, str) else json.dumps(body)
                 response = http.post(route, content=content, headers={"content-type": "application/json"})
             error = response.json()["error"]
-            assert response.status_code == 400 and error.endswith(".") and len(error) < 300, (kind, response.text)
+            refused = 422 if route.endswith("queue/join") else 400  # 422: gradio_client shows its sentence
+            assert response.status_code == refused and error.endswith(".") and len(error) < 300, (kind, response.text)
             assert len([record for record in caplog.records if record.name.startswith(("catdog", "gradio"))]) == 1
         for kind, call in {"a REST call with the wrong form field":
                            lambda: http.post("api/predict", files={"photo": ("x.jpg", b"x")}),
