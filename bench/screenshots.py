@@ -15,40 +15,16 @@ import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from catdog_model.config import PROJECT_ROOT
-from bench.servers import free_port, wait_for
+from bench.loadtest import App
 
 SHARED = PROJECT_ROOT.parent / "shared"
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
 RETRAINING_SECONDS = 1800
-
-
-def start_app(work: Path, base: Path) -> tuple[subprocess.Popen, str]:
-    shutil.copytree(PROJECT_ROOT / "models", work / "models", ignore=shutil.ignore_patterns(".lock"))
-    port = free_port()
-    env = {**os.environ, "CATDOG_MODELS_DIR": str(work / "models"), "CATDOG_DATA_DIR": str(work / "data"),
-           "CATDOG_BASE_DATA_DIR": str(base), "GRADIO_SERVER_PORT": str(port)}
-    env.pop("CATDOG_ADMIN_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError("the app did not start")
-        try:
-            return urllib.request.urlopen(url + "health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_for(ready, 180, every=0.5)
-    return process, url
 
 
 def rest_predict(url: str, data: bytes, name: str) -> None:
@@ -73,6 +49,19 @@ def photos(folder: Path, label: str, count: int, skip: int = 0) -> list[Path]:
     return sorted((folder / f"{label}s").glob("*.jpg"))[skip:skip + count]
 
 
+def upload_in_browser(page, label: str, photos: list[Path]) -> None:
+    """Choose the class, choose the files, click Add; the file list is emptied when the add is done."""
+    page.get_by_role("radio", name=label, exact=True).check()
+    with page.expect_file_chooser() as chooser:
+        page.get_by_text("Click to Upload").locator("visible=true").first.click()
+    chooser.value.set_files([str(path) for path in photos])
+    # The upload has finished when the file list shows the last name (its stem and suffix are separate elements).
+    page.get_by_text(photos[-1].stem).locator("visible=true").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Add to training data").click()
+    # The list of chosen files (not the results table, which names them too) is emptied.
+    page.locator("span.stem", has_text=photos[-1].stem).first.wait_for(state="detached", timeout=120_000)
+
+
 def take(url: str, out: Path, base: Path, more: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -95,14 +84,7 @@ def take(url: str, out: Path, base: Path, more: Path) -> None:
 
         page.get_by_role("tab", name="Retrain").click()
         for label in ("cat", "dog"):
-            page.get_by_role("radio", name=label, exact=True).check()
-            chosen = photos(more, label, 20)
-            with page.expect_file_chooser() as chooser:
-                page.get_by_text("Click to Upload").locator("visible=true").first.click()
-            chooser.value.set_files([str(path) for path in chosen])
-            page.get_by_text(chosen[-1].stem).locator("visible=true").first.wait_for(timeout=60_000)
-            page.get_by_role("button", name="Add to training data").click()
-            page.locator("span.stem", has_text=chosen[-1].stem).first.wait_for(state="detached", timeout=120_000)
+            upload_in_browser(page, label, photos(more, label, 20))
         page.get_by_role("button", name="Retrain", exact=True).click()
         verdict = page.get_by_text(" was not promoted").or_(page.get_by_text(" is in production now"))
         verdict.first.wait_for(timeout=RETRAINING_SECONDS * 1000)
@@ -132,12 +114,16 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="catdog-screenshots-") as folder:
-        process, url = start_app(Path(folder), Path(arguments.base))
+        work = Path(folder)
+        shutil.copytree(PROJECT_ROOT / "models", work / "models", ignore=shutil.ignore_patterns(".lock"))
+        env = {**os.environ, "CATDOG_MODELS_DIR": str(work / "models"), "CATDOG_DATA_DIR": str(work / "data"),
+               "CATDOG_BASE_DATA_DIR": arguments.base}
+        env.pop("CATDOG_ADMIN_TOKEN", None)
+        app = App(env)  # `python app.py` on a free port, once its model is loaded
         try:
-            take(url, out, Path(arguments.base), Path(arguments.photos))
+            take(app.url + "/", out, Path(arguments.base), Path(arguments.photos))
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            app.stop()
     print(f"wrote {out / 'predict.png'}, {out / 'retrain.png'} and {out / 'metrics.png'}")
 
 

@@ -121,11 +121,11 @@ def score_versions(hub, settings: Settings, trusted: list[Example], cache, progr
 
     if not trusted:
         return []
-    production, measured = hub.production(), []
+    production, measured, signature = hub.production(), [], trusted_signature(trusted)
     for version in sorted(hub.versions(), key=lambda name: name != production):
         try:
             folder = hub.download(version)
-            if kept_score(settings.cache_dir, version_id(folder), trusted_signature(trusted)) is not None:
+            if kept_score(settings.cache_dir, version_id(folder), signature) is not None:
                 continue
             backbone = ServedBackbone(folder, settings.backbone_batch_size)
             scored(settings.cache_dir, folder, trusted, lambda: measured_on(

@@ -22,7 +22,8 @@ from .dashboard import Dashboard
 from .errors import CatdogError, ServiceError, public_message
 from .data import IMAGE_SUFFIXES
 from .hub import open_hub
-from .images import ImageLimits, content_hash, load_image, read_bytes, return_large_buffers_to_the_system, waiting_at_most
+from .images import (ImageLimits, content_hash, load_image, read_bytes, return_large_buffers_to_the_system,
+                     waiting_at_most)
 from .monitoring import LoggedPrediction, PredictionLog
 from .production import Production
 from .retrain_job import RetrainConfig

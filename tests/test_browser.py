@@ -16,7 +16,7 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
-from bench.screenshots import noise, rest_predict
+from bench.screenshots import noise, rest_predict, upload_in_browser
 from bench.servers import wait_for
 from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, requires_weights, shipped_models
 
@@ -157,19 +157,6 @@ def test_a_photo_production_finds_unfamiliar_waits_on_the_retrain_tab_until_some
     page.get_by_role("tab", name="Retrain").click()
     page.get_by_role("button", name="Show photos to label").click()
     expect(page.get_by_text("to label", exact=True)).to_have_count(0, timeout=30_000)
-
-
-def upload_in_browser(page, label: str, photos: list[Path]) -> None:
-    """Choose the class, choose the files, click Add; the file list is emptied when the add is done."""
-    page.get_by_role("radio", name=label, exact=True).check()
-    with page.expect_file_chooser() as chooser:
-        page.get_by_text("Click to Upload").locator("visible=true").first.click()
-    chooser.value.set_files([str(path) for path in photos])
-    # The upload has finished when the file list shows the last name (its stem and suffix are separate elements).
-    page.get_by_text(photos[-1].stem).locator("visible=true").first.wait_for(timeout=60_000)
-    page.get_by_role("button", name="Add to training data").click()
-    # The list of chosen files (not the results table, which names them too) is emptied.
-    page.locator("span.stem", has_text=photos[-1].stem).first.wait_for(state="detached", timeout=120_000)
 
 
 def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then_promote_and_roll_back(
