@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from catdog_model.monitoring import WINDOWS, PredictionLog, predictions
+from catdog_model.log_database import predictions
+from catdog_model.monitoring import WINDOWS, PredictionLog
 
 DAYS = 30
 CHUNK = 50_000

@@ -48,6 +48,15 @@ def _number(name: str, default: float, kind: type = float):
         raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
 
 
+def _database_url() -> str | None:
+    # Only its form is checked here: the database is opened on the prediction log's first use (monitoring).
+    value = os.environ.get("CATDOG_DATABASE_URL") or None
+    if value is not None and not re.fullmatch(r"(sqlite|postgresql)(\+\w+)?://\S*", value):
+        raise ServiceError(f"CATDOG_DATABASE_URL is not a database URL for SQLite or PostgreSQL ({value!r}); use "
+                           "sqlite:///path/to/file.sqlite or postgresql+psycopg://user:password@host/database.")
+    return value
+
+
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name, "").strip().lower()
     return default if value == "" else value in ("1", "true", "yes", "on")
@@ -146,7 +155,7 @@ class Settings:
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=server_port,
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
-            database_url=os.environ.get("CATDOG_DATABASE_URL") or None,
+            database_url=_database_url(),
             replica=os.environ.get("CATDOG_REPLICA")
             or f"{socket.gethostname()}:{server_port}",
             log_buffer_rows=_number("CATDOG_LOG_BUFFER_ROWS", 100_000, int),

@@ -16,9 +16,9 @@ import numpy as np
 from . import LABELS
 from .config import Settings
 from .data import Dataset, folder_signature, load_folder, normalize_label
-from .errors import CatdogError, ServiceError, public_message, shown
+from .errors import CatdogError, LogUnavailable, ServiceError, public_message, shown
 from .images import ImageLimits, load_image, waiting_at_most
-from .monitoring import LogUnavailable, PredictionLog
+from .monitoring import PredictionLog
 from .retrain_data import base_examples
 from .uploads import SUSPECT_FOLDER, UNLABELLED_FOLDER, RequestLimits, UploadStore
 

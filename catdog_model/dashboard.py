@@ -9,9 +9,9 @@ from pathlib import Path
 
 from .curation import Curation
 from .drift import drift_report
-from .errors import public_message
+from .errors import LogUnavailable, public_message
 from .hub import HubError, ModelHub
-from .monitoring import LogUnavailable, PredictionLog, window_start
+from .monitoring import PredictionLog, window_start
 from .production import Production
 from .reports import (confidence_histogram, dataset_table, label_mix, metric_cards, monitoring_summary, over_time,
                       production_line, production_table, quality_over_time, retraining_comparison,

@@ -12,6 +12,10 @@ class ServiceError(CatdogError, ValueError):
     """Something the user asked that cannot be done: a bad input, a wrong name, a missing token."""
 
 
+class LogUnavailable(ServiceError):
+    """The prediction log's database cannot be reached or read."""
+
+
 # An absolute path in a message tells a caller how the server's disk is laid out: only its last part is kept. A
 # path right after a URL's scheme (sqlite:////srv/data/log.sqlite) counts; a URL's host and path do not.
 ABSOLUTE_PATH = re.compile(r"(?:(?<![\w.:/])|(?<=:///))/(?:[^\s/'\"()]+/)+([^\s/'\"()]*)")

@@ -54,7 +54,8 @@ def writable_folder(path: Path, variable: str) -> None:
 class Service:
     """What the app does, for the web layer: serving and the admin's actions here, uploads and labels in
     `curation`, the tabs' figures in `dashboard`. Built, then start()ed — which loads production and starts the
-    background work: following the alias, embedding the base data, syncing uploads to the Hub — and close()d."""
+    background work: following the alias, writing the prediction log, embedding the base data, syncing uploads to
+    the Hub — and close()d."""
 
     def __init__(self, settings: Settings, retrain_config: RetrainConfig | None = None):
         retrain_config = retrain_config or RetrainConfig.from_settings(settings)  # a wrong recipe stops here
@@ -79,6 +80,7 @@ class Service:
         if not self._started:
             self._started = True
             self.production.start()
+            self.log.start()
             self.curation.start()
             self.prepare_retraining()
         return self

@@ -3,15 +3,22 @@ the database over a window, a database that goes down costs no prediction, an ol
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from catdog_model.monitoring import SCHEMA_VERSION, LoggedPrediction, LogUnavailable, PredictionLog, predictions
+from catdog_model.config import PROJECT_ROOT, Settings
+from catdog_model.errors import LogUnavailable, ServiceError
+from catdog_model.log_database import SCHEMA_VERSION, predictions
+from catdog_model.monitoring import LoggedPrediction, PredictionLog
 from bench.servers import wait_for
-from tests.conftest import start_postgres
+from tests.conftest import random_jpeg, start_postgres
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,7 @@ def row(index: int, at: float | None = None, replica: str = "") -> LoggedPredict
 
 
 def test_twenty_concurrent_writers_lose_no_rows(database_url):
-    log = PredictionLog(database_url, replica="a")
+    log = PredictionLog(database_url, replica="a").start()
     writers = [threading.Thread(target=lambda start=start: [log.record(row(start * 50 + n)) for n in range(50)])
                for start in range(20)]
     for writer in writers:
@@ -56,7 +63,8 @@ def test_twenty_concurrent_writers_lose_no_rows(database_url):
 
 def test_statistics_cover_only_the_window_and_every_replica(database_url):
     now = time.time()
-    first, second = PredictionLog(database_url, replica="one"), PredictionLog(database_url, replica="two")
+    first, second = (PredictionLog(database_url, replica="one").start(),
+                     PredictionLog(database_url, replica="two").start())
     for index in range(30):
         first.record(row(index, at=now - 2 * 86400))  # two days ago
     for index in range(20):
@@ -74,7 +82,7 @@ def test_statistics_cover_only_the_window_and_every_replica(database_url):
 
 
 def test_every_row_is_counted_once_however_the_window_is_split_for_reading(database_url):
-    log, start = PredictionLog(database_url, replica="a"), time.time() - 4 * 3600
+    log, start = PredictionLog(database_url, replica="a").start(), time.time() - 4 * 3600
     times = [start + minute * 60 for minute in range(241)]  # four hours, the middle minute included
     times += [start + 2 * 3600] * 5  # rows exactly at the window's middle, where the parallel reads meet
     for index, at in enumerate(times):
@@ -89,7 +97,7 @@ def test_every_row_is_counted_once_however_the_window_is_split_for_reading(datab
 
 
 def test_each_point_of_the_series_starts_at_the_minute_its_predictions_were_made(database_url):
-    log = PredictionLog(database_url, replica="a")
+    log = PredictionLog(database_url, replica="a").start()
     minute = (time.time() // 60 - 30) * 60  # the start of a whole minute, half an hour ago
     for index, seconds in enumerate((5, 20, 50, 70, 210)):  # three in the first minute, one in the next, one later
         log.record(row(index, at=minute + seconds))
@@ -104,7 +112,7 @@ def test_each_point_of_the_series_starts_at_the_minute_its_predictions_were_made
 def test_a_database_that_goes_down_costs_no_prediction_and_loses_no_row(tmp_path):
     server = start_postgres()
     try:
-        log = PredictionLog(server.new_database(), buffer_rows=50, retry_seconds=0.2, batch_rows=10)
+        log = PredictionLog(server.new_database(), buffer_rows=50, retry_seconds=0.2, batch_rows=10).start()
         for index in range(5):
             log.record(row(index))
         assert log.flush()
@@ -125,9 +133,8 @@ def test_a_database_that_goes_down_costs_no_prediction_and_loses_no_row(tmp_path
 
 def test_a_full_buffer_drops_rows_and_counts_them(tmp_path):
     url = f"sqlite:///{tmp_path / 'predictions.sqlite'}"
-    log = PredictionLog(url, buffer_rows=20, retry_seconds=0.2, batch_rows=10)
-    (tmp_path / "predictions.sqlite").unlink()
-    (tmp_path / "predictions.sqlite").mkdir()  # the database file is now unusable
+    log = PredictionLog(url, buffer_rows=20, retry_seconds=0.2, batch_rows=10).start()
+    (tmp_path / "predictions.sqlite").mkdir()  # the database file cannot be opened
     for index in range(100):
         log.record(row(index))
     wait_for(lambda: log.last_error)
@@ -146,7 +153,7 @@ def test_a_log_written_by_an_older_catdog_is_upgraded_in_place(tmp_path):
                            "flagged INTEGER NOT NULL DEFAULT 0)")
         connection.execute("INSERT INTO predictions VALUES (?, 'v1', 'cat', 0.2, 12.0, 'abc', 'ui', 0)", [time.time()])
     connection.close()
-    log = PredictionLog(f"sqlite:///{path}", replica="new")
+    log = PredictionLog(f"sqlite:///{path}", replica="new").start()
     log.record(row(1))
     assert log.flush()
     assert log.statistics()["replicas"] == {"(unnamed)": 1, "new": 1}
@@ -169,7 +176,7 @@ def test_a_log_of_schema_2_gets_the_covering_index_in_place_of_its_time_index(tm
         connection.execute("INSERT INTO predictions VALUES (?, 'v1', 'dog', 0.9, 12.0, 'abc', 'rest', 0, 0.1, 'a')",
                            [time.time()])
     connection.close()
-    log = PredictionLog(f"sqlite:///{path}", replica="b")
+    log = PredictionLog(f"sqlite:///{path}", replica="b").start()
     log.record(row(1))
     assert log.flush()
     assert log.statistics()["replicas"] == {"a": 1, "b": 1}
@@ -182,10 +189,54 @@ def test_a_log_of_schema_2_gets_the_covering_index_in_place_of_its_time_index(tm
 
 def test_a_log_from_a_newer_catdog_is_refused_with_what_to_do(tmp_path):
     path = tmp_path / "predictions.sqlite"
-    PredictionLog(f"sqlite:///{path}").flush()
+    PredictionLog(f"sqlite:///{path}").statistics()  # a read opens the database, making its tables
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE catdog_schema SET version = ?", [SCHEMA_VERSION + 1])
     connection.close()
     log = PredictionLog(f"sqlite:///{path}", retry_seconds=0.2)
     with pytest.raises(LogUnavailable, match="written by a newer catdog .* upgrade catdog on this replica"):
+        log.statistics()
+
+
+def test_a_server_serves_before_sqlalchemy_is_imported_and_the_first_row_opens_the_log(tmp_path):
+    # SQLAlchemy is half a second of a server's start: the log's database waits for its first row or read.
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(random_jpeg(1, side=64))
+    program = f"""
+import sys
+from catdog_model.config import Settings
+from catdog_model.service import Service
+service = Service(Settings.from_env()).start()
+assert service.health()["model_loaded"], service.load_error
+print("serving, SQLAlchemy imported:", "sqlalchemy" in sys.modules)
+service.predict(open({str(photo)!r}, 'rb').read())
+assert service.log.flush()
+print("logged", service.log.statistics()["count"], "SQLAlchemy imported:", "sqlalchemy" in sys.modules)
+service.close()
+"""
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "CATDOG_MODELS_DIR": str(tmp_path / "models"),
+                   "CATDOG_DATA_DIR": str(tmp_path / "data"), "CATDOG_PREPARE_EMBEDDINGS": "0"}
+    ran = subprocess.run([sys.executable, "-c", program], env=environment, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.splitlines() == ["serving, SQLAlchemy imported: False", "logged 1 SQLAlchemy imported: True"]
+    assert (tmp_path / "data" / "predictions.sqlite").is_file()
+
+
+@pytest.mark.parametrize("url", ["no database", "mysql://catdog@db/log", "sqlite:/predictions.sqlite"])
+def test_a_database_url_the_log_cannot_use_is_refused_when_the_settings_are_read(monkeypatch, url):
+    monkeypatch.setenv("CATDOG_DATABASE_URL", url)
+    with pytest.raises(ServiceError, match="CATDOG_DATABASE_URL is not a database URL for SQLite or PostgreSQL "
+                                           ".* use sqlite:///"):
+        Settings.from_env()
+
+
+def test_a_log_whose_folder_cannot_be_made_says_so_and_keeps_its_rows(tmp_path):
+    (tmp_path / "a-file").write_text("")  # a folder inside a file cannot be made, even by root
+    log = PredictionLog(f"sqlite:///{tmp_path / 'a-file' / 'log' / 'predictions.sqlite'}", retry_seconds=0.2).start()
+    log.record(row(1))
+    wait_for(lambda: log.last_error)
+    assert "folder cannot be made" in log.last_error and log.pending_rows == 1
+    with pytest.raises(LogUnavailable, match="folder cannot be made .* Predictions go on"):
         log.statistics()
