@@ -51,9 +51,11 @@ def _number(name: str, default: float, kind: type = float):
 def _database_url() -> str | None:
     # Only its form is checked here: the database is opened on the prediction log's first use (monitoring).
     value = os.environ.get("CATDOG_DATABASE_URL") or None
-    if value is not None and not re.fullmatch(r"(sqlite|postgresql)(\+\w+)?://\S*", value):
-        raise ServiceError(f"CATDOG_DATABASE_URL is not a database URL for SQLite or PostgreSQL ({value!r}); use "
-                           "sqlite:///path/to/file.sqlite or postgresql+psycopg://user:password@host/database.")
+    if value is not None and not re.fullmatch(r"sqlite(\+\w+)?:///\S+|postgresql(\+\w+)?://\S+", value):
+        without_password = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
+        raise ServiceError(f"CATDOG_DATABASE_URL is not a database URL for SQLite or PostgreSQL "
+                           f"({without_password!r}); use sqlite:///path/to/file.sqlite or "
+                           "postgresql+psycopg://user:password@host/database.")
     return value
 
 

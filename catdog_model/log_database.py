@@ -72,7 +72,7 @@ def describe_url(url: str) -> str:
     """The database URL with its password hidden, for messages and logs."""
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # not a URL; a port that is not a number
         return "an invalid database URL"
 
 
@@ -82,21 +82,32 @@ def reaching(url: str):
     try:
         yield
     except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise LogUnavailable(f"The prediction log's database {describe_url(url)} cannot be reached ({reason}).") \
-            from None
+        raise LogUnavailable(f"The prediction log's database {describe_url(url)} cannot be reached "
+                             f"({first_line(getattr(error, 'orig', None) or error)}).") from None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def open_database(url: str) -> sa.Engine:
-    """An engine on the database, its tables created or upgraded to SCHEMA_VERSION."""
-    engine = open_engine(url)
+    """An engine on the database, its tables created or upgraded to SCHEMA_VERSION. Whatever stops it — the
+    database, a driver that is not installed, a URL SQLAlchemy cannot read — is a LogUnavailable."""
+    engine = None
     try:
+        engine = open_engine(url)
         with reaching(url):
             upgrade_schema(engine)
+        return engine
     except LogUnavailable:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
         raise
-    return engine
+    except Exception as error:  # ImportError of a driver, ValueError of a port: a sentence, not a dead writer
+        if engine is not None:
+            engine.dispose()
+        raise LogUnavailable(f"The prediction log's database {describe_url(url)} cannot be opened "
+                             f"({type(error).__name__}: {first_line(error)}).") from None
 
 
 def open_engine(url: str) -> sa.Engine:

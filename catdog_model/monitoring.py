@@ -66,23 +66,33 @@ class PredictionLog:
         self.last_error: str | None = None
         self._engine = None
         self._opening = threading.Lock()
+        self._starting = threading.Lock()
         self._closing = threading.Event()
         self._writer = threading.Thread(target=self._write_forever, name="prediction-log", daemon=True)
 
     def start(self) -> PredictionLog:
         """Start the writer thread (once). Rows recorded before wait in the buffer."""
-        if self._writer.ident is None and not self._closing.is_set():
-            self._writer.start()
+        with self._starting:
+            if self._writer.ident is None and not self._closing.is_set():
+                self._writer.start()
         return self
 
     @property
     def engine(self):
-        """The database's SQLAlchemy engine; the first use opens the database. LogUnavailable if it cannot."""
-        with self._opening:
+        """The database's SQLAlchemy engine; the first use opens the database. LogUnavailable if it cannot, and
+        at once while another thread is opening it: an open can wait seconds on a database that is down, or on
+        another replica upgrading the schema, and no read or close() waits behind it."""
+        if self._engine is not None:
+            return self._engine
+        if not self._opening.acquire(blocking=False):
+            raise LogUnavailable(self.last_error or "The prediction log's database is being opened.")
+        try:
             if self._engine is None:
                 from . import log_database
                 self._engine = log_database.open_database(self.url)
             return self._engine
+        finally:
+            self._opening.release()
 
     def record(self, prediction: LoggedPrediction) -> None:
         """Never blocks: a full buffer (the database has been down a while), or a closed log, drops the row and
@@ -126,6 +136,8 @@ class PredictionLog:
         afterwards are dropped and counted."""
         if self._closing.is_set():
             return
+        if self.pending_rows:
+            self.start()  # a log never started writes what it was given before it stops
         if not self.flush(timeout):
             logger.warning("%d prediction-log rows could not be written before closing: %s", self.pending_rows,
                            self.last_error)
@@ -136,9 +148,8 @@ class PredictionLog:
             pass  # a writer with a full buffer is retrying, and sees _closing after the attempt
         if self._writer.ident is not None:
             self._writer.join(timeout)
-        with self._opening:
-            if self._engine is not None:
-                self._engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def _write_forever(self) -> None:
         rows: list[dict] = []

@@ -224,12 +224,35 @@ service.close()
     assert (tmp_path / "data" / "predictions.sqlite").is_file()
 
 
-@pytest.mark.parametrize("url", ["no database", "mysql://catdog@db/log", "sqlite:/predictions.sqlite"])
+@pytest.mark.parametrize("url", ["no database", "mysql://catdog@db/log", "sqlite:/predictions.sqlite", "sqlite://",
+                                 "postgres://catdog:s3cret@db/log"])
 def test_a_database_url_the_log_cannot_use_is_refused_when_the_settings_are_read(monkeypatch, url):
     monkeypatch.setenv("CATDOG_DATABASE_URL", url)
     with pytest.raises(ServiceError, match="CATDOG_DATABASE_URL is not a database URL for SQLite or PostgreSQL "
-                                           ".* use sqlite:///"):
+                                           ".* use sqlite:///") as refused:
         Settings.from_env()
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql+pg8000://catdog:s3cret@127.0.0.1/log",  # a driver not installed
+                                 "postgresql://catdog:s3cret@127.0.0.1:port/log"])
+def test_a_database_that_cannot_even_be_opened_is_a_sentence_and_the_writer_keeps_its_rows(url):
+    log = PredictionLog(url, retry_seconds=0.2).start()
+    log.record(row(1))
+    wait_for(lambda: log.last_error)
+    assert "cannot be opened" in log.last_error and "s3cret" not in log.last_error
+    assert log._writer.is_alive() and log.pending_rows == 1
+    with pytest.raises(LogUnavailable, match="Predictions go on"):
+        log.statistics()
+    log.close(timeout=1)
+    assert not log._writer.is_alive()
+
+
+def test_a_log_closed_without_being_started_writes_what_it_was_given(database_url):
+    log = PredictionLog(database_url)
+    log.record(row(1))
+    log.close()
+    assert PredictionLog(database_url).statistics()["count"] == 1
 
 
 def test_a_log_whose_folder_cannot_be_made_says_so_and_keeps_its_rows(tmp_path):
