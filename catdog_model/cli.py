@@ -27,6 +27,7 @@ COMMANDS = {
     "export": ("catdog_model.cli_export", "publish a version again with its ONNX serving export"),
     "explain": ("catdog_model.cli_explain", "how often the heat map points at the animal"),
     "novelty": ("catdog_model.cli_novelty", "how well the unfamiliar flag separates other pictures"),
+    "data-issues": ("catdog_model.cli_data_issues", "likely label errors, near duplicates and outliers in the data"),
     "bench": ("bench", "the benchmarks and load tests of a checkout: catdog bench NAME [options]"),
 }
 
@@ -34,7 +35,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = "\n".join(f"  {name:9} {summary}" for name, (_, summary) in COMMANDS.items())
+        lines = "\n".join(f"  {name:11} {summary}" for name, (_, summary) in COMMANDS.items())
         usage = f"usage: catdog COMMAND [options]   (catdog COMMAND --help for its options)\n\n{lines}"
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: catdog has no command {argv[0]!r}.\n\n{usage}", file=sys.stderr)

@@ -14,6 +14,7 @@ import sys
 from .cli import ProgressBars, add_config_options, config_from_options, user_errors
 from .config import Settings
 from .data import load_folders, load_hf_dataset
+from .data_decisions import DataDecisions, decided
 from .finetune import FineTuneConfig
 from .hub import open_hub
 from .training import TrainingConfig, publish, train
@@ -43,10 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
         config = config_from_options(arguments, TrainingConfig)
         source = " + ".join(arguments.data_dir) if arguments.data_dir else arguments.hf_dataset
-        dataset = (load_folders(arguments.data_dir) if arguments.data_dir else load_hf_dataset(arguments.hf_dataset, split=arguments.hf_split))
+        dataset = DataDecisions(settings.data_dir).apply(
+            load_folders(arguments.data_dir) if arguments.data_dir
+            else load_hf_dataset(arguments.hf_dataset, split=arguments.hf_split))
         fine_tuning = config_from_options(arguments, FineTuneConfig, "fine-tune-") if arguments.fine_tune else None
         print(f"{source}: {len(dataset.examples)} images {dataset.counts()}, "
-              f"{len(dataset.duplicates)} duplicate(s) skipped", file=sys.stderr)
+              f"{len(dataset.duplicates)} duplicate(s) skipped{decided(dataset.decisions)}", file=sys.stderr)
         progress = ProgressBars()
         trained = train(dataset, settings, config, progress=progress, source=source,
                         command=shlex.join(["python", "-m", "catdog", "train", *argv]), fine_tuning=fine_tuning)

@@ -32,6 +32,7 @@ class Example:
 class Dataset:
     examples: list[Example]
     duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (duplicate, kept)
+    decisions: dict = dataclasses.field(default_factory=dict)  # what data_decisions changed: counts by reason
 
     def counts(self) -> dict[str, int]:
         return {label: sum(example.label == label for example in self.examples) for label in LABELS}

@@ -1,6 +1,6 @@
 """What a retraining trains on and is judged by, for the server and the retraining child alike: the base data
 (a folder or a Hub dataset), the trusted held-out photos, and the training set (base data and confirmed
-uploads, the trusted photos left out)."""
+uploads, the trusted photos left out) — both with people's data decisions applied (data_decisions)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from . import LABELS
 from .config import Settings
 from .data import Dataset, Example, deduplicate, load_folder, load_hf_dataset, split_examples
+from .data_decisions import DataDecisions
 from .errors import ServiceError
 from .uploads import UploadStore
 
@@ -27,8 +28,10 @@ def trusted_examples(settings: Settings, seed: int, validation_fraction: float,
     never uploads."""
     trusted = settings.trusted_data_dir
     if trusted and trusted.is_dir():
-        return load_folder(trusted).examples
-    return split_examples(base_examples(settings), seed, validation_fraction, test_fraction).test
+        examples = load_folder(trusted).examples
+    else:
+        examples = split_examples(base_examples(settings), seed, validation_fraction, test_fraction).test
+    return DataDecisions(settings.data_dir).apply(Dataset(examples)).examples
 
 
 def hub_dataset(repo: str, endpoint: str | None) -> Dataset:
@@ -51,5 +54,6 @@ def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Exa
     examples = base_examples(settings) + list(uploads.dataset().examples)
     if settings.hub_dataset:  # the uploads, kept in a Hub dataset
         examples += hub_dataset(settings.hub_dataset, settings.hub_endpoint).examples
-    excluded = {example.sha256 for example in trusted}
-    return deduplicate([example for example in examples if example.sha256 not in excluded])
+    held_out = {example.sha256 for example in trusted}
+    return DataDecisions(settings.data_dir).apply(
+        deduplicate([example for example in examples if example.sha256 not in held_out]))

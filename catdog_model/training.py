@@ -182,7 +182,7 @@ def train(dataset: Dataset, settings: Settings, config: TrainingConfig = Trainin
         "data": {
             "name": Path(source).name or "images", "source": source, "n_images": len(kept),
             "counts": {label: sum(example.label == label for example in kept) for label in LABELS},
-            "n_duplicates": len(dataset.duplicates), "rejected": rejected,
+            "n_duplicates": len(dataset.duplicates), "rejected": rejected, "decisions": dataset.decisions,
             "content_hash": dataset.content_hash(), "splits": splits.sizes(), "split_seed": config.seed,
             "validation_fraction": config.validation_fraction, "test_fraction": config.test_fraction,
         },

@@ -1,0 +1,169 @@
+"""Finding the data's problems (catdog data-issues) and keeping people's decisions about them (data_decisions):
+planted label errors come out on top, and training never sees an excluded photo."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from catdog_model.config import PROJECT_ROOT
+from catdog_model.data import load_folder
+from catdog_model.data_decisions import DECISIONS_FILE, DataDecisions
+from catdog_model.errors import ServiceError
+from tests.conftest import requires_weights
+from tests.test_cli import run
+
+
+def other(label: str) -> str:
+    return "cat" if label == "dog" else "dog"
+
+
+def planted_folder(small_photo_dir: Path, root: Path, swaps: int) -> tuple[Path, set[str]]:
+    """A copy of the small photo folder with `swaps` cats filed under dogs/ and as many dogs under cats/."""
+    folder = root / "planted"
+    shutil.copytree(small_photo_dir, folder)
+    swapped = set()
+    for label in ("cats", "dogs"):
+        for path in sorted((folder / label).iterdir())[:swaps]:
+            target = folder / ("dogs" if label == "cats" else "cats") / f"swapped-{path.name}"
+            path.rename(target)
+            swapped.add(str(target.relative_to(folder)))
+    return folder, swapped
+
+
+@pytest.fixture
+def shipped(env, tmp_path) -> dict:
+    """The environment with a copy of the repository's models: production's backbone embeds the photos."""
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    return {**env, "CATDOG_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_planted_label_errors_come_out_at_the_top_of_the_ranking(small_photo_dir, shipped, tmp_path):
+    folder, swapped = planted_folder(small_photo_dir, tmp_path, swaps=4)
+    out = tmp_path / "report"
+    report = json.loads(run(["catdog", "data-issues", "--data-dir", str(folder), "--out", str(out), "--top", "8",
+                             "--json"], shipped).stdout)
+    assert report["photos"] == 60 and report["version"] == "v5"
+    with open(out / "data_issues.csv", newline="") as table:
+        ranked = [row["source"] for row in csv.DictReader(table)]
+    assert len(ranked) == 60
+    found = swapped & set(ranked[:10])
+    assert len(found) >= 6, f"swapped photos in the top 10: {sorted(found)}; the top 10: {ranked[:10]}"
+    flagged = {suspect["source"] for suspect in report["suspects"] if "label" in suspect["flagged"].split()}
+    assert len(flagged & swapped) >= 6 and report["label"] == len(flagged)
+    assert (out / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "data_issues.json").read_text())["photos"] == 60
+
+
+def test_a_photo_relabelled_by_a_person_is_no_longer_a_label_error(small_photo_dir, shipped, tmp_path):
+    folder, swapped = planted_folder(small_photo_dir, tmp_path, swaps=4)
+    decisions = DataDecisions(tmp_path / "data")
+    for example in load_folder(folder).examples:
+        if example.source in swapped:
+            decisions.decide(example.sha256, "relabel", other(example.label), "label error", example.source)
+    report = json.loads(run(["catdog", "data-issues", "--data-dir", str(folder), "--out", str(tmp_path / "report"),
+                             "--json"], shipped).stdout)
+    assert report["decisions_applied"]["relabelled"] == {"label error": 8}
+    assert not {suspect["source"] for suspect in report["suspects"] if "label" in suspect["flagged"]} & swapped
+
+
+def test_too_few_photos_is_a_sentence(small_photo_dir, shipped, tmp_path):
+    folder = tmp_path / "few"
+    for label in ("cats", "dogs"):
+        (folder / label).mkdir(parents=True)
+        for path in sorted((small_photo_dir / label).iterdir())[:3]:
+            shutil.copy(path, folder / label / path.name)
+    result = run(["catdog", "data-issues", "--data-dir", str(folder), "--out", str(tmp_path / "report")], shipped,
+                 expect=2)
+    assert "needs at least 10 photos of each class; these are 3 cats and 3 dogs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_decisions_are_kept_by_content_and_every_change_is_a_new_revision(tmp_path):
+    decisions = DataDecisions(tmp_path)
+    decisions.decide("a" * 64, "exclude", reason="outlier", source="cats/drawing.jpg")
+    decisions.decide("b" * 64, "relabel", "dog", "label error", "cats/husky.jpg")
+    decisions.decide("a" * 64, "relabel", "cat", "a person looked again")  # replaces the earlier one
+    assert decisions.revision() == 3
+    kept = decisions.all()
+    assert kept["a" * 64].action == "relabel" and kept["a" * 64].label == "cat" and kept["b" * 64].label == "dog"
+    assert decisions.undo("b" * 64) and not decisions.undo("b" * 64)
+    assert set(decisions.all()) == {"a" * 64} and decisions.revision() == 5
+
+
+def test_two_people_deciding_at_once_both_land(tmp_path):
+    decisions = DataDecisions(tmp_path)
+    threads = [threading.Thread(target=lambda index=index: [decisions.decide(f"{index:02d}{n:062d}", "exclude")
+                                                            for n in range(10)]) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(decisions.all()) == 40 and decisions.revision() == 40
+
+
+@pytest.mark.parametrize("action, label, message", [
+    ("delete", None, "Unknown decision 'delete': use one of exclude, relabel"),
+    ("relabel", "horse", "needs a label, one of cat, dog; got 'horse'"),
+])
+def test_a_decision_that_cannot_be_kept_is_refused(tmp_path, action, label, message):
+    with pytest.raises(ServiceError, match=message):
+        DataDecisions(tmp_path).decide("a" * 64, action, label)
+    assert not (tmp_path / DECISIONS_FILE).exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"revision": 1, "decisions": {"abc": {"x": 1}}}'])
+def test_a_damaged_decisions_file_is_a_sentence_and_is_left_as_it_is(tmp_path, content):
+    (tmp_path / DECISIONS_FILE).write_text(content)
+    with pytest.raises(ServiceError, match="data_decisions.json cannot be read .* move it away"):
+        DataDecisions(tmp_path).decide("a" * 64, "exclude")
+    assert (tmp_path / DECISIONS_FILE).read_text() == content
+
+
+@pytest.mark.heavy
+@requires_weights
+def test_excluded_photos_never_reach_training_and_relabelled_ones_train_with_their_new_label(small_photo_dir, env,
+                                                                                             tmp_path):
+    data_dir = tmp_path / "data"
+    decisions = DataDecisions(data_dir)
+    examples = load_folder(small_photo_dir).examples
+    for example in examples[:3]:
+        decisions.decide(example.sha256, "exclude", reason="outlier", source=example.source)
+    decisions.decide(examples[-1].sha256, "relabel", other(examples[-1].label), "label error", examples[-1].source)
+    trained = json.loads(run(["catdog", "train", "--data-dir", str(small_photo_dir), "--seed", "3", "--epochs", "3",
+                              "--image-size", "160"], {**env, "CATDOG_DATA_DIR": str(data_dir)}).stdout)
+    version = Path(trained["path"])
+    data = json.loads((version / "metrics.json").read_text())["data"]
+    # The content hash covers every photo trained, validated and tested on, with its label.
+    assert data["n_images"] == 57 and data["content_hash"] == decisions.apply(load_folder(small_photo_dir)).content_hash()
+    assert data["decisions"] == {"revision": 4, "excluded": {"outlier": 3}, "relabelled": {"label error": 1}}
+    assert "(revision 4) applied: 3 photo(s) left out (3 as outlier), 1 relabelled (1 as label error); dataset" in \
+        (version / "README.md").read_text()
+
+
+def test_a_retraining_from_the_app_trains_and_is_judged_with_the_decisions_applied(small_photo_dir, settings):
+    from catdog_model.images import ImageLimits
+    from catdog_model.retrain_data import trusted_examples, training_dataset
+    from catdog_model.uploads import UploadStore
+
+    settings = dataclasses.replace(settings, base_data_dir=small_photo_dir, trusted_data_dir=None)
+    split = dict(seed=0, validation_fraction=0.1, test_fraction=0.2)
+    judged_before = trusted_examples(settings, **split)
+    uploads = UploadStore(settings.data_dir / "uploads", ImageLimits.from_settings(settings))
+    trained_before = training_dataset(settings, uploads, judged_before).examples
+    decisions = DataDecisions(settings.data_dir)
+    decisions.decide(trained_before[0].sha256, "exclude", reason="outlier")
+    decisions.decide(trained_before[1].sha256, "relabel", other(trained_before[1].label), "label error")
+    decisions.decide(judged_before[0].sha256, "relabel", other(judged_before[0].label), "label error")
+
+    judged = {example.sha256: example.label for example in trusted_examples(settings, **split)}
+    trained = {example.sha256: example.label for example in training_dataset(settings, uploads, judged_before).examples}
+    assert trained_before[0].sha256 not in trained and len(trained) == len(trained_before) - 1
+    assert trained[trained_before[1].sha256] == other(trained_before[1].label)
+    assert judged[judged_before[0].sha256] == other(judged_before[0].label) and len(judged) == len(judged_before)
