@@ -19,7 +19,7 @@ from .atomic import write_atomically
 from .cli import ProgressBars, open_version, user_errors
 from .data import Dataset, deduplicate, load_folders
 from .data_decisions import DataDecisions
-from .data_issues import DEFAULT_FOLDS, contact_sheet, find_data_issues, summary
+from .data_issues import DEFAULT_FOLDS, contact_sheet, find_data_issues, refuse_too_few_photos, summary
 from .embeddings import EmbeddingCache, embed_images
 from .hub import PRODUCTION
 from .images import ImageLimits
@@ -42,6 +42,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if not arguments.data_dir and not arguments.uploads:
         parser.error("give --data-dir (repeatable), --uploads, or both")
+    if arguments.folds < 2 or arguments.top < 0:
+        parser.error("--folds needs at least 2 (each head is fitted on the other folds), and --top 0 or more")
+    if Path(arguments.out).exists() and not Path(arguments.out).is_dir():
+        parser.error(f"--out {arguments.out} is a file: give a folder for the table, report and contact sheet")
     return arguments
 
 
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         if arguments.uploads:
             examples += UploadStore(settings.data_dir / "uploads", ImageLimits.from_settings(settings)).dataset().examples
         dataset = DataDecisions(settings.data_dir).apply(deduplicate(examples))
+        refuse_too_few_photos(dataset.examples, arguments.folds)  # before minutes of embedding, not after
         progress = ProgressBars()
         embeddings, rejected = embed_images(backbone, [(example.sha256, example.content)
                                                        for example in dataset.examples],
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
           f"flagged — {report['label']} label errors, {report['near_duplicate']} near duplicates, "
           f"{report['outlier']} outliers — in {report['seconds']} s")
     for suspect in suspects[:arguments.top]:
-        print(f"  #{suspect.rank:<3} {suspect.issue:14} {suspect.score:8.4f}  given {suspect.given_label}, "
+        finding = suspect.issue if suspect.flagged else f"({suspect.issue}, not flagged)"
+        print(f"  #{suspect.rank:<3} {finding:30} {suspect.score:8.4f}  given {suspect.given_label}, "
               f"p = {suspect.p_given:.3f}  {suspect.source}")
     for path in report["files"]:
         print(f"  {path}")

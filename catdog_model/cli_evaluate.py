@@ -10,6 +10,7 @@ import json
 
 from .cli import ProgressBars, open_version, user_errors
 from .data import load_folders, version_splits
+from .data_decisions import DataDecisions, decided
 from .evaluation import compute_metrics, save_plots
 from .classifier import load_classifier
 from .hub import PRODUCTION
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings, hub, version = open_version(arguments.version)
         classifier = load_classifier(hub, version, settings)
-        examples = load_folders(arguments.data_dir).examples
+        dataset = DataDecisions(settings.data_dir).apply(load_folders(arguments.data_dir))  # as training saw it
+        examples = dataset.examples
         if arguments.split != "all":
             examples = getattr(version_splits(examples, hub.metrics(version)["data"]), arguments.split)
         progress = ProgressBars()
@@ -44,14 +46,15 @@ def main(argv: list[str] | None = None) -> None:
         labels = [example.label for example in kept]
         p_dog = classifier.p_dog_from_embeddings(embeddings)
         result = {**compute_metrics(labels, p_dog), "version": version, "split": arguments.split,
-                  "data_dir": " + ".join(arguments.data_dir), "n_rejected": len(rejected), "rejected": rejected}
+                  "data_dir": " + ".join(arguments.data_dir), "n_rejected": len(rejected), "rejected": rejected,
+                  "decisions_applied": dataset.decisions}
         if arguments.out:
             result["plots"] = [str(path) for path in save_plots(labels, p_dog, arguments.out, title=version)]
     if arguments.json:
         print(json.dumps(result))
         return
     print(f"{version} on {' + '.join(arguments.data_dir)} ({arguments.split}): {result['n_images']} images, "
-          f"{result['n_rejected']} rejected")
+          f"{result['n_rejected']} rejected{decided(dataset.decisions)}")
     for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"):
         value = result[name]
         print(f"  {name:<10} {value:.4f}" if value is not None else f"  {name:<10} n/a")

@@ -47,7 +47,10 @@ class DataDecisions:
                     and isinstance(stored.get("decisions"), dict)):
                 raise ValueError("not a decisions file")
             for sha256, fields in stored["decisions"].items():
-                Decision(sha256=sha256, **fields)
+                decision = Decision(sha256=sha256, **fields)
+                if decision.action not in ACTIONS or (decision.action == "relabel" and decision.label not in LABELS):
+                    raise ValueError(f"the decision about {sha256[:12]}… is not one of {', '.join(ACTIONS)} "
+                                     f"with a label of {', '.join(LABELS)}")
         except FileNotFoundError:
             return {"revision": 0, "decisions": {}}
         except (OSError, ValueError, TypeError) as error:

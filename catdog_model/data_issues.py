@@ -59,14 +59,18 @@ def out_of_sample_probabilities(embeddings: np.ndarray, labels: np.ndarray, fold
                              method="predict_proba")
 
 
-def find_data_issues(examples: list[Example], embeddings: np.ndarray, folds: int = DEFAULT_FOLDS,
-                     seed: int = 0) -> list[Suspect]:
-    """Every example, ranked: flagged photos first, by their most severe flagged issue; then the rest by their
-    lowest score. embeddings: (N, dim), in the order of examples."""
+def refuse_too_few_photos(examples: list[Example], folds: int = DEFAULT_FOLDS) -> None:
     counts = {label: sum(example.label == label for example in examples) for label in LABELS}
     if min(counts.values()) < max(MIN_PHOTOS_PER_CLASS, folds):
         raise ServiceError(f"Finding data issues needs at least {max(MIN_PHOTOS_PER_CLASS, folds)} photos of "
                            f"each class; these are {counts['cat']} cats and {counts['dog']} dogs.")
+
+
+def find_data_issues(examples: list[Example], embeddings: np.ndarray, folds: int = DEFAULT_FOLDS,
+                     seed: int = 0) -> list[Suspect]:
+    """Every example, ranked: flagged photos first, by their most severe flagged issue; then the rest by their
+    lowest score. embeddings: (N, dim), in the order of examples."""
+    refuse_too_few_photos(examples, folds)
     if len(embeddings) != len(examples):
         raise ValueError(f"{len(embeddings)} embeddings for {len(examples)} examples")
     from cleanlab import Datalab

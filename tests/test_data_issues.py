@@ -85,6 +85,16 @@ def test_too_few_photos_is_a_sentence(small_photo_dir, shipped, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--folds", "1"], "--folds needs at least 2"),
+    (["--top", "-1"], "--top 0 or more"),
+    (["--out", "pyproject.toml"], "--out pyproject.toml is a file"),
+])
+def test_options_that_cannot_work_are_refused_before_any_photo_is_read(options, message, env):
+    result = run(["catdog", "data-issues", "--data-dir", "/nonexistent-folder", *options], env, expect=2)
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_decisions_are_kept_by_content_and_every_change_is_a_new_revision(tmp_path):
     decisions = DataDecisions(tmp_path)
     decisions.decide("a" * 64, "exclude", reason="outlier", source="cats/drawing.jpg")
@@ -118,7 +128,11 @@ def test_a_decision_that_cannot_be_kept_is_refused(tmp_path, action, label, mess
     assert not (tmp_path / DECISIONS_FILE).exists()
 
 
-@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"revision": 1, "decisions": {"abc": {"x": 1}}}'])
+HAND_EDITED = '{"revision": 1, "decisions": {"abc": {"action": "%s", "label": %s, "reason": "", "source": "", "time": 1}}}'
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"revision": 1, "decisions": {"abc": {"x": 1}}}',
+                                     HAND_EDITED % ("Exclude", "null"), HAND_EDITED % ("relabel", '"Dog"')])
 def test_a_damaged_decisions_file_is_a_sentence_and_is_left_as_it_is(tmp_path, content):
     (tmp_path / DECISIONS_FILE).write_text(content)
     with pytest.raises(ServiceError, match="data_decisions.json cannot be read .* move it away"):
@@ -145,6 +159,10 @@ def test_excluded_photos_never_reach_training_and_relabelled_ones_train_with_the
     assert data["decisions"] == {"revision": 4, "excluded": {"outlier": 3}, "relabelled": {"label error": 1}}
     assert "(revision 4) applied: 3 photo(s) left out (3 as outlier), 1 relabelled (1 as label error); dataset" in \
         (version / "README.md").read_text()
+    # The card's Reproduce command cuts the photos as training did: decisions applied, the same test split.
+    evaluated = json.loads(run(["catdog", "evaluate", "--data-dir", str(small_photo_dir), "--json"],
+                               {**env, "CATDOG_DATA_DIR": str(data_dir)}).stdout)
+    assert evaluated["decisions_applied"] == data["decisions"] and evaluated["n_images"] == data["splits"]["test"]
 
 
 def test_a_retraining_from_the_app_trains_and_is_judged_with_the_decisions_applied(small_photo_dir, settings):
