@@ -1,8 +1,11 @@
 """Benchmark a version (default: production) in process: prediction latency and throughput of the Keras model
-and of its serving export (one ONNX Runtime thread, as the app runs it), embedding throughput, training time
-with an empty and a warm embedding cache, and peak memory.
+and of its serving export (one ONNX Runtime thread, as the app runs it) — float, and int8 where the version has
+it —, with --test-data-dir the test split's accuracy of each export, embedding throughput, training time with an
+empty and a warm embedding cache, and peak memory.
 
     python -m bench.benchmark [--json]
+    python -m bench.benchmark --version v6 --skip-training \
+        --test-data-dir ../shared/data/cats_vs_dogs --test-data-dir ../shared/data/cats_vs_dogs_more
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", default="production", help="the version to time (default: production)")
     parser.add_argument("--repeats", type=int, default=100, help="single-image predictions to time")
     parser.add_argument("--skip-training", action="store_true", help="do not time training")
+    parser.add_argument("--test-data-dir", action="append", default=[],
+                        help="the folders the version was trained on: each export's accuracy on its test split")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     return parser.parse_args(argv)
 
@@ -56,19 +61,49 @@ def generated_jpegs(count: int) -> list[bytes]:
     return images
 
 
-def time_predictions(model, photos: list[bytes], repeats: int, prefix: str) -> dict[str, float]:
-    """p50 and p95 of one photo at a time, and images per second in batches of 32, after a warm-up."""
-    model.predict(photos[:32])
-    latencies = []
-    for index in range(repeats):
-        started = time.perf_counter()
-        model.predict_one(photos[index % len(photos)])
-        latencies.append(time.perf_counter() - started)
-    started, rounds = time.perf_counter(), 4
-    for _ in range(rounds):
+def time_predictions(models: dict, photos: list[bytes], repeats: int) -> dict[str, float]:
+    """For each {prefix: model}, p50 and p95 of one photo at a time, and images per second in batches of 32,
+    after a warm-up; the models take turns photo by photo and batch by batch, so that a slow second on this
+    machine slows each of them alike."""
+    latencies: dict[str, list[float]] = {prefix: [] for prefix in models}
+    batch_seconds = dict.fromkeys(models, 0.0)
+    for model in models.values():
         model.predict(photos[:32])
-    return {f"{prefix}_one_p50_ms": percentile_ms(latencies, 50), f"{prefix}_one_p95_ms": percentile_ms(latencies, 95),
-            f"{prefix}_batch32_images_per_s": round(rounds * 32 / (time.perf_counter() - started), 1)}
+    for index in range(repeats):
+        for prefix, model in models.items():
+            started = time.perf_counter()
+            model.predict_one(photos[index % len(photos)])
+            latencies[prefix].append(time.perf_counter() - started)
+    rounds = 4
+    for _ in range(rounds):
+        for prefix, model in models.items():
+            started = time.perf_counter()
+            model.predict(photos[:32])
+            batch_seconds[prefix] += time.perf_counter() - started
+    results = {}
+    for prefix in models:
+        results.update({f"{prefix}_one_p50_ms": percentile_ms(latencies[prefix], 50),
+                        f"{prefix}_one_p95_ms": percentile_ms(latencies[prefix], 95),
+                        f"{prefix}_batch32_images_per_s": round(rounds * 32 / batch_seconds[prefix], 1)})
+    return results
+
+
+def test_accuracy(exports: dict, data_dirs: list[str], data: dict, settings) -> dict:
+    """Each export's accuracy on the version's test split (cut as its training cut it), with a 95 % interval."""
+    from catdog_model.data import load_folders, version_splits
+    from catdog_model.data_decisions import DataDecisions
+    from catdog_model.reports import wilson_interval
+
+    test = version_splits(DataDecisions(settings.data_dir).apply(load_folders(data_dirs)).examples, data).test
+    results = {"test_images": len(test)}
+    for prefix, model in exports.items():
+        p_dog = np.concatenate([model.run(np.stack([model.decode(example.content) for example in test[start:start + 32]]))[0]
+                                for start in range(0, len(test), 32)])
+        right = int(sum((p >= 0.5) == (example.label == "dog") for p, example in zip(p_dog, test)))
+        low, high = wilson_interval(right, len(test))
+        results[f"{prefix}_test_accuracy"] = round(right / len(test), 4)
+        results[f"{prefix}_test_accuracy_95"] = [round(low, 4), round(high, 4)]
+    return results
 
 
 def percentile_ms(seconds: list[float], percent: float) -> float:
@@ -89,9 +124,16 @@ def main(argv: list[str] | None = None) -> None:
         photos = [example.data for example in dataset.examples[:256]] if dataset else generated_jpegs(256)
         results["images"] = "real photos" if dataset else "generated JPEGs"
 
-        serving = ServingModel.load(hub.download(classifier.version), classifier.version)  # as the app serves it
-        for prefix, model in (("predict", classifier), ("serve", serving)):
-            results.update(time_predictions(model, photos, arguments.repeats, prefix))
+        folder = hub.download(classifier.version)
+        exports = {"serve": ServingModel.load(folder, classifier.version)}  # as the app serves it
+        int8 = ServingModel.load(folder, classifier.version, precision="int8")
+        if int8.precision == "int8":
+            exports["serve_int8"] = int8
+        results.update(time_predictions({"predict": classifier}, photos, arguments.repeats))
+        results.update(time_predictions(exports, photos, arguments.repeats))
+        if arguments.test_data_dir:
+            results.update(test_accuracy(exports, arguments.test_data_dir, hub.metrics(classifier.version)["data"],
+                                         settings))
         started = time.perf_counter()
         decoded = np.stack([load_image(data, size=classifier.spec.image_size) for data in photos])
         results["decode_images_per_s"] = round(len(photos) / (time.perf_counter() - started), 1)

@@ -59,6 +59,14 @@ def _database_url() -> str | None:
     return value
 
 
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    """One of choices (the first by default)."""
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ServiceError(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
+
+
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name, "").strip().lower()
     return default if value == "" else value in ("1", "true", "yes", "on")
@@ -93,6 +101,7 @@ class Settings:
     reload_seconds: float
     noop_model: bool
     serving_threads: int
+    serving_precision: str  # "fp32": model.onnx; "int8": model.int8.onnx where the version has one
     promotion_tolerance: float
     trusted_data_dir: Path | None
     gate_min_images: int
@@ -147,6 +156,7 @@ class Settings:
             reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0),
             noop_model=_flag("CATDOG_NOOP_MODEL", False),
             serving_threads=_number("CATDOG_SERVING_THREADS", 1, int),
+            serving_precision=_choice("CATDOG_SERVING_PRECISION", ("fp32", "int8")),
             trusted_data_dir=_path("CATDOG_TRUSTED_DATA_DIR", None),
             gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),

@@ -7,6 +7,7 @@
             README.md        the model card, written when the version is pushed (CARD_FILE)
             metrics.json     test metrics, data, training history (METRICS_FILE)
             model.onnx       the serving export: image in, p(dog) and the embedding out (ONNX_FILE)
+            model.int8.onnx  the same, quantized to int8; optional (INT8_ONNX_FILE)
             head.weights.h5  the head's Keras weights (HEAD_WEIGHTS_FILE)
             model.keras      backbone and head, for a fine-tuned version or on the Hugging Face Hub (FULL_MODEL_FILE)
             novelty.npz      the training embeddings' summary for the *unfamiliar* flag (NOVELTY_FILE)
@@ -17,6 +18,7 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
 HEAD_WEIGHTS_FILE = "head.weights.h5"
 FULL_MODEL_FILE = "model.keras"
 NOVELTY_FILE = "novelty.npz"

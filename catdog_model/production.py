@@ -68,7 +68,11 @@ class Production:
         version = self.hub.resolve(revision)
         # One inference thread (CATDOG_SERVING_THREADS) leaves the other core to the web server's own work.
         model = ServingModel.load(self.hub.download(version), version, threads=self.settings.serving_threads,
+                                  precision=self.settings.serving_precision,
                                   low_confidence=self.settings.low_confidence, limits=self.limits)
+        if model.precision != self.settings.serving_precision:
+            logger.warning("%s has no int8 export (CATDOG_SERVING_PRECISION=int8): serving its float export; "
+                           "publish one with `catdog export --version %s --int8 --data-dir …`.", version, version)
         # The first call allocates ONNX Runtime's buffers: pay it here, not in a request.
         model.run(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
         return model
@@ -179,4 +183,4 @@ class Production:
     def health(self) -> dict:
         model = self.model
         return {"status": "ok" if model else "not ready", "model_loaded": model is not None,
-                "model_version": model.version if model else None}
+                "model_version": model.version if model else None, "precision": model.precision if model else None}

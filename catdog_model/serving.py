@@ -17,7 +17,7 @@ from .config import DEFAULT_LOW_CONFIDENCE
 from .errors import CatdogError
 from .images import DEFAULT_LIMITS, ImageLimits, load_image
 from .novelty import NoveltyDetector
-from .layout import CONFIG_FILE, NOVELTY_FILE, ONNX_FILE
+from .layout import CONFIG_FILE, INT8_ONNX_FILE, NOVELTY_FILE, ONNX_FILE
 from .prediction import Prediction, make_prediction
 
 
@@ -135,9 +135,13 @@ class ServingModel(ImageModel):
         self.directory = directory
         self._head = None
         self.image_size = image_size
+        self.precision = "fp32"  # or "int8": which of the version's exports this session runs
 
     @classmethod
-    def load(cls, directory: Path, version: str | None = None, threads: int = 1, **options) -> "ServingModel":
+    def load(cls, directory: Path, version: str | None = None, threads: int = 1, precision: str = "fp32",
+             **options) -> "ServingModel":
+        """precision "int8": the version's model.int8.onnx where it has one, else its model.onnx (`precision`
+        of the loaded model says which)."""
         directory = Path(directory)
         config = read_config(directory)
         if ONNX_FILE not in config["files"]:
@@ -145,11 +149,14 @@ class ServingModel(ImageModel):
                                  f"`python -m catdog export --version {version or directory.name}` "
                                  "(same weights and metrics, a new version).")
         novelty = NoveltyDetector.load(directory / NOVELTY_FILE) if NOVELTY_FILE in config["files"] else None
+        served = INT8_ONNX_FILE if precision == "int8" and INT8_ONNX_FILE in config["files"] else ONNX_FILE
         try:
-            session = onnx_session(directory / ONNX_FILE, threads)
+            session = onnx_session(directory / served, threads)
         except Exception as error:  # ONNX Runtime raises its own types for a bad file
-            raise ModelLoadError(f"{directory.name}: cannot read {ONNX_FILE} ({error}).") from None
-        return cls(session, int(config["backbone"]["image_size"]), version, novelty, directory=directory, **options)
+            raise ModelLoadError(f"{directory.name}: cannot read {served} ({error}).") from None
+        model = cls(session, int(config["backbone"]["image_size"]), version, novelty, directory=directory, **options)
+        model.precision = "int8" if served == INT8_ONNX_FILE else "fp32"
+        return model
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(dog) and embeddings of uint8 images (N, size, size, 3)."""

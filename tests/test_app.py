@@ -34,7 +34,8 @@ def get_json(url: str) -> dict:
 
 def test_health_status_and_every_endpoint_listed(server, shipped):
     url, service = server
-    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": shipped.production()}
+    assert get_json(url + "health") == {"status": "ok", "model_loaded": True, "model_version": shipped.production(),
+                                     "precision": "fp32"}
     assert get_json(url + "api/status")["versions"] == shipped.versions()
     endpoints = set(get_json(url + "gradio_api/info")["named_endpoints"])
     for name in ("predict", "explain", "predict_batch", "upload_training_data", "retrain", "retrain_status",

@@ -88,7 +88,7 @@ def test_kill_during_retraining(tmp_path, small_photo_dir):
     restarted = App(env)
     try:
         assert json.loads(urllib.request.urlopen(restarted.url + "/health").read()) == {
-            "status": "ok", "model_loaded": True, "model_version": production}
+            "status": "ok", "model_loaded": True, "model_version": production, "precision": "fp32"}
         stats = Client(restarted.url, verbose=False).predict(api_name="/dataset_stats")
         assert stats["uploads"] == {"cat": 30, "dog": 30}
     finally:

@@ -195,7 +195,7 @@ def test_kill_9_of_the_server_while_its_retraining_publishes(tmp_path, cache_dir
     restarted = Served(env)
     try:
         assert get_json(restarted.url + "/health") == {"status": "ok", "model_loaded": True,
-                                                       "model_version": production}
+                                                       "model_version": production, "precision": "fp32"}
         assert predict_rest(restarted.url, photos(small_photo_dir / "dogs", 1)[0])["version"] == production
         client = Client(restarted.url, verbose=False)
         status = client.predict("", api_name="/retrain")  # a new retraining can start

@@ -172,7 +172,8 @@ def test_a_correction_joins_the_uploads_held_for_review_when_production_was_sure
 
 def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, cache_dir):
     service = Service(make_settings(tmp_path, cache_dir)).start()
-    assert service.health() == {"status": "not ready", "model_loaded": False, "model_version": None}
+    assert service.health() == {"status": "not ready", "model_loaded": False, "model_version": None,
+                                "precision": None}
     assert "no production model yet" in service.load_error
     with pytest.raises(ServiceError, match="No model is loaded: .*no production model yet"):
         service.predict(b"\xff\xd8 any bytes")

@@ -1,0 +1,112 @@
+"""The int8 serving export: ONNX Runtime's static quantization of a version's model.onnx — int8 weights per
+channel, uint8 activations with ranges calibrated on training photos (QDQ) — published beside it as
+model.int8.onnx once it agrees with the float export on the version's validation photos. The input's
+rescaling, the first convolutions, the pooling and the head stay in float: on v5's validation photos,
+quantizing everything lost a point of accuracy, mostly in the first layers (docs/experiments.md). Served when
+CATDOG_SERVING_PRECISION=int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import CatdogError
+from .export import ExportError
+
+CALIBRATION_PHOTOS = 200  # ONNX Runtime keeps every photo's activations until the end: ~30 MB a photo here
+FLOAT_CONVOLUTIONS = 9  # the first convolutions, from the input: 1 and 8 more, chosen on validation
+FLOAT_NODES = ("rescaling", "global_average_pooling", "head_")  # kept in float too, by the node's name
+MIN_AGREEMENT = 0.99  # of the check photos' labels, int8 against float
+MAX_P_DOG_DIFFERENCE = 0.75  # on any check photo: a borderline photo may flip, a confident answer may not reverse
+
+
+def float_nodes(model, float_convolutions: int = FLOAT_CONVOLUTIONS) -> list[str]:
+    """The nodes of an ONNX model that stay in float: those named in FLOAT_NODES, and its first
+    float_convolutions convolutions (an ONNX graph lists its nodes in order)."""
+    convolutions = [node.name for node in model.graph.node if node.op_type == "Conv"][:float_convolutions]
+    return [node.name for node in model.graph.node if any(part in node.name for part in FLOAT_NODES)] + convolutions
+
+
+def quantize_export(fp32: Path, int8: Path, calibration: Iterable[np.ndarray],
+                    float_convolutions: int = FLOAT_CONVOLUTIONS) -> None:
+    """Write int8 from the float export fp32, activation ranges from the calibration images (uint8 arrays
+    (size, size, 3))."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Photos(CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(calibration)
+
+        def get_next(self):
+            image = next(self.images, None)
+            return None if image is None else {"image": image[np.newaxis]}
+
+    prepared = Path(int8).with_suffix(".prepared.onnx")
+    try:
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(int8), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=float_nodes(onnx.load(str(prepared)), float_convolutions))
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def version_photos(metrics: dict, data_dirs: list[str], settings) -> tuple[list, list]:
+    """The photos that calibrate (CALIBRATION_PHOTOS of the version's training split, drawn by its seed) and
+    check (its validation split) an int8 export: Examples, cut as its training cut the folders."""
+    import random
+
+    from .data import load_folders, version_splits
+    from .data_decisions import DataDecisions
+    from .errors import ServiceError
+
+    splits = version_splits(DataDecisions(settings.data_dir).apply(load_folders(data_dirs)).examples, metrics["data"])
+    if not splits.train or not splits.validation:
+        raise ServiceError(f"{' + '.join(data_dirs)} gives this version no training or validation photos: give "
+                           f"the folders it was trained on ({metrics['data']['source']}).")
+    sample = random.Random(metrics["data"]["split_seed"]).sample(splits.train,
+                                                                 min(CALIBRATION_PHOTOS, len(splits.train)))
+    return sample, splits.validation
+
+
+def decoded(examples, size: int, limits) -> Iterable[np.ndarray]:
+    """The examples' images at the model's input size, one at a time; those that do not decode left out."""
+    from .images import InvalidImage, load_image
+
+    for example in examples:
+        try:
+            yield load_image(example.content, size=size, limits=limits)
+        except InvalidImage:
+            continue
+
+
+def compare_exports(fp32: Path, int8: Path, photos: np.ndarray) -> dict:
+    """How the int8 export answers against the float one on photos: label agreement and |Δ p(dog)|."""
+    from .serving import onnx_session
+
+    answers = [np.concatenate([onnx_session(path, threads=0).run(["p_dog"], {"image": photos[start:start + 32]})[0]
+                               for start in range(0, len(photos), 32)]) for path in (fp32, int8)]
+    difference = np.abs(answers[0] - answers[1])
+    return {"photos": len(photos), "agreement": round(float(np.mean((answers[0] >= 0.5) == (answers[1] >= 0.5))), 4),
+            "max_p_dog_difference": round(float(difference.max()), 4),
+            "mean_p_dog_difference": round(float(difference.mean()), 5)}
+
+
+def check_int8(fp32: Path, int8: Path, photos: np.ndarray) -> dict:
+    """compare_exports, and ExportError when the int8 export disagrees: fewer than MIN_AGREEMENT of the labels,
+    or a photo's p(dog) moved by more than MAX_P_DOG_DIFFERENCE."""
+    if len(photos) == 0:
+        raise CatdogError("The int8 export needs photos to be checked on; none were given.")
+    compared = compare_exports(fp32, int8, photos)
+    if compared["agreement"] < MIN_AGREEMENT or not compared["max_p_dog_difference"] <= MAX_P_DOG_DIFFERENCE:
+        raise ExportError(f"The int8 export agrees with the float export on {compared['agreement']:.1%} of "
+                          f"{compared['photos']} photos (at least {MIN_AGREEMENT:.0%} needed), p(dog) moving by "
+                          f"up to {compared['max_p_dog_difference']:.2f} (at most {MAX_P_DOG_DIFFERENCE} allowed); "
+                          "it was not published.")
+    return compared

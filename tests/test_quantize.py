@@ -1,0 +1,115 @@
+"""The int8 serving export: quantized from a version's model.onnx, checked against it on real photos before it
+is published, refused when it disagrees, and served only when asked for (CATDOG_SERVING_PRECISION=int8)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from catdog_model.config import PROJECT_ROOT
+from catdog_model.export import ExportError
+from catdog_model.images import load_image
+from catdog_model.layout import INT8_ONNX_FILE, ONNX_FILE
+from catdog_model.quantize import check_int8, quantize_export
+from catdog_model.serving import ServingModel
+from tests.conftest import PRODUCTION, REPOSITORY_HUB
+from tests.test_cli import run
+
+SIZE = 288  # the shipped production's input
+
+
+def photos(folder, count: int) -> np.ndarray:
+    paths = sorted((folder / "cats").iterdir())[:count // 2] + sorted((folder / "dogs").iterdir())[:count // 2]
+    return np.stack([load_image(path.read_bytes(), size=SIZE) for path in paths])
+
+
+@pytest.fixture(scope="module")
+def production_export():
+    export = REPOSITORY_HUB.download(PRODUCTION) / ONNX_FILE
+    assert json.loads((export.parent / "config.json").read_text())["backbone"]["image_size"] == SIZE
+    return export
+
+
+def test_an_int8_export_calibrated_on_photos_agrees_with_the_float_export(production_export, small_photo_dir,
+                                                                          tmp_path):
+    quantize_export(production_export, tmp_path / INT8_ONNX_FILE, iter(photos(small_photo_dir, 20)))
+    checked = check_int8(production_export, tmp_path / INT8_ONNX_FILE, photos(small_photo_dir, 60)[10:])
+    assert checked["photos"] == 50 and checked["agreement"] >= 0.98
+    assert (tmp_path / INT8_ONNX_FILE).stat().st_size < production_export.stat().st_size / 2
+
+
+def test_the_check_refuses_an_int8_export_that_disagrees(production_export, small_photo_dir, tmp_path):
+    # Calibrated on black pictures, every activation range is nearly empty: the export answers nonsense.
+    black = (np.zeros((SIZE, SIZE, 3), np.uint8) for _ in range(4))
+    quantize_export(production_export, tmp_path / INT8_ONNX_FILE, black)
+    with pytest.raises(ExportError, match=r"The int8 export agrees with the float export on .* of 60 photos .* "
+                                          "it was not published"):
+        check_int8(production_export, tmp_path / INT8_ONNX_FILE, photos(small_photo_dir, 60))
+
+
+def test_int8_is_served_only_when_asked_for_and_where_the_version_has_it(production_export, small_photo_dir,
+                                                                        tmp_path):
+    version = tmp_path / "version"
+    shutil.copytree(production_export.parent, version)
+    assert ServingModel.load(version, precision="int8").precision == "fp32"  # the version has no int8 export
+    quantize_export(production_export, version / INT8_ONNX_FILE, iter(photos(small_photo_dir, 20)))
+    config = json.loads((version / "config.json").read_text())
+    from catdog_model.backbone import file_sha256
+
+    config["files"][INT8_ONNX_FILE] = file_sha256(version / INT8_ONNX_FILE)
+    (version / "config.json").write_text(json.dumps(config))
+    assert ServingModel.load(version).precision == "fp32"
+    int8 = ServingModel.load(version, precision="int8")
+    dog = sorted((small_photo_dir / "dogs").iterdir())[-1].read_bytes()
+    assert int8.precision == "int8" and int8.predict_one(dog).label == "dog"
+
+
+@pytest.mark.heavy
+def test_catdog_export_int8_publishes_a_checked_int8_export_without_tensorflow(small_photo_dir, env, tmp_path):
+    shutil.copytree(PROJECT_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
+    environment = {**env, "CATDOG_DATA_DIR": str(tmp_path / "data")}
+    published = json.loads(run(["catdog", "export", "--version", PRODUCTION, "--int8", "--data-dir",
+                                str(small_photo_dir)], environment).stdout)
+    version = tmp_path / "models" / REPOSITORY_HUB.repo.name / published["version"]
+    files = json.loads((version / "config.json").read_text())["files"]
+    assert INT8_ONNX_FILE in files and ONNX_FILE in files
+    assert (version / ONNX_FILE).read_bytes() == (REPOSITORY_HUB.download(PRODUCTION) / ONNX_FILE).read_bytes()
+    int8 = json.loads((version / "metrics.json").read_text())["int8"]
+    assert int8 == published["int8"] and int8["checked_on"] == "validation split" and int8["agreement"] >= 0.98
+
+
+def test_the_app_serves_int8_when_the_setting_asks_and_says_so_in_health(production_export, small_photo_dir,
+                                                                         settings, tmp_path):
+    import dataclasses
+
+    from catdog_model.classifier import seal_version_files
+    from catdog_model.hub import LocalHub
+    from catdog_model.service import Service
+
+    shutil.copytree(PROJECT_ROOT / "models", settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    hub = LocalHub(settings.models_dir, settings.model_name)
+    version = tmp_path / "with-int8"
+    shutil.copytree(production_export.parent, version, ignore=shutil.ignore_patterns("README.md"))
+    for path in version.iterdir():
+        path.chmod(0o644)
+    quantize_export(production_export, version / INT8_ONNX_FILE, iter(photos(small_photo_dir, 20)))
+    seal_version_files(version)
+    hub.promote(hub.push(version, write_card=lambda name: f"# {name}\n"))
+    for precision in ("fp32", "int8"):
+        service = Service(dataclasses.replace(settings, serving_precision=precision)).start()
+        try:
+            assert service.health()["precision"] == precision
+        finally:
+            service.close()
+
+
+def test_a_precision_that_does_not_exist_is_refused_with_the_choices(monkeypatch):
+    from catdog_model.config import Settings
+    from catdog_model.errors import ServiceError
+
+    monkeypatch.setenv("CATDOG_SERVING_PRECISION", "int4")
+    with pytest.raises(ServiceError, match="CATDOG_SERVING_PRECISION='int4' is not one of fp32, int8"):
+        Settings.from_env()
