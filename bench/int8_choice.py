@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         size = json.loads((folder / "config.json").read_text())["backbone"]["image_size"]
         limits = ImageLimits.from_settings(settings)
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
-        images = np.stack(list(decoded(validation, size, limits)))
-        truth = np.array([example.label == "dog" for example in validation])  # every validation photo decodes
+        kept = [(image, example.label == "dog") for example in validation for image in decoded([example], size, limits)]
+        images, truth = np.stack([image for image, _ in kept]), np.array([dog for _, dog in kept])
         float_answers = answers(folder / ONNX_FILE, images)
         rows = [{"float_convolutions": "all (the float export)",
                  "validation_accuracy": round(float(np.mean((float_answers >= 0.5) == truth)), 4),

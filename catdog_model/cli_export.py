@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .cli import open_version, user_errors
 from .layout import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE
-from .serving import read_config_files
+from .quantize import CALIBRATION_PHOTOS
+from .serving import read_config, read_config_files
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -31,6 +32,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", action="append", default=[],
                         help="for --int8: the folders the version was trained on (its training photos calibrate, "
                              "its validation photos check); repeat for more")
+    parser.add_argument("--calibration-photos", type=int, default=CALIBRATION_PHOTOS,
+                        help=f"for --int8: training photos that set the activation ranges (default "
+                             f"{CALIBRATION_PHOTOS}; each holds ~30 MB of memory while quantizing)")
     parser.add_argument("--promote", action="store_true", help="make the new version production")
     arguments = parser.parse_args(argv)
     if arguments.int8 and not arguments.data_dir:
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings, hub, source = open_version(arguments.version)
         reuse_export = arguments.int8 and ONNX_FILE in read_config_files(hub.download(source))
+        if reuse_export:
+            read_config(hub.download(source))  # its files as written: a changed one is refused, never re-sealed
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder) / "version"
             dropped = (CARD_FILE, INT8_ONNX_FILE) + (() if reuse_export else (ONNX_FILE,))
@@ -57,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
                 from .export import export_onnx
 
                 export_onnx(load_classifier(hub, source, settings), folder)
+            metrics.pop("int8", None)  # the source's int8 check, of a file this copy does not keep
             if arguments.int8:
-                metrics["int8"] = result["int8"] = export_int8(folder, metrics, arguments.data_dir, settings)
+                metrics["int8"] = result["int8"] = export_int8(folder, metrics, arguments.data_dir, settings,
+                                                               arguments.calibration_photos)
             metrics["exported_from"] = source
             metrics["command"] = shlex.join(["python", "-m", "catdog", "export", *argv])
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                      indent=2))
 
 
-def export_int8(folder: Path, metrics: dict, data_dirs: list[str], settings) -> dict:
+def export_int8(folder: Path, metrics: dict, data_dirs: list[str], settings, calibration_photos: int) -> dict:
     """Write folder/model.int8.onnx from folder/model.onnx: calibrated on training photos of the version's own
     split, checked on its validation photos; what the check measured."""
     import numpy as np
@@ -87,9 +95,11 @@ def export_int8(folder: Path, metrics: dict, data_dirs: list[str], settings) -> 
 
     size = json.loads((folder / "config.json").read_text())["backbone"]["image_size"]
     limits = ImageLimits.from_settings(settings)
-    calibration, validation = version_photos(metrics, data_dirs, settings)
+    calibration, validation = version_photos(metrics, data_dirs, settings, calibration_photos)
     quantize_export(folder / ONNX_FILE, folder / INT8_ONNX_FILE, decoded(calibration, size, limits))
-    checked = check_int8(folder / ONNX_FILE, folder / INT8_ONNX_FILE, np.stack(list(decoded(validation, size, limits))))
+    photos = list(decoded(validation, size, limits))
+    checked = check_int8(folder / ONNX_FILE, folder / INT8_ONNX_FILE,
+                         np.stack(photos) if photos else np.zeros((0, size, size, 3), np.uint8))
     return {**checked, "checked_on": "validation split", "calibration_photos": len(calibration)}
 
 

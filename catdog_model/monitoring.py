@@ -81,10 +81,14 @@ class PredictionLog:
     def engine(self):
         """The database's SQLAlchemy engine; the first use opens the database. LogUnavailable if it cannot, and
         at once while another thread is opening it: an open can wait seconds on a database that is down, or on
-        another replica upgrading the schema, and no read or close() waits behind it."""
+        another replica upgrading the schema, and no read or close() waits behind it. (The writer thread does
+        wait, in _insert: its own error, not another thread's open, is what /api/status shows.)"""
+        return self._open(wait=False)
+
+    def _open(self, wait: bool):
         if self._engine is not None:
             return self._engine
-        if not self._opening.acquire(blocking=False):
+        if not self._opening.acquire(blocking=wait):
             raise LogUnavailable(self.last_error or "The prediction log's database is being opened.")
         try:
             if self._engine is None:
@@ -181,7 +185,7 @@ class PredictionLog:
         from . import log_database
 
         with log_database.reaching(self.url):
-            log_database.insert_predictions(self.engine, rows)
+            log_database.insert_predictions(self._open(wait=True), rows)
 
     def _failed(self, error: LogUnavailable) -> None:
         if str(error) != self.last_error:

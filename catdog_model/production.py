@@ -25,6 +25,8 @@ class ConstantModel(ImageModel):
     """CATDOG_NOOP_MODEL=1, for load tests only: the same app and endpoint with no decoding and no inference,
     to measure what serving costs by itself."""
 
+    precision = "none"
+
     def __init__(self):
         super().__init__("noop", None, DEFAULT_LOW_CONFIDENCE, DEFAULT_LIMITS)
 

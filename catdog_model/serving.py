@@ -25,13 +25,20 @@ class ModelLoadError(CatdogError, RuntimeError):
     """A model version's files are missing, corrupt or inconsistent."""
 
 
+# A version may list it and still serve without it (CATDOG_SERVING_PRECISION=int8 falls back to model.onnx).
+ALWAYS_OPTIONAL = (INT8_ONNX_FILE,)
+
+
 def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
-    """config.json, after checking every file it lists against its sha256 (files in `optional` may be absent)."""
+    """config.json, after checking every file it lists against its sha256. Files in `optional` (and
+    ALWAYS_OPTIONAL) may be missing or damaged: they are then left out of the config's "files"."""
     directory = Path(directory)
     config = _listed(directory)
-    for name, sha in config["files"].items():
+    for name, sha in list(config["files"].items()):
         path = directory / name
-        if not path.is_file() and name in optional:
+        if name in optional + ALWAYS_OPTIONAL:
+            if not path.is_file() or file_sha256(path) != sha:
+                del config["files"][name]
             continue
         if not path.is_file():
             # The repository keeps the full-model files of its production version only.
@@ -76,6 +83,7 @@ class ImageModel:
     the model (run() gives p(dog) and embeddings), and turn the answers into flagged Predictions."""
 
     image_size: int
+    precision = "fp32"  # a ServingModel's is "int8" when it runs the version's model.int8.onnx
 
     def __init__(self, version: str | None, novelty: NoveltyDetector | None, low_confidence: float,
                  limits: ImageLimits):
@@ -135,7 +143,6 @@ class ServingModel(ImageModel):
         self.directory = directory
         self._head = None
         self.image_size = image_size
-        self.precision = "fp32"  # or "int8": which of the version's exports this session runs
 
     @classmethod
     def load(cls, directory: Path, version: str | None = None, threads: int = 1, precision: str = "fp32",

@@ -110,7 +110,9 @@ def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
     def stored_files() -> int:  # complete ones: a file being written is a .tmp until it is renamed
         return sum(path.is_file() and path.suffix != ".tmp" for path in (tmp_path / "data" / "uploads").rglob("*"))
 
-    wait_for(lambda: stored_files() > 10, seconds=120, every=0.005)  # the second batch has begun to land
+    # The second batch has begun to land (or its call failed: then say how).
+    wait_for(lambda: stored_files() > 10 or errors, seconds=120, every=0.005)
+    assert stored_files() > 10, f"the second upload failed before storing a file: {errors}"
     kill(app)
     uploading.join(timeout=60)
 
