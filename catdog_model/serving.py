@@ -30,15 +30,16 @@ ALWAYS_OPTIONAL = (INT8_ONNX_FILE,)
 
 
 def read_config(directory: Path, optional: tuple[str, ...] = ()) -> dict:
-    """config.json, after checking every file it lists against its sha256. Files in `optional` (and
-    ALWAYS_OPTIONAL) may be missing or damaged: they are then left out of the config's "files"."""
+    """config.json, after checking every file it lists against its sha256. Files in `optional` may be missing;
+    those in ALWAYS_OPTIONAL missing or damaged, and are then left out of the config's "files" (never served)."""
     directory = Path(directory)
     config = _listed(directory)
     for name, sha in list(config["files"].items()):
         path = directory / name
-        if name in optional + ALWAYS_OPTIONAL:
-            if not path.is_file() or file_sha256(path) != sha:
-                del config["files"][name]
+        if name in ALWAYS_OPTIONAL and (not path.is_file() or file_sha256(path) != sha):
+            del config["files"][name]
+            continue
+        if not path.is_file() and name in optional:
             continue
         if not path.is_file():
             # The repository keeps the full-model files of its production version only.
