@@ -19,7 +19,7 @@ import numpy as np
 from catdog_model.cli import open_version, user_errors
 from catdog_model.images import ImageLimits
 from catdog_model.layout import ONNX_FILE
-from catdog_model.quantize import FLOAT_CONVOLUTIONS, decoded, quantize_export, version_photos
+from catdog_model.quantize import FLOAT_CONVOLUTIONS, agreement, decoded, p_dog, quantize_export, version_photos
 from catdog_model.serving import onnx_session
 
 
@@ -38,12 +38,6 @@ def speed(path: Path, images: np.ndarray) -> dict:
             "batch32_images_per_s": round(320 / (time.perf_counter() - started), 1)}
 
 
-def answers(path: Path, images: np.ndarray) -> np.ndarray:
-    session = onnx_session(path, threads=0)
-    return np.concatenate([session.run(["p_dog"], {"image": images[start:start + 64]})[0]
-                           for start in range(0, len(images), 64)])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.int8_choice", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", action="append", required=True, help="the folders the version was trained on")
@@ -60,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
         kept = [(image, example.label == "dog") for example in validation for image in decoded([example], size, limits)]
         images, truth = np.stack([image for image, _ in kept]), np.array([dog for _, dog in kept])
-        float_answers = answers(folder / ONNX_FILE, images)
+        float_answers = p_dog(folder / ONNX_FILE, images)
         rows = [{"float_convolutions": "all (the float export)",
                  "validation_accuracy": round(float(np.mean((float_answers >= 0.5) == truth)), 4),
                  **speed(folder / ONNX_FILE, images)}]
@@ -68,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
             with tempfile.TemporaryDirectory() as temporary:
                 int8 = Path(temporary) / "model.int8.onnx"
                 quantize_export(folder / ONNX_FILE, int8, decoded(calibration, size, limits), count)
-                int8_answers = answers(int8, images)
+                int8_answers = p_dog(int8, images)
+                compared = agreement(float_answers, int8_answers)
                 rows.append({"float_convolutions": count,
                              "validation_accuracy": round(float(np.mean((int8_answers >= 0.5) == truth)), 4),
-                             "agreement": round(float(np.mean((int8_answers >= 0.5) == (float_answers >= 0.5))), 4),
-                             "max_p_dog_difference": round(float(np.abs(int8_answers - float_answers).max()), 3),
-                             **speed(int8, images)})
+                             "agreement": compared["agreement"],
+                             "max_p_dog_difference": compared["max_p_dog_difference"], **speed(int8, images)})
     if arguments.json:
         print(json.dumps({"version": version, "validation_photos": len(images), "rows": rows}))
         return

@@ -20,10 +20,10 @@ from .cli import ProgressBars, open_version, user_errors
 from .data import Dataset, deduplicate, load_folders
 from .data_decisions import DataDecisions
 from .data_issues import DEFAULT_FOLDS, contact_sheet, find_data_issues, refuse_too_few_photos, summary
-from .embeddings import EmbeddingCache, embed_images
 from .hub import PRODUCTION
 from .images import ImageLimits
 from .serving import ModelLoadError
+from .training import embed_examples, embedding_cache
 
 TABLE_FILE, REPORT_FILE, SHEET_FILE = "data_issues.csv", "data_issues.json", "contact_sheet.png"
 
@@ -67,13 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         dataset = DataDecisions(settings.data_dir).apply(deduplicate(examples))
         refuse_too_few_photos(dataset.examples, arguments.folds)  # before minutes of embedding, not after
         progress = ProgressBars()
-        embeddings, rejected = embed_images(backbone, [(example.sha256, example.content)
-                                                       for example in dataset.examples],
-                                            EmbeddingCache.in_folder(settings.cache_dir), progress=progress)
+        embeddings, kept, rejected = embed_examples(backbone, dataset.examples, embedding_cache(settings),
+                                                    ("original",), progress)
         progress.close()
-        kept = [example for example in dataset.examples if example.sha256 not in rejected]
-        rejected = {example.source: rejected[example.sha256] for example in dataset.examples
-                    if example.sha256 in rejected}
         suspects = find_data_issues(kept, embeddings["original"], folds=arguments.folds)
         report = {"version": version, "backbone": backbone.spec.id,
                   "data": " + ".join(arguments.data_dir + ["uploads"] * arguments.uploads),

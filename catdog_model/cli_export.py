@@ -48,13 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {}
     with user_errors():
         settings, hub, source = open_version(arguments.version)
-        reuse_export = arguments.int8 and ONNX_FILE in read_config_files(hub.download(source))
+        source_folder = hub.download(source)
+        reuse_export = arguments.int8 and ONNX_FILE in read_config_files(source_folder)
         if reuse_export:
-            read_config(hub.download(source))  # its files as written: a changed one is refused, never re-sealed
+            read_config(source_folder)  # its files as written: a changed one is refused, never re-sealed
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder) / "version"
             dropped = (CARD_FILE, INT8_ONNX_FILE) + (() if reuse_export else (ONNX_FILE,))
-            shutil.copytree(hub.download(source), folder, ignore=shutil.ignore_patterns(*dropped))
+            shutil.copytree(source_folder, folder, ignore=shutil.ignore_patterns(*dropped))
             for path in folder.iterdir():
                 path.chmod(0o644)
             metrics = json.loads((folder / METRICS_FILE).read_text())

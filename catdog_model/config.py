@@ -48,14 +48,16 @@ def _number(name: str, default: float, kind: type = float):
         raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
 
 
+DATABASE_URL_EXAMPLES = "sqlite:///path/to/file.sqlite or postgresql+psycopg://user:password@host/database"
+
+
 def _database_url() -> str | None:
     # Only its form is checked here: the database is opened on the prediction log's first use (monitoring).
     value = os.environ.get("CATDOG_DATABASE_URL") or None
     if value is not None and not re.fullmatch(r"sqlite(\+\w+)?:///\S+|postgresql(\+\w+)?://\S+", value):
         without_password = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
         raise ServiceError(f"CATDOG_DATABASE_URL is not a database URL for SQLite or PostgreSQL "
-                           f"({without_password!r}); use sqlite:///path/to/file.sqlite or "
-                           "postgresql+psycopg://user:password@host/database.")
+                           f"({without_password!r}); use {DATABASE_URL_EXAMPLES}.")
     return value
 
 

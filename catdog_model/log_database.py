@@ -15,6 +15,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 
 from . import LABELS
+from .config import DATABASE_URL_EXAMPLES
 from .errors import LogUnavailable
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,8 @@ def open_engine(url: str) -> sa.Engine:
             return sa.create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4, pool_timeout=10,
                                     connect_args={"connect_timeout": 3})
     except sa.exc.ArgumentError as error:  # not a URL, or no driver for it here
-        raise LogUnavailable(f"CATDOG_DATABASE_URL cannot be opened ({error}); use sqlite:///path/to/file.sqlite "
-                             "or postgresql+psycopg://user:password@host/database.") from None
+        raise LogUnavailable(f"CATDOG_DATABASE_URL cannot be opened ({error}); use {DATABASE_URL_EXAMPLES}.") \
+            from None
     if parsed.database:
         try:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
