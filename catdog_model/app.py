@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from . import LABELS, cli
 from .config import Settings
+from .data_review import DEFAULT_TOP, review_sentence
 from .monitoring import WINDOWS
 from .errors import ServiceError, public_message
 from .gradio_sessions import share_session_config
@@ -138,6 +139,32 @@ def build_demo(service: Service) -> gr.Blocks:
     def choose_photo(hashes: list[str], selected: gr.SelectData) -> str | None:
         return hashes[selected.index] if isinstance(selected.index, int) and 0 <= selected.index < len(hashes) \
             else None
+
+    @as_gradio_errors
+    def find_data_issues(token: str, progress=gr.Progress()):
+        """The likeliest problems among the labelled photos: their thumbnails, hashes and what was found."""
+        service.check_token(token)  # uploads are users' photos: for admins only
+        review = service.review_data(DEFAULT_TOP, lambda stage, done, total: progress((done, total), desc=stage))
+        return (gr.Gallery(service.data_review.gallery(review), selected_index=None),
+                [suspect.sha256 for suspect in review.suspects], None, review_sentence(review))
+
+    @as_gradio_errors
+    def decide_photo(sha256: str | None, action: str, token: str) -> str:
+        service.check_token(token)
+        if not sha256:
+            raise ServiceError("Choose a photo among the data issues first: click one (programs: a sha256 from "
+                               "/data_issues).")
+        return service.data_review.decide(sha256, action)
+
+    @as_gradio_errors
+    def data_issues_shown():
+        """The last ranking again, each photo's decision since in its caption."""
+        return service.data_review.gallery(service.data_review.last())
+
+    def data_issues_report(token: str, top: int) -> dict:
+        service.check_token(token)
+        review = service.review_data(top)
+        return {**review.report, "suspects": [suspect.as_row() for suspect in review.suspects]}
 
     @as_gradio_errors
     def retrain(token: str, fine_tune: bool = False) -> dict:
@@ -296,6 +323,31 @@ def build_demo(service: Service) -> gr.Blocks:
                                             [chosen_hash, token], [label_message, stats], api_name=False)
                     clear_on_failure(labelled, label_message)
                     labelled.then(photos_to_label, token, waiting, api_name=False)
+            with gr.Accordion("Data issues: likely label errors, near duplicates and outliers", open=False):
+                gr.Markdown("The base data and the confirmed uploads, as production's backbone sees them, ranked "
+                            "by cleanlab (the first time, embedding them takes minutes). Leave a photo out of "
+                            "training or give it the other label: nothing is deleted, and the next retraining, its "
+                            "gate and `catdog train` follow what you decide.")
+                find_issues_button = gr.Button("Find data issues", size="sm")
+                issues_summary = gr.Markdown()
+                issues_gallery = gr.Gallery(label="Likeliest problems", columns=5, height="auto",
+                                            interactive=False)
+                issue_hashes, chosen_issue = gr.State([]), gr.State(None)
+                with gr.Row():
+                    decision_buttons = [(gr.Button(text, size="sm"), action) for text, action in (
+                        ("Leave it out of training", "exclude"), ("Give it the other label", "relabel"),
+                        ("Take the decision back", "undo"))]
+                decision_message = gr.Markdown()
+                found = find_issues_button.click(find_data_issues, token,
+                                                 [issues_gallery, issue_hashes, chosen_issue, issues_summary],
+                                                 api_name=False)
+                clear_on_failure(found, issues_summary)
+                issues_gallery.select(choose_photo, issue_hashes, chosen_issue, api_name=False)
+                for button, action in decision_buttons:
+                    decided = button.click(lambda chosen, secret, action=action: decide_photo(chosen, action, secret),
+                                           [chosen_issue, token], decision_message, api_name=False)
+                    clear_on_failure(decided, decision_message)
+                    decided.success(data_issues_shown, None, issues_gallery, api_name=False)
             fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
                                           "production's backbone in about a minute)", value=False)
             with gr.Row():
@@ -387,6 +439,16 @@ def build_demo(service: Service) -> gr.Blocks:
         def label_waiting_photo(sha256: str, label: str, token: str = "") -> str:
             """Label a photo waiting for one: cat or dog (it joins training), or discard."""
             return label_photo(sha256, label, token)[0]
+
+        @gr.api(api_name="data_issues")
+        def data_issues(token: str = "", top: int = DEFAULT_TOP) -> dict:
+            """The likeliest label errors, near duplicates and outliers among the labelled photos (admin)."""
+            return as_gradio_errors(data_issues_report)(token, top)
+
+        @gr.api(api_name="decide_photo")
+        def decide_about_photo(sha256: str, action: str, token: str = "") -> str:
+            """Keep a decision about a labelled photo: exclude, relabel (the other label) or undo (admin)."""
+            return decide_photo(sha256, action, token)
 
         @gr.api(api_name="dataset_stats")
         def dataset_stats() -> dict:

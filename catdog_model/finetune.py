@@ -25,6 +25,7 @@ DECODE_PROGRESS_EVERY = 50
 VALIDATION_BATCH_SIZE = 32
 # MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
 LAST_BLOCK = 16
+SCHEDULES = ("plateau", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +38,25 @@ class FineTuneConfig:
     crop_margin: float = option(0.15, "photos are decoded this much larger and randomly cropped back")
     rotation: float = option(0.03, "largest random rotation, as a fraction of a full turn")
     contrast: float = option(0.1, "largest random contrast change")
+    label_smoothing: float = option(0.0, "training targets pulled this far towards 0.5 (0: the labels as given)")
+    schedule: str = option("plateau", "plateau: the rate drops when validation loss stalls and training stops "
+                           "early; cosine: the rate falls along a cosine to 0 over all the epochs",
+                           choices=list(SCHEDULES))
+    average_last: int = option(0, "the model is the mean of the weights after each of the last N epochs "
+                               "(stochastic weight averaging; 0: the best epoch's weights)")
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ServiceError("Fine-tuning epochs and batch size must be at least 1.")
+        if self.schedule not in SCHEDULES:
+            raise ServiceError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}.")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ServiceError(f"label_smoothing must be at least 0 and below 0.5, not {self.label_smoothing}.")
+        if not 0 <= self.average_last <= self.epochs:
+            raise ServiceError(f"average_last must be between 0 and the epochs ({self.epochs}), "
+                               f"not {self.average_last}.")
+        if self.average_last and self.schedule != "cosine":
+            raise ServiceError("average_last needs schedule cosine: early stopping would end the epochs it averages.")
         if not 0 <= self.blocks <= LAST_BLOCK:
             raise ServiceError(f"blocks must be between 0 and {LAST_BLOCK}, not {self.blocks}.")
 
@@ -118,12 +134,20 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     train_data = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
                   .shuffle(len(train_images), seed=seed).repeat().batch(config.batch_size)
                   .map(augmented, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy",
-                  metrics=["accuracy"])
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
-    ]
+    if config.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps)
+        callbacks = []
+    else:
+        learning_rate = config.learning_rate
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
+        ]
+    averaging = _weight_averaging_callback()(config.epochs - config.average_last) if config.average_last else None
+    if averaging:
+        callbacks.append(averaging)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing), metrics=["accuracy"])
     if progress:  # batch by batch, each epoch's validation pass included: an epoch takes a minute or more
         per_epoch = steps + -(-len(validation_images) // VALIDATION_BATCH_SIZE)
 
@@ -166,16 +190,43 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
                        steps_per_epoch=steps, validation_batch_size=VALIDATION_BATCH_SIZE,
                        shuffle=False,  # the dataset shuffles itself
                        callbacks=callbacks, verbose=0)
+    history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
+    if averaging:
+        model.set_weights(averaging.mean())
+        history["averaged_val_loss"] = [float(model.evaluate(validation_images, validation_labels,
+                                                             batch_size=VALIDATION_BATCH_SIZE, verbose=0)[0])]
     # The fine-tuned backbone gets an identity of its own, so no embedding cached for another backbone is used.
     digest = hashlib.sha256(b"".join(np.asarray(weight).tobytes() for weight in backbone_model.get_weights()))
     tuned_spec = dataclasses.replace(spec, fine_tuned=digest.hexdigest()[:16])
     tuned = Classifier(Backbone(tuned_spec, None, classifier.backbone.batch_size, model=backbone_model), head,
                        classifier.head_config, tta=classifier.tta, low_confidence=classifier.low_confidence,
                        limits=classifier.limits)
-    history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
     return tuned, {"config": dataclasses.asdict(config), "unfrozen_layers": len(unfrozen),
                    "epochs_run": len(history.get("loss", [])), "history": history,
                    "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _weight_averaging_callback():
+    import keras
+
+    class WeightAveraging(keras.callbacks.Callback):
+        """The running mean of the model's weights at the end of each epoch from `first` (0-based) on."""
+
+        def __init__(self, first: int):
+            super().__init__()
+            self.first, self.count, self.total = first, 0, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch < self.first:
+                return
+            weights = [np.asarray(weight, dtype=np.float64) for weight in self.model.get_weights()]
+            self.total = weights if self.total is None else [a + b for a, b in zip(self.total, weights)]
+            self.count += 1
+
+        def mean(self) -> list[np.ndarray]:
+            return [(total / self.count).astype(np.float32) for total in self.total]
+
+    return WeightAveraging
 
 
 def embed_views(classifier: Classifier, examples: list[Example], views: tuple[str, ...],

@@ -49,11 +49,21 @@ def hub_dataset(repo: str, endpoint: str | None) -> Dataset:
                            "HF_TOKEN and the network, or set a folder.") from error
 
 
-def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Example]) -> Dataset:
-    """Base data and confirmed uploads, less the trusted photos (a candidate never trains on its judge)."""
+def labelled_examples(settings: Settings, uploads: UploadStore) -> list[Example]:
+    """Every labelled photo a retraining can see, as given (no decision applied): the base data, the confirmed
+    uploads (also those kept in a Hub dataset) and CATDOG_TRUSTED_DATA_DIR's photos."""
     examples = base_examples(settings) + list(uploads.dataset().examples)
     if settings.hub_dataset:  # the uploads, kept in a Hub dataset
         examples += hub_dataset(settings.hub_dataset, settings.hub_endpoint).examples
+    trusted = settings.trusted_data_dir
+    if trusted and trusted.is_dir():
+        examples += load_folder(trusted).examples
+    return examples
+
+
+def training_dataset(settings: Settings, uploads: UploadStore, trusted: list[Example]) -> Dataset:
+    """Base data and confirmed uploads, less the trusted photos (a candidate never trains on its judge)."""
+    examples = labelled_examples(settings, uploads)
     held_out = {example.sha256 for example in trusted}
     return DataDecisions(settings.data_dir).apply(
         deduplicate([example for example in examples if example.sha256 not in held_out]))

@@ -1,7 +1,8 @@
 """What the app calls: serve production (predict, explain, batches; each prediction logged), check the admin
 token, start a retraining in its own process, promote and roll back. It builds and owns the parts that do each
-job — Production (load, swap, follow the alias), PredictionLog, Retrainer, Curation (uploads and labels) and
-Dashboard (what the Metrics and Retrain tabs read) — and starts and closes them together. No TensorFlow here:
+job — Production (load, swap, follow the alias), PredictionLog, Retrainer, Curation (uploads and labels),
+DataReview (likely problems in the labelled photos, and the admins' decisions about them) and Dashboard (what
+the Metrics and Retrain tabs read) — and starts and closes them together. No TensorFlow here:
 models are served from model.onnx."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from .config import Settings
 from .curation import Curation, refuse_too_many_files
 from .dashboard import Dashboard
+from .data_review import DataReview, Review
 from .errors import CatdogError, ServiceError, public_message
 from .data import IMAGE_SUFFIXES
 from .hub import open_hub
@@ -73,6 +75,7 @@ class Service:
         self.curation = Curation(settings, self.limits, self.log, self._doubt_label)
         self.dashboard = Dashboard(self.hub, self.log, self.production, self.retrainer, self.curation,
                                    settings.cache_dir)
+        self.data_review = DataReview(settings, self.limits, self.curation.uploads)
         self._started = self._closed = False
 
     def start(self) -> Service:
@@ -253,6 +256,14 @@ class Service:
         result["promoted"] = promoted
         self.retrainer.state.log.append(f"{result['version']} {'promoted' if promoted else 'not promoted'}: "
                                         f"{result['reason']}")
+
+    def review_data(self, top: int, progress=None) -> Review:
+        """The likeliest problems among the labelled photos, as the served production's backbone sees them."""
+        model = self.production.model
+        if not isinstance(model, ServingModel):
+            raise ServiceError("Data issues are found with production's backbone, and no model is being served: "
+                               "promote a version first.")
+        return self.data_review.find(model.version, self.hub.download(model.version), top, progress)
 
     def example_images(self, per_class: int = 2) -> list[str]:
         folder = self.settings.examples_dir

@@ -117,7 +117,8 @@ def test_a_program_calls_every_endpoint_by_its_documented_parameter_names_withou
                  "/rollback": {}, "/refresh_metrics": {"window": "hour"}, "/metrics": {"window": "hour"},
                  "/versions": {}, "/dataset_stats": {}, "/photos_to_label": {},
                  "/label_photo": {"sha256": "0" * 64, "label": "cat"}, "/retrain": {"fine_tune": False},
-                 "/retrain_status": {}, "/show_retraining": {}, "/retrain_and_follow": {"fine_tune": False}}
+                 "/retrain_status": {}, "/show_retraining": {}, "/retrain_and_follow": {"fine_tune": False},
+                 "/data_issues": {"top": 5}, "/decide_photo": {"sha256": "0" * 64, "action": "exclude"}}
         assert set(calls) == set(documented)  # a new endpoint needs its call here
         answers = {}
         for name, parameters in calls.items():
@@ -131,6 +132,8 @@ def test_a_program_calls_every_endpoint_by_its_documented_parameter_names_withou
         assert answers["/predict"]["label"] == "dog" and answers["/predict_with_details"][0]["label"] == "dog"
         assert answers["/promote"] == f"Production is now {production}."
         assert answers["/label_photo"].startswith("refused: ")  # nothing waits under that sha256
+        assert "needs at least 10 photos of each class" in answers["/data_issues"]  # one uploaded dog
+        assert "No labelled photo has the sha256" in answers["/decide_photo"]
         assert answers["/retrain"]["running"] or answers["/retrain"]["stage"] != "idle"
         assert "at least" in answers["/retrain_and_follow"][1]  # the verdict: too few photos, in a sentence
         assert [name for name, answer in answers.items() if str(answer).startswith("refused")] == ["/label_photo"]

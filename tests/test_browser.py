@@ -239,6 +239,37 @@ def test_suspect_promote_and_rollback_buttons_answer(page):
     expect(rolled_back).to_have_count(0, timeout=30_000)
 
 
+def test_data_issues_are_listed_and_a_photo_relabelled_from_the_list_stays_so_after_a_reload(page):
+    from playwright.sync_api import expect
+
+    def open_data_issues():
+        page.get_by_role("tab", name="Retrain").click()
+        page.get_by_text("Data issues: likely label errors").click()
+        page.get_by_role("button", name="Find data issues").click()
+        summary = page.get_by_text(re.compile(r"[\d,]+ labelled photos.*embedded by v\d+'s backbone"))
+        summary.wait_for(timeout=120_000)
+        return summary
+
+    open_data_issues()
+    page.get_by_role("button", name="Give it the other label").click()
+    page.get_by_text("Choose a photo among the data issues first").first.wait_for(timeout=30_000)
+    first = page.get_by_text(re.compile(r"^#1 ")).first
+    given = re.search(r"given (cat|dog)", first.inner_text()).group(1)
+    other = "cat" if given == "dog" else "dog"
+    first.click()
+    page.get_by_role("button", name="Give it the other label").click()
+    page.get_by_text(re.compile(f"counts as a {other} from now on")).wait_for(timeout=30_000)
+    expect(page.get_by_text(f"NOW A {other.upper()}")).to_have_count(1, timeout=30_000)
+    page.reload()
+    summary = open_data_issues()
+    expect(summary).to_contain_text("(0 left out and 1 relabelled by earlier decisions)")
+    # The relabelled photo is ranked with its new label; found again by its caption, it is given back its own.
+    page.get_by_text(f"NOW A {other.upper()}").first.click()
+    page.get_by_role("button", name="Take the decision back").click()
+    page.get_by_text(re.compile(f"is back as it was given, a {given}")).wait_for(timeout=30_000)
+    expect(page.get_by_text(f"NOW A {other.upper()}")).to_have_count(0, timeout=30_000)
+
+
 def test_classify_all_answers_a_row_a_photo_logged_as_the_tabs_and_says_when_no_photo_was_chosen(
         page, small_photo_dir):
     from gradio_client import Client

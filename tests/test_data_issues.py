@@ -185,3 +185,92 @@ def test_a_retraining_from_the_app_trains_and_is_judged_with_the_decisions_appli
     assert trained_before[0].sha256 not in trained and len(trained) == len(trained_before) - 1
     assert trained[trained_before[1].sha256] == other(trained_before[1].label)
     assert judged[judged_before[0].sha256] == other(judged_before[0].label) and len(judged) == len(judged_before)
+
+
+@pytest.fixture
+def reviewing(small_photo_dir, settings, tmp_path):
+    """A started Service on a copy of the shipped models whose base data is the small folder with four cats filed
+    as dogs and four dogs as cats; and the swapped photos' sources."""
+    from catdog_model.service import Service
+
+    folder, swapped = planted_folder(small_photo_dir, tmp_path, swaps=4)
+    shutil.copytree(PROJECT_ROOT / "models", settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
+    service = Service(dataclasses.replace(settings, base_data_dir=folder, trusted_data_dir=None,
+                                          prepare_embeddings=False)).start()
+    yield service, swapped
+    service.close()
+
+
+def trained_labels(service) -> dict[str, str]:
+    from catdog_model.retrain_data import training_dataset
+
+    return {example.source: example.label
+            for example in training_dataset(service.settings, service.curation.uploads, []).examples}
+
+
+@requires_weights
+def test_the_retrain_tab_lists_planted_label_errors_first_and_an_admin_can_exclude_relabel_and_undo(reviewing):
+    service, swapped = reviewing
+    review = service.review_data(top=10)
+    top = [suspect.source for suspect in review.suspects]
+    assert review.report["photos"] == 60 and len(top) == 10
+    assert len(swapped & set(top)) >= 6, f"swapped photos among the top 10: {top}"
+    captions = [caption for _, caption in service.data_review.gallery(review)]
+    assert captions[0].startswith("#1 label error · given ") and len(captions) == 10
+    first, second = [suspect for suspect in review.suspects if suspect.source in swapped][:2]
+
+    said = service.data_review.decide(first.sha256, "exclude")
+    assert said.startswith(f"Left {first.source} out: the next retraining neither trains nor is judged on it")
+    assert first.source not in trained_labels(service)
+    said = service.data_review.decide(second.sha256, "relabel")
+    assert f"{second.source} counts as a {other(second.given_label)} from now on" in said
+    assert trained_labels(service)[second.source] == other(second.given_label)
+    captions = dict(zip(top, (caption for _, caption in service.data_review.gallery(service.data_review.last()))))
+    assert captions[first.source].endswith("· LEFT OUT")
+    assert captions[second.source].endswith(f"· NOW A {other(second.given_label).upper()}")
+
+    # Relabelling again gives the photo back its own label: the decision is taken back, not stacked.
+    assert service.data_review.decide(second.sha256, "relabel").startswith(f"{second.source} is back as it was given")
+    assert service.data_review.decide(first.sha256, "undo").startswith(f"{first.source} is back as it was given")
+    assert trained_labels(service)[first.source] == first.given_label and not DataDecisions(service.settings.data_dir).all()
+    assert "no decision about" in service.data_review.decide(first.sha256, "undo")
+
+    # The next ranking follows the decisions: a relabelled swap is no longer a label error.
+    service.data_review.decide(first.sha256, "relabel")
+    again = service.review_data(top=10)
+    assert again.report["decisions_applied"]["relabelled"] == {"label error (the app's data review)": 1}
+    relabelled = next(suspect for suspect in service.review_data(top=60).suspects if suspect.source == first.source)
+    assert "label" not in relabelled.flagged and relabelled.given_label == other(first.given_label)
+
+
+@requires_weights
+def test_a_decision_about_a_photo_no_one_can_see_or_an_unknown_one_is_refused(reviewing):
+    service, _ = reviewing
+    with pytest.raises(ServiceError, match="No labelled photo has the sha256 'f{64}'"):
+        service.data_review.decide("f" * 64, "exclude")
+    with pytest.raises(ServiceError, match="Unknown decision 'delete': use one of exclude, relabel, undo"):
+        service.data_review.decide("f" * 64, "delete")
+    with pytest.raises(ServiceError, match="between 1 and 100 suspects, not 1000"):
+        service.review_data(top=1000)
+    assert not (service.settings.data_dir / DECISIONS_FILE).exists()
+
+
+@requires_weights
+def test_a_second_ranking_asked_for_while_one_runs_is_told_to_wait(reviewing):
+    service, _ = reviewing
+    started, release = threading.Event(), threading.Event()
+
+    def slow_progress(stage, done, total):
+        started.set()
+        release.wait(60)
+
+    first = threading.Thread(target=lambda: service.review_data(top=5, progress=slow_progress))
+    first.start()
+    try:
+        assert started.wait(120)
+        with pytest.raises(ServiceError, match="being found for another request: try again when it is done"):
+            service.review_data(top=5)
+    finally:
+        release.set()
+        first.join(120)
+    assert len(service.review_data(top=5).suspects) == 5
