@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from . import LABELS, cli
 from .config import Settings
-from .data_review import DEFAULT_TOP, review_sentence
+from .data_review import DEFAULT_TOP, Shown, review_sentence
 from .monitoring import WINDOWS
 from .errors import ServiceError, public_message
 from .gradio_sessions import share_session_config
@@ -142,11 +142,14 @@ def build_demo(service: Service) -> gr.Blocks:
 
     @as_gradio_errors
     def find_data_issues(token: str, progress=gr.Progress()):
-        """The likeliest problems among the labelled photos: their thumbnails, hashes and what was found."""
+        """The likeliest problems among the labelled photos, then those decided earlier: the gallery, the hashes
+        and captions this page lists (a later ranking elsewhere does not change them), and what was found."""
         service.check_token(token)  # uploads are users' photos: for admins only
-        review = service.review_data(DEFAULT_TOP, lambda stage, done, total: progress((done, total), desc=stage))
-        return (gr.Gallery(service.data_review.gallery(review), selected_index=None),
-                [suspect.sha256 for suspect in review.suspects], None, review_sentence(review))
+        ranking, listed = service.review_data(
+            DEFAULT_TOP, lambda stage, done, total: progress((done, total), desc=stage))
+        return (gr.Gallery(service.data_review.gallery(listed), selected_index=None),
+                [photo.sha256 for photo in listed], [photo.caption for photo in listed], None,
+                review_sentence(ranking, listed))
 
     @as_gradio_errors
     def decide_photo(sha256: str | None, action: str, token: str) -> str:
@@ -157,14 +160,15 @@ def build_demo(service: Service) -> gr.Blocks:
         return service.data_review.decide(sha256, action)
 
     @as_gradio_errors
-    def data_issues_shown():
-        """The last ranking again, each photo's decision since in its caption."""
-        return service.data_review.gallery(service.data_review.last())
+    def listed_data_issues(hashes: list[str], captions: list[str], token: str):
+        """This page's list drawn again, each photo's decision since in its caption."""
+        service.check_token(token)
+        return service.data_review.gallery([Shown(sha256, caption) for sha256, caption in zip(hashes, captions)])
 
     def data_issues_report(token: str, top: int) -> dict:
         service.check_token(token)
-        review = service.review_data(top)
-        return {**review.report, "suspects": [suspect.as_row() for suspect in review.suspects]}
+        ranking, listed = service.review_data(top)
+        return {**ranking.report, "suspects": service.data_review.rows(ranking, listed)}
 
     @as_gradio_errors
     def retrain(token: str, fine_tune: bool = False) -> dict:
@@ -324,30 +328,31 @@ def build_demo(service: Service) -> gr.Blocks:
                     clear_on_failure(labelled, label_message)
                     labelled.then(photos_to_label, token, waiting, api_name=False)
             with gr.Accordion("Data issues: likely label errors, near duplicates and outliers", open=False):
-                gr.Markdown("The base data and the confirmed uploads, as production's backbone sees them, ranked "
-                            "by cleanlab (the first time, embedding them takes minutes). Leave a photo out of "
-                            "training or give it the other label: nothing is deleted, and the next retraining, its "
-                            "gate and `catdog train` follow what you decide.")
+                gr.Markdown("The base data, the confirmed uploads and the trusted photos the gate judges on, as "
+                            "production's backbone sees them, ranked by cleanlab; photos decided earlier follow. "
+                            "Leave a photo out or give it the other label: nothing is deleted, and the next "
+                            "retraining, its gate and `catdog train` follow what you decide.")
                 find_issues_button = gr.Button("Find data issues", size="sm")
                 issues_summary = gr.Markdown()
                 issues_gallery = gr.Gallery(label="Likeliest problems", columns=5, height="auto",
                                             interactive=False)
-                issue_hashes, chosen_issue = gr.State([]), gr.State(None)
+                issue_hashes, issue_captions, chosen_issue = gr.State([]), gr.State([]), gr.State(None)
                 with gr.Row():
                     decision_buttons = [(gr.Button(text, size="sm"), action) for text, action in (
                         ("Leave it out of training", "exclude"), ("Give it the other label", "relabel"),
                         ("Take the decision back", "undo"))]
                 decision_message = gr.Markdown()
-                found = find_issues_button.click(find_data_issues, token,
-                                                 [issues_gallery, issue_hashes, chosen_issue, issues_summary],
-                                                 api_name=False)
+                found = find_issues_button.click(
+                    find_data_issues, token, [issues_gallery, issue_hashes, issue_captions, chosen_issue,
+                                              issues_summary], api_name=False)
                 clear_on_failure(found, issues_summary)
                 issues_gallery.select(choose_photo, issue_hashes, chosen_issue, api_name=False)
                 for button, action in decision_buttons:
                     decided = button.click(lambda chosen, secret, action=action: decide_photo(chosen, action, secret),
                                            [chosen_issue, token], decision_message, api_name=False)
                     clear_on_failure(decided, decision_message)
-                    decided.success(data_issues_shown, None, issues_gallery, api_name=False)
+                    decided.success(listed_data_issues, [issue_hashes, issue_captions, token], issues_gallery,
+                                    api_name=False)
             fine_tune = gr.Checkbox(label="Fine-tune the backbone too (minutes; without it, a new head on "
                                           "production's backbone in about a minute)", value=False)
             with gr.Row():

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from . import LABELS
 from .atomic import write_atomically
@@ -22,6 +22,7 @@ from .errors import ServiceError, shown
 DECISIONS_FILE = "data_decisions.json"
 ACTIONS = ("exclude", "relabel")
 MAX_REASON_CHARACTERS = 200
+LOCK_SECONDS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +87,16 @@ class DataDecisions:
 
     def _change(self, edit) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock", timeout=30):
-            stored = self._read()
-            decisions = stored["decisions"]
-            edit(decisions)
-            write_atomically(self.path, json.dumps({"revision": stored["revision"] + 1, "decisions": decisions},
-                                                   indent=1, sort_keys=True).encode())
+        try:
+            with FileLock(str(self.path) + ".lock", timeout=LOCK_SECONDS):
+                stored = self._read()
+                decisions = stored["decisions"]
+                edit(decisions)
+                write_atomically(self.path, json.dumps({"revision": stored["revision"] + 1, "decisions": decisions},
+                                                       indent=1, sort_keys=True).encode())
+        except Timeout:
+            raise ServiceError(f"{self.path.name} has been locked by another change for {LOCK_SECONDS} s: try again; "
+                               f"if it stays so, remove {self.path.name}.lock (no process holds it).") from None
 
     def apply(self, dataset: Dataset) -> Dataset:
         """The dataset as training sees it: excluded photos left out, relabelled ones with their new label; its

@@ -80,8 +80,11 @@ def find_data_issues(examples: list[Example], embeddings: np.ndarray, folds: int
     # cleanlab logs and prints its progress; the caller reports what matters.
     logging.getLogger("cleanlab").setLevel(logging.WARNING)
     lab = Datalab(data={"label": [example.label for example in examples]}, label_name="label", verbosity=0)
+    # One process: cleanlab would otherwise fork a pool from whatever process calls it — the app's server,
+    # with its threads, where a forked child can wait forever on a lock another thread held.
     lab.find_issues(features=np.asarray(embeddings, dtype=np.float32), pred_probs=probabilities,
-                    issue_types={issue: {} for issue in ISSUE_TYPES})
+                    issue_types={issue: {} for issue in ISSUE_TYPES} | {"label": {"clean_learning_kwargs": {
+                        "find_label_issues_kwargs": {"n_jobs": 1}}}})
     found = lab.get_issues()
     duplicate_sets = lab.get_issues("near_duplicate")["near_duplicate_sets"]
     scores = np.stack([found[f"{issue}_score"].to_numpy() for issue in ISSUE_TYPES], axis=1)

@@ -1,5 +1,7 @@
 """Phase 2 of transfer learning: unfreeze the top of the backbone and train it with the head, on augmented
-photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe).
+photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe); or,
+with the cosine schedule, for a fixed number of epochs, optionally averaging the last epochs' weights. Label
+smoothing is an option of either.
 
 BatchNormalization layers stay frozen and in inference mode: their statistics come from ImageNet, and a few
 thousand photos in small batches would only make them noisier."""
@@ -31,10 +33,10 @@ SCHEDULES = ("plateau", "cosine")
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
     blocks: int = option(8, "MobileNetV2 blocks unfrozen from the top (Conv_1 always), chosen on validation loss")
-    epochs: int = option(8, "upper bound; early stopping ends sooner")
+    epochs: int = option(8, "plateau: an upper bound, early stopping ends sooner; cosine: every epoch runs")
     batch_size: int = option(32, "photos per step")
-    learning_rate: float = option(2e-5, "Adam's learning rate; lowered on a validation-loss plateau")
-    patience: int = option(2, "epochs without a lower validation loss before stopping")
+    learning_rate: float = option(2e-5, "Adam's first learning rate; lowered as the schedule says")
+    patience: int = option(2, "plateau: epochs without a lower validation loss before stopping")
     crop_margin: float = option(0.15, "photos are decoded this much larger and randomly cropped back")
     rotation: float = option(0.03, "largest random rotation, as a fraction of a full turn")
     contrast: float = option(0.1, "largest random contrast change")
@@ -42,8 +44,8 @@ class FineTuneConfig:
     schedule: str = option("plateau", "plateau: the rate drops when validation loss stalls and training stops "
                            "early; cosine: the rate falls along a cosine to 0 over all the epochs",
                            choices=list(SCHEDULES))
-    average_last: int = option(0, "the model is the mean of the weights after each of the last N epochs "
-                               "(stochastic weight averaging; 0: the best epoch's weights)")
+    average_last: int = option(0, "cosine: the model is the mean of the weights after each of the last N "
+                               "epochs (weight averaging; 0: the last epoch's weights)")
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:

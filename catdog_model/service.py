@@ -20,7 +20,7 @@ import numpy as np
 from .config import Settings
 from .curation import Curation, refuse_too_many_files
 from .dashboard import Dashboard
-from .data_review import DataReview, Review
+from .data_review import DataReview, Ranking, Shown
 from .errors import CatdogError, ServiceError, public_message
 from .data import IMAGE_SUFFIXES
 from .hub import open_hub
@@ -75,7 +75,7 @@ class Service:
         self.curation = Curation(settings, self.limits, self.log, self._doubt_label)
         self.dashboard = Dashboard(self.hub, self.log, self.production, self.retrainer, self.curation,
                                    settings.cache_dir)
-        self.data_review = DataReview(settings, self.limits, self.curation.uploads)
+        self.data_review = DataReview(settings, self.limits, self.curation.uploads, self._embed_in_background)
         self._started = self._closed = False
 
     def start(self) -> Service:
@@ -257,13 +257,19 @@ class Service:
         self.retrainer.state.log.append(f"{result['version']} {'promoted' if promoted else 'not promoted'}: "
                                         f"{result['reason']}")
 
-    def review_data(self, top: int, progress=None) -> Review:
-        """The likeliest problems among the labelled photos, as the served production's backbone sees them."""
+    def review_data(self, top: int, progress=None) -> tuple[Ranking, list[Shown]]:
+        """The likeliest problems among the labelled photos, as the served production's backbone sees them; and
+        the photos to list."""
         model = self.production.model
         if not isinstance(model, ServingModel):
             raise ServiceError("Data issues are found with production's backbone, and no model is being served: "
                                "promote a version first.")
         return self.data_review.find(model.version, self.hub.download(model.version), top, progress)
+
+    def _embed_in_background(self) -> bool:
+        """Embed the labelled photos in the background child, unless it already does; False while a
+        retraining runs (which embeds them itself)."""
+        return self.retrainer.preparation.running or self.retrainer.prepare()
 
     def example_images(self, per_class: int = 2) -> list[str]:
         folder = self.settings.examples_dir

@@ -73,6 +73,29 @@ def test_a_photo_relabelled_by_a_person_is_no_longer_a_label_error(small_photo_d
     assert not {suspect["source"] for suspect in report["suspects"] if "label" in suspect["flagged"]} & swapped
 
 
+def test_ranking_never_forks_a_process_pool_as_it_would_from_the_apps_threaded_server(monkeypatch):
+    """cleanlab forks a multiprocessing pool by default: from the server's worker thread, a forked child can wait
+    forever on a lock another thread held (seen: the Retrain tab's ranking hung)."""
+    import multiprocessing
+
+    import numpy as np
+
+    from catdog_model.data import Example
+    from catdog_model.data_issues import find_data_issues
+
+    def no_pool(*arguments, **keywords):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    rng = np.random.default_rng(0)
+    labels = ["cat"] * 40 + ["dog"] * 40
+    embeddings = rng.normal(size=(80, 16)) + np.array([[3.0 if label == "dog" else 0.0] * 16 for label in labels])
+    examples = [Example(f"{index:064x}", label, f"{label}s/{index}.jpg", b"") for index, label in enumerate(labels)]
+    examples[0] = dataclasses.replace(examples[0], label="dog")  # a cat's embedding filed as a dog
+    ranked = find_data_issues(examples, embeddings)
+    assert ranked[0].source == "cats/0.jpg" and "label" in ranked[0].flagged
+
+
 def test_too_few_photos_is_a_sentence(small_photo_dir, shipped, tmp_path):
     folder = tmp_path / "few"
     for label in ("cats", "dogs"):
@@ -211,35 +234,49 @@ def trained_labels(service) -> dict[str, str]:
 @requires_weights
 def test_the_retrain_tab_lists_planted_label_errors_first_and_an_admin_can_exclude_relabel_and_undo(reviewing):
     service, swapped = reviewing
-    review = service.review_data(top=10)
-    top = [suspect.source for suspect in review.suspects]
-    assert review.report["photos"] == 60 and len(top) == 10
+    review = service.data_review
+    ranking, listed = service.review_data(top=10)
+    top = [ranking.examples[photo.sha256].source for photo in listed]
+    assert ranking.report["photos"] == 60 and len(top) == 10
     assert len(swapped & set(top)) >= 6, f"swapped photos among the top 10: {top}"
-    captions = [caption for _, caption in service.data_review.gallery(review)]
+    captions = [caption for _, caption in review.gallery(listed)]
     assert captions[0].startswith("#1 label error · given ") and len(captions) == 10
-    first, second = [suspect for suspect in review.suspects if suspect.source in swapped][:2]
+    first, second = [suspect for suspect in ranking.suspects[:10] if suspect.source in swapped][:2]
 
-    said = service.data_review.decide(first.sha256, "exclude")
+    said = review.decide(first.sha256, "exclude")
     assert said.startswith(f"Left {first.source} out: the next retraining neither trains nor is judged on it")
     assert first.source not in trained_labels(service)
-    said = service.data_review.decide(second.sha256, "relabel")
+    said = review.decide(second.sha256, "relabel")
     assert f"{second.source} counts as a {other(second.given_label)} from now on" in said
     assert trained_labels(service)[second.source] == other(second.given_label)
-    captions = dict(zip(top, (caption for _, caption in service.data_review.gallery(service.data_review.last()))))
+    # The page's own list, drawn again: each decision in its photo's caption.
+    captions = dict(zip(top, (caption for _, caption in review.gallery(listed))))
     assert captions[first.source].endswith("· LEFT OUT")
     assert captions[second.source].endswith(f"· NOW A {other(second.given_label).upper()}")
 
-    # Relabelling again gives the photo back its own label: the decision is taken back, not stacked.
-    assert service.data_review.decide(second.sha256, "relabel").startswith(f"{second.source} is back as it was given")
-    assert service.data_review.decide(first.sha256, "undo").startswith(f"{first.source} is back as it was given")
-    assert trained_labels(service)[first.source] == first.given_label and not DataDecisions(service.settings.data_dir).all()
-    assert "no decision about" in service.data_review.decide(first.sha256, "undo")
+    # The next ranking leaves the excluded photo out of the cleanlab run but lists it after the suspects, with the
+    # label it was given, so the decision can be taken back; programs read the same.
+    ranking, listed = service.review_data(top=10)
+    assert ranking.report["photos"] == 59 and len(listed) >= 11
+    assert ranking.report["decisions_applied"]["excluded"] == {"label error (the app's data review)": 1}
+    shown = {photo.sha256: caption for photo, (_, caption) in zip(listed, review.gallery(listed))}
+    assert shown[first.sha256] == f"decided earlier · given {first.given_label} · LEFT OUT"
+    rows = {row["sha256"]: row for row in review.rows(ranking, listed)}
+    assert rows[first.sha256]["decision"] == "exclude" and rows[first.sha256]["trained_as"] is None
+    assert rows[second.sha256]["given_label"] == second.given_label
+    assert rows[second.sha256]["trained_as"] == other(second.given_label)
 
-    # The next ranking follows the decisions: a relabelled swap is no longer a label error.
-    service.data_review.decide(first.sha256, "relabel")
-    again = service.review_data(top=10)
-    assert again.report["decisions_applied"]["relabelled"] == {"label error (the app's data review)": 1}
-    relabelled = next(suspect for suspect in service.review_data(top=60).suspects if suspect.source == first.source)
+    # Relabelling again gives the photo back its own label: the decision is taken back, not stacked.
+    assert review.decide(second.sha256, "relabel").startswith(f"{second.source} is back as it was given")
+    assert review.decide(first.sha256, "undo").startswith(f"{first.source} is back as it was given")
+    assert trained_labels(service)[first.source] == first.given_label and not DataDecisions(service.settings.data_dir).all()
+    assert "no decision about" in review.decide(first.sha256, "undo")
+
+    # A relabelled swap is no longer a label error in the next ranking.
+    review.decide(first.sha256, "relabel")
+    ranking, _ = service.review_data(top=10)
+    assert sum(ranking.report["decisions_applied"]["relabelled"].values()) == 1
+    relabelled = next(suspect for suspect in ranking.suspects if suspect.source == first.source)
     assert "label" not in relabelled.flagged and relabelled.given_label == other(first.given_label)
 
 
@@ -250,8 +287,9 @@ def test_a_decision_about_a_photo_no_one_can_see_or_an_unknown_one_is_refused(re
         service.data_review.decide("f" * 64, "exclude")
     with pytest.raises(ServiceError, match="Unknown decision 'delete': use one of exclude, relabel, undo"):
         service.data_review.decide("f" * 64, "delete")
-    with pytest.raises(ServiceError, match="between 1 and 100 suspects, not 1000"):
-        service.review_data(top=1000)
+    for top in (1000, 0, 5.5, "5", True):
+        with pytest.raises(ServiceError, match="a whole number of suspects between 1 and 100, not"):
+            service.review_data(top=top)
     assert not (service.settings.data_dir / DECISIONS_FILE).exists()
 
 
@@ -273,4 +311,20 @@ def test_a_second_ranking_asked_for_while_one_runs_is_told_to_wait(reviewing):
     finally:
         release.set()
         first.join(120)
-    assert len(service.review_data(top=5).suspects) == 5
+    assert len(service.review_data(top=5)[1]) == 5
+
+
+@requires_weights
+def test_photos_the_cache_has_not_embedded_yet_are_left_to_the_background_job(reviewing, monkeypatch, tmp_path):
+    from catdog_model import data_review
+
+    service, _ = reviewing
+    monkeypatch.setattr(service.data_review, "settings",
+                        dataclasses.replace(service.settings, cache_dir=tmp_path / "empty-cache"))
+    started = []
+    monkeypatch.setattr(service.data_review, "embed_in_background", lambda: started.append(1) or True)
+    monkeypatch.setattr(data_review, "IN_REQUEST_EMBEDDINGS", 10)
+    with pytest.raises(ServiceError, match=r"60 of the 60 labelled photos are not embedded by v\d+'s backbone yet. "
+                                           "The server embeds them in the background now"):
+        service.review_data(top=5)
+    assert started == [1]

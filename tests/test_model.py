@@ -10,6 +10,7 @@ import pytest
 from catdog_model.backbone import BackboneSpec, BackboneUnavailable, WeightsSource
 from catdog_model.data import load_folder, split_examples, version_splits
 from catdog_model.embeddings import EmbeddingCache, embed_images
+from catdog_model.errors import ServiceError
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import LocalHub, open_hub
 from catdog_model.images import InvalidImage
@@ -226,6 +227,53 @@ def test_fine_tuning_trains_the_top_blocks_but_leaves_batch_normalization_at_ima
     assert [name for name in normalizations if changed(name)] == []
     assert changed("block_16_project") and changed("block_15_expand") and changed("Conv_1")
     assert not changed("block_14_project")  # below the unfrozen blocks
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights_only():
+    import keras
+
+    from catdog_model.finetune import _weight_averaging_callback
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    averaging = _weight_averaging_callback()(1)  # from the second epoch on
+    averaging.set_model(model)
+    for epoch, value in enumerate([1.0, 2.0, 4.0]):
+        model.set_weights([np.full((2, 1), value, np.float32), np.full((1,), -value, np.float32)])
+        averaging.on_epoch_end(epoch)
+    kernel, bias = averaging.mean()
+    assert np.allclose(kernel, 3.0) and np.allclose(bias, -3.0)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(average_last=2), "average_last needs schedule cosine"),
+    (dict(schedule="cosine", epochs=3, average_last=4), "average_last must be between 0 and the epochs"),
+    (dict(schedule="step"), "schedule must be one of plateau, cosine, not 'step'"),
+    (dict(label_smoothing=0.5), "label_smoothing must be at least 0 and below 0.5"),
+])
+def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(options, message):
+    from catdog_model.finetune import FineTuneConfig
+
+    with pytest.raises(ServiceError, match=message):
+        FineTuneConfig(**options)
+
+
+def test_the_cosine_schedule_runs_every_epoch_and_measures_the_averaged_weights(small_photo_dir, settings):
+    from catdog_model.backbone import Backbone
+    from catdog_model.classifier import Classifier, HeadConfig, build_head
+    from catdog_model.finetune import FineTuneConfig, fine_tune
+
+    backbone = Backbone(BackboneSpec.for_alpha(0.5, 96), WeightsSource.from_settings(settings), batch_size=8)
+    head_config = HeadConfig(embedding_dim=backbone.dim)
+    classifier = Classifier(backbone, build_head(head_config), head_config)
+    photos = load_folder(small_photo_dir).examples
+    cats = [example for example in photos if example.label == "cat"]
+    dogs = [example for example in photos if example.label == "dog"]
+    _, info = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
+                        FineTuneConfig(blocks=1, epochs=3, batch_size=4, patience=0, schedule="cosine",
+                                       average_last=2, label_smoothing=0.1),
+                        seed=0, weights=WeightsSource.from_settings(settings))
+    assert info["epochs_run"] == 3  # no early stopping, whatever the patience
+    assert len(info["history"]["averaged_val_loss"]) == 1
 
 
 def test_fine_tuning_continues_from_the_backbone_it_is_given_not_from_imagenet(small_photo_dir, settings):
