@@ -194,21 +194,31 @@ def test_a_fine_tuned_version_carries_the_whole_model_and_serves_like_keras(smal
         assert np.allclose([prediction.p_dog for prediction in model.predict(photos)], expected, atol=1e-4)
 
 
+def small_classifier(settings):
+    """An untrained head on ImageNet's backbone at 96 px: fine-tuning it takes seconds."""
+    from catdog_model.backbone import Backbone
+    from catdog_model.classifier import Classifier, HeadConfig, build_head
+
+    backbone = Backbone(BackboneSpec.for_alpha(0.5, 96), WeightsSource.from_settings(settings), batch_size=8)
+    head_config = HeadConfig(embedding_dim=backbone.dim)
+    return Classifier(backbone, build_head(head_config), head_config)
+
+
+def cats_and_dogs(small_photo_dir) -> tuple[list, list]:
+    photos = load_folder(small_photo_dir).examples
+    return [example for example in photos if example.label == "cat"], [example for example in photos if example.label == "dog"]
+
+
 def test_fine_tuning_trains_the_top_blocks_but_leaves_batch_normalization_at_imagenet_values(small_photo_dir,
                                                                                              settings):
     import keras
 
-    from catdog_model.backbone import Backbone, build_backbone
-    from catdog_model.classifier import Classifier, HeadConfig, build_head
+    from catdog_model.backbone import build_backbone
     from catdog_model.finetune import FineTuneConfig, fine_tune
 
     spec = BackboneSpec.for_alpha(0.5, 96)
-    backbone = Backbone(spec, WeightsSource.from_settings(settings), batch_size=8)
-    head_config = HeadConfig(embedding_dim=backbone.dim)
-    classifier = Classifier(backbone, build_head(head_config), head_config)
-    photos = load_folder(small_photo_dir).examples
-    cats = [example for example in photos if example.label == "cat"]
-    dogs = [example for example in photos if example.label == "dog"]
+    classifier = small_classifier(settings)
+    cats, dogs = cats_and_dogs(small_photo_dir)
     tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
                          FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=WeightsSource.from_settings(settings))
 
@@ -258,16 +268,10 @@ def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(option
 
 
 def test_the_cosine_schedule_runs_every_epoch_and_measures_the_averaged_weights(small_photo_dir, settings):
-    from catdog_model.backbone import Backbone
-    from catdog_model.classifier import Classifier, HeadConfig, build_head
     from catdog_model.finetune import FineTuneConfig, fine_tune
 
-    backbone = Backbone(BackboneSpec.for_alpha(0.5, 96), WeightsSource.from_settings(settings), batch_size=8)
-    head_config = HeadConfig(embedding_dim=backbone.dim)
-    classifier = Classifier(backbone, build_head(head_config), head_config)
-    photos = load_folder(small_photo_dir).examples
-    cats = [example for example in photos if example.label == "cat"]
-    dogs = [example for example in photos if example.label == "dog"]
+    classifier = small_classifier(settings)
+    cats, dogs = cats_and_dogs(small_photo_dir)
     _, info = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
                         FineTuneConfig(blocks=1, epochs=3, batch_size=4, patience=0, schedule="cosine",
                                        average_last=2, label_smoothing=0.1),
@@ -281,21 +285,16 @@ def test_fine_tuning_continues_from_the_backbone_it_is_given_not_from_imagenet(s
     that backbone's weights."""
     import keras
 
-    from catdog_model.backbone import Backbone, build_backbone
-    from catdog_model.classifier import Classifier, HeadConfig, build_head
+    from catdog_model.backbone import build_backbone
     from catdog_model.finetune import FineTuneConfig, fine_tune
 
     spec = BackboneSpec.for_alpha(0.5, 96)
-    backbone = Backbone(spec, WeightsSource.from_settings(settings), batch_size=8)
-    head_config = HeadConfig(embedding_dim=backbone.dim)
-    classifier = Classifier(backbone, build_head(head_config), head_config)
+    classifier = small_classifier(settings)
     start = build_backbone(spec, WeightsSource.from_settings(settings))
     base = next(layer for layer in start.layers if isinstance(layer, keras.Model))
     kernel, *rest = base.get_layer("block_2_project").get_weights()
     base.get_layer("block_2_project").set_weights([kernel + 0.01, *rest])  # as an earlier fine-tuning left it
-    photos = load_folder(small_photo_dir).examples
-    cats = [example for example in photos if example.label == "cat"]
-    dogs = [example for example in photos if example.label == "dog"]
+    cats, dogs = cats_and_dogs(small_photo_dir)
     tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
                          FineTuneConfig(blocks=2, epochs=1, batch_size=4), seed=0, weights=WeightsSource.from_settings(settings),
                          start=start)
