@@ -4,10 +4,11 @@ refused requests, mutations without the token, and limits that must come from th
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -530,3 +531,25 @@ def test_each_malformed_call_gets_a_sentence_and_one_log_line(server, caplog, ca
     assert "takes 1 input" in answers["no inputs"]
     assert "hour, day, all" in answers["a window in a list"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_events_without_an_api_name_that_show_users_photos_still_need_the_admin_token(server, monkeypatch):
+    """Gradio runs any event by its number, named or not: the Retrain tab's own events that list users' photos
+    check the token themselves."""
+    import gradio as gr
+
+    from catdog_model.app import build_demo
+
+    _, service = server
+    monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, review_queue=True))
+    demo = build_demo(service)
+    guarded = {"find_data_issues": [""], "listed_data_issues": [["0" * 64], ["#1 label error"], ""],
+               "photos_to_label": [""]}
+    found = {event.fn.__name__: event.fn for event in demo.fns.values()
+             if event.fn is not None and event.fn.__name__ in guarded}
+    assert set(found) == set(guarded)
+    for name, inputs in guarded.items():
+        with pytest.raises(gr.Error, match="needs the admin token"):
+            result = found[name](*inputs)
+            if inspect.isgenerator(result):
+                next(result)
