@@ -59,10 +59,10 @@ def other_label(label: str) -> str:
 class DataReview:
     """find() ranks the labelled photos, one ranking at a time; the last is kept and reused while production,
     the photos and the decisions are the same. decide() keeps an admin's decision about one photo.
-    embed_in_background starts the server's background embedding (False if it cannot start now)."""
+    embed_in_background has the photos embedded outside requests and says how, in a sentence."""
 
     def __init__(self, settings: Settings, limits: ImageLimits, uploads: UploadStore,
-                 embed_in_background: Callable[[], bool]):
+                 embed_in_background: Callable[[], str]):
         self.settings = settings
         self.limits = limits
         self.uploads = uploads
@@ -117,12 +117,8 @@ class DataReview:
         hashes = [example.sha256 for example in dataset.examples]
         missing = len(hashes) - len(cache.get_many(backbone.spec.id, "original", hashes))
         if missing > IN_REQUEST_EMBEDDINGS:
-            started_now = self.embed_in_background()
-            raise ServiceError(
-                f"{missing:,} of the {len(hashes):,} labelled photos are not embedded by {version}'s backbone yet. "
-                + ("The server embeds them in the background now (about a minute per thousand photos): find data "
-                   "issues again then." if started_now else
-                   "The retraining that runs now embeds them: find data issues again when it has ended."))
+            raise ServiceError(f"{missing:,} of the {len(hashes):,} labelled photos are not embedded by {version}'s "
+                               f"backbone yet. {self.embed_in_background()}")
         embeddings, kept, rejected = embed_examples(backbone, dataset.examples, cache, ("original",), progress)
         ranked = find_data_issues(kept, embeddings["original"])
         decided = self.decisions.all()

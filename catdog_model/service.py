@@ -266,10 +266,16 @@ class Service:
                                "promote a version first.")
         return self.data_review.find(model.version, self.hub.download(model.version), top, progress)
 
-    def _embed_in_background(self) -> bool:
-        """Embed the labelled photos in the background child, unless it already does; False while a
-        retraining runs (which embeds them itself)."""
-        return self.retrainer.preparation.running or self.retrainer.prepare()
+    def _embed_in_background(self) -> str:
+        """Have the labelled photos embedded outside requests: the background child, unless it already runs, is
+        switched off, or a retraining runs (which embeds them itself); the sentence saying which."""
+        if not self.settings.prepare_embeddings:
+            return ("Embedding in the background is off (CATDOG_PREPARE_EMBEDDINGS=0): the next retraining embeds "
+                    "them; find data issues again after it.")
+        if self.retrainer.preparation.running or self.retrainer.prepare():
+            return ("The server embeds them in the background now (about a minute per thousand photos): find data "
+                    "issues again then.")
+        return "The retraining that runs now embeds them: find data issues again when it has ended."
 
     def example_images(self, per_class: int = 2) -> list[str]:
         folder = self.settings.examples_dir
