@@ -82,7 +82,7 @@ class DataDecisions:
     def undo(self, sha256: str) -> bool:
         """Forget the decision about one photo; False if there was none."""
         found = []
-        self._change(lambda decisions: found.append(decisions.pop(sha256, None)))
+        self._change(lambda decisions: found.append(decisions.pop(sha256, None)) or found[0] is not None)
         return found[0] is not None
 
     def _change(self, edit) -> None:
@@ -91,7 +91,8 @@ class DataDecisions:
             with FileLock(str(self.path) + ".lock", timeout=LOCK_SECONDS):
                 stored = self._read()
                 decisions = stored["decisions"]
-                edit(decisions)
+                if edit(decisions) is False:  # nothing changed: no new revision
+                    return
                 write_atomically(self.path, json.dumps({"revision": stored["revision"] + 1, "decisions": decisions},
                                                        indent=1, sort_keys=True).encode())
         except Timeout:

@@ -153,10 +153,12 @@ class DataReview:
         """The listed photos for programs: each suspect's findings, the label as given, and the decision."""
         decided = self.decisions.all()
         position = {suspect.sha256: suspect for suspect in ranking.suspects}
-        rows = []
+        rows, columns = [], list(ranking.suspects[0].as_row()) if ranking.suspects else []
         for photo in listed:
             example, suspect = ranking.examples[photo.sha256], position.get(photo.sha256)
-            row = suspect.as_row() if suspect else {"sha256": photo.sha256, "source": example.source}
+            # A photo left out has no findings, but the same keys: None where a suspect has a finding.
+            row = suspect.as_row() if suspect else {**dict.fromkeys(columns), "sha256": photo.sha256,
+                                                    "source": example.source}
             decision = decided.get(photo.sha256)
             row.update(given_label=example.label, trained_as=None if decision and decision.action == "exclude"
                        else decision.label if decision else example.label,
@@ -169,6 +171,7 @@ class DataReview:
         The photo must be one of the labelled photos, so a hash no one can see is refused."""
         if action not in DECISION_ACTIONS:
             raise ServiceError(f"Unknown decision {shown(action)}: use one of {', '.join(DECISION_ACTIONS)}.")
+        sha256 = sha256.strip().lower() if isinstance(sha256, str) else sha256
         ranking = self._last[1] if self._last else None
         example = ranking.examples.get(sha256) if ranking else None
         if example is None:
@@ -197,9 +200,11 @@ class DataReview:
 
 
 def suspect_caption(suspect: Suspect, given: str) -> str:
-    heads = f"heads: {suspect.model_label} {max(suspect.p_given, 1 - suspect.p_given):.0%}"
-    finding = ISSUE_NAMES[suspect.issue] if suspect.flagged else "not flagged"
-    return f"#{suspect.rank} {finding} · given {given} · {heads}"
+    """"#6 label error? (not flagged) · given cat · model says dog 79%": the issue it ranks on, flagged or not,
+    and the view of models fitted without it."""
+    model = f"model says {suspect.model_label} {max(suspect.p_given, 1 - suspect.p_given):.0%}"
+    finding = ISSUE_NAMES[suspect.issue] + ("" if suspect.flagged else "? (not flagged)")
+    return f"#{suspect.rank} {finding} · given {given} · {model}"
 
 
 def decision_mark(decision: Decision | None) -> str:
@@ -219,4 +224,5 @@ def review_sentence(ranking: Ranking, listed: list[Shown]) -> str:
     return (f"{report['photos']:,} labelled photos{decided}, embedded by {report['version']}'s backbone: "
             f"{report['flagged']} flagged — {report['label']} label errors, {report['near_duplicate']} near "
             f"duplicates, {report['outlier']} outliers. The {suspects} likeliest are shown, the likeliest first"
-            + (f", then {earlier} photo(s) decided earlier" if earlier else "") + ": click one, then decide.")
+            + (f", then {earlier} photo{'s' * (earlier != 1)} decided earlier" if earlier else "")
+            + ": click one, then decide.")
