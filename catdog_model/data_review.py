@@ -30,6 +30,7 @@ DEFAULT_TOP = 20
 MAX_TOP = 100
 MAX_DECIDED_SHOWN = 50
 THUMBNAILS_KEPT = 400  # about 30 MB
+BLANK_TILE = np.full((THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3), 255, np.uint8)
 # More photos than this without an embedding, and the server's background job embeds them rather than a request.
 IN_REQUEST_EMBEDDINGS = 100
 DECISION_ACTIONS = ("exclude", "relabel", "undo")
@@ -140,13 +141,12 @@ class DataReview:
                 self._thumbnails[sha256] = load_image(ranking.examples[sha256].content, size=THUMBNAIL_SIDE,
                                                       limits=self.limits, fit=True)
             except CatdogError:  # a file that no longer decodes: a blank tile, still listed and decidable
-                self._thumbnails[sha256] = np.full((THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3), 255, np.uint8)
+                self._thumbnails[sha256] = BLANK_TILE
 
     def gallery(self, listed: list[Shown]) -> list[tuple[np.ndarray, str]]:
         """Each listed photo's thumbnail and caption, with what was decided about it since."""
         decided = self.decisions.all()
-        blank = np.full((THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3), 255, np.uint8)
-        return [(self._thumbnails.get(photo.sha256, blank), photo.caption + decision_mark(decided.get(photo.sha256)))
+        return [(self._thumbnails.get(photo.sha256, BLANK_TILE), photo.caption + decision_mark(decided.get(photo.sha256)))
                 for photo in listed]
 
     def rows(self, ranking: Ranking, listed: list[Shown]) -> list[dict]:
