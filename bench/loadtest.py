@@ -8,15 +8,17 @@ load-tested in turn:
 - catdog (`python app.py`) through Gradio's /predict, and through POST /api/predict;
 - catdog with a no-op model (CATDOG_NOOP_MODEL=1): what catdog's own web layer costs;
 - a minimal FastAPI app serving the same model.onnx (decode + one ONNX Runtime call) — the REST ceiling.
-Each gets --users users for --seconds (throughput, p50/p95/p99, failures, the server's CPU time per
-prediction) and 1 user (latency); catdog's RSS is read after its load. With --retrain, catdog's 1-user latency is measured again while a retraining
-runs. Locust runs on the same machine and shares its cores.
+Each answers one warm-up prediction (its time is reported: a first request pays one-off costs), then gets
+--users users for --seconds (throughput, p50/p95/p99, failures, the server's CPU time per prediction) and 1 user
+(latency); catdog's RSS is read after its load. With --retrain, catdog's 1-user latency is measured again while a
+retraining runs. Locust runs on the same machine and shares its cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -29,7 +31,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import psutil
+import requests
+from PIL import Image
 
 from catdog_model.config import PROJECT_ROOT
 from bench.servers import free_port
@@ -93,17 +98,43 @@ def run_locust(url: str, users: int, seconds: int, options: tuple[str, ...] = ()
     the end-to-end row of its statistics."""
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "run"
-        subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
-                        "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
-                        "--only-summary", "--stop-timeout", "10", *options, user],
-                       cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(f"{prefix}_stats.csv") as file:
-            rows = {row["Name"]: row for row in csv.DictReader(file)}
+        locust = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
+                                 "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+                                 "--only-summary", "--stop-timeout", "10", *options, user],
+                                cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        stats = Path(f"{prefix}_stats.csv")
+        rows = {row["Name"]: row for row in csv.DictReader(stats.open())} if stats.exists() else {}
+    if END_TO_END not in rows:
+        raise SystemExit(f"Locust finished no prediction against {url} in {seconds} s ({user}, {users} users): "
+                         f"give it more --seconds. Locust said:\n{locust.stderr[-2000:]}")
     row = rows[END_TO_END]
     wrong = int(rows[LABEL_CHECK]["Failure Count"]) if LABEL_CHECK in rows else None
     return {"users": users, "seconds": seconds, "requests": int(row["Request Count"]),
             "failures": int(row["Failure Count"]), "wrong_labels": wrong, "requests_per_s": round(float(row["Requests/s"]), 2),
             "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]), "p99_ms": float(row["99%"])}
+
+
+def warm_up(url: str, user: str) -> float:
+    """One prediction, awaited, before the timed runs; its time in ms. A server's first request pays one-off
+    costs (lazy imports, ONNX Runtime's first run: about 1 s here, several on a busy machine) that would
+    otherwise land in the first run's percentiles, or outlast a short run altogether."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    photo = ("warm-up.jpg", buffer.getvalue(), "image/jpeg")
+    started = time.perf_counter()
+    if user == "RestUser":
+        requests.post(url + "/api/predict", files={"file": photo}, timeout=300).raise_for_status()
+    else:
+        upload = requests.post(url + "/gradio_api/upload", files={"files": photo}, timeout=300)
+        upload.raise_for_status()
+        call = requests.post(url + "/gradio_api/call/predict", timeout=300,
+                             json={"data": [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}]})
+        call.raise_for_status()
+        stream = requests.get(f"{url}/gradio_api/call/predict/{call.json()['event_id']}", timeout=300)
+        if "event: complete" not in stream.text:
+            raise SystemExit(f"The warm-up prediction against {url} did not complete: {stream.text[-300:]}")
+    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def start_retrain(url: str) -> None:
@@ -129,8 +160,9 @@ def measure(env: dict[str, str], arguments, command: tuple[str, ...] = ("app.py"
     starts.append(app.ready_seconds)
     options = image_options(arguments.images) + ("--no-label-check",) * (not check_labels)
     try:
+        first_request_ms = warm_up(app.url, user)
         before = app.cpu_seconds()
-        result = {"ready_s": round(statistics.median(starts), 1),
+        result = {"ready_s": round(statistics.median(starts), 1), "first_request_ms": first_request_ms,
                   "load": run_locust(app.url, arguments.users, arguments.seconds, options, user)}
         # What one prediction costs the server, whatever the machine's speed or Locust's share of it.
         result["load"]["server_cpu_ms"] = round((app.cpu_seconds() - before) * 1000
@@ -202,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = ("minimal_gradio", "catdog", "noop", "minimal_fastapi")
     print(f"{'':24}" + "".join(f"{name:>17}" for name in names))
-    rows = [("ready (s)", "ready_s", None), (f"req/s, {arguments.users} users", "load", "requests_per_s"),
+    rows = [("ready (s)", "ready_s", None), ("first prediction (ms)", "first_request_ms", None),
+            (f"req/s, {arguments.users} users", "load", "requests_per_s"),
             ("p50 ms", "load", "p50_ms"), ("p95 ms", "load", "p95_ms"), ("failures", "load", "failures"),
             ("server CPU ms / pred.", "load", "server_cpu_ms"),
             ("p50 ms, 1 user", "one_user", "p50_ms"), ("p95 ms, 1 user", "one_user", "p95_ms"),

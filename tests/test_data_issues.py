@@ -325,7 +325,7 @@ def test_photos_the_cache_has_not_embedded_yet_are_left_to_the_background_job(re
     monkeypatch.setattr(service.retrainer, "prepare", lambda: started.append(1) or True)
     monkeypatch.setattr(data_review, "IN_REQUEST_EMBEDDINGS", 10)
     with pytest.raises(ServiceError, match=r"60 of the 60 labelled photos are not embedded by v\d+'s backbone yet. "
-                                           "Embedding in the background is off \(CATDOG_PREPARE_EMBEDDINGS=0\)"):
+                                           r"Embedding in the background is off \(CATDOG_PREPARE_EMBEDDINGS=0\)"):
         service.review_data(top=5)
     assert started == []  # the operator switched it off
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, prepare_embeddings=True))
