@@ -144,7 +144,10 @@ def serve_in_thread(app, port: int | None = None):
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning"))
+    # A client a test leaves connected (gradio_client's event stream) would hold uvicorn's graceful shutdown
+    # for the app's whole grace period: a second here, nothing is in flight when a test's server stops.
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning",
+                                           timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -152,7 +155,9 @@ def serve_in_thread(app, port: int | None = None):
 
     def stop():
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=120)
+        if thread.is_alive():
+            raise RuntimeError("the test server did not stop within 2 minutes")
 
     return f"http://127.0.0.1:{server.config.port}", stop
 
@@ -199,6 +204,7 @@ def server(tmp_path_factory, cache_dir):
     url, stop = serve_in_thread(build_app(service))
     yield url + "/", service
     stop()
+    service.close()
 
 
 # In shipped_models(): the exports of v1 and v2, published after the repository's versions; this one is servable
