@@ -119,12 +119,13 @@ class BackboneSpec:
         return cls(**{key: value for key, value in values.items() if key in fields})
 
 
-def build_backbone(spec: BackboneSpec, weights: WeightsSource):
-    """A Keras model from uint8 images (N, size, size, 3) to pooled embeddings, all layers frozen."""
+def build_backbone(spec: BackboneSpec, weights: WeightsSource | None):
+    """A Keras model from uint8 images (N, size, size, 3) to pooled embeddings, all layers frozen; weights
+    None: the architecture alone, for weights set afterwards."""
     import keras
 
-    weights_path = weights.locate(spec.alpha)  # verified there against the file's known sha256
-    if KNOWN_WEIGHTS_SHA256[weights_path.name] != spec.weights_sha256:
+    weights_path = None if weights is None else weights.locate(spec.alpha)  # verified against its sha256
+    if weights_path is not None and KNOWN_WEIGHTS_SHA256[weights_path.name] != spec.weights_sha256:
         raise BackboneUnavailable(f"{weights_path} does not match the weights this model was trained with "
                                   f"(sha256 {spec.weights_sha256}).")
     shape = (spec.image_size, spec.image_size, 3)
@@ -132,7 +133,7 @@ def build_backbone(spec: BackboneSpec, weights: WeightsSource):
     # MobileNetV2 expects pixels in [-1, 1].
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(keras.ops.cast(inputs, "float32"))
     base = keras.applications.MobileNetV2(input_shape=shape, alpha=spec.alpha, include_top=False,
-                                          weights=str(weights_path), pooling=spec.pooling)
+                                          weights=weights_path and str(weights_path), pooling=spec.pooling)
     base.trainable = False
     return keras.Model(inputs, base(scaled, training=False), name="backbone")
 

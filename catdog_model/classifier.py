@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .backbone import Backbone, BackboneSpec, WeightsSource, file_sha256, get_backbone
+from .backbone import Backbone, BackboneSpec, WeightsSource, build_backbone, file_sha256, get_backbone
 from .images import DEFAULT_LIMITS, ImageLimits
 from .novelty import NoveltyDetector
 from .serving import ImageModel, ModelLoadError, read_config
@@ -93,6 +93,17 @@ class Classifier(ImageModel):
         chunks = [self._forward(images[start:start + step], self.tta) for start in range(0, len(images), step)]
         return (np.concatenate([p_dog.numpy() for p_dog, _ in chunks]),
                 np.concatenate([embeddings.numpy() for _, embeddings in chunks]))
+
+    def at_image_size(self, size: int) -> "Classifier":
+        """This classifier with its backbone's weights run on size × size images: the network is convolutional
+        up to its pooling, so any size runs, and a larger one than it trained at can see more (FixRes). Its
+        embeddings are cached apart, under the size."""
+        spec = dataclasses.replace(self.spec, image_size=int(size))
+        model = build_backbone(spec, None)
+        model.set_weights(self.backbone.model.get_weights())
+        return Classifier(Backbone(spec, None, self.backbone.batch_size, model=model), self.head, self.head_config,
+                          tta=self.tta, version=self.version, novelty=self.novelty, low_confidence=self.low_confidence,
+                          limits=self.limits)
 
     def save(self, directory: Path, full_model: bool = False) -> None:
         """Write config.json and the head's weights; the backbone is referenced, not copied, unless full_model:

@@ -1,6 +1,7 @@
 """Evaluate a model version on a folder of cats/ and dogs/: metrics, and confusion-matrix and ROC plots.
 
     python -m catdog evaluate --data-dir ../shared/data/cats_vs_dogs --json   # its test split; --split all: every photo
+    python -m catdog evaluate --data-dir … --split validation --image-size 352   # its weights on larger photos
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from .hub import PRODUCTION
 from .training import embed_examples, embedding_cache
 
 
+def image_size(text: str) -> int:
+    size = int(text) if text.isdigit() else 0
+    if not 32 <= size <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size from 32 to 1024 pixels")
+    return size
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="catdog evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, action="append",
@@ -26,6 +34,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="the images of this split, cut as the version's training cut them (default: test, "
                              "the photos it never trained on; all: every photo in the folders)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--image-size", type=image_size, help="run the version's backbone on photos of this size "
+                        "rather than the size it trained at (a larger one: FixRes; serving stays at its own)")
     parser.add_argument("--out", help="folder for confusion_matrix.png and roc_curve.png")
     return parser.parse_args(argv)
 
@@ -35,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings, hub, version = open_version(arguments.version)
         classifier = load_classifier(hub, version, settings)
+        if arguments.image_size:
+            classifier = classifier.at_image_size(arguments.image_size)
         dataset = DataDecisions(settings.data_dir).apply(load_folders(arguments.data_dir))  # as training saw it
         examples = dataset.examples
         if arguments.split != "all":
@@ -46,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         labels = [example.label for example in kept]
         p_dog = classifier.p_dog_from_embeddings(embeddings)
         result = {**compute_metrics(labels, p_dog), "version": version, "split": arguments.split,
+                  "image_size": classifier.image_size,
                   "data_dir": " + ".join(arguments.data_dir), "n_rejected": len(rejected), "rejected": rejected,
                   "decisions_applied": dataset.decisions}
         if arguments.out:
@@ -53,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.json:
         print(json.dumps(result))
         return
-    print(f"{version} on {' + '.join(arguments.data_dir)} ({arguments.split}): {result['n_images']} images, "
+    print(f"{version} at {result['image_size']} px on {' + '.join(arguments.data_dir)} ({arguments.split}): "
+          f"{result['n_images']} images, "
           f"{result['n_rejected']} rejected{decided(dataset.decisions)}")
     for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"):
         value = result[name]

@@ -139,6 +139,30 @@ def test_the_shipped_production_model_is_right_on_photos_it_never_saw(settings):
     assert metrics["test"]["accuracy"] >= 0.98 and metrics["test"]["n_images"] >= len(test_split)
 
 
+@requires_photos
+def test_a_version_run_at_a_larger_input_keeps_its_own_weights(settings):
+    shipped = LocalHub(shipped_models(), settings.model_name)
+    classifier = load_classifier(shipped, "production", settings)
+    sample = version_splits(load_folder(PHOTOS_DIR).examples, shipped.metrics()["data"]).test[::25]
+    photos = [example.data for example in sample]
+    same = classifier.at_image_size(classifier.image_size)
+    np.testing.assert_allclose([p.p_dog for p in same.predict(photos)], [p.p_dog for p in classifier.predict(photos)],
+                               atol=1e-5)
+    larger = classifier.at_image_size(classifier.image_size + 64)
+    assert larger.image_size == classifier.image_size + 64 and larger.spec.id != classifier.spec.id  # cached apart
+    assert np.mean([p.label == example.label for p, example in zip(larger.predict(photos), sample)]) >= 0.9
+
+
+def test_evaluate_refuses_an_image_size_no_backbone_can_run(capsys):
+    from catdog_model.cli_evaluate import parse_arguments
+
+    for size in ("0", "16", "-5", "100000", "big"):
+        with pytest.raises(SystemExit):
+            parse_arguments(["--data-dir", "photos", "--image-size", size])
+        assert f"'{size}' is not a size from 32 to 1024 pixels" in capsys.readouterr().err
+    assert parse_arguments(["--data-dir", "photos", "--image-size", "352"]).image_size == 352
+
+
 def test_the_head_is_fitted_on_the_training_split_only(small_trained):
     settings, dataset, trained, hub = small_trained
     splits = split_examples(dataset.examples, SMALL.seed, SMALL.validation_fraction, SMALL.test_fraction)
