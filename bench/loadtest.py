@@ -95,7 +95,7 @@ class App:
 
 def run_locust(url: str, users: int, seconds: int, options: tuple[str, ...] = (), user: str = "PredictUser") -> dict:
     """Locust headless against url with one of bench/locustfile.py's users and its options (--load-images …);
-    the end-to-end row of its statistics."""
+    the end-to-end row of its statistics, and each failure's message with its count."""
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "run"
         locust = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
@@ -103,15 +103,17 @@ def run_locust(url: str, users: int, seconds: int, options: tuple[str, ...] = ()
                                  "--only-summary", "--stop-timeout", "10", *options, user],
                                 cwd=PROJECT_ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
-        stats = Path(f"{prefix}_stats.csv")
+        stats, failures = Path(f"{prefix}_stats.csv"), Path(f"{prefix}_failures.csv")
         rows = {row["Name"]: row for row in csv.DictReader(stats.open())} if stats.exists() else {}
+        errors = {f"{row['Name']}: {row['Error']}": int(row["Occurrences"])
+                  for row in (csv.DictReader(failures.open()) if failures.exists() else ())}
     if END_TO_END not in rows:
         raise SystemExit(f"Locust finished no prediction against {url} in {seconds} s ({user}, {users} users): "
                          f"give it more --seconds. Locust said:\n{locust.stderr[-2000:]}")
     row = rows[END_TO_END]
     wrong = int(rows[LABEL_CHECK]["Failure Count"]) if LABEL_CHECK in rows else None
     return {"users": users, "seconds": seconds, "requests": int(row["Request Count"]),
-            "failures": int(row["Failure Count"]), "wrong_labels": wrong, "requests_per_s": round(float(row["Requests/s"]), 2),
+            "failures": int(row["Failure Count"]), "errors": errors, "wrong_labels": wrong, "requests_per_s": round(float(row["Requests/s"]), 2),
             "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]), "p99_ms": float(row["99%"])}
 
 

@@ -23,7 +23,7 @@ def test_loadtest_runs_every_server_and_reports_the_ratios(small_photo_dir, env)
     report = json.loads(result.stdout)
     for name in ("minimal_gradio", "catdog", "noop", "minimal_fastapi"):
         load = report[name]["load"]
-        assert load["requests"] > 0 and load["failures"] == 0 and load["server_cpu_ms"] > 0, name
+        assert load["requests"] > 0 and load["failures"] == 0 and load["server_cpu_ms"] > 0, (name, load["errors"])
         assert report[name]["ready_s"] > 0 and report[name]["peak_rss_mb"] > 0
     assert report["catdog"]["rest"]["requests"] > 0 and report["catdog"]["rest"]["failures"] == 0
     assert report["catdog"]["load"]["wrong_labels"] is not None
