@@ -203,9 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     # Each app gets a private copy of the models and data, so a retraining here never touches the repository.
     shutil.copytree(PROJECT_ROOT / "models", work / "models", ignore=shutil.ignore_patterns(".lock"))
     # The background embedding of the base data after a first start is a one-off job at low priority, not
-    # the request path: off, so that every catdog run measures the same thing.
+    # the request path: off, so that every catdog run measures the same thing. Uploads go to a private folder:
+    # Gradio files an upload under its content's hash, and any other Gradio server on this machine that stops
+    # deletes the files it received, the same photo under these servers' feet included.
     base = {**os.environ, "CATDOG_MODELS_DIR": str(work / "models"), "CATDOG_RELOAD_SECONDS": "0",
-            "PYTHONPATH": str(PROJECT_ROOT), "CATDOG_PREPARE_EMBEDDINGS": "0"}
+            "PYTHONPATH": str(PROJECT_ROOT), "CATDOG_PREPARE_EMBEDDINGS": "0",
+            "GRADIO_TEMP_DIR": str(work / "gradio-files")}
     base.pop("CATDOG_ADMIN_TOKEN", None)
     if arguments.images:
         base.update(CATDOG_BASE_DATA_DIR=arguments.images)

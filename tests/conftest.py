@@ -49,12 +49,17 @@ RETRAINING_SECONDS = 1800
 @pytest.fixture(scope="session", autouse=True)
 def offline(tmp_path_factory):
     """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR; and their
-    retrainings follow the small recipe unless a test says otherwise."""
+    retrainings follow the small recipe unless a test says otherwise.
+
+    Each test worker's Gradio servers keep uploads in the worker's own folder: Gradio files an upload under its
+    content's hash, and a server that stops deletes the files it received, so another worker's server stopping
+    would delete the same photo under a server that is about to read it."""
     _temporary.append(tmp_path_factory)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in (("CATDOG_OFFLINE", "1"), ("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR)),
                             ("CATDOG_RETRAIN_RECIPE", SMALL_RETRAIN_RECIPE)):
             patch.setenv(name, os.environ.get(name, value))
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-files")))
         yield
 
 
@@ -72,8 +77,10 @@ def settings(tmp_path, cache_dir) -> Settings:
 
 @pytest.fixture
 def env(tmp_path, cache_dir, monkeypatch) -> dict[str, str]:
-    """Environment for the command-line programs: a private hub, the shared cache, the weights."""
+    """Environment for the command-line programs: a private hub and Gradio upload folder, the shared cache, the
+    weights."""
     values = {"CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_CACHE_DIR": str(cache_dir),
+              "GRADIO_TEMP_DIR": str(tmp_path / "gradio-files"),
               "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR), "CATDOG_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     return {**os.environ, **values}
 

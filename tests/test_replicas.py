@@ -37,6 +37,7 @@ def start_replicas(tmp_path, cache_dir, **environment) -> list[tuple[subprocess.
         port = free_port()
         env = {**os.environ, "CATDOG_MODELS_DIR": str(tmp_path / "models"), "CATDOG_WEIGHTS_DIR": str(WEIGHTS_DIR),
                "CATDOG_DATA_DIR": str(tmp_path / name), "CATDOG_CACHE_DIR": str(cache_dir),
+               "GRADIO_TEMP_DIR": str(tmp_path / name / "gradio-files"),
                "CATDOG_RELOAD_SECONDS": "1", "GRADIO_SERVER_PORT": str(port), "CATDOG_OFFLINE": "1",
                "CATDOG_REPLICA": name, **environment}
         env.pop("CATDOG_ADMIN_TOKEN", None)
