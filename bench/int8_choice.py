@@ -1,25 +1,32 @@
-"""Which of a version's convolutions to keep in float in its int8 export: for each count of first convolutions
-kept in float, the int8 export's accuracy on the version's validation photos against the float export's, the
-labels they agree on, the largest |Δ p(dog)|, and the model alone's speed on one ONNX Runtime thread.
+"""Which of a version's convolutions to keep in float in its int8 export. For each set of convolutions kept in
+float, the int8 export's accuracy on the version's validation photos against the float export's, the labels
+they agree on, |Δ p(dog)| (largest and mean), and the model alone's speed on one ONNX Runtime thread. With
+--sensitivity, first each convolution quantized alone (all else float), ranked by the mean |Δ p(dog)| it causes.
 
     python -m bench.int8_choice --data-dir ../shared/data/cats_vs_dogs --data-dir ../shared/data/cats_vs_dogs_more \
-        [--version production] [--float-convolutions 1,5,9,13] [--json]
+        [--version production] [--float-convolutions "0-8;0-12;0-9,20,30,36"] [--sensitivity] [--json]
+
+Convolutions are numbered by their place from the input (0); a set is a comma-separated list of places and
+ranges.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from catdog_model.cli import open_version, user_errors
 from catdog_model.images import ImageLimits
 from catdog_model.layout import ONNX_FILE
-from catdog_model.quantize import FLOAT_CONVOLUTIONS, agreement, decoded, p_dog, quantize_export, version_photos
+from catdog_model.quantize import (FLOAT_CONVOLUTIONS, agreement, convolutions, decoded, p_dog, quantize_export,
+                                   version_photos)
 from catdog_model.serving import onnx_session
 
 
@@ -38,12 +45,43 @@ def speed(path: Path, images: np.ndarray) -> dict:
             "batch32_images_per_s": round(320 / (time.perf_counter() - started), 1)}
 
 
+def places(text: str) -> tuple[int, ...]:
+    """'0-9,20,30' → (0, 1, …, 9, 20, 30)."""
+    chosen = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        chosen.extend(range(int(first), int(last or first) + 1))
+    return tuple(chosen)
+
+
+def written(chosen: tuple[int, ...]) -> str:
+    """(0, 1, …, 9, 20, 30) → '0-9,20,30'."""
+    runs = []
+    for place in chosen:
+        if runs and place == runs[-1][1] + 1:
+            runs[-1][1] = place
+        else:
+            runs.append([place, place])
+    return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in runs)
+
+
+def quantized(fp32: Path, calibration: list, images: np.ndarray, **chosen) -> tuple[np.ndarray, Path]:
+    """p(dog) of an int8 export made with quantize_export's chosen convolutions; the export, in a temporary
+    folder the caller removes."""
+    int8 = Path(tempfile.mkdtemp(prefix="catdog-int8-")) / "model.int8.onnx"
+    quantize_export(fp32, int8, iter(calibration), **chosen)
+    return p_dog(int8, images), int8
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.int8_choice", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", action="append", required=True, help="the folders the version was trained on")
     parser.add_argument("--version", default="production")
-    parser.add_argument("--float-convolutions", default=f"1,5,{FLOAT_CONVOLUTIONS},13",
-                        help="counts to try, comma-separated")
+    parser.add_argument("--float-convolutions", default=f"0-8;0-12;{written(FLOAT_CONVOLUTIONS)}",
+                        help="sets of convolutions kept in float, separated by ';' (default: the first 9, the first "
+                             "13, and the export's own)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="first rank the convolutions by what each, quantized alone, moves p(dog)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     arguments = parser.parse_args(argv)
     with user_errors():
@@ -52,26 +90,39 @@ def main(argv: list[str] | None = None) -> None:
         size = json.loads((folder / "config.json").read_text())["backbone"]["image_size"]
         limits = ImageLimits.from_settings(settings)
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
+        calibration = list(decoded(calibration, size, limits))
         kept = [(image, example.label == "dog") for example in validation for image in decoded([example], size, limits)]
         images, truth = np.stack([image for image, _ in kept]), np.array([dog for _, dog in kept])
-        float_answers = p_dog(folder / ONNX_FILE, images)
+        fp32 = folder / ONNX_FILE
+        float_answers = p_dog(fp32, images)
+        sensitivity = []
+        if arguments.sensitivity:
+            for place in range(len(convolutions(onnx.load(str(fp32))))):
+                int8_answers, int8 = quantized(fp32, calibration, images, float_convolutions=(),
+                                               quantized_convolutions=(place,))
+                shutil.rmtree(int8.parent)
+                sensitivity.append({"convolution": place, **agreement(float_answers, int8_answers)})
+            sensitivity.sort(key=lambda row: -row["mean_p_dog_difference"])
         rows = [{"float_convolutions": "all (the float export)",
                  "validation_accuracy": round(float(np.mean((float_answers >= 0.5) == truth)), 4),
-                 **speed(folder / ONNX_FILE, images)}]
-        for count in (int(value) for value in arguments.float_convolutions.split(",")):
-            with tempfile.TemporaryDirectory() as temporary:
-                int8 = Path(temporary) / "model.int8.onnx"
-                quantize_export(folder / ONNX_FILE, int8, decoded(calibration, size, limits), count)
-                int8_answers = p_dog(int8, images)
-                compared = agreement(float_answers, int8_answers)
-                rows.append({"float_convolutions": count,
-                             "validation_accuracy": round(float(np.mean((int8_answers >= 0.5) == truth)), 4),
-                             "agreement": compared["agreement"],
-                             "max_p_dog_difference": compared["max_p_dog_difference"], **speed(int8, images)})
+                 **speed(fp32, images)}]
+        for chosen in (places(text) for text in arguments.float_convolutions.split(";")):
+            int8_answers, int8 = quantized(fp32, calibration, images, float_convolutions=chosen)
+            compared = agreement(float_answers, int8_answers)
+            rows.append({"float_convolutions": written(chosen),
+                         "validation_accuracy": round(float(np.mean((int8_answers >= 0.5) == truth)), 4),
+                         "agreement": compared["agreement"],
+                         "max_p_dog_difference": compared["max_p_dog_difference"],
+                         "mean_p_dog_difference": compared["mean_p_dog_difference"], **speed(int8, images)})
+            shutil.rmtree(int8.parent)
     if arguments.json:
-        print(json.dumps({"version": version, "validation_photos": len(images), "rows": rows}))
+        print(json.dumps({"version": version, "validation_photos": len(images), "sensitivity": sensitivity,
+                          "rows": rows}))
         return
     print(f"{version}, {len(images)} validation photos")
+    for row in sensitivity:
+        print(f"  convolution {row['convolution']} alone in int8: mean |Δ p(dog)| {row['mean_p_dog_difference']}, "
+              f"largest {row['max_p_dog_difference']}, labels agreeing {row['agreement']}")
     for row in rows:
         print("  " + ", ".join(f"{key} {value}" for key, value in row.items()))
 

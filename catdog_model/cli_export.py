@@ -34,7 +34,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "its validation photos check); repeat for more")
     parser.add_argument("--calibration-photos", type=int, default=CALIBRATION_PHOTOS,
                         help=f"for --int8: training photos that set the activation ranges (default "
-                             f"{CALIBRATION_PHOTOS}; each holds ~30 MB of memory while quantizing)")
+                             f"{CALIBRATION_PHOTOS})")
     parser.add_argument("--promote", action="store_true", help="make the new version production")
     arguments = parser.parse_args(argv)
     if arguments.int8 and not arguments.data_dir:

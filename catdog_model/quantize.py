@@ -1,39 +1,50 @@
 """The int8 serving export: ONNX Runtime's static quantization of a version's model.onnx — int8 weights per
 channel, uint8 activations with ranges calibrated on training photos (QDQ) — published beside it as
 model.int8.onnx once it agrees with the float export on the version's validation photos. The input's
-rescaling, the first convolutions, the pooling and the head stay in float: on v5's validation photos,
-quantizing everything lost a point of accuracy, mostly in the first layers (docs/experiments.md). Served when
+rescaling, the pooling, the head and the convolutions whose quantization moves p(dog) most stay in float: on
+v5's validation photos, quantizing everything lost a point of accuracy (docs/experiments.md). Served when
 CATDOG_SERVING_PRECISION=int8."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from .errors import CatdogError
 from .export import ExportError
 
-CALIBRATION_PHOTOS = 200  # ONNX Runtime keeps every photo's activations until the end: ~30 MB a photo here
-FLOAT_CONVOLUTIONS = 9  # the first convolutions, from the input: 1 and 8 more, chosen on validation
+CALIBRATION_PHOTOS = 200  # 1,000 calibrated no closer to the float export on v5's validation photos
+# The convolutions kept in float, by their place among the graph's convolutions counted from the input (0): the
+# first ten, and the three later ones that, each quantized alone, moved v5's validation p(dog) most
+# (python -m bench.int8_choice --sensitivity); chosen on validation (docs/experiments.md).
+FLOAT_CONVOLUTIONS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 30, 36)
 FLOAT_NODES = ("rescaling", "global_average_pooling", "head_")  # kept in float too, by the node's name
 MIN_AGREEMENT = 0.99  # of the check photos' labels, int8 against float
-MAX_P_DOG_DIFFERENCE = 0.75  # on any check photo (v5: 0.38 at most; its 1-convolution variant, refused: 0.84)
+MAX_P_DOG_DIFFERENCE = 0.75  # on any check photo (v5: 0.24 at most; with only its first convolution in float: 0.84)
 MIN_CHECK_PHOTOS = 50  # the validation photos an int8 export is checked on, at least
 
 
-def float_nodes(model, float_convolutions: int = FLOAT_CONVOLUTIONS) -> list[str]:
-    """The nodes of an ONNX model that stay in float: those named in FLOAT_NODES, and its first
-    float_convolutions convolutions (an ONNX graph lists its nodes in order)."""
-    convolutions = [node.name for node in model.graph.node if node.op_type == "Conv"][:float_convolutions]
-    return [node.name for node in model.graph.node if any(part in node.name for part in FLOAT_NODES)] + convolutions
+def convolutions(model) -> list[str]:
+    """An ONNX model's convolutions' node names, from the input (an ONNX graph lists its nodes in order)."""
+    return [node.name for node in model.graph.node if node.op_type == "Conv"]
+
+
+def float_nodes(model, float_convolutions: Sequence[int] = FLOAT_CONVOLUTIONS) -> list[str]:
+    """The nodes of an ONNX model that stay in float: those named in FLOAT_NODES, and the convolutions at the
+    places float_convolutions names."""
+    names = convolutions(model)
+    return ([node.name for node in model.graph.node if any(part in node.name for part in FLOAT_NODES)]
+            + [names[place] for place in float_convolutions if place < len(names)])
 
 
 def quantize_export(fp32: Path, int8: Path, calibration: Iterable[np.ndarray],
-                    float_convolutions: int = FLOAT_CONVOLUTIONS) -> None:
+                    float_convolutions: Sequence[int] = FLOAT_CONVOLUTIONS,
+                    quantized_convolutions: Sequence[int] | None = None) -> None:
     """Write int8 from the float export fp32, activation ranges from the calibration images (uint8 arrays
-    (size, size, 3))."""
+    (size, size, 3)); quantized_convolutions, when given, quantizes those convolutions alone (to measure what
+    each costs)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -53,7 +64,9 @@ def quantize_export(fp32: Path, int8: Path, calibration: Iterable[np.ndarray],
         quantize_static(str(prepared), str(int8), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=float_nodes(onnx.load(str(prepared)), float_convolutions))
+                        nodes_to_exclude=float_nodes(onnx.load(str(prepared)), float_convolutions),
+                        nodes_to_quantize=None if quantized_convolutions is None else
+                        [convolutions(onnx.load(str(prepared)))[place] for place in quantized_convolutions])
     finally:
         prepared.unlink(missing_ok=True)
 

@@ -13,7 +13,7 @@ from catdog_model.config import PROJECT_ROOT
 from catdog_model.export import ExportError
 from catdog_model.images import load_image
 from catdog_model.layout import INT8_ONNX_FILE, ONNX_FILE
-from catdog_model.quantize import check_int8, quantize_export
+from catdog_model.quantize import FLOAT_CONVOLUTIONS, check_int8, quantize_export
 from catdog_model.serving import ServingModel
 from tests.conftest import PRODUCTION, REPOSITORY_HUB
 from tests.test_cli import run
@@ -41,10 +41,37 @@ def test_an_int8_export_calibrated_on_photos_agrees_with_the_float_export(produc
     assert (tmp_path / INT8_ONNX_FILE).stat().st_size < production_export.stat().st_size / 2
 
 
+def convolutions_in_float(export) -> tuple[list[int], int]:
+    """The places of an export's convolutions that read their weights as they are (a quantized one reads them
+    through a DequantizeLinear), and how many convolutions it has."""
+    import onnx
+
+    graph = onnx.load(str(export)).graph
+    dequantized = {output for node in graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    in_float = [node.input[1] not in dequantized for node in graph.node if node.op_type == "Conv"]
+    return [place for place, kept in enumerate(in_float) if kept], len(in_float)
+
+
+def test_the_chosen_convolutions_stay_in_float_and_every_other_one_is_quantized(production_export, small_photo_dir,
+                                                                                tmp_path):
+    quantize_export(production_export, tmp_path / INT8_ONNX_FILE, iter(photos(small_photo_dir, 4)))
+    in_float, count = convolutions_in_float(tmp_path / INT8_ONNX_FILE)
+    assert in_float == list(FLOAT_CONVOLUTIONS) and count == convolutions_in_float(production_export)[1] > 40
+
+
+def test_one_convolution_can_be_quantized_alone_to_measure_what_it_costs(production_export, small_photo_dir,
+                                                                         tmp_path):
+    quantize_export(production_export, tmp_path / INT8_ONNX_FILE, iter(photos(small_photo_dir, 4)),
+                    float_convolutions=(), quantized_convolutions=(20,))
+    in_float, count = convolutions_in_float(tmp_path / INT8_ONNX_FILE)
+    assert in_float == [place for place in range(count) if place != 20]
+
+
 def test_the_check_refuses_an_int8_export_that_disagrees(production_export, small_photo_dir, tmp_path):
-    # Calibrated on black pictures, every activation range is nearly empty: the export answers nonsense.
+    # Calibrated on black pictures, every activation range is nearly empty: with every convolution quantized,
+    # the export answers nonsense.
     black = (np.zeros((SIZE, SIZE, 3), np.uint8) for _ in range(4))
-    quantize_export(production_export, tmp_path / INT8_ONNX_FILE, black)
+    quantize_export(production_export, tmp_path / INT8_ONNX_FILE, black, float_convolutions=())
     with pytest.raises(ExportError, match=r"The int8 export agrees with the float export on .* of 60 photos .* "
                                           "it was not published"):
         check_int8(production_export, tmp_path / INT8_ONNX_FILE, photos(small_photo_dir, 60))
