@@ -89,20 +89,28 @@ def time_predictions(models: dict, photos: list[bytes], repeats: int) -> dict[st
 
 
 def test_accuracy(exports: dict, data_dirs: list[str], data: dict, settings) -> dict:
-    """Each export's accuracy on the version's test split (cut as its training cut it), with a 95 % interval."""
+    """Each export's accuracy on the version's test split (cut as its training cut it), with a 95 % interval;
+    with a float and an int8 export, how their answers differ there (labels agreeing, |Δ p(dog)|)."""
     from catdog_model.data import load_folders, version_splits
     from catdog_model.data_decisions import DataDecisions
+    from catdog_model.quantize import agreement
     from catdog_model.reports import wilson_interval
 
     test = version_splits(DataDecisions(settings.data_dir).apply(load_folders(data_dirs)).examples, data).test
     results = {"test_images": len(test)}
+    answers = {}
     for prefix, model in exports.items():
-        p_dog = np.concatenate([model.run(np.stack([model.decode(example.content) for example in test[start:start + 32]]))[0]
-                                for start in range(0, len(test), 32)])
+        answers[prefix] = p_dog = np.concatenate([
+            model.run(np.stack([model.decode(example.content) for example in test[start:start + 32]]))[0]
+            for start in range(0, len(test), 32)])
         right = int(sum((p >= 0.5) == (example.label == "dog") for p, example in zip(p_dog, test)))
         low, high = wilson_interval(right, len(test))
         results[f"{prefix}_test_accuracy"] = round(right / len(test), 4)
         results[f"{prefix}_test_accuracy_95"] = [round(low, 4), round(high, 4)]
+    if {"serve", "serve_int8"} <= answers.keys():
+        compared = agreement(answers["serve"], answers["serve_int8"])
+        results.update({f"serve_int8_test_{name}": compared[name]
+                        for name in ("agreement", "max_p_dog_difference", "mean_p_dog_difference")})
     return results
 
 

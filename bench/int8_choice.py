@@ -13,8 +13,8 @@ ranges.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +25,8 @@ import onnx
 from catdog_model.cli import open_version, user_errors
 from catdog_model.images import ImageLimits
 from catdog_model.layout import ONNX_FILE
-from catdog_model.quantize import (FLOAT_CONVOLUTIONS, agreement, convolutions, decoded, p_dog, quantize_export,
-                                   version_photos)
+from catdog_model.quantize import (FLOAT_CONVOLUTIONS, agreement, convolutions, convolutions_at, decoded, p_dog,
+                                   quantize_export, version_photos)
 from catdog_model.serving import onnx_session
 
 
@@ -45,19 +45,26 @@ def speed(path: Path, images: np.ndarray) -> dict:
             "batch32_images_per_s": round(320 / (time.perf_counter() - started), 1)}
 
 
-def places(text: str) -> tuple[int, ...]:
-    """'0-9,20,30' → (0, 1, …, 9, 20, 30)."""
-    chosen = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        chosen.extend(range(int(first), int(last or first) + 1))
-    return tuple(chosen)
+def place_sets(text: str) -> list[tuple[int, ...]]:
+    """'0-8;0-9,20,30' → [(0, …, 8), (0, …, 9, 20, 30)]: sets separated by ';', each places and ranges
+    separated by ','; argparse's sentence for anything else."""
+    sets = []
+    for written_set in text.split(";"):
+        chosen = set()
+        for part in written_set.split(","):
+            first, dash, last = part.strip().partition("-")
+            if not first.isdigit() or (dash and not last.isdigit()) or int(last or first) < int(first):
+                raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a place (5) or a range (0-9) of "
+                                                 "convolutions, counted from the input")
+            chosen.update(range(int(first), int(last or first) + 1))
+        sets.append(tuple(sorted(chosen)))
+    return sets
 
 
 def written(chosen: tuple[int, ...]) -> str:
     """(0, 1, …, 9, 20, 30) → '0-9,20,30'."""
     runs = []
-    for place in chosen:
+    for place in sorted(chosen):
         if runs and place == runs[-1][1] + 1:
             runs[-1][1] = place
         else:
@@ -65,19 +72,21 @@ def written(chosen: tuple[int, ...]) -> str:
     return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in runs)
 
 
-def quantized(fp32: Path, calibration: list, images: np.ndarray, **chosen) -> tuple[np.ndarray, Path]:
-    """p(dog) of an int8 export made with quantize_export's chosen convolutions; the export, in a temporary
-    folder the caller removes."""
-    int8 = Path(tempfile.mkdtemp(prefix="catdog-int8-")) / "model.int8.onnx"
-    quantize_export(fp32, int8, iter(calibration), **chosen)
-    return p_dog(int8, images), int8
+@contextlib.contextmanager
+def quantized(fp32: Path, calibration: list, images: np.ndarray, **chosen):
+    """p(dog) of an int8 export made with quantize_export's chosen convolutions, and the export, which is
+    removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="catdog-int8-") as folder:
+        int8 = Path(folder) / "model.int8.onnx"
+        quantize_export(fp32, int8, iter(calibration), **chosen)
+        yield p_dog(int8, images), int8
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.int8_choice", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.int8_choice", description=__doc__.split(".")[0] + ".")
     parser.add_argument("--data-dir", action="append", required=True, help="the folders the version was trained on")
     parser.add_argument("--version", default="production")
-    parser.add_argument("--float-convolutions", default=f"0-8;0-12;{written(FLOAT_CONVOLUTIONS)}",
+    parser.add_argument("--float-convolutions", type=place_sets, default=f"0-8;0-12;{written(FLOAT_CONVOLUTIONS)}",
                         help="sets of convolutions kept in float, separated by ';' (default: the first 9, the first "
                              "13, and the export's own)")
     parser.add_argument("--sensitivity", action="store_true",
@@ -87,34 +96,33 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         settings, hub, version = open_version(arguments.version)
         folder = hub.download(version)
+        fp32 = folder / ONNX_FILE
+        # A place the model does not have is refused before the photos are decoded.
+        convolutions_at(onnx.load(str(fp32)), sorted(set().union(*arguments.float_convolutions)))
         size = json.loads((folder / "config.json").read_text())["backbone"]["image_size"]
         limits = ImageLimits.from_settings(settings)
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
         calibration = list(decoded(calibration, size, limits))
         kept = [(image, example.label == "dog") for example in validation for image in decoded([example], size, limits)]
         images, truth = np.stack([image for image, _ in kept]), np.array([dog for _, dog in kept])
-        fp32 = folder / ONNX_FILE
         float_answers = p_dog(fp32, images)
         sensitivity = []
         if arguments.sensitivity:
             for place in range(len(convolutions(onnx.load(str(fp32))))):
-                int8_answers, int8 = quantized(fp32, calibration, images, float_convolutions=(),
-                                               quantized_convolutions=(place,))
-                shutil.rmtree(int8.parent)
-                sensitivity.append({"convolution": place, **agreement(float_answers, int8_answers)})
+                with quantized(fp32, calibration, images, quantized_convolutions=(place,)) as (int8_answers, _):
+                    sensitivity.append({"convolution": place, **agreement(float_answers, int8_answers)})
             sensitivity.sort(key=lambda row: -row["mean_p_dog_difference"])
         rows = [{"float_convolutions": "all (the float export)",
                  "validation_accuracy": round(float(np.mean((float_answers >= 0.5) == truth)), 4),
                  **speed(fp32, images)}]
-        for chosen in (places(text) for text in arguments.float_convolutions.split(";")):
-            int8_answers, int8 = quantized(fp32, calibration, images, float_convolutions=chosen)
-            compared = agreement(float_answers, int8_answers)
-            rows.append({"float_convolutions": written(chosen),
-                         "validation_accuracy": round(float(np.mean((int8_answers >= 0.5) == truth)), 4),
-                         "agreement": compared["agreement"],
-                         "max_p_dog_difference": compared["max_p_dog_difference"],
-                         "mean_p_dog_difference": compared["mean_p_dog_difference"], **speed(int8, images)})
-            shutil.rmtree(int8.parent)
+        for chosen in arguments.float_convolutions:
+            with quantized(fp32, calibration, images, float_convolutions=chosen) as (int8_answers, int8):
+                compared = agreement(float_answers, int8_answers)
+                rows.append({"float_convolutions": written(chosen),
+                             "validation_accuracy": round(float(np.mean((int8_answers >= 0.5) == truth)), 4),
+                             "agreement": compared["agreement"],
+                             "max_p_dog_difference": compared["max_p_dog_difference"],
+                             "mean_p_dog_difference": compared["mean_p_dog_difference"], **speed(int8, images)})
     if arguments.json:
         print(json.dumps({"version": version, "validation_photos": len(images), "sensitivity": sensitivity,
                           "rows": rows}))

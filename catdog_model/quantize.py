@@ -1,9 +1,9 @@
 """The int8 serving export: ONNX Runtime's static quantization of a version's model.onnx — int8 weights per
 channel, uint8 activations with ranges calibrated on training photos (QDQ) — published beside it as
 model.int8.onnx once it agrees with the float export on the version's validation photos. The input's
-rescaling, the pooling, the head and the convolutions whose quantization moves p(dog) most stay in float: on
-v5's validation photos, quantizing everything lost a point of accuracy (docs/experiments.md). Served when
-CATDOG_SERVING_PRECISION=int8."""
+rescaling, the pooling, the head and thirteen convolutions stay in float — the first ten, and three later ones
+that cost most quantized alone — chosen as the set that kept v5's validation p(dog) closest to the float
+export's (docs/experiments.md). Served when CATDOG_SERVING_PRECISION=int8."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from .errors import CatdogError
 from .export import ExportError
 
-CALIBRATION_PHOTOS = 200  # 1,000 calibrated no closer to the float export on v5's validation photos
+CALIBRATION_PHOTOS = 200  # 1,000 calibrated no closer to the float export on v5's validation photos (mean |Δp|)
 # The convolutions kept in float, by their place among the graph's convolutions counted from the input (0): the
 # first ten, and the three later ones that, each quantized alone, moved v5's validation p(dog) most
 # (python -m bench.int8_choice --sensitivity); chosen on validation (docs/experiments.md).
@@ -27,24 +27,36 @@ MIN_CHECK_PHOTOS = 50  # the validation photos an int8 export is checked on, at 
 
 
 def convolutions(model) -> list[str]:
-    """An ONNX model's convolutions' node names, from the input (an ONNX graph lists its nodes in order)."""
+    """An ONNX model's convolutions' node names, from the input (an ONNX graph lists its nodes in order; ONNX
+    Runtime's preparation for quantization keeps them, as tests/test_quantize.py checks)."""
     return [node.name for node in model.graph.node if node.op_type == "Conv"]
+
+
+def convolutions_at(model, places: Sequence[int]) -> list[str]:
+    """The names of the model's convolutions at these places; CatdogError for a place it does not have."""
+    names = convolutions(model)
+    missing = [str(place) for place in places if not 0 <= place < len(names)]
+    if missing:
+        raise CatdogError(f"This model's convolutions are numbered 0 to {len(names) - 1}; it has no "
+                          f"{', '.join(missing)}.")
+    return [names[place] for place in places]
 
 
 def float_nodes(model, float_convolutions: Sequence[int] = FLOAT_CONVOLUTIONS) -> list[str]:
     """The nodes of an ONNX model that stay in float: those named in FLOAT_NODES, and the convolutions at the
     places float_convolutions names."""
-    names = convolutions(model)
     return ([node.name for node in model.graph.node if any(part in node.name for part in FLOAT_NODES)]
-            + [names[place] for place in float_convolutions if place < len(names)])
+            + convolutions_at(model, float_convolutions))
 
 
 def quantize_export(fp32: Path, int8: Path, calibration: Iterable[np.ndarray],
                     float_convolutions: Sequence[int] = FLOAT_CONVOLUTIONS,
                     quantized_convolutions: Sequence[int] | None = None) -> None:
     """Write int8 from the float export fp32, activation ranges from the calibration images (uint8 arrays
-    (size, size, 3)); quantized_convolutions, when given, quantizes those convolutions alone (to measure what
-    each costs)."""
+    (size, size, 3)). quantized_convolutions, when given, quantizes those convolutions alone, everything else
+    in float (to measure what each costs; float_convolutions is then moot)."""
+    if quantized_convolutions is not None and not quantized_convolutions:
+        raise CatdogError("Name at least one convolution to quantize alone.")
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -61,12 +73,14 @@ def quantize_export(fp32: Path, int8: Path, calibration: Iterable[np.ndarray],
     prepared = Path(int8).with_suffix(".prepared.onnx")
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        model = onnx.load(str(prepared))
+        alone = quantized_convolutions is not None
+        # ONNX Runtime reads an empty nodes_to_quantize as "all", and lets nodes_to_exclude win over it.
         quantize_static(str(prepared), str(int8), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=float_nodes(onnx.load(str(prepared)), float_convolutions),
-                        nodes_to_quantize=None if quantized_convolutions is None else
-                        [convolutions(onnx.load(str(prepared)))[place] for place in quantized_convolutions])
+                        nodes_to_exclude=float_nodes(model, () if alone else float_convolutions),
+                        nodes_to_quantize=convolutions_at(model, quantized_convolutions) if alone else None)
     finally:
         prepared.unlink(missing_ok=True)
 

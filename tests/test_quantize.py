@@ -7,9 +7,11 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from catdog_model.config import PROJECT_ROOT
+from catdog_model.errors import CatdogError
 from catdog_model.export import ExportError
 from catdog_model.images import load_image
 from catdog_model.layout import INT8_ONNX_FILE, ONNX_FILE
@@ -44,8 +46,6 @@ def test_an_int8_export_calibrated_on_photos_agrees_with_the_float_export(produc
 def convolutions_in_float(export) -> tuple[list[int], int]:
     """The places of an export's convolutions that read their weights as they are (a quantized one reads them
     through a DequantizeLinear), and how many convolutions it has."""
-    import onnx
-
     graph = onnx.load(str(export)).graph
     dequantized = {output for node in graph.node if node.op_type == "DequantizeLinear" for output in node.output}
     in_float = [node.input[1] not in dequantized for node in graph.node if node.op_type == "Conv"]
@@ -62,9 +62,38 @@ def test_the_chosen_convolutions_stay_in_float_and_every_other_one_is_quantized(
 def test_one_convolution_can_be_quantized_alone_to_measure_what_it_costs(production_export, small_photo_dir,
                                                                          tmp_path):
     quantize_export(production_export, tmp_path / INT8_ONNX_FILE, iter(photos(small_photo_dir, 4)),
-                    float_convolutions=(), quantized_convolutions=(20,))
+                    quantized_convolutions=(20,))  # one the export keeps in float
     in_float, count = convolutions_in_float(tmp_path / INT8_ONNX_FILE)
-    assert in_float == [place for place in range(count) if place != 20]
+    assert count > 40 and in_float == [place for place in range(count) if place != 20]
+    # Nothing else is quantized: the convolution's input and its output are the only activations that are.
+    graph = onnx.load(str(tmp_path / INT8_ONNX_FILE)).graph
+    assert [node.op_type for node in graph.node].count("QuantizeLinear") == 2
+
+
+@pytest.mark.parametrize("chosen, message", [
+    (dict(quantized_convolutions=()), "Name at least one convolution to quantize alone"),
+    (dict(quantized_convolutions=(52,)), "numbered 0 to 51; it has no 52"),
+    (dict(float_convolutions=(0, 60, -1)), "it has no 60, -1"),
+])
+def test_convolutions_the_model_does_not_have_are_refused_in_a_sentence(production_export, tmp_path, chosen,
+                                                                        message):
+    with pytest.raises(CatdogError, match=message):
+        quantize_export(production_export, tmp_path / INT8_ONNX_FILE, iter([]), **chosen)
+    assert not (tmp_path / INT8_ONNX_FILE).exists()
+
+
+def test_int8_choice_reads_sets_of_places_and_ranges_and_refuses_anything_else_before_any_work(capsys):
+    from bench.int8_choice import main, place_sets, written
+
+    assert place_sets("0-8;0-9,20,30,36;5,3,4") == [tuple(range(9)), (*range(10), 20, 30, 36), (3, 4, 5)]
+    assert written((*range(10), 20, 30, 36)) == "0-9,20,30,36" and written((5, 3, 4)) == "3-5"
+    for wrong in ("9-0", "0..8", "0-8;", "-1", "a"):
+        with pytest.raises(SystemExit):
+            main(["--data-dir", "nowhere", "--float-convolutions", wrong])
+        assert "is not a place (5) or a range (0-9)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the repository's production has 52 convolutions
+        main(["--data-dir", "nowhere", "--float-convolutions", "0-60"])
+    assert "it has no 52, 53" in capsys.readouterr().err
 
 
 def test_the_check_refuses_an_int8_export_that_disagrees(production_export, small_photo_dir, tmp_path):
@@ -78,7 +107,7 @@ def test_the_check_refuses_an_int8_export_that_disagrees(production_export, smal
 
 
 def test_int8_is_served_only_when_asked_for_and_where_the_version_has_it(production_export, small_photo_dir,
-                                                                        tmp_path):
+                                                                        tmp_path, settings):
     version = tmp_path / "version"
     shutil.copytree(production_export.parent, version)
     assert ServingModel.load(version, precision="int8").precision == "fp32"  # the version has no int8 export
@@ -92,6 +121,16 @@ def test_int8_is_served_only_when_asked_for_and_where_the_version_has_it(product
     int8 = ServingModel.load(version, precision="int8")
     dog = sorted((small_photo_dir / "dogs").iterdir())[-1].read_bytes()
     assert int8.precision == "int8" and int8.predict_one(dog).label == "dog"
+
+    # The benchmark reads both on the version's test photos, and how far apart their answers are there.
+    import bench.benchmark as benchmark
+
+    fp32, data = ServingModel.load(version), REPOSITORY_HUB.metrics(PRODUCTION)["data"]
+    read = benchmark.test_accuracy({"serve": fp32, "serve_int8": int8}, [str(small_photo_dir)], data, settings)
+    assert read["test_images"] > 5 and read["serve_int8_test_agreement"] >= 0.8
+    assert 0 < read["serve_int8_test_mean_p_dog_difference"] <= read["serve_int8_test_max_p_dog_difference"] < 0.75
+    same = benchmark.test_accuracy({"serve": fp32, "serve_int8": fp32}, [str(small_photo_dir)], data, settings)
+    assert same["serve_int8_test_agreement"] == 1 and same["serve_int8_test_max_p_dog_difference"] == 0
 
 
 def test_a_version_whose_int8_file_is_missing_or_damaged_still_serves_its_float_export(production_export,
