@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         settings, hub, version = open_version(arguments.version)
         folder = hub.download(version)
         fp32 = folder / ONNX_FILE
+        model = onnx.load(str(fp32))
         # A place the model does not have is refused before the photos are decoded.
-        convolutions_at(onnx.load(str(fp32)), sorted(set().union(*arguments.float_convolutions)))
+        convolutions_at(model, sorted(set().union(*arguments.float_convolutions)))
         size = json.loads((folder / "config.json").read_text())["backbone"]["image_size"]
         limits = ImageLimits.from_settings(settings)
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         float_answers = p_dog(fp32, images)
         sensitivity = []
         if arguments.sensitivity:
-            for place in range(len(convolutions(onnx.load(str(fp32))))):
+            for place in range(len(convolutions(model))):
                 with quantized(fp32, calibration, images, quantized_convolutions=(place,)) as (int8_answers, _):
                     sensitivity.append({"convolution": place, **agreement(float_answers, int8_answers)})
             sensitivity.sort(key=lambda row: -row["mean_p_dog_difference"])
