@@ -1,7 +1,8 @@
 """Phase 2 of transfer learning: unfreeze the top of the backbone and train it with the head, on augmented
 photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe); or,
 with the cosine schedule, for a fixed number of epochs, optionally averaging the last epochs' weights. Label
-smoothing is an option of either.
+smoothing is an option of either; so is running the whole fine-tuning several times from the same start, each
+run seeded apart, and averaging the runs' weights (a uniform "model soup": one model, so no more cost to serve).
 
 BatchNormalization layers stay frozen and in inference mode: their statistics come from ImageNet, and a few
 thousand photos in small batches would only make them noisier."""
@@ -46,10 +47,12 @@ class FineTuneConfig:
                            choices=list(SCHEDULES))
     average_last: int = option(0, "cosine: the model is the mean of the weights after each of the last N "
                                "epochs (weight averaging; 0: the last epoch's weights)")
+    runs: int = option(1, "fine-tune this many times from the same start (run k seeded with the seed + k) and "
+                       "keep the mean of the runs' weights: a uniform model soup, one model to serve")
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ServiceError("Fine-tuning epochs and batch size must be at least 1.")
+        if self.epochs < 1 or self.batch_size < 1 or self.runs < 1:
+            raise ServiceError("Fine-tuning epochs, batch size and runs must be at least 1.")
         if self.schedule not in SCHEDULES:
             raise ServiceError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}.")
         if not 0 <= self.label_smoothing < 0.5:
@@ -110,93 +113,93 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     # A fresh copy of the backbone: the shared frozen one keeps serving embeddings for other versions.
     backbone_model = start if start is not None else build_backbone(spec, weights)
     unfrozen = unfreeze_top(backbone_model, config.blocks)
-    head = keras.models.clone_model(classifier.head)
-    head.set_weights(classifier.head.get_weights())
+    starting_backbone = backbone_model.get_weights()
     image = keras.Input((size, size, 3), dtype="uint8", name="image")
-    model = keras.Model(image, head(backbone_model(image)), name="catdog")
+    model = head = None
 
     margin_size = int(round(size * (1 + config.crop_margin)))
     train_images, train_labels, _ = decode_all(train, margin_size, progress)
     validation_images, validation_labels, _ = decode_all(validation, size, progress)
-    augment = keras.Sequential([
-        keras.layers.RandomCrop(size, size, seed=seed),
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed),
-        keras.layers.RandomContrast(config.contrast, seed=seed),
-    ], name="augment")
-
-    def augmented(images, labels):
-        pixels = augment(tf.cast(images, tf.float32), training=True)
-        return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), labels
-
-    # One endless stream, reshuffled each pass, read steps_per_epoch batches an epoch: Keras then keeps one
-    # iterator for the whole fit — a new one each epoch stood still for 10-60 s (the photos are a constant of
-    # the dataset's graph, copied again for each iterator) — and every batch is full, so one trace serves.
     steps = -(-len(train_images) // config.batch_size)
-    train_data = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-                  .shuffle(len(train_images), seed=seed).repeat().batch(config.batch_size)
-                  .map(augmented, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
-    if config.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps)
-        callbacks = []
-    else:
-        learning_rate = config.learning_rate
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
-        ]
-    averaging = _weight_averaging_callback()(config.epochs - config.average_last) if config.average_last else None
-    if averaging:
-        callbacks.append(averaging)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing), metrics=["accuracy"])
-    if progress:  # batch by batch, each epoch's validation pass included: an epoch takes a minute or more
-        per_epoch = steps + -(-len(validation_images) // VALIDATION_BATCH_SIZE)
+    per_epoch = steps + -(-len(validation_images) // VALIDATION_BATCH_SIZE)
 
-        class BatchProgress(keras.callbacks.Callback):
-            """Each batch; and, until the first training and validation batches end, the seconds of Keras
-            tracing its steps (tens of seconds on two busy cores, with no batch to count)."""
-            epoch = 0
-            tracing = None
+    def fit(run: int) -> dict:
+        """One fine-tuning from the start, seeded by the seed + run, exactly as it would run alone with that
+        seed: the head is made afresh after seeding, so even its dropout draws alike. Its history."""
+        nonlocal model, head
+        run_seed = seed + run
+        keras.utils.set_random_seed(run_seed)
+        if run:
+            backbone_model.set_weights(starting_backbone)
+        head = keras.models.clone_model(classifier.head)
+        head.set_weights(classifier.head.get_weights())
+        model = keras.Model(image, head(backbone_model(image)), name="catdog")
+        augment = keras.Sequential([
+            keras.layers.RandomCrop(size, size, seed=run_seed),
+            keras.layers.RandomFlip("horizontal", seed=run_seed),
+            keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=run_seed),
+            keras.layers.RandomContrast(config.contrast, seed=run_seed),
+        ], name="augment")
 
-            def _trace(self, stage: str | None) -> None:
-                if self.tracing:
-                    self.tracing.__exit__(None, None, None)
-                self.tracing = stage and ticking(progress, stage)
-                if self.tracing:
-                    self.tracing.__enter__()
+        def augmented(images, labels):
+            pixels = augment(tf.cast(images, tf.float32), training=True)
+            return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), labels
 
-            def on_train_begin(self, logs=None):
-                self._trace("preparing the training step")
+        # One endless stream, reshuffled each pass, read steps_per_epoch batches an epoch: Keras then keeps one
+        # iterator for the whole fit — a new one each epoch stood still for 10-60 s (the photos are a constant
+        # of the dataset's graph, copied again for each iterator) — and every batch is full, so one trace serves.
+        train_data = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+                      .shuffle(len(train_images), seed=run_seed).repeat().batch(config.batch_size)
+                      .map(augmented).prefetch(2))
+        if config.schedule == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps)
+            callbacks = []
+        else:
+            learning_rate = config.learning_rate
+            callbacks = [
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                              restore_best_weights=True),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
+            ]
+        averaging = (_weight_averaging_callback()(config.epochs - config.average_last) if config.average_last
+                     else None)
+        if averaging:
+            callbacks.append(averaging)
+        # Compiled afresh each run: a new optimizer, so no run inherits another's moments or lowered rate.
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
+                      metrics=["accuracy"])
+        if progress:  # batch by batch, each epoch's validation pass included: an epoch takes a minute or more
+            callbacks.append(_batch_progress_callback()(progress, run * config.epochs * per_epoch, steps, per_epoch,
+                                                        config.runs * config.epochs * per_epoch))
+        fitted = model.fit(train_data, validation_data=(validation_images, validation_labels),
+                           epochs=config.epochs, steps_per_epoch=steps, validation_batch_size=VALIDATION_BATCH_SIZE,
+                           shuffle=False,  # the dataset shuffles itself
+                           callbacks=callbacks, verbose=0)
+        history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
+        if averaging:
+            model.set_weights(averaging.mean())
+            history["averaged_val_loss"] = [validation_loss()]
+        return history
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch = epoch
+    def validation_loss() -> float:
+        return float(model.evaluate(validation_images, validation_labels, batch_size=VALIDATION_BATCH_SIZE,
+                                    verbose=0)[0])
 
-            def on_train_batch_end(self, batch, logs=None):
-                self._trace(None)
-                progress("fine-tuning", self.epoch * per_epoch + batch + 1, config.epochs * per_epoch)
-
-            def on_test_begin(self, logs=None):
-                if self.epoch == 0:
-                    self._trace("preparing the validation step")
-
-            def on_test_batch_end(self, batch, logs=None):
-                self._trace(None)
-                progress("fine-tuning", self.epoch * per_epoch + steps + batch + 1, config.epochs * per_epoch)
-
-            def on_train_end(self, logs=None):
-                self._trace(None)
-
-        callbacks.append(BatchProgress())
-    fitted = model.fit(train_data, validation_data=(validation_images, validation_labels), epochs=config.epochs,
-                       steps_per_epoch=steps, validation_batch_size=VALIDATION_BATCH_SIZE,
-                       shuffle=False,  # the dataset shuffles itself
-                       callbacks=callbacks, verbose=0)
-    history = {key: [float(value) for value in values] for key, values in fitted.history.items()}
-    if averaging:
-        model.set_weights(averaging.mean())
-        history["averaged_val_loss"] = [float(model.evaluate(validation_images, validation_labels,
-                                                             batch_size=VALIDATION_BATCH_SIZE, verbose=0)[0])]
+    runs, soup = [], None
+    for run in range(config.runs):
+        history = fit(run)
+        runs.append({"history": history, "val_loss": validation_loss() if config.runs > 1 else None,
+                     "epochs_run": len(history.get("loss", []))})
+        weights = [np.asarray(weight, dtype=np.float64) for weight in model.get_weights()]
+        soup = weights if soup is None else [total + weight for total, weight in zip(soup, weights)]
+    history = runs[0]["history"]
+    if config.runs > 1:
+        # BatchNormalization stays at ImageNet's statistics in every run, so the mean of the weights needs no
+        # statistics recomputed: it is a model as it stands.
+        model.set_weights([(total / config.runs).astype(np.float32) for total in soup])
+        history = {"runs": [run["history"] for run in runs], "runs_val_loss": [run["val_loss"] for run in runs],
+                   "soup_val_loss": [validation_loss()]}
     # The fine-tuned backbone gets an identity of its own, so no embedding cached for another backbone is used.
     digest = hashlib.sha256(b"".join(np.asarray(weight).tobytes() for weight in backbone_model.get_weights()))
     tuned_spec = dataclasses.replace(spec, fine_tuned=digest.hexdigest()[:16])
@@ -204,8 +207,56 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
                        classifier.head_config, tta=classifier.tta, low_confidence=classifier.low_confidence,
                        limits=classifier.limits)
     return tuned, {"config": dataclasses.asdict(config), "unfrozen_layers": len(unfrozen),
-                   "epochs_run": len(history.get("loss", [])), "history": history,
+                   "epochs_run": sum(run["epochs_run"] for run in runs), "history": history,
                    "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _batch_progress_callback():
+    import keras
+
+    class BatchProgress(keras.callbacks.Callback):
+        """Each batch, counted from `offset` of `total` (runs before this one included); and, until the first
+        training and validation batches end, the seconds of Keras tracing its steps (tens of seconds on two busy
+        cores, with no batch to count)."""
+
+        def __init__(self, progress: ProgressCallback, offset: int, steps: int, per_epoch: int, total: int):
+            super().__init__()
+            self.progress, self.offset, self.steps, self.per_epoch, self.total = (progress, offset, steps,
+                                                                                  per_epoch, total)
+            self.epoch, self.tracing = 0, None
+
+        def _trace(self, stage: str | None) -> None:
+            if self.tracing:
+                self.tracing.__exit__(None, None, None)
+            self.tracing = stage and ticking(self.progress, stage)
+            if self.tracing:
+                self.tracing.__enter__()
+
+        def _done(self, batch: int) -> None:
+            self.progress("fine-tuning", self.offset + self.epoch * self.per_epoch + batch + 1, self.total)
+
+        def on_train_begin(self, logs=None):
+            self._trace("preparing the training step")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._trace(None)
+            self._done(batch)
+
+        def on_test_begin(self, logs=None):
+            if self.epoch == 0:
+                self._trace("preparing the validation step")
+
+        def on_test_batch_end(self, batch, logs=None):
+            self._trace(None)
+            self._done(self.steps + batch)
+
+        def on_train_end(self, logs=None):
+            self._trace(None)
+
+    return BatchProgress
 
 
 def _weight_averaging_callback():

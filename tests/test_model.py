@@ -283,6 +283,7 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights_only():
     (dict(schedule="cosine", epochs=3, average_last=4), "average_last must be between 0 and the epochs"),
     (dict(schedule="step"), "schedule must be one of plateau, cosine, not 'step'"),
     (dict(label_smoothing=0.5), "label_smoothing must be at least 0 and below 0.5"),
+    (dict(runs=0), "runs must be at least 1"),
 ])
 def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(options, message):
     from catdog_model.finetune import FineTuneConfig
@@ -324,3 +325,29 @@ def test_fine_tuning_continues_from_the_backbone_it_is_given_not_from_imagenet(s
                          start=start)
     tuned_base = next(layer for layer in tuned.backbone.model.layers if isinstance(layer, keras.Model))
     assert np.array_equal(tuned_base.get_layer("block_2_project").get_weights()[0], kernel + 0.01)
+
+
+def test_several_fine_tuning_runs_become_one_model_the_mean_of_their_weights(small_photo_dir, settings):
+    """Runs seeded apart from the same start (a model soup): the model is the mean of what each run alone gives
+    (fine-tuning is repeatable: the same seed, the same weights), and each run's validation loss and the mean's
+    are recorded."""
+    from catdog_model.finetune import FineTuneConfig, fine_tune
+
+    cats, dogs = cats_and_dogs(small_photo_dir)
+    classifier = small_classifier(settings)
+    config = FineTuneConfig(blocks=1, epochs=1, batch_size=4, learning_rate=1e-3)  # a rate at which seeds tell
+
+    def tuned(seed: int, runs: int = 1):
+        model, info = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
+                                dataclasses.replace(config, runs=runs), seed=seed,
+                                weights=WeightsSource.from_settings(settings))
+        return model.backbone.model.get_weights() + model.head.get_weights(), info
+
+    first, again, second = (tuned(seed)[0] for seed in (5, 5, 6))
+    assert all(np.array_equal(one, other) for one, other in zip(first, again))
+    assert any(not np.array_equal(one, other) for one, other in zip(first, second))
+    soup, info = tuned(5, runs=2)
+    for mean, one, other in zip(soup, first, second):
+        np.testing.assert_allclose(mean, (one.astype(np.float64) + other) / 2, atol=1e-6)
+    assert info["epochs_run"] == 2 and len(info["history"]["runs"]) == 2
+    assert all(loss > 0 for loss in info["history"]["runs_val_loss"] + info["history"]["soup_val_loss"])
