@@ -191,8 +191,9 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         history = fit(run)
         runs.append({"history": history, "val_loss": validation_loss() if config.runs > 1 else None,
                      "epochs_run": len(history.get("loss", []))})
-        weights = [np.asarray(weight, dtype=np.float64) for weight in model.get_weights()]
-        soup = weights if soup is None else [total + weight for total, weight in zip(soup, weights)]
+        if config.runs > 1:
+            weights = [np.asarray(weight, dtype=np.float64) for weight in model.get_weights()]
+            soup = weights if soup is None else [total + weight for total, weight in zip(soup, weights)]
     history = runs[0]["history"]
     if config.runs > 1:
         # BatchNormalization stays at ImageNet's statistics in every run, so the mean of the weights needs no
