@@ -82,6 +82,34 @@ def unfreeze_top(backbone_model, blocks: int) -> list[str]:
     return unfrozen
 
 
+def augmented_stream(images: np.ndarray, labels: np.ndarray, size: int, config: FineTuneConfig, seed: int):
+    """The training photos (uint8, decoded crop_margin larger) as an endless tf.data stream of batches of
+    (photos of `size`, labels), reshuffled each pass; each photo randomly cropped, mirrored, rotated and changed
+    in contrast, each drawn apart. The same seed gives the same stream."""
+    import keras
+    import tensorflow as tf
+
+    # A seed each: layers seeded alike draw the same number, so a photo would be mirrored exactly when it is
+    # rotated one way and its contrast lowered. Contrast as a pair: Keras reads a single factor as "up to +f".
+    augment = keras.Sequential([
+        keras.layers.RandomCrop(size, size, seed=4 * seed),
+        keras.layers.RandomFlip("horizontal", seed=4 * seed + 1),
+        keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=4 * seed + 2),
+        keras.layers.RandomContrast((config.contrast, config.contrast), seed=4 * seed + 3),
+    ], name="augment")
+
+    def augmented(photo, label):
+        pixels = augment(tf.cast(photo, tf.float32), training=True)
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), label
+
+    # Endless, read steps_per_epoch batches an epoch: Keras then keeps one iterator for the whole fit — a new one
+    # each epoch stood still for 10-60 s (the photos are a constant of the dataset's graph, copied again for each
+    # iterator) — and every batch is full, so one trace serves. Each photo is augmented alone, before batching
+    # (Keras's RandomCrop draws one offset per batch), and in order: a parallel map draws in a racy order.
+    return (tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(len(images), seed=seed).repeat()
+            .map(augmented).batch(config.batch_size).prefetch(2))
+
+
 def decode_all(examples: list[Example], size: int, progress: ProgressCallback | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[Example]]:
     """uint8 images (N, size, size, 3), labels (N,), and the examples that decoded."""
@@ -104,7 +132,6 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     """A new Classifier whose backbone's top is trained with the (phase-1) head; and what happened. start: a
     backbone (Keras model, a private copy) to continue from, as a version fine-tuned it; else ImageNet's."""
     import keras
-    import tensorflow as tf
 
     started = time.perf_counter()
     spec = classifier.spec
@@ -134,23 +161,7 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         head = keras.models.clone_model(classifier.head)
         head.set_weights(classifier.head.get_weights())
         model = keras.Model(image, head(backbone_model(image)), name="catdog")
-        augment = keras.Sequential([
-            keras.layers.RandomCrop(size, size, seed=run_seed),
-            keras.layers.RandomFlip("horizontal", seed=run_seed),
-            keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=run_seed),
-            keras.layers.RandomContrast(config.contrast, seed=run_seed),
-        ], name="augment")
-
-        def augmented(images, labels):
-            pixels = augment(tf.cast(images, tf.float32), training=True)
-            return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), labels
-
-        # One endless stream, reshuffled each pass, read steps_per_epoch batches an epoch: Keras then keeps one
-        # iterator for the whole fit — a new one each epoch stood still for 10-60 s (the photos are a constant
-        # of the dataset's graph, copied again for each iterator) — and every batch is full, so one trace serves.
-        train_data = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-                      .shuffle(len(train_images), seed=run_seed).repeat().batch(config.batch_size)
-                      .map(augmented).prefetch(2))
+        train_data = augmented_stream(train_images, train_labels, size, config, run_seed)
         if config.schedule == "cosine":
             learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps)
             callbacks = []
@@ -183,8 +194,9 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         return history
 
     def validation_loss() -> float:
-        return float(model.evaluate(validation_images, validation_labels, batch_size=VALIDATION_BATCH_SIZE,
-                                    verbose=0)[0])
+        with ticking(progress, "measuring the validation loss"):
+            return float(model.evaluate(validation_images, validation_labels, batch_size=VALIDATION_BATCH_SIZE,
+                                        verbose=0)[0])
 
     runs, soup = [], None
     for run in range(config.runs):

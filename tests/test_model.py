@@ -233,6 +233,38 @@ def cats_and_dogs(small_photo_dir) -> tuple[list, list]:
     return [example for example in photos if example.label == "cat"], [example for example in photos if example.label == "dog"]
 
 
+def test_fine_tuning_augments_each_photo_apart_and_draws_crop_mirror_and_contrast_independently():
+    from catdog_model.finetune import FineTuneConfig, augmented_stream
+
+    size, copies = 20, 64
+    config = FineTuneConfig(batch_size=copies, rotation=0.0, contrast=0.1)  # no rotation: each draw can be read back
+    margin = int(round(size * (1 + config.crop_margin)))
+    photo = np.random.default_rng(0).integers(64, 192, (margin, margin, 3)).astype(np.uint8)  # no clipping
+    photos, _ = next(iter(augmented_stream(np.repeat(photo[np.newaxis], copies, axis=0), np.zeros(copies, np.float32),
+                                           size, config, seed=3)))
+
+    def drawn(output: np.ndarray) -> tuple[tuple[int, int], bool, float]:
+        """The crop offset and mirroring that explain the output, and its contrast factor."""
+        fits = []
+        for top in range(margin - size + 1):
+            for left in range(margin - size + 1):
+                for mirrored in (False, True):
+                    crop = photo[top:top + size, left:left + size].astype(float)
+                    crop = crop[:, ::-1] if mirrored else crop
+                    slope, _ = np.polyfit(crop.ravel(), output.astype(float).ravel(), 1)
+                    error = np.abs(output - ((crop - crop.mean((0, 1))) * slope + crop.mean((0, 1)))).max()
+                    fits.append((error, (top, left), mirrored, slope))
+        error, offset, mirrored, factor = min(fits, key=lambda fit: fit[0])
+        assert error <= 1, "each output is a crop of the photo, perhaps mirrored, with its contrast changed"
+        return offset, mirrored, factor
+
+    draws = [drawn(output) for output in np.asarray(photos)]
+    assert len({offset for offset, _, _ in draws}) > 4, "photos in one batch are cropped at different places"
+    sides = {(mirrored, factor > 1) for _, mirrored, factor in draws if abs(factor - 1) > 0.01}
+    assert sides == {(False, False), (False, True), (True, False), (True, True)}, \
+        "contrast is lowered as well as raised, on mirrored and unmirrored photos alike"
+
+
 def test_fine_tuning_trains_the_top_blocks_but_leaves_batch_normalization_at_imagenet_values(small_photo_dir,
                                                                                              settings):
     import keras
