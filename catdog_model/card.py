@@ -15,8 +15,7 @@ def fine_tuning_description(tuning: dict) -> str:
     the head — BatchNormalization frozen in inference mode —", up to the seconds it took."""
     config = tuning["config"]
     cosine, runs, epochs = config.get("schedule") == "cosine", config.get("runs", 1), config["epochs"]
-    words = [f"on photos randomly cropped (from {100 * config['crop_margin']:.0f} % larger), mirrored, rotated "
-             f"(up to {360 * config['rotation']:.0f}°) and changed in contrast (±{100 * config['contrast']:.0f} %)",
+    words = [augmentation_description(config, tuning.get("augmentation", 1)),
              f"Adam at {config['learning_rate']} " + ("falling along a cosine to 0" if cosine
                                                        else "lowered on a plateau"),
              f"batches of {config['batch_size']}"]
@@ -26,16 +25,33 @@ def fine_tuning_description(tuning: dict) -> str:
     words.append(f"{runs} times from the same start, each run seeded apart, for {tuning['epochs_run']} epochs in all "
                  f"({a_run})" if runs > 1 else
                  f"for {tuning['epochs_run']} epochs" + ("" if cosine else f" (at most {epochs})"))
-    each = "each run's" if runs > 1 else "the"
+    last = config.get("average_last")
     if not cosine:
-        words.append(f"keeping {each} epoch with the lowest validation loss")
-    elif config.get("average_last"):
-        words.append(f"each run's weights the mean of those after each of its last {config['average_last']} epochs"
-                     if runs > 1 else f"the weights the mean of those after each of the last {config['average_last']} "
-                     "epochs")
+        words.append("keeping each run's epoch with the lowest validation loss" if runs > 1
+                     else "keeping the epoch with the lowest validation loss")
+    elif last:
+        words.append(f"each run's weights averaged over its last {last} epochs" if runs > 1
+                     else f"the weights averaged over the last {last} epochs")
     if runs > 1:
         words.append("and the mean of the runs' weights is the model (a uniform model soup)")
     return ", ".join(words)
+
+
+def augmentation_description(config: dict, revision: int) -> str:
+    """The training photos' augmentation. Revision 1 (v5 and earlier) drew one random number for the mirroring,
+    rotation and contrast of a photo, only ever raised the contrast, and cropped a whole batch at one offset."""
+    if revision < 2:
+        return (f"on photos cropped (from {100 * config['crop_margin']:.0f} % larger) at one random place per batch, "
+                f"then mirrored, rotated (up to {360 * config['rotation']:.0f}°) and raised in contrast (up to "
+                f"{100 * config['contrast']:.0f} %) by a single random draw per photo (so a photo was mirrored "
+                "exactly when turned one way and raised the less)")
+    changes = [f"randomly cropped (from {100 * config['crop_margin']:.0f} % larger)" if config["crop_margin"] else "",
+               "mirrored",
+               f"rotated (up to {360 * config['rotation']:.0f}°)" if config["rotation"] else "",
+               f"changed in contrast (±{100 * config['contrast']:.0f} %)" if config["contrast"] else ""]
+    changes = [change for change in changes if change]
+    return f"on photos {', '.join(changes[:-1])} and {changes[-1]}, each drawn apart" if len(changes) > 1 \
+        else f"on photos {changes[0]}"
 
 
 def render_model_card(model_name: str, version: str, config: dict, metrics: dict) -> str:

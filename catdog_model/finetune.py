@@ -29,6 +29,9 @@ VALIDATION_BATCH_SIZE = 32
 # MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
 LAST_BLOCK = 16
 SCHEDULES = ("plateau", "cosine")
+# Recorded with each fine-tuned version, for its card (card.augmentation_description): 1 drew one random number
+# for a photo's mirroring, rotation and contrast, only raised contrast and cropped a batch at one offset (v5).
+AUGMENTATION_REVISION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +222,8 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
     tuned = Classifier(Backbone(tuned_spec, None, classifier.backbone.batch_size, model=backbone_model), head,
                        classifier.head_config, tta=classifier.tta, low_confidence=classifier.low_confidence,
                        limits=classifier.limits)
-    return tuned, {"config": dataclasses.asdict(config), "unfrozen_layers": len(unfrozen),
+    return tuned, {"config": dataclasses.asdict(config), "augmentation": AUGMENTATION_REVISION,
+                   "unfrozen_layers": len(unfrozen),
                    "epochs_run": sum(run["epochs_run"] for run in runs), "history": history,
                    "seconds": round(time.perf_counter() - started, 1)}
 

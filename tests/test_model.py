@@ -210,6 +210,7 @@ def test_a_fine_tuned_version_carries_the_whole_model_and_serves_like_keras(smal
     config = json.loads((folder / "config.json").read_text())
     assert {"model.keras", "model.onnx", "novelty.npz"} <= set(config["files"])
     assert config["backbone"]["fine_tuned"] == trained.classifier.spec.fine_tuned
+    assert "each drawn apart" in (folder / "README.md").read_text(), "its card describes the augmentation it had"
     photos = [path.read_bytes() for path in sorted((small_photo_dir / "dogs").iterdir())[:4]]
     reloaded = load_classifier(hub, version, dataclasses.replace(settings, weights_dir=None))  # no ImageNet file
     served = ServingModel.load(folder, version)
