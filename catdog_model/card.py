@@ -21,10 +21,10 @@ def fine_tuning_description(tuning: dict) -> str:
              f"batches of {config['batch_size']}"]
     if config.get("label_smoothing"):
         words.append(f"labels smoothed by {config['label_smoothing']}")
-    a_run = f"{epochs} a run" if cosine else f"at most {epochs} a run"
+    at_most = "" if cosine else "at most "  # the cosine schedule runs every epoch
     words.append(f"{runs} times from the same start, each run seeded apart, for {tuning['epochs_run']} epochs in all "
-                 f"({a_run})" if runs > 1 else
-                 f"for {tuning['epochs_run']} epochs" + ("" if cosine else f" (at most {epochs})"))
+                 f"({at_most}{epochs} a run)" if runs > 1 else
+                 f"for {tuning['epochs_run']} epochs" + (f" ({at_most}{epochs})" if at_most else ""))
     last = config.get("average_last")
     if not cosine:
         words.append("keeping each run's epoch with the lowest validation loss" if runs > 1
@@ -45,13 +45,15 @@ def augmentation_description(config: dict, revision: int) -> str:
                 f"then mirrored, rotated (up to {360 * config['rotation']:.0f}°) and raised in contrast (up to "
                 f"{100 * config['contrast']:.0f} %) by a single random draw per photo (so a photo was mirrored "
                 "exactly when turned one way and raised the less)")
-    changes = [f"randomly cropped (from {100 * config['crop_margin']:.0f} % larger)" if config["crop_margin"] else "",
-               "mirrored",
-               f"rotated (up to {360 * config['rotation']:.0f}°)" if config["rotation"] else "",
-               f"changed in contrast (±{100 * config['contrast']:.0f} %)" if config["contrast"] else ""]
-    changes = [change for change in changes if change]
-    return f"on photos {', '.join(changes[:-1])} and {changes[-1]}, each drawn apart" if len(changes) > 1 \
-        else f"on photos {changes[0]}"
+    changes = [f"randomly cropped (from {100 * config['crop_margin']:.0f} % larger)"] if config["crop_margin"] else []
+    changes.append("mirrored")
+    if config["rotation"]:
+        changes.append(f"rotated (up to {360 * config['rotation']:.0f}°)")
+    if config["contrast"]:
+        changes.append(f"changed in contrast (±{100 * config['contrast']:.0f} %)")
+    if len(changes) == 1:
+        return f"on photos {changes[0]}"
+    return f"on photos {', '.join(changes[:-1])} and {changes[-1]}, each drawn apart"
 
 
 def render_model_card(model_name: str, version: str, config: dict, metrics: dict) -> str:

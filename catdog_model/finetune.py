@@ -29,8 +29,7 @@ VALIDATION_BATCH_SIZE = 32
 # MobileNetV2's 16 inverted-residual blocks are block_1 … block_16, then Conv_1; "the top N blocks" counts back.
 LAST_BLOCK = 16
 SCHEDULES = ("plateau", "cosine")
-# Recorded with each fine-tuned version, for its card (card.augmentation_description): 1 drew one random number
-# for a photo's mirroring, rotation and contrast, only raised contrast and cropped a batch at one offset (v5).
+# Recorded with each fine-tuned version, so its card says which augmentation it had (card.augmentation_description).
 AUGMENTATION_REVISION = 2
 
 
