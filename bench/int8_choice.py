@@ -24,7 +24,7 @@ import onnx
 
 from catdog_model.cli import open_version, user_errors
 from catdog_model.images import ImageLimits
-from catdog_model.layout import ONNX_FILE
+from catdog_model.layout import CONFIG_FILE, INT8_ONNX_FILE, ONNX_FILE
 from catdog_model.quantize import (FLOAT_CONVOLUTIONS, agreement, convolutions, convolutions_at, decoded, p_dog,
                                    quantize_export, version_photos)
 from catdog_model.serving import onnx_session
@@ -77,7 +77,7 @@ def quantized(fp32: Path, calibration: list, images: np.ndarray, **chosen):
     """p(dog) of an int8 export made with quantize_export's chosen convolutions, and the export, which is
     removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="catdog-int8-") as folder:
-        int8 = Path(folder) / "model.int8.onnx"
+        int8 = Path(folder) / INT8_ONNX_FILE
         quantize_export(fp32, int8, iter(calibration), **chosen)
         yield p_dog(int8, images), int8
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         model = onnx.load(str(fp32))
         # A place the model does not have is refused before the photos are decoded.
         convolutions_at(model, sorted(set().union(*arguments.float_convolutions)))
-        size = json.loads((folder / "config.json").read_text())["backbone"]["image_size"]
+        size = json.loads((folder / CONFIG_FILE).read_text())["backbone"]["image_size"]
         limits = ImageLimits.from_settings(settings)
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
         calibration = list(decoded(calibration, size, limits))

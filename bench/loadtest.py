@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> None:
         base.update(CATDOG_BASE_DATA_DIR=arguments.images)
     from catdog_model.config import Settings
     from catdog_model.hub import LocalHub
+    from catdog_model.layout import ONNX_FILE
 
-    model = LocalHub(work / "models", Settings.from_env().model_name).download() / "model.onnx"
+    model = LocalHub(work / "models", Settings.from_env().model_name).download() / ONNX_FILE
     results = {
         "minimal_gradio": measure(base, arguments, ("-m", "bench.minimal_apps", "gradio"), check_labels=False),
         "catdog": measure({**base, "CATDOG_DATA_DIR": str(work / "data")}, arguments, retrain=arguments.retrain,

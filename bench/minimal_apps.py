@@ -1,7 +1,7 @@
 """The ceilings catdog is measured against, on the same machine in the same run:
 
     python -m bench.minimal_apps gradio --port 7861      # one Gradio endpoint, file in, constant label out
-    python -m bench.minimal_apps fastapi --port 7862 --model models/catdog-mobilenetv2/v4/model.onnx
+    python -m bench.minimal_apps fastapi --port 7862 --model models/catdog-mobilenetv2/v5/model.onnx
                                                        # one multipart POST: decode + one ONNX Runtime call
 
 Both answer GET /health like catdog, so bench.loadtest starts and waits for them the same way.

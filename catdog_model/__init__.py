@@ -1,4 +1,5 @@
-"""catdog: a cats-vs-dogs classifier — frozen ImageNet MobileNetV2 backbone, trained head, versioned hub."""
+"""catdog: a cats-vs-dogs classifier — an ImageNet MobileNetV2 backbone (frozen, or fine-tuned with the head), a
+trained head, served on ONNX Runtime from a versioned hub."""
 
 import os
 

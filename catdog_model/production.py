@@ -132,9 +132,9 @@ class Production:
             raise ServiceError("Say which version to promote, for example v3 (see the versions table).")
         with self.lock:
             version = self.hub.resolve(version.strip())
-            classifier = self._loaded_or_refused(version, "promoted")
+            model = self._loaded_or_refused(version, "promoted")
             self.hub.promote(version)
-            self._swap(classifier)
+            self._swap(model)
         return version
 
     def rollback(self) -> tuple[str, list[str]]:

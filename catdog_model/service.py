@@ -136,10 +136,10 @@ class Service:
 
     def predict(self, source, origin: str = "api") -> tuple[Prediction, float]:
         """The prediction and its latency in ms; logged, unless logging fails."""
-        classifier = self.production.serving()
+        model = self.production.serving()
         started = time.perf_counter()
         data = read_bytes(source)
-        prediction = classifier.predict_one(data)
+        prediction = model.predict_one(data)
         latency_ms = (time.perf_counter() - started) * 1000
         self._log(prediction, latency_ms, content_hash(data), origin)
         if self.settings.review_queue and prediction.flags:
@@ -232,10 +232,6 @@ class Service:
         if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
             raise NotAllowed("This action needs the admin token (CATDOG_ADMIN_TOKEN); the token given is missing "
                              "or wrong.")
-
-    @property
-    def retrain_state(self):
-        return self.retrainer.last()
 
     def start_retrain(self, fine_tune: bool = False) -> str:
         if not self.retrainer.start(fine_tune):

@@ -1,4 +1,4 @@
-"""The one way catdog opens its SQLite files (the embedding cache, the prediction log)."""
+"""The one way catdog opens its SQLite files: the embedding cache (the prediction log goes through SQLAlchemy)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from .finetune import FineTuneConfig, embed_views, fine_tune
 from .hub import ModelHub
 from .novelty import NoveltyDetector
 from .served_backbone import ServedBackbone
-from .layout import CONFIG_FILE, METRICS_FILE
+from .layout import CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 
 MIN_IMAGES_PER_CLASS = 5
 PUBLISHING_STEPS = 4  # the model's files, its export, metrics and plots, the hub
@@ -236,7 +236,7 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str, progress: Pro
                 export_onnx(classifier, folder)  # checked against Keras: a version never serves other answers
         step(2)
         (folder / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2) + "\n")
-        (folder / "history.json").write_text(json.dumps(trained.history, indent=2) + "\n")
+        (folder / HISTORY_FILE).write_text(json.dumps(trained.history, indent=2) + "\n")
         save_plots(trained.test_labels, trained.test_p_dog, folder, title="(test split)")
         step(3)
         version = push_version(folder, hub, model_name, trained.metrics)

@@ -76,6 +76,22 @@ def settings(tmp_path, cache_dir) -> Settings:
 
 
 @pytest.fixture
+def start_service():
+    """Service(settings).start(), closed when the test ends, failed or not: no test leaves its threads or an
+    embedding child running beside the tests after it."""
+    from catdog_model.service import Service
+
+    started = []
+
+    def start(settings: Settings) -> Service:
+        started.append(Service(settings).start())
+        return started[-1]
+    yield start
+    for service in reversed(started):
+        service.close()
+
+
+@pytest.fixture
 def env(tmp_path, cache_dir, monkeypatch) -> dict[str, str]:
     """Environment for the command-line programs: a private hub and Gradio upload folder, the shared cache, the
     weights."""

@@ -22,10 +22,11 @@ from tests.conftest import PHOTOS_DIR, WEIGHTS_DIR, requires_photos, shipped_mod
 STREAM = MIN_RECENT + 20
 
 
-def make_service(root, cache_dir) -> Service:
+def make_service(start_service, root, cache_dir) -> Service:
     shutil.copytree(shipped_models(), root / "models", ignore=shutil.ignore_patterns(".lock"))
-    service = Service(dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=root / "models",
-                                          data_dir=root / "data", cache_dir=cache_dir)).start()
+    service = start_service(dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR,
+                                                models_dir=root / "models", data_dir=root / "data",
+                                                cache_dir=cache_dir))
     model = service.serving_model
     if model is None or model.novelty is None or not model.novelty.reference:
         pytest.skip("the shipped production version keeps no validation reference")
@@ -54,8 +55,8 @@ def other_pictures(count: int) -> list[bytes]:
 
 
 @requires_photos
-def test_a_stream_of_real_photos_shows_no_drift(tmp_path, cache_dir):
-    service = make_service(tmp_path, cache_dir)
+def test_a_stream_of_real_photos_shows_no_drift(start_service, tmp_path, cache_dir):
+    service = make_service(start_service, tmp_path, cache_dir)
     metrics = service.hub.metrics()
     held_out = version_splits(load_folder(PHOTOS_DIR).examples, metrics["data"]).test  # never trained on
     for example in held_out[::len(held_out) // STREAM][:STREAM]:
@@ -67,8 +68,8 @@ def test_a_stream_of_real_photos_shows_no_drift(tmp_path, cache_dir):
     assert report["recent"] == STREAM and set(report["tests"]) == {"p_dog", "confidence", "novelty"}
 
 
-def test_a_stream_of_other_pictures_is_called_drift(tmp_path, cache_dir):
-    service = make_service(tmp_path, cache_dir)
+def test_a_stream_of_other_pictures_is_called_drift(start_service, tmp_path, cache_dir):
+    service = make_service(start_service, tmp_path, cache_dir)
     for picture in other_pictures(STREAM):
         service.predict(picture)
     service.log.flush()

@@ -165,17 +165,17 @@ def test_mutations_without_the_right_token_change_nothing(server, small_photo_di
     after = (service.curation.uploads.counts(), service.curation.uploads.suspect_counts(), service.hub.refs(),
              service.health()["model_version"])
     assert after == before and not (service.settings.data_dir / "data_decisions.json").exists()
-    assert service.retrain_state.stage == "idle" and not service.retrain_state.running
+    assert service.retrainer.last().stage == "idle" and not service.retrainer.last().running
     # Each refusal is one line in the server's log, never a traceback.
     assert "Traceback" not in capfd.readouterr().err
     assert sum("refused" in record.getMessage() for record in caplog.records) >= 4
 
 
-def test_without_a_token_mutations_are_allowed_only_on_loopback(settings):
-    from catdog_model.service import NotAllowed, Service
+def test_without_a_token_mutations_are_allowed_only_on_loopback(start_service, settings):
+    from catdog_model.service import NotAllowed
 
-    Service(dataclasses.replace(settings, admin_token=None, server_name="127.0.0.1")).start().check_token(None)
-    exposed = Service(dataclasses.replace(settings, admin_token=None, server_name="0.0.0.0")).start()
+    start_service(dataclasses.replace(settings, admin_token=None, server_name="127.0.0.1")).check_token(None)
+    exposed = start_service(dataclasses.replace(settings, admin_token=None, server_name="0.0.0.0"))
     with pytest.raises(NotAllowed, match="set CATDOG_ADMIN_TOKEN"):
         exposed.check_token(None)
     with pytest.raises(NotAllowed, match="set CATDOG_ADMIN_TOKEN"):
@@ -191,15 +191,13 @@ def test_messages_never_show_absolute_paths():
         "database sqlite:///predictions.sqlite is locked"
 
 
-def test_a_batch_holds_one_files_bytes_at_a_time(settings, tmp_path):
+def test_a_batch_holds_one_files_bytes_at_a_time(start_service, settings, tmp_path):
     """From the second adversarial review: 32 files of 20 MB of noise in one batch were all read before any
     was decoded (+572 MB). Each is now read, decoded (or refused) and let go before the next."""
     import tracemalloc
 
-    from catdog_model.service import Service
-
     shutil.copytree(PROJECT_ROOT / "models", settings.models_dir)
-    service = Service(settings).start()
+    service = start_service(settings)
     noise = []
     for index in range(8):
         path = tmp_path / f"noise{index}.jpg"
@@ -218,13 +216,11 @@ def test_a_batch_holds_one_files_bytes_at_a_time(settings, tmp_path):
 
 
 @pytest.mark.heavy
-def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(settings):
-    from catdog_model.service import Service
-
+def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(start_service, settings):
     shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
     settings.data_dir.mkdir(parents=True)
     (settings.data_dir / "predictions.sqlite").write_bytes(b"this is not a database " * 1000)
-    service = Service(settings).start()
+    service = start_service(settings)
     service.predict(random_jpeg(1, side=64))
     service.log.flush()
     shown = json.dumps([service.dashboard.status(), service.dashboard.metrics("all"), service.dashboard.metrics_view("all")["summary"]],
@@ -254,17 +250,16 @@ LIMITS_FROM_ENVIRONMENT = {"CATDOG_MAX_PIXELS": ("max_pixels", "1234567"), "CATD
                            "CATDOG_MAX_REQUEST_MEGAPIXELS": ("max_request_megapixels", "22")}
 
 
-def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, settings):
-    from catdog_model.service import Service
-
+def test_every_limit_setting_reaches_the_code_that_enforces_it(start_service, monkeypatch, settings):
     for name, (_, value) in LIMITS_FROM_ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
     from_env = Settings.from_env()
     for name, (field, value) in LIMITS_FROM_ENVIRONMENT.items():
         expected = False if field == "auto_promote" else type(getattr(from_env, field))(value)
         assert getattr(from_env, field) == expected, name
-    service = Service(dataclasses.replace(from_env, weights_dir=settings.weights_dir, models_dir=settings.models_dir,
-                                          data_dir=settings.data_dir, cache_dir=settings.cache_dir)).start()
+    service = start_service(dataclasses.replace(from_env, weights_dir=settings.weights_dir,
+                                                models_dir=settings.models_dir, data_dir=settings.data_dir,
+                                                cache_dir=settings.cache_dir))
     assert (service.limits.max_pixels, service.limits.min_side, service.limits.decode_bytes) == (
         1234567, 33, 77 * 2**20)
     assert service.curation.uploads.limits is service.limits
@@ -274,11 +269,10 @@ def test_every_limit_setting_reaches_the_code_that_enforces_it(monkeypatch, sett
         service.curation.upload("cat", ["a.jpg"] * 8)
 
 
-def test_the_upload_size_limit_reaches_gradio(settings):
+def test_the_upload_size_limit_reaches_gradio(start_service, settings):
     from catdog_model.app import build_app
-    from catdog_model.service import Service
 
-    url, stop = serve_in_thread(build_app(Service(dataclasses.replace(settings, max_upload_mb=1)).start()))
+    url, stop = serve_in_thread(build_app(start_service(dataclasses.replace(settings, max_upload_mb=1))))
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             small = http.post("/gradio_api/upload", files={"files": ("small.jpg", b"x" * 500_000)})
@@ -289,15 +283,14 @@ def test_the_upload_size_limit_reaches_gradio(settings):
 
 
 @pytest.mark.heavy
-def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(settings, small_photo_dir, tmp_path,
+def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(start_service, settings, small_photo_dir, tmp_path,
                                                                      monkeypatch):
     from catdog_model.app import build_app
-    from catdog_model.service import Service
 
     shutil.copytree(shipped_models(), settings.models_dir, ignore=shutil.ignore_patterns(".lock"))
     gradio_files = tmp_path / "gradio-files"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_files))
-    service = Service(dataclasses.replace(settings, file_cache_minutes=0.05)).start()  # 3 seconds
+    service = start_service(dataclasses.replace(settings, file_cache_minutes=0.05))  # 3 seconds
     url, stop = serve_in_thread(build_app(service))
     photos = sorted((small_photo_dir / "dogs").iterdir())[:4]
     try:
@@ -327,19 +320,19 @@ def test_only_loopback_addresses_count_as_loopback(settings, name, loopback):
 
 
 @pytest.mark.heavy
-def test_without_a_token_only_this_machines_own_requests_are_answered(tmp_path, cache_dir, small_photo_dir):
+def test_without_a_token_only_this_machines_own_requests_are_answered(start_service, tmp_path, cache_dir,
+                                                                      small_photo_dir):
     """A web page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) reaches a loopback server from the
     victim's browser, but its requests carry the attacker's name in Host; any other page — another site's, or
     another local web app's on another port — can POST a form to 127.0.0.1, but the browser names it in
     Origin. Only the app's own origin, or a program (no Origin), may change anything."""
     from catdog_model.app import build_app
-    from catdog_model.service import Service
 
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     settings = dataclasses.replace(Settings.from_env(), weights_dir=WEIGHTS_DIR, models_dir=tmp_path / "models",
                                    data_dir=tmp_path / "data", cache_dir=cache_dir, admin_token=None,
                                    server_name="127.0.0.1", server_port=free_port())
-    service = Service(settings).start()
+    service = start_service(settings)
     url, stop = serve_in_thread(build_app(service), settings.server_port)
     port = settings.server_port
     refusal = loopback_only_message(port)

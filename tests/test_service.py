@@ -170,8 +170,8 @@ def test_a_correction_joins_the_uploads_held_for_review_when_production_was_sure
     assert "**2** corrections (100.0% of predictions)" in service.dashboard.metrics_view("day")["summary"]
 
 
-def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, cache_dir):
-    service = Service(make_settings(tmp_path, cache_dir)).start()
+def test_without_a_model_the_service_says_why_and_health_is_not_ready(start_service, tmp_path, cache_dir):
+    service = start_service(make_settings(tmp_path, cache_dir))
     assert service.health() == {"status": "not ready", "model_loaded": False, "model_version": None,
                                 "precision": None}
     assert "no production model yet" in service.load_error
@@ -180,18 +180,18 @@ def test_without_a_model_the_service_says_why_and_health_is_not_ready(tmp_path, 
 
 
 @pytest.mark.heavy
-def test_retraining_with_too_few_images_reports_the_reason(tmp_path, cache_dir):
-    service = Service(make_settings(tmp_path, cache_dir)).start()
+def test_retraining_with_too_few_images_reports_the_reason(start_service, tmp_path, cache_dir):
+    service = start_service(make_settings(tmp_path, cache_dir))
     service.start_retrain()
     wait_for_retraining(service)
-    assert service.retrain_state.stage == "failed"
-    assert "at least 5 images of each class" in service.retrain_state.error
+    assert service.retrainer.last().stage == "failed"
+    assert "at least 5 images of each class" in service.retrainer.last().error
 
 
-def test_the_admin_token_is_checked_only_when_set(tmp_path, cache_dir):
-    open_service = Service(make_settings(tmp_path / "open", cache_dir)).start()
+def test_the_admin_token_is_checked_only_when_set(start_service, tmp_path, cache_dir):
+    open_service = start_service(make_settings(tmp_path / "open", cache_dir))
     open_service.check_token(None)
-    guarded = Service(make_settings(tmp_path / "guarded", cache_dir, admin_token="s3cret")).start()
+    guarded = start_service(make_settings(tmp_path / "guarded", cache_dir, admin_token="s3cret"))
     guarded.check_token("s3cret")
     for wrong in (None, "", "s3cre", "s3cret "):
         with pytest.raises(ServiceError, match="admin token") as raised:
@@ -210,7 +210,7 @@ def test_a_version_that_cannot_load_is_never_promoted(service):
 
 
 def wait_for_retraining(service: Service, seconds: float = RETRAINING_SECONDS) -> None:
-    wait_for(lambda: not service.retrain_state.running, seconds=seconds, every=0.2)
+    wait_for(lambda: not service.retrainer.last().running, seconds=seconds, every=0.2)
 
 
 @requires_weights
@@ -273,7 +273,8 @@ def test_a_version_the_hub_cannot_give_now_stops_a_rollback_and_changes_nothing(
 
 
 @requires_weights
-def test_model_swaps_leave_no_threads_or_files_of_the_old_models_behind(tmp_path, cache_dir, small_photo_dir):
+def test_model_swaps_leave_no_threads_or_files_of_the_old_models_behind(start_service, tmp_path, cache_dir,
+                                                                        small_photo_dir):
     def os_threads() -> int:  # ONNX Runtime's own threads included, which Python's threading does not see
         return len(os.listdir("/proc/self/task"))
 
@@ -282,7 +283,7 @@ def test_model_swaps_leave_no_threads_or_files_of_the_old_models_behind(tmp_path
 
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     # Two inference threads a model: a session that outlives its swap keeps a thread of its own.
-    service = Service(make_settings(tmp_path, cache_dir, serving_threads=2, reload_seconds=0)).start()
+    service = start_service(make_settings(tmp_path, cache_dir, serving_threads=2, reload_seconds=0))
     photo = sorted((small_photo_dir / "cats").iterdir())[0].read_bytes()
     service.predict(photo)
     threads, files = os_threads(), open_files()
@@ -367,16 +368,16 @@ def test_close_stops_the_services_threads_and_writes_the_buffered_log(tmp_path, 
 
 
 @requires_weights
-def test_flags_reach_the_answer_and_the_log(tmp_path, cache_dir, small_photo_dir):
+def test_flags_reach_the_answer_and_the_log(start_service, tmp_path, cache_dir, small_photo_dir):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     photo = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise, "PNG")
-    doubtful = Service(make_settings(tmp_path / "strict", cache_dir, models_dir=tmp_path / "models",
-                                     low_confidence=1.0)).start()
+    doubtful = start_service(make_settings(tmp_path / "strict", cache_dir, models_dir=tmp_path / "models",
+                                           low_confidence=1.0))
     assert doubtful.predict(photo)[0].flags == ("low_confidence",)
-    relaxed = Service(make_settings(tmp_path / "relaxed", cache_dir, models_dir=tmp_path / "models",
-                                    low_confidence=0.5)).start()
+    relaxed = start_service(make_settings(tmp_path / "relaxed", cache_dir, models_dir=tmp_path / "models",
+                                          low_confidence=0.5))
     assert relaxed.predict(photo)[0].flags == ()
     assert "unfamiliar" in relaxed.predict(noise.getvalue())[0].flags
     for logged in (doubtful, relaxed):
@@ -393,14 +394,16 @@ def noise_png(seed: int) -> bytes:
 
 @requires_weights
 def test_with_the_review_queue_on_unfamiliar_photos_wait_for_a_label_and_each_decision_is_counted(
+        start_service,
         tmp_path, cache_dir, small_photo_dir):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     sure = sorted((small_photo_dir / "dogs").iterdir())[0].read_bytes()
-    off = Service(make_settings(tmp_path / "off", cache_dir, models_dir=tmp_path / "models")).start()
+    off = start_service(make_settings(tmp_path / "off", cache_dir, models_dir=tmp_path / "models"))
     off.predict(noise_png(1))
     assert off.curation.photos_to_label() == ([], [])  # off by default: predictions keep nothing
 
-    service = Service(make_settings(tmp_path / "on", cache_dir, models_dir=tmp_path / "models", review_queue=True)).start()
+    service = start_service(make_settings(tmp_path / "on", cache_dir, models_dir=tmp_path / "models",
+                                          review_queue=True))
     for photo in (noise_png(1), noise_png(1), noise_png(2), sure):  # the same photo twice; a photo it is sure of
         service.predict(photo)
     thumbnails, hashes = service.curation.photos_to_label()
@@ -433,23 +436,23 @@ def test_with_the_review_queue_on_unfamiliar_photos_wait_for_a_label_and_each_de
 
 
 @requires_weights
-def test_the_review_queue_keeps_at_most_its_limit(tmp_path, cache_dir, monkeypatch):
+def test_the_review_queue_keeps_at_most_its_limit(start_service, tmp_path, cache_dir, monkeypatch):
     import catdog_model.curation
 
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     monkeypatch.setattr(catdog_model.curation, "REVIEW_QUEUE_LIMIT", 2)
-    service = Service(make_settings(tmp_path, cache_dir, review_queue=True)).start()
+    service = start_service(make_settings(tmp_path, cache_dir, review_queue=True))
     for seed in range(4):
         assert "unfamiliar" in service.predict(noise_png(seed))[0].flags  # every one is answered
     assert len(service.curation.photos_to_label()[1]) == 2
 
 
 @requires_weights
-def test_the_minimum_side_applies_to_predictions_and_uploads(tmp_path, cache_dir):
+def test_the_minimum_side_applies_to_predictions_and_uploads(start_service, tmp_path, cache_dir):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
     small = tmp_path / "small.png"
     Image.new("RGB", (50, 50), "orange").save(small)
-    strict = Service(make_settings(tmp_path, cache_dir, models_dir=tmp_path / "models", min_side=100)).start()
+    strict = start_service(make_settings(tmp_path, cache_dir, models_dir=tmp_path / "models", min_side=100))
     with pytest.raises(ValueError, match="at least 100 pixels"):
         strict.predict(str(small))
     assert strict.curation.upload("cat", [str(small)])[0]["status"] == "rejected"
@@ -482,7 +485,7 @@ def test_the_gate_judges_on_trusted_photos_that_training_never_sees(gated, tmp_p
     assert not trusted & {example.sha256 for example in training_data(service).examples}
     service.start_retrain()
     wait_for_retraining(service)
-    result = service.retrain_state.result
+    result = service.retrainer.last().result
     assert result["candidate"]["n_images"] == result["production"]["n_images"] == 12
     assert result["gate_passed"] and result["promoted"]
     assert service.hub.production() == result["version"] == service.health()["model_version"]
@@ -494,7 +497,7 @@ def test_fine_tuning_from_the_app_continues_from_production_and_is_judged_beside
     service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
     service.start_retrain(fine_tune=True)
     wait_for_retraining(service)
-    state = service.retrain_state
+    state = service.retrainer.last()
     assert state.stage == "done", (state.error, state.log)
     assert any(line.startswith("Fine-tuning") for line in state.log)
     result = state.result
@@ -524,8 +527,8 @@ def test_the_base_photos_are_embedded_after_start_and_production_is_judged_once_
     assert servable and all(before[version]["trusted_accuracy"] is not None for version in servable)
     service.start_retrain()
     wait_for_retraining(service)
-    first = service.retrain_state.result
-    assert first["gate_passed"] and not first["promoted"], service.retrain_state.log
+    first = service.retrainer.last().result
+    assert first["gate_passed"] and not first["promoted"], service.retrainer.last().log
     metrics = json.loads((service.hub.download(first["version"]) / "metrics.json").read_text())
     assert metrics["training"]["images_embedded"] == 0  # the preparation had embedded them all
 
@@ -614,7 +617,7 @@ def test_a_head_the_new_photos_only_make_worse_stays_as_production_had_it(gated)
     service.retrainer.config = RetrainConfig(TrainingConfig(epochs=2, patience=2, warm_learning_rate=10.0))
     service.start_retrain()
     wait_for_retraining(service)
-    state = service.retrain_state
+    state = service.retrainer.last()
     assert any("did not lower the validation loss" in line for line in state.log), state.log
     candidate, production = state.result["candidate"], state.result["production"]
     assert candidate["log_loss"] == pytest.approx(production["log_loss"], abs=1e-6)
@@ -626,7 +629,7 @@ def test_with_auto_promotion_off_a_passing_candidate_waits(gated):
     service = gated(gate_min_accuracy=0.0, promotion_tolerance=1.0, auto_promote=False)
     service.start_retrain()
     wait_for_retraining(service)
-    result = service.retrain_state.result
+    result = service.retrainer.last().result
     assert result["gate_passed"] and not result["promoted"]
     assert "CATDOG_AUTO_PROMOTE is off" in result["reason"]
     assert service.hub.production() == PRODUCTION
@@ -683,7 +686,7 @@ def test_swapped_labels_are_held_as_suspect_and_when_trained_on_anyway_the_gate_
     service.retrainer.config = RetrainConfig()
     service.start_retrain()
     wait_for_retraining(service)
-    result = service.retrain_state.result
+    result = service.retrainer.last().result
     assert result["candidate"]["n_images"] == result["production"]["n_images"] >= 10  # judged on trusted photos
     assert not result["gate_passed"] and not result["promoted"], result["reason"]
     # On 12 trusted photos the swapped labels may cost no answer, but they cost certainty: the gate sees it.
@@ -691,11 +694,12 @@ def test_swapped_labels_are_held_as_suspect_and_when_trained_on_anyway_the_gate_
     assert service.hub.production() == PRODUCTION and accuracy() == before
 
 
-def test_the_training_data_counts_follow_the_base_folder_as_it_changes(tmp_path, cache_dir, small_photo_dir):
+def test_the_training_data_counts_follow_the_base_folder_as_it_changes(start_service, tmp_path, cache_dir,
+                                                                       small_photo_dir):
     base = tmp_path / "base"
     shutil.copytree(small_photo_dir, base)
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
-    service = Service(make_settings(tmp_path, cache_dir, base_data_dir=base)).start()
+    service = start_service(make_settings(tmp_path, cache_dir, base_data_dir=base, prepare_embeddings=False))
     counted = load_folder(base).counts()
     assert service.curation.dataset_stats()["base"] == counted == service.curation.dataset_stats()["base"]
 

@@ -21,7 +21,7 @@ from catdog_model.config import Settings
 from catdog_model.export import ExportError, check_export, sample_images
 from catdog_model.hub import LocalHub
 from catdog_model.serving import ModelLoadError, ServingModel
-from catdog_model.service import Service, ServiceError
+from catdog_model.service import ServiceError
 from bench.servers import wait_for
 from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, requires_weights, shipped_models
 
@@ -53,11 +53,11 @@ def test_an_export_that_disagrees_with_keras_is_refused(settings, tmp_path):
         check_export(other_model, hub.download("production") / "model.onnx")
 
 
-def test_a_version_without_an_export_is_refused_for_serving_with_the_command(settings, tmp_path):
+def test_a_version_without_an_export_is_refused_for_serving_with_the_command(start_service, settings, tmp_path):
     hub = hub_copy(tmp_path)
     with pytest.raises(ModelLoadError, match=r"v3 has no serving export .*python -m catdog export --version v3"):
         ServingModel.load(hub.download("v3"), "v3")
-    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models")).start()
+    service = start_service(dataclasses.replace(settings, models_dir=tmp_path / "models"))
     with pytest.raises(ServiceError, match="v3 cannot be promoted: .*python -m catdog export --version v3"):
         service.promote("v3")
     assert service.health()["model_version"] == hub.production()
@@ -169,13 +169,13 @@ def test_the_rest_route_gives_each_class_its_own_probability_as_gradio_does(serv
             assert body["p_dog"] == pytest.approx(confidences["dog"], abs=1e-6)
 
 
-def test_the_rest_route_refuses_files_over_the_upload_limit(settings, tmp_path):
+def test_the_rest_route_refuses_files_over_the_upload_limit(start_service, settings, tmp_path):
     from catdog_model.app import build_app
     from tests.conftest import serve_in_thread
 
     hub_copy(tmp_path)
-    url, stop = serve_in_thread(build_app(Service(dataclasses.replace(settings, models_dir=tmp_path / "models",
-                                                                      max_upload_mb=1)).start()))
+    url, stop = serve_in_thread(build_app(start_service(dataclasses.replace(settings, models_dir=tmp_path / "models",
+                                                                            max_upload_mb=1))))
     try:
         answer = httpx.post(url + "/api/predict", files={"file": ("big.jpg", b"x" * 1_500_000)}, timeout=30)
         assert answer.status_code == 413 and "CATDOG_MAX_UPLOAD_MB" in answer.json()["error"]
@@ -212,13 +212,14 @@ def test_finished_gradio_sessions_are_forgotten_and_pending_ones_kept():
     assert sessions == {"pending": {"event-1"}}
 
 
-def test_a_retraining_outlives_the_server_thread_that_started_it(settings, small_photo_dir, tmp_path):
+def test_a_retraining_outlives_the_server_thread_that_started_it(start_service, settings, small_photo_dir, tmp_path):
     import threading
 
     hub_copy(tmp_path)
-    service = Service(dataclasses.replace(settings, models_dir=tmp_path / "models", base_data_dir=small_photo_dir)).start()
+    service = start_service(dataclasses.replace(settings, models_dir=tmp_path / "models",
+                                                base_data_dir=small_photo_dir))
     starter = threading.Thread(target=service.start_retrain)  # as a Gradio worker thread, retired when idle
     starter.start()
     starter.join()
-    assert wait_for(lambda: not service.retrain_state.running, RETRAINING_SECONDS)
-    assert service.retrain_state.stage == "done", (service.retrain_state.error, service.retrain_state.log)
+    assert wait_for(lambda: not service.retrainer.last().running, RETRAINING_SECONDS)
+    assert service.retrainer.last().stage == "done", (service.retrainer.last().error, service.retrainer.last().log)
