@@ -222,11 +222,12 @@ def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(start_se
     (settings.data_dir / "predictions.sqlite").write_bytes(b"this is not a database " * 1000)
     service = start_service(settings)
     service.predict(random_jpeg(1, side=64))
-    service.log.flush()
-    shown = json.dumps([service.dashboard.status(), service.dashboard.metrics("all"), service.dashboard.metrics_view("all")["summary"]],
-                       default=str)
+    assert wait_for(lambda: service.log.last_error is not None, 60)  # the writer tried, and failed
+    shown = json.dumps([service.dashboard.status(), service.dashboard.metrics("all"),
+                        service.dashboard.metrics_view("all")["summary"]], default=str)
     assert "predictions.sqlite" in shown  # the log's trouble is told...
     assert str(settings.data_dir) not in shown and "sqlite:////" not in shown  # ...without where it lives
+    service.log.close(timeout=0)  # its row can never be written: closing need not wait for it
 
 
 def test_a_refusal_never_echoes_a_page_of_input_back(server):
