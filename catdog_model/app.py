@@ -31,7 +31,6 @@ from .web import (CheckedCalls, LoopbackHostOnly, RequestBodyLimit, admitted, as
 PREDICT_CONCURRENCY = 16
 SESSION_CAPACITY = 256
 ANALYTICS_EVENTS = 1000
-SHUTDOWN_GRACE_SECONDS = 10  # within docker compose's stop_grace_period (30 s)
 REST_USAGE = ("POST /api/predict takes one photo as a multipart form field named `file`, for example "
               "curl -F file=@photo.jpg http://HOST:PORT/api/predict.")
 logger = logging.getLogger("catdog.app")
@@ -536,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     with cli.user_errors():  # a setting that cannot work ends the start with its sentence, not a traceback
         settings = Settings.from_env()
         service = Service(settings).start()
-    # A client that keeps a connection open (an event stream, a gradio_client) must not hold a stop (SIGTERM,
-    # docker stop) past its grace period: open connections get this long, then close.
+    # A client that keeps a connection open (an event stream, a gradio_client's heartbeat) must not hold a stop
+    # (SIGTERM, docker stop) past its grace period: open connections get this long, then close.
     uvicorn.run(build_app(service), host=settings.server_name, port=settings.server_port,
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds)

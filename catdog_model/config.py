@@ -114,6 +114,7 @@ class Settings:
     review_queue: bool  # keep low-confidence and unfamiliar photos for a person to label
     server_name: str
     server_port: int
+    shutdown_grace_seconds: float  # on SIGTERM, how long open requests (and clients' open streams) may go on
     file_cache_minutes: float
     database_url: str | None  # None: SQLite in data_dir
     replica: str
@@ -168,6 +169,7 @@ class Settings:
             review_queue=_flag("CATDOG_REVIEW_QUEUE", False),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=server_port,
+            shutdown_grace_seconds=_number("CATDOG_SHUTDOWN_GRACE_SECONDS", 10.0),
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
             database_url=_database_url(),
             replica=os.environ.get("CATDOG_REPLICA")

@@ -49,7 +49,8 @@ RETRAINING_SECONDS = 1800
 @pytest.fixture(scope="session", autouse=True)
 def offline(tmp_path_factory):
     """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR; and their
-    retrainings follow the small recipe unless a test says otherwise.
+    retrainings follow the small recipe unless a test says otherwise. The apps they start stop within a second
+    of SIGTERM: a gradio_client's heartbeat, an open stream, would otherwise hold each stop for the default 10 s.
 
     Each test worker's Gradio servers keep uploads in the worker's own folder: Gradio files an upload under its
     content's hash, and a server that stops deletes the files it received, so another worker's server stopping
@@ -57,7 +58,7 @@ def offline(tmp_path_factory):
     _temporary.append(tmp_path_factory)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in (("CATDOG_OFFLINE", "1"), ("CATDOG_WEIGHTS_DIR", str(WEIGHTS_DIR)),
-                            ("CATDOG_RETRAIN_RECIPE", SMALL_RETRAIN_RECIPE)):
+                            ("CATDOG_RETRAIN_RECIPE", SMALL_RETRAIN_RECIPE), ("CATDOG_SHUTDOWN_GRACE_SECONDS", "1")):
             patch.setenv(name, os.environ.get(name, value))
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-files")))
         yield

@@ -609,10 +609,10 @@ def test_a_stop_ends_although_a_client_stalls_in_the_middle_of_an_upload(tmp_pat
     (a dead link, or on purpose) would hold a `docker stop` or a redeploy until it is killed."""
     import socket
 
-    from catdog_model.app import SHUTDOWN_GRACE_SECONDS
-
     copy_models(tmp_path / "models")
-    app = Served(app_env(tmp_path, cache_dir, CATDOG_PREPARE_EMBEDDINGS="0"))
+    grace = 5  # the server's; a stalled request is closed after it
+    app = Served(app_env(tmp_path, cache_dir, CATDOG_PREPARE_EMBEDDINGS="0",
+                         CATDOG_SHUTDOWN_GRACE_SECONDS=str(grace)))
     try:
         with socket.create_connection(("127.0.0.1", app.port), timeout=30) as stalled:
             # One whole request first, so the server is surely reading this connection, then half of another.
@@ -621,6 +621,26 @@ def test_a_stop_ends_although_a_client_stalls_in_the_middle_of_an_upload(tmp_pat
             stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                             b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
             app.process.terminate()
-            app.process.wait(timeout=SHUTDOWN_GRACE_SECONDS + 50)  # without the grace period: never
+            app.process.wait(timeout=grace + 50)  # without the grace period: never
     finally:
         app.stop()
+
+
+def test_the_server_is_given_the_grace_period_the_setting_names(monkeypatch, tmp_path):
+    """CATDOG_SHUTDOWN_GRACE_SECONDS reaches uvicorn: the stop above ends because of it, and a deployment sets it
+    under its orchestrator's own grace period."""
+    import catdog_model.app as app_module
+    from catdog_model.service import Service
+
+    for name, value in (("CATDOG_SHUTDOWN_GRACE_SECONDS", "3.5"), ("CATDOG_MODELS_DIR", str(tmp_path / "models")),
+                        ("CATDOG_DATA_DIR", str(tmp_path / "data")), ("CATDOG_RELOAD_SECONDS", "0")):
+        monkeypatch.setenv(name, value)
+    made, run = [], {}
+    monkeypatch.setattr(app_module, "Service", lambda settings: made.append(Service(settings)) or made[-1])
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda application, **options: run.update(options))
+    try:
+        app_module.main([])
+    finally:
+        for service in made:
+            service.close()
+    assert run["timeout_graceful_shutdown"] == 3.5

@@ -79,25 +79,15 @@ def app_process(tmp_path, cache_dir, small_photo_dir):
         app.stop()
 
 
-@pytest.fixture
-def client(app_process):
-    """A gradio_client on the app process, closed before the app stops: a client's heartbeat is an open
-    connection, which a stopping server waits for (its grace period) before it ends."""
-    from gradio_client import Client
-
-    client = Client(app_process.url, verbose=False)
-    yield client
-    client.close()
-
-
 def loaded_libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrains(app_process, client,
-                                                                                  small_photo_dir):
-    from gradio_client import handle_file
+def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrains(app_process, small_photo_dir):
+    from gradio_client import Client, handle_file
 
+    url = app_process.url
+    client = Client(url, verbose=False)
     photo = sorted((small_photo_dir / "dogs").iterdir())[0]
     assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
     assert client.predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
@@ -112,7 +102,10 @@ def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrai
     assert psutil.Process(app_process.process.pid).memory_info().rss < 700 * 2**20
 
 
-def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(app_process, client):
+def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(app_process, small_photo_dir):
+    from gradio_client import Client
+
+    client = Client(app_process.url, verbose=False)
     serving = httpx.get(app_process.url + "/health").json()["model_version"]
     client.predict("", api_name="/retrain")
     server = psutil.Process(app_process.process.pid)
