@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -46,6 +47,14 @@ def _number(name: str, default: float, kind: type = float):
         return kind(value)
     except ValueError:
         raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
+
+
+def _seconds(name: str, default: float) -> float:
+    """A duration: a finite number of seconds, 0 or more."""
+    value = _number(name, default)
+    if not (math.isfinite(value) and value >= 0):
+        raise ServiceError(f"{name}={os.environ[name]!r} is not a duration: give a number of seconds, 0 or more.")
+    return value
 
 
 DATABASE_URL_EXAMPLES = "sqlite:///path/to/file.sqlite or postgresql+psycopg://user:password@host/database"
@@ -169,7 +178,7 @@ class Settings:
             review_queue=_flag("CATDOG_REVIEW_QUEUE", False),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=server_port,
-            shutdown_grace_seconds=_number("CATDOG_SHUTDOWN_GRACE_SECONDS", 10.0),
+            shutdown_grace_seconds=_seconds("CATDOG_SHUTDOWN_GRACE_SECONDS", 10.0),
             file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
             database_url=_database_url(),
             replica=os.environ.get("CATDOG_REPLICA")

@@ -49,8 +49,9 @@ RETRAINING_SECONDS = 1800
 @pytest.fixture(scope="session", autouse=True)
 def offline(tmp_path_factory):
     """Tests never download: the app and the programs tests start read the weights from WEIGHTS_DIR; and their
-    retrainings follow the small recipe unless a test says otherwise. The apps they start stop within a second
-    of SIGTERM: a gradio_client's heartbeat, an open stream, would otherwise hold each stop for the default 10 s.
+    retrainings follow the small recipe unless a test says otherwise. The apps they start give open connections
+    a second when they are stopped: a gradio_client's heartbeat, an open stream, would hold each stop for the
+    default 10 s.
 
     Each test worker's Gradio servers keep uploads in the worker's own folder: Gradio files an upload under its
     content's hash, and a server that stops deletes the files it received, so another worker's server stopping
@@ -80,16 +81,16 @@ def settings(tmp_path, cache_dir) -> Settings:
 def start_service():
     """Service(settings).start(), closed when the test ends, failed or not: no test leaves its threads or an
     embedding child running beside the tests after it."""
+    import contextlib
+
     from catdog_model.service import Service
 
-    started = []
-
-    def start(settings: Settings) -> Service:
-        started.append(Service(settings).start())
-        return started[-1]
-    yield start
-    for service in reversed(started):
-        service.close()
+    with contextlib.ExitStack() as closing:  # each one closed, even when closing another fails
+        def start(settings: Settings) -> Service:
+            service = Service(settings)
+            closing.callback(service.close)  # before start(): a start that fails halfway is closed too
+            return service.start()
+        yield start
 
 
 @pytest.fixture

@@ -294,3 +294,34 @@ def test_a_non_image_over_http_ends_in_an_error_event_not_a_crash(server, tmp_pa
         stream = http.get(f"gradio_api/call/predict/{call.json()['event_id']}").text
         assert "event: error" in stream and "Traceback" not in stream
         assert http.get("health").json()["model_loaded"] is True
+
+
+def test_the_server_is_given_the_grace_period_the_setting_names(monkeypatch, tmp_path):
+    """CATDOG_SHUTDOWN_GRACE_SECONDS reaches uvicorn: test_faults' stalled stop ends because of it, and a
+    deployment sets it under its orchestrator's own grace period."""
+    import catdog_model.app as app_module
+    from catdog_model.service import Service
+
+    for name, value in (("CATDOG_SHUTDOWN_GRACE_SECONDS", "3.5"), ("CATDOG_MODELS_DIR", str(tmp_path / "models")),
+                        ("CATDOG_DATA_DIR", str(tmp_path / "data")), ("CATDOG_RELOAD_SECONDS", "0"),
+                        ("CATDOG_PREPARE_EMBEDDINGS", "0")):
+        monkeypatch.setenv(name, value)
+    made, run = [], {}
+    monkeypatch.setattr(app_module, "Service", lambda settings: made.append(Service(settings)) or made[-1])
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda application, **options: run.update(options))
+    try:
+        app_module.main([])
+    finally:
+        for service in made:
+            service.close()
+    assert run["timeout_graceful_shutdown"] == 3.5
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_grace_period_that_is_no_duration_is_refused_with_a_sentence(monkeypatch, value):
+    from catdog_model.errors import ServiceError
+
+    monkeypatch.setenv("CATDOG_SHUTDOWN_GRACE_SECONDS", value)
+    with pytest.raises(ServiceError, match=f"CATDOG_SHUTDOWN_GRACE_SECONDS='{value}' is not a duration: give a "
+                                           "number of seconds, 0 or more"):
+        Settings.from_env()

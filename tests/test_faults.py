@@ -608,6 +608,7 @@ def test_a_stop_ends_although_a_client_stalls_in_the_middle_of_an_upload(tmp_pat
     """uvicorn waits for open requests when it is stopped; a client that sends half an upload and goes quiet
     (a dead link, or on purpose) would hold a `docker stop` or a redeploy until it is killed."""
     import socket
+    import time
 
     copy_models(tmp_path / "models")
     grace = 5  # the server's; a stalled request is closed after it
@@ -620,27 +621,10 @@ def test_a_stop_ends_although_a_client_stalls_in_the_middle_of_an_upload(tmp_pat
             assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
             stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                             b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            stopping = time.monotonic()
             app.process.terminate()
             app.process.wait(timeout=grace + 50)  # without the grace period: never
+            # Nor sooner: the open request was given its grace period (a lower bound, which a busy machine keeps).
+            assert time.monotonic() - stopping >= grace - 0.5
     finally:
         app.stop()
-
-
-def test_the_server_is_given_the_grace_period_the_setting_names(monkeypatch, tmp_path):
-    """CATDOG_SHUTDOWN_GRACE_SECONDS reaches uvicorn: the stop above ends because of it, and a deployment sets it
-    under its orchestrator's own grace period."""
-    import catdog_model.app as app_module
-    from catdog_model.service import Service
-
-    for name, value in (("CATDOG_SHUTDOWN_GRACE_SECONDS", "3.5"), ("CATDOG_MODELS_DIR", str(tmp_path / "models")),
-                        ("CATDOG_DATA_DIR", str(tmp_path / "data")), ("CATDOG_RELOAD_SECONDS", "0")):
-        monkeypatch.setenv(name, value)
-    made, run = [], {}
-    monkeypatch.setattr(app_module, "Service", lambda settings: made.append(Service(settings)) or made[-1])
-    monkeypatch.setattr(app_module.uvicorn, "run", lambda application, **options: run.update(options))
-    try:
-        app_module.main([])
-    finally:
-        for service in made:
-            service.close()
-    assert run["timeout_graceful_shutdown"] == 3.5

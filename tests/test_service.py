@@ -297,9 +297,10 @@ def test_model_swaps_leave_no_threads_or_files_of_the_old_models_behind(start_se
 
 
 @requires_weights
-def test_a_promotion_never_waits_for_the_follower_reading_a_slow_hub(tmp_path, cache_dir, monkeypatch):
+def test_a_promotion_never_waits_for_the_follower_reading_a_slow_hub(start_service, tmp_path, cache_dir,
+                                                                      monkeypatch):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
-    service = Service(make_settings(tmp_path, cache_dir, reload_seconds=0.01)).start()
+    service = start_service(make_settings(tmp_path, cache_dir, reload_seconds=0.01))
     reading, answer = threading.Event(), threading.Event()
     read_alias = service.hub.production
 
@@ -319,14 +320,13 @@ def test_a_promotion_never_waits_for_the_follower_reading_a_slow_hub(tmp_path, c
     promotion.join()
     assert finished, "the promotion waited for the follower's read of the hub"
     assert service.health()["model_version"] == OTHER_VERSION
-    service.close()
 
 
 @requires_weights
-def test_the_follower_never_swaps_in_what_it_loaded_while_a_promotion_here_went_through(tmp_path, cache_dir,
-                                                                                        monkeypatch):
+def test_the_follower_never_swaps_in_what_it_loaded_while_a_promotion_here_went_through(start_service, tmp_path,
+                                                                                        cache_dir, monkeypatch):
     shutil.copytree(shipped_models(), tmp_path / "models", ignore=shutil.ignore_patterns(".lock"))
-    service = Service(make_settings(tmp_path, cache_dir, reload_seconds=0.01)).start()
+    service = start_service(make_settings(tmp_path, cache_dir, reload_seconds=0.01))
     production = service.production
     loading, finish, passes = threading.Event(), threading.Event(), []
     load, read_alias = production._load_ready, service.hub.production
@@ -351,7 +351,6 @@ def test_the_follower_never_swaps_in_what_it_loaded_while_a_promotion_here_went_
     seen = len(passes)
     wait_for(lambda: len(passes) > seen, seconds=60)  # the follower's pass has ended and another has begun
     assert service.health()["model_version"] == LATER_VERSION == service.hub.production()
-    service.close()
 
 
 @requires_weights
