@@ -604,6 +604,24 @@ def test_a_full_disk_fails_a_retraining_in_a_sentence_and_publishes_nothing(tmp_
             stop_app(app)
 
 
+@requires_photos
+def test_a_server_stopped_right_after_its_predictions_keeps_a_row_for_each(tmp_path, cache_dir, small_photo_dir):
+    """SIGTERM (docker stop, a redeploy) a moment after the last answer: the rows the log still held in memory
+    are written before the server exits."""
+    import sqlite3
+
+    copy_models(tmp_path / "models")
+    app = Served(app_env(tmp_path, cache_dir, CATDOG_PREPARE_EMBEDDINGS="0"))
+    try:
+        answered = [predict_rest(app.url, photo) for photo in photos(small_photo_dir / "cats", 5)]
+        app.process.terminate()  # the log writes in batches, a fifth of a second apart: the last rows wait
+        app.process.wait(timeout=60)
+    finally:
+        app.stop()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "predictions.sqlite")) as log:
+        assert log.execute("SELECT count(*) FROM predictions").fetchone()[0] == len(answered)
+
+
 def test_a_stop_ends_although_a_client_stalls_in_the_middle_of_an_upload(tmp_path, cache_dir):
     """uvicorn waits for open requests when it is stopped; a client that sends half an upload and goes quiet
     (a dead link, or on purpose) would hold a `docker stop` or a redeploy until it is killed."""
