@@ -24,10 +24,10 @@ import onnx
 
 from catdog_model.cli import open_version, user_errors
 from catdog_model.images import ImageLimits
-from catdog_model.layout import CONFIG_FILE, INT8_ONNX_FILE, ONNX_FILE
+from catdog_model.layout import INT8_ONNX_FILE, ONNX_FILE
 from catdog_model.quantize import (FLOAT_CONVOLUTIONS, agreement, convolutions, convolutions_at, decoded, p_dog,
                                    quantize_export, version_photos)
-from catdog_model.serving import onnx_session
+from catdog_model.serving import onnx_session, read_image_size
 
 
 def speed(path: Path, images: np.ndarray) -> dict:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         model = onnx.load(str(fp32))
         # A place the model does not have is refused before the photos are decoded.
         convolutions_at(model, sorted(set().union(*arguments.float_convolutions)))
-        size = json.loads((folder / CONFIG_FILE).read_text())["backbone"]["image_size"]
+        size = read_image_size(folder)
         limits = ImageLimits.from_settings(settings)
         calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
         calibration = list(decoded(calibration, size, limits))

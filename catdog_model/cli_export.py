@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 from .cli import open_version, user_errors
-from .layout import CARD_FILE, CONFIG_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE
+from .layout import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE
 from .quantize import CALIBRATION_PHOTOS
-from .serving import read_config, read_config_files
+from .serving import read_config, read_config_files, read_image_size
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def export_int8(folder: Path, metrics: dict, data_dirs: list[str], settings, cal
     from .images import ImageLimits
     from .quantize import check_int8, decoded, quantize_export, version_photos
 
-    size = json.loads((folder / CONFIG_FILE).read_text())["backbone"]["image_size"]
+    size = read_image_size(folder)
     limits = ImageLimits.from_settings(settings)
     calibration, validation = version_photos(metrics, data_dirs, settings, calibration_photos)
     quantize_export(folder / ONNX_FILE, folder / INT8_ONNX_FILE, decoded(calibration, size, limits))

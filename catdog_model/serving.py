@@ -57,6 +57,11 @@ def read_config_files(directory: Path) -> set[str]:
     return set(_listed(Path(directory))["files"])
 
 
+def read_image_size(directory: Path) -> int:
+    """The side, in pixels, of the photos the version's model takes."""
+    return int(_listed(Path(directory))["backbone"]["image_size"])
+
+
 def _listed(directory: Path) -> dict:
     """config.json, its list of files read but not checked."""
     try:
