@@ -28,6 +28,7 @@ from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.data import load_folder
 from catdog_model.classifier import load_classifier
 from catdog_model.hub import open_hub
+from catdog_model.version_metrics import read_metrics
 from catdog_model.images import load_image
 from catdog_model.serving import ServingModel
 from catdog_model.training import train
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         results.update(time_predictions({"predict": classifier}, photos, arguments.repeats))
         results.update(time_predictions(exports, photos, arguments.repeats))
         if arguments.test_data_dir:
-            results.update(test_accuracy(exports, arguments.test_data_dir, hub.metrics(classifier.version)["data"],
+            results.update(test_accuracy(exports, arguments.test_data_dir, read_metrics(hub, classifier.version)["data"],
                                          settings))
         started = time.perf_counter()
         decoded = np.stack([load_image(data, size=classifier.spec.image_size) for data in photos])

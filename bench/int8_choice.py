@@ -28,6 +28,7 @@ from catdog_model.layout import INT8_ONNX_FILE, ONNX_FILE
 from catdog_model.quantize import (FLOAT_CONVOLUTIONS, agreement, convolutions, convolutions_at, decoded, p_dog,
                                    quantize_export, version_photos)
 from catdog_model.serving import onnx_session, read_image_size
+from catdog_model.version_metrics import read_metrics
 
 
 def speed(path: Path, images: np.ndarray) -> dict:
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         convolutions_at(model, sorted(set().union(*arguments.float_convolutions)))
         size = read_image_size(folder)
         limits = ImageLimits.from_settings(settings)
-        calibration, validation = version_photos(hub.metrics(version), arguments.data_dir, settings)
+        calibration, validation = version_photos(read_metrics(hub, version), arguments.data_dir, settings)
         calibration = list(decoded(calibration, size, limits))
         kept = [(image, example.label == "dog") for example in validation for image in decoded([example], size, limits)]
         images, truth = np.stack([image for image, _ in kept]), np.array([dog for _, dog in kept])

@@ -25,6 +25,7 @@ from pathlib import Path
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.data import load_folder, load_folders, split_examples
 from catdog_model.hub import LocalHub
+from catdog_model.version_metrics import read_metrics
 from catdog_model.service import Service
 
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -54,7 +55,7 @@ def production_test_split(models: Path, folder: Path) -> set[str]:
     """Write production's own test photos (its data folders, split as its training split them) into folder;
     their hashes. Neither production nor a candidate has trained on them."""
     hub = LocalHub(models, Settings.from_env().model_name)
-    metrics = hub.metrics()
+    metrics = read_metrics(hub)
     data = metrics["data"]
     sources = [PROJECT_ROOT / source.strip() for source in data["source"].split(" + ")]
     examples = load_folders(sources).examples

@@ -15,6 +15,7 @@ from .data_decisions import DataDecisions, decided
 from .evaluation import compute_metrics, save_plots
 from .classifier import load_classifier
 from .hub import PRODUCTION
+from .version_metrics import read_metrics
 from .training import embed_examples, embedding_cache
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset = DataDecisions(settings.data_dir).apply(load_folders(arguments.data_dir))  # as training saw it
         examples = dataset.examples
         if arguments.split != "all":
-            examples = getattr(version_splits(examples, hub.metrics(version)["data"]), arguments.split)
+            examples = getattr(version_splits(examples, read_metrics(hub, version)["data"]), arguments.split)
         progress = ProgressBars()
         embeddings, kept, rejected = embed_examples(classifier.backbone, examples, embedding_cache(settings),
                                                     classifier.views(), progress)

@@ -21,6 +21,7 @@ from .errors import ServiceError
 from .data import load_folder, version_splits
 from .classifier import load_classifier
 from .hub import PRODUCTION
+from .version_metrics import read_metrics
 
 
 def package_photos() -> list[Path]:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         classifier = load_classifier(hub, version, settings)
         if classifier.novelty is None:
             raise ServiceError(f"{version} has no novelty detector (trained before it existed).")
-        test = version_splits(load_folder(arguments.data_dir).examples, hub.metrics(version)["data"]).test
+        test = version_splits(load_folder(arguments.data_dir).examples, read_metrics(hub, version)["data"]).test
         test_flagged = sum("unfamiliar" in p.flags for p in classifier.predict([example.data for example in test]))
         others = {path.name: path for path in package_photos()} | synthetic_images(classifier.spec.image_size)
         predictions = dict(zip(others, classifier.predict(list(others.values()))))

@@ -39,22 +39,22 @@ def _path(name: str, default: str | None) -> Path | None:
     return None if default is None else DEFAULT_ROOT / default
 
 
-def _number(name: str, default: float, kind: type = float):
+def _number(name: str, default: float, kind: type = float, least: float | None = None, most: float | None = None,
+            unit: str = ""):
+    """A finite number from least to most (either bound may be open), or a sentence saying what to give."""
     value = os.environ.get(name)
     if value in (None, ""):
         return kind(default)
     try:
-        return kind(value)
+        number = kind(value)
     except ValueError:
         raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
-
-
-def _seconds(name: str, default: float) -> float:
-    """A duration: a finite number of seconds, 0 or more."""
-    value = _number(name, default)
-    if not (math.isfinite(value) and value >= 0):
-        raise ServiceError(f"{name}={os.environ[name]!r} is not a duration: give a number of seconds, 0 or more.")
-    return value
+    if not math.isfinite(number) or (least is not None and number < least) or (most is not None and number > most):
+        what = ("a whole number" if kind is int else "a number") + (f" of {unit}" if unit else "")
+        bounds = (f"from {least:g} to {most:g}" if least is not None and most is not None
+                  else f"{least:g} or more" if least is not None else f"{most:g} or less")
+        raise ServiceError(f"{name}={value!r} is out of range: give {what}, {bounds}.")
+    return number
 
 
 DATABASE_URL_EXAMPLES = "sqlite:///path/to/file.sqlite or postgresql+psycopg://user:password@host/database"
@@ -132,7 +132,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         data_dir = _path("CATDOG_DATA_DIR", "data")
-        server_port = _number("GRADIO_SERVER_PORT", 7860, int)
+        server_port = _number("GRADIO_SERVER_PORT", 7860, int, least=1, most=65535)
         base = os.environ.get("CATDOG_BASE_DATA_DIR", "")
         base_data_hub = base.removeprefix(HUB_PREFIX).strip() if base.startswith(HUB_PREFIX) else None
         if base_data_hub == "":
@@ -144,15 +144,16 @@ class Settings:
             model_name=os.environ.get("CATDOG_MODEL_NAME", "catdog-mobilenetv2"),
             data_dir=data_dir,
             cache_dir=_path("CATDOG_CACHE_DIR", None) or data_dir / "cache",
-            max_pixels=_number("CATDOG_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
-            max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", DEFAULT_FILE_MB, int),
-            max_files=_number("CATDOG_MAX_FILES", 500, int),
-            max_request_mb=_number("CATDOG_MAX_REQUEST_MB", DEFAULT_REQUEST_MB, int),
-            max_request_megapixels=_number("CATDOG_MAX_REQUEST_MEGAPIXELS", DEFAULT_REQUEST_MEGAPIXELS, int),
-            min_side=_number("CATDOG_MIN_SIDE", DEFAULT_MIN_SIDE, int),
-            decode_memory_mb=_number("CATDOG_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB, int),
-            backbone_batch_size=_number("CATDOG_BACKBONE_BATCH_SIZE", 32, int),
-            low_confidence=_number("CATDOG_LOW_CONFIDENCE", DEFAULT_LOW_CONFIDENCE),
+            max_pixels=_number("CATDOG_MAX_PIXELS", DEFAULT_MAX_PIXELS, int, least=1),
+            max_upload_mb=_number("CATDOG_MAX_UPLOAD_MB", DEFAULT_FILE_MB, int, least=1),
+            max_files=_number("CATDOG_MAX_FILES", 500, int, least=1),
+            max_request_mb=_number("CATDOG_MAX_REQUEST_MB", DEFAULT_REQUEST_MB, int, least=1),
+            max_request_megapixels=_number("CATDOG_MAX_REQUEST_MEGAPIXELS", DEFAULT_REQUEST_MEGAPIXELS, int,
+                                           least=1),
+            min_side=_number("CATDOG_MIN_SIDE", DEFAULT_MIN_SIDE, int, least=1),
+            decode_memory_mb=_number("CATDOG_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB, int, least=1),
+            backbone_batch_size=_number("CATDOG_BACKBONE_BATCH_SIZE", 32, int, least=1),
+            low_confidence=_number("CATDOG_LOW_CONFIDENCE", DEFAULT_LOW_CONFIDENCE, least=0, most=1),
             base_data_dir=None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None),
             base_data_hub=base_data_hub,
             prepare_embeddings=_flag("CATDOG_PREPARE_EMBEDDINGS", True),
@@ -160,30 +161,30 @@ class Settings:
                 None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None)),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
             auto_promote=_flag("CATDOG_AUTO_PROMOTE", True),
-            promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0),
+            promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0, least=0, most=1),
             hub_repo=os.environ.get("CATDOG_HUB_REPO") or None,
             hub_dataset=os.environ.get("CATDOG_HUB_DATASET") or None,
             # Read here rather than once at import, as huggingface_hub does, so one process can change it.
             hub_endpoint=os.environ.get("HF_ENDPOINT") or None,
-            reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0),
+            reload_seconds=_number("CATDOG_RELOAD_SECONDS", 60.0, least=0, unit="seconds"),
             noop_model=_flag("CATDOG_NOOP_MODEL", False),
-            serving_threads=_number("CATDOG_SERVING_THREADS", 1, int),
+            serving_threads=_number("CATDOG_SERVING_THREADS", 1, int, least=0),
             serving_precision=_choice("CATDOG_SERVING_PRECISION", ("fp32", "int8")),
             trusted_data_dir=_path("CATDOG_TRUSTED_DATA_DIR", None),
-            gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int),
-            gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9),
-            gate_log_loss_margin=_number("CATDOG_GATE_LOG_LOSS_MARGIN", 0.05),
+            gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int, least=1),
+            gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9, least=0, most=1),
+            gate_log_loss_margin=_number("CATDOG_GATE_LOG_LOSS_MARGIN", 0.05, least=0),
             retrain_recipe=os.environ.get("CATDOG_RETRAIN_RECIPE") or None,
-            suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9),
+            suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9, least=0, most=1),
             review_queue=_flag("CATDOG_REVIEW_QUEUE", False),
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=server_port,
-            shutdown_grace_seconds=_seconds("CATDOG_SHUTDOWN_GRACE_SECONDS", 10.0),
-            file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0),
+            shutdown_grace_seconds=_number("CATDOG_SHUTDOWN_GRACE_SECONDS", 10.0, least=0, unit="seconds"),
+            file_cache_minutes=_number("CATDOG_FILE_CACHE_MINUTES", 5.0, least=0, unit="minutes"),
             database_url=_database_url(),
             replica=os.environ.get("CATDOG_REPLICA")
             or f"{socket.gethostname()}:{server_port}",
-            log_buffer_rows=_number("CATDOG_LOG_BUFFER_ROWS", 100_000, int),
+            log_buffer_rows=_number("CATDOG_LOG_BUFFER_ROWS", 100_000, int, least=1),
         )
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ from .reports import (confidence_histogram, dataset_table, label_mix, metric_car
 from .retraining import Retrainer
 from .scores import kept_score, noted_trusted_set, version_id
 from .serving import ServingModel
+from .version_metrics import metrics_table, read_metrics
 
 LOG_LINES_SHOWN = 30
 
@@ -38,7 +39,7 @@ class Dashboard:
     def metrics(self, window: str = "day") -> dict:
         """Production's test metrics, and live monitoring and drift over the window, across all replicas."""
         production = self.hub.production()
-        test = self.hub.metrics()["test"] if production else None
+        test = read_metrics(self.hub)["test"] if production else None
         return {"production": production, "test": test, "monitoring": self.monitoring(window),
                 "drift": self.drift(window)}
 
@@ -73,7 +74,7 @@ class Dashboard:
         servable = self._servable_versions()
         trusted = noted_trusted_set(self.cache_dir)
         rows = []
-        for row in self.hub.list_versions():
+        for row in metrics_table(self.hub):
             score = self._trusted_score(row["version"], trusted["signature"]) \
                 if trusted and row["version"] in servable else None
             rows.append({"version": row["version"], "production": row["production"],

@@ -25,7 +25,7 @@ from filelock import FileLock
 from .atomic import fsync, write_atomically
 from .errors import CatdogError, shown
 from .config import DEFAULT_ROOT, IN_CHECKOUT, Settings
-from .layout import CARD_FILE, CONFIG_FILE, METRICS_FILE, REFS_FILE
+from .layout import CARD_FILE, CONFIG_FILE, REFS_FILE
 
 PRODUCTION = "production"
 VERSION_PATTERN = re.compile(r"^v(\d+)$")
@@ -52,9 +52,7 @@ class ModelHub:
     """What both backends share; each provides versions, refs, download, push and an atomic refs update."""
 
     name: str
-    # A Hub version also carries model.keras (backbone included), so a Space starts without ImageNet weights;
-    # the local hub, which lives in git, never holds the backbone's weights.
-    ships_full_model = False
+    remote = False  # True: the versions live elsewhere and reach this machine by download
 
     def versions(self) -> list[str]:
         raise NotImplementedError
@@ -87,27 +85,6 @@ class ModelHub:
             known = ", ".join(self.versions()) or "none"
             raise HubError(f"No model version {shown(version)} in {self.name} (versions: {known}).")
         return version
-
-    def metrics(self, revision: str = PRODUCTION) -> dict:
-        path = self.download(revision) / METRICS_FILE
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise HubError(f"Cannot read {METRICS_FILE} of {revision} in {self.name} ({error}).") from None
-
-    def list_versions(self) -> list[dict]:
-        """Each version with its creation date, test metrics and whether it is production."""
-        production = self.production()
-        rows = []
-        for version in self.versions():
-            try:
-                metrics = self.metrics(version)
-            except HubError:
-                metrics = {}
-            rows.append({"version": version, "created_at": metrics.get("created_at"),
-                         "production": version == production, "test": metrics.get("test", {}),
-                         "validation": metrics.get("validation", {})})
-        return rows
 
     def promote(self, version: str) -> None:
         version = self.resolve(version)
@@ -221,7 +198,7 @@ class HFHub(ModelHub):
     leaves a moment with no production.)
     """
 
-    ships_full_model = True
+    remote = True
 
     def __init__(self, repo_id: str, pending_dir: Path, endpoint: str | None = None, attempts: int = 4):
         from huggingface_hub import HfApi

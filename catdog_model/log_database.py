@@ -176,13 +176,6 @@ def insert_predictions(engine: sa.Engine, rows: list[dict]) -> None:
         connection.execute(predictions.insert(), rows)
 
 
-def latest_predictions(connection, columns: list[str], since: float, limit: int) -> list[dict]:
-    """The most recent rows since `since` (at most `limit`), newest first."""
-    query = (sa.select(*[predictions.c[name] for name in columns])
-             .where(predictions.c.time >= since).order_by(predictions.c.time.desc()).limit(limit))
-    return [row._asdict() for row in connection.execute(query)]
-
-
 def latest_scores(connection, version: str | None, since: float, limit: int) -> list[tuple[float, float | None]]:
     """(p_dog, novelty) of the most recent predictions of one version, newest first."""
     query = (sa.select(predictions.c.p_dog, predictions.c.novelty)

@@ -217,12 +217,6 @@ class PredictionLog:
             raise LogUnavailable(f"{error} Predictions go on; their rows wait in a buffer and are written when it "
                                  "is back.") from None
 
-    def rows(self, since: float = 0.0, limit: int = 10_000) -> list[LoggedPrediction]:
-        """The most recent rows (at most `limit`), oldest first."""
-        columns = [field.name for field in dataclasses.fields(LoggedPrediction)]
-        found = self._connected(lambda sql, connection: sql.latest_predictions(connection, columns, since, limit))
-        return [LoggedPrediction(**{**row, "flagged": bool(row["flagged"])}) for row in reversed(found)]
-
     def recent_values(self, version: str | None, since: float, limit: int = 5000) -> dict[str, list[float]]:
         """p(dog) and novelty scores of the most recent predictions of one version, for the drift test."""
         found = self._connected(lambda sql, connection: sql.latest_scores(connection, version, since, limit))

@@ -229,8 +229,10 @@ def publish(trained: TrainedModel, hub: ModelHub, model_name: str, progress: Pro
             save_version_files(folder, classifier.spec, classifier.head, classifier.head_config, classifier.tta,
                                classifier.novelty)
         else:
-            # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model.
-            classifier.save(folder, full_model=hub.ships_full_model or bool(classifier.spec.fine_tuned))
+            # A fine-tuned backbone is no longer ImageNet's: the version carries the whole model. So does every
+            # version on a remote hub, so that a Space starts without the ImageNet weights; the local hub, which
+            # lives in git, holds the backbone's weights only when they are its own.
+            classifier.save(folder, full_model=hub.remote or bool(classifier.spec.fine_tuned))
             step(1)
             with ticking(progress, "exporting"):  # tf2onnx: half a minute without steps to count
                 export_onnx(classifier, folder)  # checked against Keras: a version never serves other answers

@@ -316,12 +316,3 @@ def test_the_server_is_given_the_grace_period_the_setting_names(monkeypatch, tmp
             service.close()
     assert run["timeout_graceful_shutdown"] == 3.5
 
-
-@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_a_grace_period_that_is_no_duration_is_refused_with_a_sentence(monkeypatch, value):
-    from catdog_model.errors import ServiceError
-
-    monkeypatch.setenv("CATDOG_SHUTDOWN_GRACE_SECONDS", value)
-    with pytest.raises(ServiceError, match=f"CATDOG_SHUTDOWN_GRACE_SECONDS='{value}' is not a duration: give a "
-                                           "number of seconds, 0 or more"):
-        Settings.from_env()

@@ -16,6 +16,7 @@ from catdog_model.config import Settings
 from catdog_model.data import load_folder, version_splits
 from catdog_model.drift import MIN_RECENT
 from catdog_model.service import Service
+from catdog_model.version_metrics import read_metrics
 from catdog_model.cli_novelty import package_photos
 from tests.conftest import PHOTOS_DIR, WEIGHTS_DIR, requires_photos, shipped_models
 
@@ -57,7 +58,7 @@ def other_pictures(count: int) -> list[bytes]:
 @requires_photos
 def test_a_stream_of_real_photos_shows_no_drift(start_service, tmp_path, cache_dir):
     service = make_service(start_service, tmp_path, cache_dir)
-    metrics = service.hub.metrics()
+    metrics = read_metrics(service.hub)
     held_out = version_splits(load_folder(PHOTOS_DIR).examples, metrics["data"]).test  # never trained on
     for example in held_out[::len(held_out) // STREAM][:STREAM]:
         service.predict(example.data)

@@ -13,6 +13,7 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT
 from catdog_model.hub import HFHub, HubError, LocalHub
+from catdog_model.version_metrics import metrics_table, read_metrics
 from tests.test_hub import version_folder
 
 _repo_numbers = iter(range(10_000))
@@ -38,8 +39,8 @@ def test_versions_are_numbered_snapshots_with_their_card(hub, staged):
     assert hub.push(staged, write_card=lambda version: f"# {version}\n") == "v2"
     assert hub.versions() == ["v1", "v2"]
     assert (hub.download("v1") / "README.md").read_text() == "# v1\n"
-    assert hub.metrics("v1")["test"] == {"accuracy": 0.5}  # v1 is unchanged by the later push
-    assert hub.metrics("v2")["test"] == {"accuracy": 0.9}
+    assert read_metrics(hub, "v1")["test"] == {"accuracy": 0.5}  # v1 is unchanged by the later push
+    assert read_metrics(hub, "v2")["test"] == {"accuracy": 0.9}
 
 
 def test_promote_rollback_and_clear_errors(hub, staged):
@@ -51,8 +52,8 @@ def test_promote_rollback_and_clear_errors(hub, staged):
     hub.promote("v3")
     hub.promote("v3")  # promoting production again changes nothing
     assert hub.production() == "v3" and hub.resolve() == "v3"
-    assert hub.list_versions()[0]["created_at"] == "2026-11-27T00:00:00+00:00"
-    assert [row["production"] for row in hub.list_versions()] == [False, False, True]
+    assert metrics_table(hub)[0]["created_at"] == "2026-11-27T00:00:00+00:00"
+    assert [row["production"] for row in metrics_table(hub)] == [False, False, True]
     assert hub.rollback() == "v1"
     with pytest.raises(HubError, match="no earlier production version"):
         hub.rollback()
@@ -117,10 +118,11 @@ def test_downloaded_revisions_load_offline(hf_env, staged, tmp_path):
     hub = HFHub("tester/catdog-offline", tmp_path / "pending", hf_env["HF_ENDPOINT"])
     hub.push(staged)
     hub.promote("v1")
-    assert hub.production() == "v1" and hub.metrics("v1")  # online: refs.json and v1 come into the cache
-    script = ("from catdog_model.hub import HFHub; from pathlib import Path; "
+    assert hub.production() == "v1" and read_metrics(hub, "v1")  # online: refs.json and v1 come into the cache
+    script = ("from catdog_model.hub import HFHub; from catdog_model.version_metrics import read_metrics; "
+              "from pathlib import Path; "
               "hub = HFHub('tester/catdog-offline', Path('.')); "
-              "print(hub.production(), hub.metrics('production')['test']['accuracy'])")
+              "print(hub.production(), read_metrics(hub, 'production')['test']['accuracy'])")
     offline = {**os.environ, **hf_env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9",
                "PYTHONPATH": str(PROJECT_ROOT)}
     result = subprocess.run([sys.executable, "-c", script], env=offline, capture_output=True, text=True,

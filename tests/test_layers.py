@@ -86,3 +86,18 @@ def test_the_package_has_no_import_cycle():
 def test_shipped_code_never_imports_the_tests(folder, forbidden):
     for path in (PROJECT_ROOT / folder).glob("*.py"):
         assert not imports_of(path) & forbidden, f"{path.relative_to(PROJECT_ROOT)} imports {imports_of(path) & forbidden}"
+
+
+
+def test_the_hub_stores_folders_and_refs_and_reads_nothing_of_a_model():
+    # Of a version's files it may know the one that marks a folder as a version and the card it writes.
+    from catdog_model import layout
+
+    model_files = {name: value for name, value in vars(layout).items()
+                   if name.endswith("_FILE") and name not in {"REFS_FILE", "CONFIG_FILE", "CARD_FILE"}}
+    tree = ast.parse((PACKAGE / "hub.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    strings_in_code = [node.value for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+                       for node in ast.walk(function) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    assert not imported & set(model_files)
+    assert not [name for name in model_files.values() if any(name in text for text in strings_in_code)]

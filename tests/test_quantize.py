@@ -17,6 +17,7 @@ from catdog_model.images import load_image
 from catdog_model.layout import INT8_ONNX_FILE, ONNX_FILE
 from catdog_model.quantize import FLOAT_CONVOLUTIONS, check_int8, quantize_export
 from catdog_model.serving import ServingModel
+from catdog_model.version_metrics import read_metrics
 from tests.conftest import PRODUCTION, REPOSITORY_HUB
 from tests.test_cli import run
 
@@ -125,7 +126,7 @@ def test_int8_is_served_only_when_asked_for_and_where_the_version_has_it(product
     # The benchmark reads both on the version's test photos, and how far apart their answers are there.
     import bench.benchmark as benchmark
 
-    fp32, data = ServingModel.load(version), REPOSITORY_HUB.metrics(PRODUCTION)["data"]
+    fp32, data = ServingModel.load(version), read_metrics(REPOSITORY_HUB)["data"]
     read = benchmark.test_accuracy({"serve": fp32, "serve_int8": int8}, [str(small_photo_dir)], data, settings)
     assert read["test_images"] > 5 and read["serve_int8_test_agreement"] >= 0.8
     assert 0 < read["serve_int8_test_mean_p_dog_difference"] <= read["serve_int8_test_max_p_dog_difference"] < 0.75
