@@ -1,11 +1,12 @@
-"""Metrics and plots for p(dog) against true labels (positive class: dog)."""
+"""Metrics and plots for p(dog) against true labels (positive class: dog). scikit-learn and matplotlib are
+imported where they are used: they take over a second, and a command refused for a mistake (`catdog train`,
+`evaluate`, `data-issues`) should say so at once."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from . import LABELS
 from .errors import ServiceError
@@ -13,6 +14,8 @@ from .errors import ServiceError
 
 def compute_metrics(labels: list[str], p_dog: np.ndarray, threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall, F1, ROC-AUC, log loss and the confusion matrix (rows: true cat, dog)."""
+    from sklearn import metrics as sk_metrics
+
     if len(labels) != len(p_dog):
         raise ValueError(f"{len(labels)} labels but {len(p_dog)} probabilities.")
     if len(labels) == 0:
@@ -37,6 +40,7 @@ def compute_metrics(labels: list[str], p_dog: np.ndarray, threshold: float = 0.5
 def save_plots(labels: list[str], p_dog: np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
     """confusion_matrix.png and roc_curve.png in out_dir; returns their paths."""
     import matplotlib
+    from sklearn import metrics as sk_metrics
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

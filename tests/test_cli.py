@@ -61,6 +61,16 @@ def test_user_mistakes_end_with_a_sentence_not_a_traceback(arguments, message, e
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_commands_load_no_heavy_library_before_their_options_are_checked():
+    # scikit-learn, Keras and cleanlab take seconds to import: a mistake is refused without waiting for them.
+    script = ("import sys, catdog_model.cli_train, catdog_model.cli_evaluate, catdog_model.cli_data_issues; "
+              "print(sorted({'sklearn', 'tensorflow', 'keras', 'cleanlab'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "[]"
+
+
 @pytest.mark.heavy
 @requires_weights
 def test_train_pushes_to_the_hub_and_evaluate_loads_production_from_it(small_photo_dir, env, hf_env, hub_server,
