@@ -21,6 +21,9 @@ def fine_tuning_description(tuning: dict) -> str:
              f"batches of {config['batch_size']}"]
     if config.get("label_smoothing"):
         words.append(f"labels smoothed by {config['label_smoothing']}")
+    if config.get("mixup"):
+        words.append(f"each photo and its label blended with another of its batch (mixup, Beta({config['mixup']}, "
+                     f"{config['mixup']}))")
     at_most = "" if cosine else "at most "  # the cosine schedule runs every epoch
     words.append(f"{runs} times from the same start, each run seeded apart, for {tuning['epochs_run']} epochs in all "
                  f"({at_most}{epochs} a run)" if runs > 1 else

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import time
 
 import numpy as np
@@ -44,6 +45,8 @@ class FineTuneConfig:
     rotation: float = option(0.03, "largest random rotation, as a fraction of a full turn")
     contrast: float = option(0.1, "largest random contrast change")
     label_smoothing: float = option(0.0, "training targets pulled this far towards 0.5 (0: the labels as given)")
+    mixup: float = option(0.0, "mixup: each training photo blended with another of its batch, and their labels "
+                          "alike, by a weight drawn from Beta(this, this) (0: off; 0.2 is usual)")
     schedule: str = option("plateau", "plateau: the rate drops when validation loss stalls and training stops "
                            "early; cosine: the rate falls along a cosine to 0 over all the epochs",
                            choices=list(SCHEDULES))
@@ -59,6 +62,8 @@ class FineTuneConfig:
             raise ServiceError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}.")
         if not 0 <= self.label_smoothing < 0.5:
             raise ServiceError(f"label_smoothing must be at least 0 and below 0.5, not {self.label_smoothing}.")
+        if not (self.mixup >= 0 and math.isfinite(self.mixup)):
+            raise ServiceError(f"mixup must be 0 (off) or more, not {self.mixup}.")
         if not 0 <= self.average_last <= self.epochs:
             raise ServiceError(f"average_last must be between 0 and the epochs ({self.epochs}), "
                                f"not {self.average_last}.")
@@ -108,8 +113,27 @@ def augmented_stream(images: np.ndarray, labels: np.ndarray, size: int, config: 
     # each epoch stood still for 10-60 s (the photos are a constant of the dataset's graph, copied again for each
     # iterator) — and every batch is full, so one trace serves. Each photo is augmented alone, before batching
     # (Keras's RandomCrop draws one offset per batch), and in order: a parallel map draws in a racy order.
-    return (tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(len(images), seed=seed).repeat()
-            .map(augmented).batch(config.batch_size).prefetch(2))
+    batches = (tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(len(images), seed=seed).repeat()
+               .map(augmented).batch(config.batch_size))
+    if config.mixup:
+        batches = batches.enumerate().map(
+            lambda index, batch: mixed(*batch, config.mixup, tf.stack([[seed, 2 * index], [seed, 2 * index + 1]])))
+    return batches.prefetch(2)
+
+
+def mixed(photos, labels, alpha: float, seeds):
+    """Mixup (Zhang et al., 2018): each photo of the batch blended with the photo at the mirror position of the
+    batch, by a weight w ~ Beta(alpha, alpha) of its own, and its label by the same w. Stateless draws from the
+    two seeds (the stream's seed and the batch's index), so a stream is blended the same way each time."""
+    import tensorflow as tf
+
+    count = tf.shape(labels)[0]
+    first, second = (tf.random.stateless_gamma([count], seed=seeds[draw], alpha=alpha) for draw in (0, 1))
+    weight = first / (first + second)  # Beta(alpha, alpha) from two Gammas
+    pixels = (weight[:, None, None, None] * tf.cast(photos, tf.float32)
+              + (1 - weight[:, None, None, None]) * tf.cast(photos[::-1], tf.float32))
+    blended = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+    return blended, weight * labels + (1 - weight) * labels[::-1]
 
 
 def decode_all(examples: list[Example], size: int, progress: ProgressCallback | None = None

@@ -23,7 +23,9 @@ def described(epochs_run: int, **options) -> str:
 @pytest.mark.parametrize("options, epochs_run, says, does_not_say", [
     ({}, 6, ["lowered on a plateau", "for 6 epochs (at most 8)", "keeping the epoch with the lowest validation loss",
              "changed in contrast (±10 %)"],
-     ["cosine", "smoothed", "mean", "runs"]),
+     ["cosine", "smoothed", "mean", "runs", "mixup"]),
+    ({"mixup": 0.2}, 7, ["blended with another of its batch (mixup, Beta(0.2, 0.2))", "for 7 epochs (at most 8)"],
+     ["smoothed", "cosine"]),
     ({"schedule": "cosine", "epochs": 10, "average_last": 4}, 10,
      ["falling along a cosine to 0", "for 10 epochs,", "the weights averaged over the last 4 epochs"],
      ["at most", "lowest validation loss", "soup"]),

@@ -318,12 +318,30 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights_only():
     (dict(schedule="step"), "schedule must be one of plateau, cosine, not 'step'"),
     (dict(label_smoothing=0.5), "label_smoothing must be at least 0 and below 0.5"),
     (dict(runs=0), "runs must be at least 1"),
+    (dict(mixup=-0.2), "mixup must be 0 \\(off\\) or more"),
+    (dict(mixup=float("nan")), "mixup must be 0 \\(off\\) or more"),
 ])
 def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(options, message):
     from catdog_model.finetune import FineTuneConfig
 
     with pytest.raises(ServiceError, match=message):
         FineTuneConfig(**options)
+
+
+def test_mixup_blends_each_photo_and_its_label_by_the_same_weight_and_a_seed_repeats_it():
+    import tensorflow as tf
+
+    from catdog_model.finetune import mixed
+
+    black, white = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)
+    photos, labels = tf.constant(np.stack([black, white, black, white])), tf.constant([0.0, 1.0, 0.0, 1.0])
+    blended, targets = mixed(photos, labels, 0.4, tf.constant([[7, 0], [7, 1]]))
+    white_share = blended.numpy()[:, 0, 0, 0] / 255  # a black photo blended with a white one: its share shows
+    assert np.allclose(white_share, targets.numpy(), atol=1 / 255)
+    assert 0 < targets.numpy().min() and targets.numpy().max() < 1  # each one blended (Beta(0.4) draws no 0 or 1)
+    again, _ = mixed(photos, labels, 0.4, tf.constant([[7, 0], [7, 1]]))
+    other, _ = mixed(photos, labels, 0.4, tf.constant([[8, 0], [8, 1]]))
+    assert np.array_equal(again.numpy(), blended.numpy()) and not np.array_equal(other.numpy(), blended.numpy())
 
 
 def test_the_cosine_schedule_runs_every_epoch_and_measures_the_averaged_weights(small_photo_dir, settings):
