@@ -40,8 +40,9 @@ def _path(name: str, default: str | None) -> Path | None:
 
 
 def _number(name: str, default: float, kind: type = float, least: float | None = None, most: float | None = None,
-            unit: str = ""):
-    """A finite number from least to most (either bound may be open), or a sentence saying what to give."""
+            unit: str = "", unbounded: str = ""):
+    """A finite number from least to most (either bound may be open), or a sentence saying what to give.
+    unbounded: what `inf` means where it is allowed (a check turned off); elsewhere it is refused, as nan is."""
     value = os.environ.get(name)
     if value in (None, ""):
         return kind(default)
@@ -49,11 +50,14 @@ def _number(name: str, default: float, kind: type = float, least: float | None =
         number = kind(value)
     except ValueError:
         raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
+    if number == math.inf and unbounded:
+        return number
     if not math.isfinite(number) or (least is not None and number < least) or (most is not None and number > most):
-        what = ("a whole number" if kind is int else "a number") + (f" of {unit}" if unit else "")
+        what = ("a whole number" if kind is int else "a finite number") + (f" of {unit}" if unit else "")
         bounds = (f"from {least:g} to {most:g}" if least is not None and most is not None
                   else f"{least:g} or more" if least is not None else f"{most:g} or less")
-        raise ServiceError(f"{name}={value!r} is out of range: give {what}, {bounds}.")
+        also = f" (or inf: {unbounded})" if unbounded else ""
+        raise ServiceError(f"{name}={value!r} is out of range: give {what}, {bounds}{also}.")
     return number
 
 
@@ -161,7 +165,7 @@ class Settings:
                 None if base_data_hub else _path("CATDOG_BASE_DATA_DIR", None)),
             admin_token=os.environ.get("CATDOG_ADMIN_TOKEN") or None,
             auto_promote=_flag("CATDOG_AUTO_PROMOTE", True),
-            promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0, least=0, most=1),
+            promotion_tolerance=_number("CATDOG_PROMOTION_TOLERANCE", 0.0, least=-1, most=1),
             hub_repo=os.environ.get("CATDOG_HUB_REPO") or None,
             hub_dataset=os.environ.get("CATDOG_HUB_DATASET") or None,
             # Read here rather than once at import, as huggingface_hub does, so one process can change it.
@@ -173,7 +177,8 @@ class Settings:
             trusted_data_dir=_path("CATDOG_TRUSTED_DATA_DIR", None),
             gate_min_images=_number("CATDOG_GATE_MIN_IMAGES", 100, int, least=1),
             gate_min_accuracy=_number("CATDOG_GATE_MIN_ACCURACY", 0.9, least=0, most=1),
-            gate_log_loss_margin=_number("CATDOG_GATE_LOG_LOSS_MARGIN", 0.05, least=0),
+            gate_log_loss_margin=_number("CATDOG_GATE_LOG_LOSS_MARGIN", 0.05, least=0,
+                                         unbounded="no log-loss check"),
             retrain_recipe=os.environ.get("CATDOG_RETRAIN_RECIPE") or None,
             suspect_confidence=_number("CATDOG_SUSPECT_CONFIDENCE", 0.9, least=0, most=1),
             review_queue=_flag("CATDOG_REVIEW_QUEUE", False),

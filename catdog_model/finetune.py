@@ -1,7 +1,7 @@
 """Phase 2 of transfer learning: unfreeze the top of the backbone and train it with the head, on augmented
 photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe); or,
 with the cosine schedule, for a fixed number of epochs, optionally averaging the last epochs' weights. Label
-smoothing is an option of either; so is running the whole fine-tuning several times from the same start, each
+smoothing and mixup (photos blended in pairs, their labels alike) are options of either; so is running the whole fine-tuning several times from the same start, each
 run seeded apart, and averaging the runs' weights (a uniform "model soup": one model, so no more cost to serve).
 
 BatchNormalization layers stay frozen and in inference mode: their statistics come from ImageNet, and a few
@@ -63,7 +63,7 @@ class FineTuneConfig:
         if not 0 <= self.label_smoothing < 0.5:
             raise ServiceError(f"label_smoothing must be at least 0 and below 0.5, not {self.label_smoothing}.")
         if not (self.mixup >= 0 and math.isfinite(self.mixup)):
-            raise ServiceError(f"mixup must be 0 (off) or more, not {self.mixup}.")
+            raise ServiceError(f"mixup must be a finite number, 0 (off) or more, not {self.mixup}.")
         if not 0 <= self.average_last <= self.epochs:
             raise ServiceError(f"average_last must be between 0 and the epochs ({self.epochs}), "
                                f"not {self.average_last}.")
@@ -92,7 +92,8 @@ def unfreeze_top(backbone_model, blocks: int) -> list[str]:
 def augmented_stream(images: np.ndarray, labels: np.ndarray, size: int, config: FineTuneConfig, seed: int):
     """The training photos (uint8, decoded crop_margin larger) as an endless tf.data stream of batches of
     (photos of `size`, labels), reshuffled each pass; each photo randomly cropped, mirrored, rotated and changed
-    in contrast, each drawn apart. The same seed gives the same stream."""
+    in contrast, each drawn apart; with mixup, then blended in pairs within its batch, the labels becoming
+    shares between 0 and 1. The same seed gives the same stream."""
     import keras
     import tensorflow as tf
 
@@ -123,17 +124,28 @@ def augmented_stream(images: np.ndarray, labels: np.ndarray, size: int, config: 
 
 def mixed(photos, labels, alpha: float, seeds):
     """Mixup (Zhang et al., 2018): each photo of the batch blended with the photo at the mirror position of the
-    batch, by a weight w ~ Beta(alpha, alpha) of its own, and its label by the same w. Stateless draws from the
-    two seeds (the stream's seed and the batch's index), so a stream is blended the same way each time."""
+    batch (with an odd batch size the middle photo keeps itself), by a weight w ~ Beta(alpha, alpha) of its own,
+    and its label by the same w. Stateless draws from the two seeds (the stream's seed and the batch's index), so
+    a stream is blended the same way each time."""
     import tensorflow as tf
 
     count = tf.shape(labels)[0]
     first, second = (tf.random.stateless_gamma([count], seed=seeds[draw], alpha=alpha) for draw in (0, 1))
-    weight = first / (first + second)  # Beta(alpha, alpha) from two Gammas
+    # Beta(alpha, alpha) from two Gammas. TensorFlow's draws are never 0 (they stop at the smallest normal
+    # float32), so even a small alpha never makes this 0 / 0.
+    weight = first / (first + second)
     pixels = (weight[:, None, None, None] * tf.cast(photos, tf.float32)
               + (1 - weight[:, None, None, None]) * tf.cast(photos[::-1], tf.float32))
     blended = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
     return blended, weight * labels + (1 - weight) * labels[::-1]
+
+
+def rounded_accuracy(labels, p_dog):
+    """Keras's binary accuracy with each label first rounded to the class holding its larger share: Keras's own
+    counts a hit only where a label is exactly 0 or 1, so it would miss every blended (mixup) photo."""
+    import keras
+
+    return keras.metrics.binary_accuracy(keras.ops.round(labels), p_dog)
 
 
 def decode_all(examples: list[Example], size: int, progress: ProgressCallback | None = None
@@ -203,9 +215,10 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         if averaging:
             callbacks.append(averaging)
         # Compiled afresh each run: a new optimizer, so no run inherits another's moments or lowered rate.
+        accuracy = keras.metrics.MeanMetricWrapper(rounded_accuracy, name="accuracy") if config.mixup else "accuracy"
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
-                      metrics=["accuracy"])
+                      metrics=[accuracy])
         if progress:  # batch by batch, each epoch's validation pass included: an epoch takes a minute or more
             callbacks.append(_batch_progress_callback()(progress, run * config.epochs * per_epoch, steps, per_epoch,
                                                         config.runs * config.epochs * per_epoch))

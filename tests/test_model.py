@@ -318,8 +318,9 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights_only():
     (dict(schedule="step"), "schedule must be one of plateau, cosine, not 'step'"),
     (dict(label_smoothing=0.5), "label_smoothing must be at least 0 and below 0.5"),
     (dict(runs=0), "runs must be at least 1"),
-    (dict(mixup=-0.2), "mixup must be 0 \\(off\\) or more"),
-    (dict(mixup=float("nan")), "mixup must be 0 \\(off\\) or more"),
+    (dict(mixup=-0.2), "mixup must be a finite number, 0 \\(off\\) or more"),
+    (dict(mixup=float("nan")), "mixup must be a finite number, 0 \\(off\\) or more"),
+    (dict(mixup=float("inf")), "mixup must be a finite number, 0 \\(off\\) or more"),
 ])
 def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(options, message):
     from catdog_model.finetune import FineTuneConfig
@@ -342,6 +343,51 @@ def test_mixup_blends_each_photo_and_its_label_by_the_same_weight_and_a_seed_rep
     again, _ = mixed(photos, labels, 0.4, tf.constant([[7, 0], [7, 1]]))
     other, _ = mixed(photos, labels, 0.4, tf.constant([[8, 0], [8, 1]]))
     assert np.array_equal(again.numpy(), blended.numpy()) and not np.array_equal(other.numpy(), blended.numpy())
+
+
+def test_a_small_mixup_alpha_never_gives_a_nan_weight():
+    import tensorflow as tf
+
+    from catdog_model.finetune import mixed
+
+    photos, labels = tf.zeros((4096, 1, 1, 3), tf.uint8), tf.constant([0.0, 1.0] * 2048)
+    # In float32 a Gamma(0.01) draw would underflow to 0 about 1 time in 3, and a weight of 0 / 0 would be nan.
+    _, targets = mixed(photos, labels, 0.01, tf.constant([[1, 0], [1, 1]]))
+    assert np.isfinite(targets.numpy()).all()
+
+
+def test_the_stream_blends_each_of_its_batches_with_weights_of_its_own_and_its_seed_repeats_them():
+    from catdog_model.finetune import FineTuneConfig, augmented_stream
+
+    rng = np.random.default_rng(0)
+    photos, labels = rng.integers(0, 256, (40, 46, 46, 3), dtype=np.uint8), (np.arange(40) % 2).astype(np.float32)
+
+    def batches(config):
+        stream = iter(augmented_stream(photos, labels, 40, config, seed=1))
+        return [tuple(part.numpy() for part in next(stream)) for _ in range(3)]
+
+    plain, blended = batches(FineTuneConfig(batch_size=8)), batches(FineTuneConfig(batch_size=8, mixup=0.4))
+    assert all(np.array_equal(one, other) for batch, again in zip(blended, batches(FineTuneConfig(batch_size=8,
+               mixup=0.4))) for one, other in zip(batch, again))
+    weights = []
+    for (photo, label), (mixed_photo, mixed_label) in zip(plain, blended):  # mixup comes after the augmentation
+        assert mixed_label.dtype == np.float32 and set(label.tolist()) <= {0.0, 1.0}
+        partner = photo[::-1].astype(float)
+        # Each photo's weight, read off a pixel where it and its partner differ most.
+        at = np.abs(photo - partner).reshape(len(photo), -1).argmax(axis=1)
+        pixel, other, mixed_pixel = (array.reshape(len(photo), -1)[range(len(photo)), at]
+                                     for array in (photo.astype(float), partner, mixed_photo.astype(float)))
+        weight = (mixed_pixel - other) / (pixel - other)
+        assert np.allclose(mixed_label, weight * label + (1 - weight) * label[::-1], atol=0.02)
+        weights.append(weight)
+    assert not np.allclose(weights[0], weights[1], atol=0.02) and not np.allclose(weights[1], weights[2], atol=0.02)
+
+
+def test_training_accuracy_under_mixup_counts_a_blended_photo_by_its_larger_share():
+    from catdog_model.finetune import rounded_accuracy
+
+    labels, p_dog = np.array([[0.73], [0.2], [0.9]], np.float32), np.array([[0.8], [0.1], [0.3]], np.float32)
+    assert np.allclose(np.asarray(rounded_accuracy(labels, p_dog)).ravel(), [1, 1, 0])
 
 
 def test_the_cosine_schedule_runs_every_epoch_and_measures_the_averaged_weights(small_photo_dir, settings):
