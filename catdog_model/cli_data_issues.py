@@ -42,8 +42,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if not arguments.data_dir and not arguments.uploads:
         parser.error("give --data-dir (repeatable), --uploads, or both")
-    if arguments.folds < 2 or arguments.top < 0:
-        parser.error("--folds needs at least 2 (each head is fitted on the other folds), and --top 0 or more")
+    if arguments.folds < 2:
+        parser.error("--folds needs at least 2: each head is fitted on the other folds")
+    if arguments.top < 0:
+        parser.error("--top needs 0 or more")
     if Path(arguments.out).exists() and not Path(arguments.out).is_dir():
         parser.error(f"--out {arguments.out} is a file: give a folder for the table, report and contact sheet")
     return arguments

@@ -49,7 +49,7 @@ def _number(name: str, default: float, kind: type = float, least: float | None =
     try:
         number = kind(value)
     except ValueError:
-        raise ServiceError(f"{name}={value!r} is not a valid {kind.__name__}.") from None
+        raise ServiceError(f"{name}={value!r} is not {'a whole number' if kind is int else 'a number'}.") from None
     if number == math.inf and unbounded:
         return number
     if not math.isfinite(number) or (least is not None and number < least) or (most is not None and number > most):

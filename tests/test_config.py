@@ -4,6 +4,9 @@ give, before anything runs on it."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -56,7 +59,7 @@ def test_the_sentence_says_what_to_give(monkeypatch, name, value, sentence):
 
 def test_a_word_where_a_number_belongs_is_refused_with_its_kind(monkeypatch):
     monkeypatch.setenv("CATDOG_MAX_FILES", "many")
-    with pytest.raises(ServiceError, match="CATDOG_MAX_FILES='many' is not a valid int"):
+    with pytest.raises(ServiceError, match="CATDOG_MAX_FILES='many' is not a whole number"):
         Settings.from_env()
 
 
@@ -69,3 +72,15 @@ def test_a_word_where_a_number_belongs_is_refused_with_its_kind(monkeypatch):
 def test_values_with_a_documented_meaning_are_taken(monkeypatch, name, value, field, expected):
     monkeypatch.setenv(name, value)
     assert getattr(Settings.from_env(), field) == expected
+
+
+@pytest.mark.parametrize("run", ["runpy.run_path('app.py', run_name='__main__')",  # python app.py
+                                 "sys.argv[1:] = ['serve']; runpy.run_module('catdog', run_name='__main__')"])
+def test_the_app_refuses_a_bad_setting_before_loading_gradio(run):
+    # Gradio takes seconds to import: an operator's typo is told at once, with its sentence and status 2.
+    script = f"import runpy, sys\ntry:\n    {run}\nexcept SystemExit as stop:\n    print(stop.code, 'gradio' in sys.modules)"
+    refused = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             env={**os.environ, "CATDOG_LOG_BUFFER_ROWS": "0"}, timeout=300)
+    assert refused.stdout.split() == ["2", "False"], refused.stderr[-2000:]
+    assert "CATDOG_LOG_BUFFER_ROWS='0' is out of range: give a whole number, 1 or more." in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -110,7 +110,7 @@ def test_too_few_photos_is_a_sentence(small_photo_dir, shipped, tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (["--folds", "1"], "--folds needs at least 2"),
-    (["--top", "-1"], "--top 0 or more"),
+    (["--top", "-1"], "--top needs 0 or more"),
     (["--out", "pyproject.toml"], "--out pyproject.toml is a file"),
 ])
 def test_options_that_cannot_work_are_refused_before_any_photo_is_read(options, message, env):

@@ -162,7 +162,7 @@ def test_the_healthcheck_fails_while_no_model_is_loaded(tmp_path):
 @pytest.mark.parametrize(("setting", "value", "sentence"), [
     ("CATDOG_DATA_DIR", "{file}/data", r"CATDOG_DATA_DIR \(.*\) cannot be written: .*Point CATDOG_DATA_DIR at"),
     ("CATDOG_DATABASE_URL", "no database", "CATDOG_DATABASE_URL is not a database URL"),
-    ("CATDOG_MAX_FILES", "many", "CATDOG_MAX_FILES='many' is not a valid int"),
+    ("CATDOG_MAX_FILES", "many", "CATDOG_MAX_FILES='many' is not a whole number"),
 ])
 def test_the_app_refuses_a_setting_that_cannot_work_with_a_sentence(tmp_path, setting, value, sentence):
     not_a_folder = tmp_path / "a-file"
