@@ -406,7 +406,11 @@ def build_demo(service: Service) -> gr.Blocks:
                 roc_plot = gr.Image(label="ROC curve", type="filepath", show_label=False)
             gr.Markdown("**Versions.** *Accuracy, trusted photos*: every version on the same held-out photos the "
                         "gate judges on — compare these. *Own test split*: each version on its own split, as its "
-                        "training measured it — not comparable between versions.")
+                        "training measured it — not comparable between versions. *Not measured*: there are no "
+                        "trusted photos yet (`CATDOG_BASE_DATA_DIR` or `CATDOG_TRUSTED_DATA_DIR`), or the "
+                        "background job has not reached this version (`CATDOG_PREPARE_EMBEDDINGS`). *No serving "
+                        "export*: the version's files here lack `model.onnx` (the repository keeps only "
+                        "production's); `catdog export --version vN` publishes it anew with one.")
             versions_table = gr.Dataframe(label="Versions", interactive=False)
             dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
             metrics_outputs = [cards, summary_text, production_table, confusion_plot, roc_plot, versions_table,
