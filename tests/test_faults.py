@@ -54,6 +54,12 @@ def app_env(tmp_path: Path, cache_dir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def patient_client(url: str) -> Client:
+    """A gradio_client whose requests wait as long as the server needs: httpx's default of 5 s is a wall-clock
+    limit, and a server sharing two busy cores with a training beside it once took longer to take an upload."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+
+
 def kill_9(process: subprocess.Popen | psutil.Process) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
@@ -177,7 +183,7 @@ def test_kill_9_of_the_server_while_its_retraining_publishes(tmp_path, cache_dir
     env = app_env(tmp_path, cache_dir, CATDOG_BASE_DATA_DIR=str(small_photo_dir))
     app, child = Served(env), None
     try:
-        child = start_retraining(app, Client(app.url, verbose=False))
+        child = start_retraining(app, patient_client(app.url))
         kill_9(app.process)  # early in publishing: the version's files are being made, the hub is not written yet
         # The child ends with its server (a kill -9 gives the server no chance to stop it), before it writes
         # anything more: it neither goes on working nor publishes for a server that is gone.
@@ -197,7 +203,7 @@ def test_kill_9_of_the_server_while_its_retraining_publishes(tmp_path, cache_dir
         assert get_json(restarted.url + "/health") == {"status": "ok", "model_loaded": True,
                                                        "model_version": production, "precision": "fp32"}
         assert predict_rest(restarted.url, photos(small_photo_dir / "dogs", 1)[0])["version"] == production
-        client = Client(restarted.url, verbose=False)
+        client = patient_client(restarted.url)
         status = client.predict("", api_name="/retrain")  # a new retraining can start
         assert status["running"] and status["error"] is None
         assert psutil.Process(restarted.process.pid).children()
@@ -211,7 +217,7 @@ def test_kill_9_of_the_retraining_child_while_it_writes_its_version(tmp_path, ca
     production, entries = hub.production(), set(os.listdir(hub.repo))
     app = Served(app_env(tmp_path, cache_dir, CATDOG_BASE_DATA_DIR=str(small_photo_dir)))
     try:
-        client = Client(app.url, verbose=False)
+        client = patient_client(app.url)
         child = start_retraining(app, client)
         # Its write into the hub has begun the moment anything new appears there.
         wait_for(lambda: set(os.listdir(hub.repo)) - entries - {".lock"}, 120, every=0.001)
@@ -312,7 +318,7 @@ def test_kill_9_in_the_middle_of_promotions_leaves_valid_refs_and_the_app_serves
     try:
         production = hub.production()
         assert get_json(app.url + "/health")["model_version"] == production
-        client = Client(app.url, verbose=False)
+        client = patient_client(app.url)
         target = OTHER_VERSION if production != OTHER_VERSION else shipped
         assert client.predict(target, "", api_name="/promote") == f"Production is now {target}."
         assert hub.production() == target == get_json(app.url + "/health")["model_version"]
@@ -366,7 +372,7 @@ def outage_under_load(app: Served, database: Postgres, photo_list: list[Path]) -
         assert down["model_loaded"] and down["prediction_log"]["dropped_rows"] == 0
         # …and how many rows wait for it: at least every prediction answered since it stopped.
         assert down["prediction_log"]["pending_rows"] >= waiting, (down["prediction_log"], waiting)
-        gradio = Client(app.url, verbose=False).predict(handle_file(str(photo_list[0])), api_name="/predict")
+        gradio = patient_client(app.url).predict(handle_file(str(photo_list[0])), api_name="/predict")
         assert gradio["label"] == "cat"
         database.start()
         wait_for(lambda: status()["prediction_log"]["write_error"] is None, 60)
@@ -500,7 +506,7 @@ def app_on_a_tmpfs(tmp_path: Path, cache_dir: Path, size: str):
     with tmpfs(tmp_path / "data", size) as data:
         app = Served(app_env(tmp_path, cache_dir))
         try:
-            client = Client(app.url, verbose=False)
+            client = patient_client(app.url)
             yield data, app, client
         finally:
             stop_app(app)
@@ -589,7 +595,7 @@ def test_a_full_disk_fails_a_retraining_in_a_sentence_and_publishes_nothing(tmp_
         free = shutil.disk_usage(models).free
         app = Served(app_env(tmp_path, cache_dir, CATDOG_BASE_DATA_DIR=str(small_photo_dir)))
         try:
-            client = Client(app.url, verbose=False)
+            client = patient_client(app.url)
             assert client.predict("", api_name="/retrain")["running"]
             status = finished(client)
             assert status["stage"] == "failed", status
