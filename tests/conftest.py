@@ -258,3 +258,11 @@ def shipped_models() -> Path:
             hub.promote(version)
         _prepared.append(root)
     return _prepared[0]
+
+
+def patient_client(url: str):
+    """A gradio_client whose requests wait as long as the server needs: httpx's default of 5 s is a wall-clock
+    limit, and a server sharing two busy cores with a training beside it once took longer to take an upload."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 120})

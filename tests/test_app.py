@@ -9,14 +9,14 @@ import time
 import urllib.request
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from catdog_model.config import Settings
 from catdog_model.hub import LocalHub, next_version
 from catdog_model.service import EXPLAIN_SIDE
 from bench.servers import wait_for
-from tests.conftest import PRODUCTION, RETRAINING_SECONDS, requires_weights, shipped_models
+from tests.conftest import PRODUCTION, RETRAINING_SECONDS, patient_client, requires_weights, shipped_models
 
 pytestmark = [requires_weights]
 
@@ -63,7 +63,7 @@ def test_every_endpoint_says_what_it_does_and_names_its_inputs_and_outputs(serve
                                     for token in tokens)
     # Without a token, this server (which has one) answers with its sentence, not a missing-argument TypeError.
     with pytest.raises(AppError, match="needs the admin token"):
-        Client(url, verbose=False).predict(shipped.production(), api_name="/promote")
+        patient_client(url).predict(shipped.production(), api_name="/promote")
 
 
 def test_a_program_calls_a_tokenless_loopback_server_without_naming_a_token(settings, tmp_path):
@@ -78,7 +78,7 @@ def test_a_program_calls_a_tokenless_loopback_server_without_naming_a_token(sett
     url, stop = serve_in_thread(build_app(service))
     try:
         production = service.hub.production()
-        promoted = Client(url, verbose=False).predict(production, api_name="/promote")
+        promoted = patient_client(url).predict(production, api_name="/promote")
         assert promoted == f"Production is now {production}."
     finally:
         stop()
@@ -105,7 +105,7 @@ def test_a_program_calls_every_endpoint_by_its_documented_parameter_names_withou
     (mounted,) = [route.app for route in app.routes if hasattr(getattr(route, "app", None), "state_holder")]
     assert isinstance(mounted.state_holder, SharedConfigSessions)
     url, stop = serve_in_thread(app)
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     try:
         documented = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
         photo, production = handle_file(str(sorted((small_photo_dir / "dogs").iterdir())[3])), PRODUCTION
@@ -146,7 +146,7 @@ def test_a_program_calls_every_endpoint_by_its_documented_parameter_names_withou
 
 def test_predict_real_photos_through_gradio_client(server, small_photo_dir):
     url, service = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photo = sorted((small_photo_dir / folder).iterdir())[0]
         result = client.predict(handle_file(str(photo)), api_name="/predict")
@@ -161,7 +161,7 @@ def test_explain_returns_the_photo_in_its_own_shape_with_its_heat_map_and_the_la
 
     url, _ = server
     photo = sorted((small_photo_dir / "dogs").iterdir())[2]
-    overlay, label, details = Client(url, verbose=False).predict(handle_file(str(photo)), api_name="/explain")
+    overlay, label, details = patient_client(url).predict(handle_file(str(photo)), api_name="/explain")
     assert label["label"] == "dog" and "red pushed towards dog" in details
     with Image.open(overlay) as image, Image.open(photo) as original:
         assert image.mode == "RGB" and max(image.size) <= EXPLAIN_SIDE
@@ -174,14 +174,14 @@ def test_batch_gives_a_row_per_file_rejects_non_images_and_says_when_there_are_n
     text = tmp_path / "notes.jpg"
     text.write_text("not a photo")
     photo = sorted((small_photo_dir / "dogs").iterdir())[0]
-    table, csv_path = Client(url, verbose=False).predict([handle_file(str(photo)), handle_file(str(text))],
+    table, csv_path = patient_client(url).predict([handle_file(str(photo)), handle_file(str(text))],
                                                          api_name="/predict_batch")
     rows = table["data"]
     assert rows[0][:2] == [photo.name, "dog"]
     assert rows[1][0] == "notes.jpg" and rows[1][1] == "" and "not an image" in rows[1][5]
     assert open(csv_path).read().startswith("file,label,p_dog,confidence,flags,error")
     with pytest.raises(AppError, match="No photos were given: choose one or more photos"):
-        Client(url, verbose=False).predict([], api_name="/predict_batch")  # not an empty table and CSV
+        patient_client(url).predict([], api_name="/predict_batch")  # not an empty table and CSV
 
 
 def test_a_batch_naming_one_uploaded_file_many_times_classifies_it_once(server, small_photo_dir):
@@ -205,7 +205,7 @@ def test_a_batch_naming_one_uploaded_file_many_times_classifies_it_once(server, 
 
 def test_mutations_need_the_admin_token(server, shipped):
     url, service = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     with pytest.raises(Exception, match="admin token"):
         client.predict("v1", "wrong", api_name="/promote")
     with pytest.raises(Exception, match="admin token"):
@@ -216,7 +216,7 @@ def test_mutations_need_the_admin_token(server, shipped):
 @pytest.mark.heavy
 def test_upload_retrain_compare_promote_and_roll_back_through_the_api(server, shipped, small_photo_dir):
     url, service = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photos = [handle_file(str(path)) for path in sorted((small_photo_dir / folder).iterdir())]
         results, stats, _ = client.predict(label, photos + photos[:1], "s3cret", api_name="/upload_training_data")
@@ -253,7 +253,7 @@ def test_a_correction_through_the_api_needs_the_token_and_waits_among_the_upload
     from PIL import Image
 
     url, service = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     mirrored = tmp_path / "mirrored-cat.png"  # a photo no other test uploads
     with Image.open(sorted((small_photo_dir / "cats").iterdir())[2]) as cat:
         cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)

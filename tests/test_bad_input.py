@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
 from catdog_model import LABELS
-from tests.conftest import PHOTOS_DIR, requires_photos, requires_weights
+from tests.conftest import PHOTOS_DIR, patient_client, requires_photos, requires_weights
 from tests.test_images import encode, half_red_half_blue, png_header_only
 
 pytestmark = [requires_weights]
@@ -49,7 +49,7 @@ def test_bad_files_get_a_sentence_through_gradio_client(server, tmp_path, name):
     path = tmp_path / name
     path.write_bytes(data)
     with pytest.raises(Exception, match=message) as raised:
-        Client(url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
+        patient_client(url).predict(handle_file(str(path)), api_name="/predict")
     assert "Traceback" not in str(raised.value)
 
 
@@ -67,7 +67,7 @@ def test_bad_files_over_plain_http_end_in_an_error_event_with_the_sentence(serve
 
 def test_unusual_but_valid_images_are_classified(server, tmp_path):
     url, _ = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     for name, data in unusual_images().items():
         path = tmp_path / name
         path.write_bytes(data)
@@ -81,12 +81,12 @@ def test_a_30_megapixel_photo_is_classified(server, tmp_path):
     photo = Image.open(sorted((PHOTOS_DIR / "dogs").glob("*.jpg"))[0]).convert("RGB").resize((6400, 4800))
     path = tmp_path / "big.jpg"
     photo.save(path, "JPEG", quality=85)
-    assert Client(url, verbose=False).predict(handle_file(str(path)), api_name="/predict")["label"] == "dog"
+    assert patient_client(url).predict(handle_file(str(path)), api_name="/predict")["label"] == "dog"
 
 
 def test_training_uploads_refuse_bad_files_and_hostile_names_stay_inside(server, tmp_path):
     url, service = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     hostile = tmp_path / "..%2F..%2Fescape.jpg"
     hostile.write_bytes(encode(half_red_half_blue(), "JPEG"))
     odd = tmp_path / "caf\udce9.jpg".encode("utf-8", "surrogateescape").decode("latin-1")
@@ -124,4 +124,4 @@ def test_too_many_files_in_one_request_is_refused(server, tmp_path, monkeypatch)
         path.write_bytes(encode(half_red_half_blue(20 + index, 20), "PNG"))
         paths.append(handle_file(str(path)))
     with pytest.raises(Exception, match="4 files in one request; the limit is 3"):
-        Client(url, verbose=False).predict(paths, api_name="/predict_batch")
+        patient_client(url).predict(paths, api_name="/predict_batch")

@@ -18,7 +18,7 @@ from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.screenshots import noise, rest_predict, upload_in_browser
 from bench.servers import wait_for
-from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, requires_weights, shipped_models
+from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, patient_client, requires_weights, shipped_models
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [pytest.mark.heavy, requires_weights,
@@ -184,9 +184,8 @@ def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then
     page.get_by_role("button", name="Retrain", exact=True).click()
     expect(page.get_by_label("Log", exact=True)).to_have_value(re.compile("Retraining started"), timeout=60_000)
     # A second click, from another page or program, is told so; it does not start another retraining later.
-    from gradio_client import Client
 
-    client = Client(page.url.split("?")[0], verbose=False)
+    client = patient_client(page.url.split("?")[0])
     try:
         with pytest.raises(Exception, match="already running"):
             client.submit(False, "", api_name="/retrain_and_follow").result(timeout=120)
@@ -272,10 +271,9 @@ def test_data_issues_are_listed_and_a_photo_relabelled_from_the_list_stays_so_af
 
 def test_classify_all_answers_a_row_a_photo_logged_as_the_tabs_and_says_when_no_photo_was_chosen(
         page, small_photo_dir):
-    from gradio_client import Client
     from playwright.sync_api import expect
 
-    client = Client(page.url.split("?")[0], verbose=False)
+    client = patient_client(page.url.split("?")[0])
 
     def sources() -> dict:
         return client.predict("all", api_name="/metrics")["monitoring"].get("sources", {})
@@ -317,11 +315,10 @@ RED, AMBER = "rgb(185, 28, 28)", "rgb(180, 83, 9)"
 
 
 def test_the_metrics_tab_reads_at_a_glance_after_real_and_odd_traffic(page, small_photo_dir):
-    from gradio_client import Client
     from playwright.sync_api import expect
 
     url = page.url.split("?")[0]
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     predictions = page.locator('[data-card="predictions"] .catdog-card-value')
     drift = page.locator('[data-card="drift"] .catdog-card-value')
 

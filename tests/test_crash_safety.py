@@ -14,13 +14,13 @@ import time
 import urllib.request
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.loadtest import App
 from bench.servers import wait_for
-from tests.conftest import RETRAINING_SECONDS, WEIGHTS_DIR, requires_weights, shipped_models
+from tests.conftest import RETRAINING_SECONDS, WEIGHTS_DIR, patient_client, requires_weights, shipped_models
 from catdog_model.layout import CONFIG_FILE
 
 pytestmark = [pytest.mark.heavy, requires_weights]
@@ -65,7 +65,7 @@ def test_kill_during_retraining(tmp_path, small_photo_dir):
     production, versions_before = hub.production(), hub.versions()
     env = app_env(tmp_path, tmp_path / "fresh-cache")  # an empty cache: the retraining has to embed
     app = App(env)
-    client = Client(app.url, verbose=False)
+    client = patient_client(app.url)
     acknowledged = 0
     for folder, label in (("cats", "cat"), ("dogs", "dog")):
         photos = [handle_file(str(path)) for path in sorted((small_photo_dir / folder).iterdir())]
@@ -89,7 +89,7 @@ def test_kill_during_retraining(tmp_path, small_photo_dir):
     try:
         assert json.loads(urllib.request.urlopen(restarted.url + "/health").read()) == {
             "status": "ok", "model_loaded": True, "model_version": production, "precision": "fp32"}
-        stats = Client(restarted.url, verbose=False).predict(api_name="/dataset_stats")
+        stats = patient_client(restarted.url).predict(api_name="/dataset_stats")
         assert stats["uploads"] == {"cat": 30, "dog": 30}
     finally:
         restarted.stop()
@@ -101,10 +101,10 @@ def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
     app = App(env)
     photos = [handle_file(str(path)) for folder in ("cats", "dogs") for path in sorted((small_photo_dir / folder)
                                                                                         .iterdir())]
-    first, *_ = Client(app.url, verbose=False).predict("cat", photos[:10], "", api_name="/upload_training_data")
+    first, *_ = patient_client(app.url).predict("cat", photos[:10], "", api_name="/upload_training_data")
     errors = []
     uploading = threading.Thread(target=lambda: errors.append(
-        _try(lambda: Client(app.url, verbose=False).predict("dog", photos[10:], "", api_name="/upload_training_data"))))
+        _try(lambda: patient_client(app.url).predict("dog", photos[10:], "", api_name="/upload_training_data"))))
     uploading.start()
 
     def stored_files() -> int:  # complete ones: a file being written is a .tmp until it is renamed
@@ -121,7 +121,7 @@ def test_kill_during_an_upload_batch(tmp_path, cache_dir, small_photo_dir):
     assert len([path for path in stored if path.parent.name == "cat"]) == 10  # all acknowledged uploads
     restarted = App(env)
     try:
-        stats = Client(restarted.url, verbose=False).predict(api_name="/dataset_stats")
+        stats = patient_client(restarted.url).predict(api_name="/dataset_stats")
         # Cats sent as "dog" are held as suspect: every stored file is counted once, in one or the other.
         assert stats["uploads"]["cat"] == 10
         assert stats["uploads"]["dog"] + stats["suspect"]["dog"] == len(stored) - 10

@@ -18,7 +18,7 @@ import pytest
 
 from catdog_model.config import PROJECT_ROOT
 from bench.servers import wait_for
-from tests.conftest import WEIGHTS_DIR, free_port, requires_weights, shipped_models
+from tests.conftest import WEIGHTS_DIR, free_port, patient_client, requires_weights, shipped_models
 
 pytestmark = pytest.mark.heavy  # starts servers, trains or builds: make test-fast leaves it out
 
@@ -110,9 +110,9 @@ def test_the_serving_image_serves_and_says_why_it_cannot_retrain(tmp_path, small
         url = f"http://127.0.0.1:{port}/"
         wait_for(lambda: process.poll() is not None or _answers(url + "health"), seconds=120)
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        from gradio_client import Client, handle_file
+        from gradio_client import handle_file
 
-        client = Client(url, verbose=False)
+        client = patient_client(url)
         photo = sorted((small_photo_dir / "dogs").iterdir())[0]
         assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
         for label in ("cat", "dog"):

@@ -29,8 +29,8 @@ from gradio_client import Client, handle_file
 from bench.loadtest import App
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import VERSION_PATTERN, LocalHub
-from tests.conftest import (OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, requires_photos, requires_weights,
-                            shipped_models, start_postgres)
+from tests.conftest import (OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, patient_client, requires_photos,
+                            requires_weights, shipped_models, start_postgres)
 from bench.servers import Postgres, wait_for
 from catdog_model.layout import CONFIG_FILE, REFS_FILE
 
@@ -52,12 +52,6 @@ def app_env(tmp_path: Path, cache_dir: Path, **settings: str) -> dict[str, str]:
            "CATDOG_RELOAD_SECONDS": "0", "PYTHONPATH": str(PROJECT_ROOT), **settings}
     env.pop("CATDOG_ADMIN_TOKEN", None)
     return env
-
-
-def patient_client(url: str) -> Client:
-    """A gradio_client whose requests wait as long as the server needs: httpx's default of 5 s is a wall-clock
-    limit, and a server sharing two busy cores with a training beside it once took longer to take an upload."""
-    return Client(url, verbose=False, httpx_kwargs={"timeout": 120})
 
 
 def kill_9(process: subprocess.Popen | psutil.Process) -> None:

@@ -11,13 +11,12 @@ import urllib.request
 import json
 
 import pytest
-from gradio_client import Client
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.servers import wait_for
-from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, free_port, requires_photos, requires_weights,
-                            shipped_models, start_nginx, start_postgres)
+from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, free_port, patient_client, requires_photos,
+                            requires_weights, shipped_models, start_nginx, start_postgres)
 
 pytestmark = [pytest.mark.heavy, requires_weights]
 
@@ -61,7 +60,7 @@ def test_a_promotion_reaches_every_replica(tmp_path, cache_dir):
         for _, url in replicas:
             assert wait_for(lambda: health(url), 120)["model_version"] == shipped
         (_, first), (_, second) = replicas
-        promoted = Client(first, verbose=False).predict(OTHER_VERSION, "", api_name="/promote")
+        promoted = patient_client(first).predict(OTHER_VERSION, "", api_name="/promote")
         assert promoted == f"Production is now {OTHER_VERSION}."
         assert health(first)["model_version"] == OTHER_VERSION  # the replica that promoted swaps at once
         # the other within its reload interval
@@ -93,14 +92,14 @@ def test_replicas_behind_nginx_share_one_postgresql_log_and_survive_losing_one(t
 
         (first, first_url), (_, second_url) = replicas
         def logged_alike() -> dict | None:  # every row flushed, and both replicas read the same log
-            views = [Client(url, verbose=False).predict("all", api_name="/metrics")["monitoring"]
+            views = [patient_client(url).predict("all", api_name="/metrics")["monitoring"]
                      for url in (second_url, first_url)]
             counts = {view.get("count", 0) for view in views}
             return views[0] if len(counts) == 1 and min(counts) >= load["requests"] + new_clients else None
         monitoring = wait_for(logged_alike, 30, every=0.5)
         assert set(monitoring["replicas"]) == {"a", "b"}  # both served, and either replica sees all traffic
 
-        through_proxy = Client(proxy.url, verbose=False)  # its cookie keeps upload, call and stream on one replica
+        through_proxy = patient_client(proxy.url)  # its cookie keeps upload, call and stream on one replica
         assert through_proxy.predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
         for _, url in replicas:
             assert wait_for(lambda: (health(url) or {}).get("model_version") == OTHER_VERSION, 30)
@@ -114,7 +113,7 @@ def test_replicas_behind_nginx_share_one_postgresql_log_and_survive_losing_one(t
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert json.loads(response.read())["version"] == OTHER_VERSION
         from gradio_client import handle_file
-        assert Client(proxy.url, verbose=False).predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
+        assert patient_client(proxy.url).predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
     finally:
         if proxy:
             proxy.close()

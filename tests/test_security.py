@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio.utils import get_upload_folder
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.errors import public_message
 from catdog_model.images import content_hash
 from catdog_model.web import UPLOADED_FILES_ONLY, is_uploaded_file, loopback_only_message
-from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, random_jpeg, requires_weights, serve_in_thread,
-                            shipped_models)
+from tests.conftest import (OTHER_VERSION, WEIGHTS_DIR, patient_client, random_jpeg, requires_weights,
+                            serve_in_thread, shipped_models)
 from bench.servers import free_port, wait_for
 
 
@@ -103,7 +103,7 @@ def test_paths_never_uploaded_are_refused_through_gradio_client_in_its_own_words
     from gradio_client.exceptions import ValidationError
 
     url, _ = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     for kind, path in planted.items():
         # Refused before Gradio reads the file: the same sentence whether the file exists or not, none of it,
         # and gradio_client shows it (a ValidationError), not a bare "400 Bad Request".
@@ -130,7 +130,7 @@ def test_a_bad_file_in_the_ui_endpoint_gets_catdogs_sentence(server, tmp_path):
     notes = tmp_path / "notes.jpg"
     notes.write_text("minutes of the meeting, not a photo")
     with pytest.raises(Exception, match="not an image that can be read") as raised:
-        Client(url, verbose=False).predict(handle_file(str(notes)), api_name="/predict_with_details")
+        patient_client(url).predict(handle_file(str(notes)), api_name="/predict_with_details")
     assert "preprocess" not in str(raised.value) and "/tmp" not in str(raised.value)
 
 
@@ -138,7 +138,7 @@ def test_promote_without_a_version_gets_a_sentence(server):
     url, _ = server
     for version in (None, "", "   "):
         with pytest.raises(Exception, match="Say which version to promote"):
-            Client(url, verbose=False).predict(version, "s3cret", api_name="/promote")
+            patient_client(url).predict(version, "s3cret", api_name="/promote")
 
 
 MUTATIONS = {"upload_training_data": lambda photo, token: ["cat", [handle_file(str(photo))], token],
@@ -158,7 +158,7 @@ def test_mutations_without_the_right_token_change_nothing(server, small_photo_di
     photo = sorted((small_photo_dir / "cats").iterdir())[5]
     before = (service.curation.uploads.counts(), service.curation.uploads.suspect_counts(), service.hub.refs(),
               service.health()["model_version"])
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     for token in (None, "", "wrong", "s3cret "):
         with pytest.raises(Exception, match="needs the admin token"):
             client.predict(*MUTATIONS[endpoint](photo, token), api_name=f"/{endpoint}")
@@ -233,7 +233,7 @@ def test_a_corrupt_prediction_log_is_reported_without_the_servers_paths(start_se
 def test_a_refusal_never_echoes_a_page_of_input_back(server):
     url, _ = server
     with pytest.raises(Exception) as raised:
-        Client(url, verbose=False).predict("v" * 5000, "s3cret", api_name="/promote")
+        patient_client(url).predict("v" * 5000, "s3cret", api_name="/promote")
     assert "No model version 'vvvv" in str(raised.value) and "v" * 100 not in str(raised.value)
 
 
@@ -295,7 +295,7 @@ def test_uploads_and_batch_results_leave_the_disk_once_they_are_old(start_servic
     url, stop = serve_in_thread(build_app(service))
     photos = sorted((small_photo_dir / "dogs").iterdir())[:4]
     try:
-        client = Client(url, verbose=False)
+        client = patient_client(url)
         for photo in photos:
             assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
             client.predict([handle_file(str(photo))], api_name="/predict_batch")
@@ -363,7 +363,7 @@ def test_without_a_token_only_this_machines_own_requests_are_answered(start_serv
             assert b" 403 " in raw_request(port, request).split(b"\r\n")[0], request  # no Host, or an empty one
         service.log.flush()
         assert service.log.statistics("all")["count"] == 2  # the refused posts were never predicted nor logged
-        assert Client(url, verbose=False).predict(OTHER_VERSION, "", api_name="/promote") == \
+        assert patient_client(url).predict(OTHER_VERSION, "", api_name="/promote") == \
             f"Production is now {OTHER_VERSION}."  # this machine's own clients keep every action
     finally:
         stop()
@@ -431,7 +431,7 @@ def test_images_waiting_for_decode_memory_hold_no_thread_and_a_photo_never_waits
         refused = post(large)
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
         assert "busy decoding other large images" in refused.json()["error"]
-        path = Client(url, verbose=False)
+        path = patient_client(url)
         with pytest.raises(Exception, match="busy decoding other large images"):
             path.predict(handle_file(_written(large)), api_name="/predict")
 

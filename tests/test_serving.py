@@ -23,7 +23,7 @@ from catdog_model.hub import LocalHub
 from catdog_model.serving import ModelLoadError, ServingModel
 from catdog_model.service import ServiceError
 from bench.servers import wait_for
-from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, requires_weights, shipped_models
+from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, patient_client, requires_weights, shipped_models
 
 pytestmark = [pytest.mark.heavy, requires_weights]  # Keras, TensorFlow and exports
 
@@ -84,10 +84,10 @@ def loaded_libraries(pid: int) -> str:
 
 
 def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrains(app_process, small_photo_dir):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     url = app_process.url
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     photo = sorted((small_photo_dir / "dogs").iterdir())[0]
     assert client.predict(handle_file(str(photo)), api_name="/predict")["label"] == "dog"
     assert client.predict(OTHER_VERSION, "", api_name="/promote") == f"Production is now {OTHER_VERSION}."
@@ -103,9 +103,8 @@ def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrai
 
 
 def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(app_process, small_photo_dir):
-    from gradio_client import Client
 
-    client = Client(app_process.url, verbose=False)
+    client = patient_client(app_process.url)
     serving = httpx.get(app_process.url + "/health").json()["model_version"]
     client.predict("", api_name="/retrain")
     server = psutil.Process(app_process.process.pid)
@@ -123,9 +122,8 @@ def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(ap
 
 
 def test_a_retraining_child_never_outlives_the_server(app_process):
-    from gradio_client import Client
 
-    Client(app_process.url, verbose=False).predict("", api_name="/retrain")
+    patient_client(app_process.url).predict("", api_name="/retrain")
     server = psutil.Process(app_process.process.pid)
     assert wait_for(lambda: server.children(), 30)
     child = server.children()[0]
@@ -154,10 +152,10 @@ def test_the_rest_route_answers_like_the_gradio_api(server, small_photo_dir):
 
 
 def test_the_rest_route_gives_each_class_its_own_probability_as_gradio_does(server, small_photo_dir):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     url, _ = server
-    client = Client(url, verbose=False)
+    client = patient_client(url)
     with httpx.Client(base_url=url, timeout=30) as http:
         for folder, label in (("cats", "cat"), ("dogs", "dog")):
             photo = sorted((small_photo_dir / folder).iterdir())[4]
