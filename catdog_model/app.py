@@ -410,7 +410,8 @@ def build_demo(service: Service) -> gr.Blocks:
                         "trusted photos yet (`CATDOG_BASE_DATA_DIR` or `CATDOG_TRUSTED_DATA_DIR`), or the "
                         "background job has not reached this version (`CATDOG_PREPARE_EMBEDDINGS`). *No serving "
                         "export*: the version's files here lack `model.onnx` (the repository keeps only "
-                        "production's); `catdog export --version vN` publishes it anew with one.")
+                        "production's); `catdog export --version vN` publishes its weights again as a new, "
+                        "servable version (versions are never rewritten).")
             versions_table = gr.Dataframe(label="Versions", interactive=False)
             dataset_table = gr.Dataframe(label="Training data (photos per class)", interactive=False)
             metrics_outputs = [cards, summary_text, production_table, confusion_plot, roc_plot, versions_table,

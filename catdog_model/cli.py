@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     command, arguments = argv[0], argv[1:]
     if command == "bench":
         return run_benchmark(arguments)
-    if command == "serve":
+    if command == "serve" and not {"-h", "--help"} & set(arguments):
         with user_errors():  # a setting that cannot work is refused before Gradio's seconds of import
             Settings.from_env()
     importlib.import_module(COMMANDS[command][0]).main(arguments)

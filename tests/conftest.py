@@ -261,8 +261,8 @@ def shipped_models() -> Path:
 
 
 def patient_client(url: str):
-    """A gradio_client whose requests wait as long as the server needs: httpx's default of 5 s is a wall-clock
-    limit, and a server sharing two busy cores with a training beside it once took longer to take an upload."""
+    """A gradio_client that waits up to 120 s on each network step (connect, read, write) rather than httpx's
+    5 s: a server sharing two busy cores with a training beside it once took longer to take an upload."""
     from gradio_client import Client
 
     return Client(url, verbose=False, httpx_kwargs={"timeout": 120})

@@ -175,7 +175,7 @@ def test_batch_gives_a_row_per_file_rejects_non_images_and_says_when_there_are_n
     text.write_text("not a photo")
     photo = sorted((small_photo_dir / "dogs").iterdir())[0]
     table, csv_path = patient_client(url).predict([handle_file(str(photo)), handle_file(str(text))],
-                                                         api_name="/predict_batch")
+                                                  api_name="/predict_batch")
     rows = table["data"]
     assert rows[0][:2] == [photo.name, "dog"]
     assert rows[1][0] == "notes.jpg" and rows[1][1] == "" and "not an image" in rows[1][5]

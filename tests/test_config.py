@@ -57,9 +57,11 @@ def test_the_sentence_says_what_to_give(monkeypatch, name, value, sentence):
     assert str(refused.value) == f"{name}={value!r} is out of range: {sentence}."
 
 
-def test_a_word_where_a_number_belongs_is_refused_with_its_kind(monkeypatch):
-    monkeypatch.setenv("CATDOG_MAX_FILES", "many")
-    with pytest.raises(ServiceError, match="CATDOG_MAX_FILES='many' is not a whole number"):
+@pytest.mark.parametrize("name, value, sentence", [("CATDOG_MAX_FILES", "many", "is not a whole number"),
+                                                 ("CATDOG_RELOAD_SECONDS", "soon", "is not a number")])
+def test_a_word_where_a_number_belongs_is_refused_with_its_kind(monkeypatch, name, value, sentence):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ServiceError, match=f"^{name}='{value}' {sentence}.$"):
         Settings.from_env()
 
 
@@ -84,3 +86,11 @@ def test_the_app_refuses_a_bad_setting_before_loading_gradio(run):
     assert refused.stdout.split() == ["2", "False"], refused.stderr[-2000:]
     assert "CATDOG_LOG_BUFFER_ROWS='0' is out of range: give a whole number, 1 or more." in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_help_is_given_even_where_a_setting_is_bad():
+    # The settings are checked early only to start a server: asking how to start one needs none of them.
+    helped = subprocess.run([sys.executable, "app.py", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "CATDOG_MAX_FILES": "many"}, timeout=300)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert helped.stdout.startswith("usage: catdog serve")

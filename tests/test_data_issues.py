@@ -109,7 +109,7 @@ def test_too_few_photos_is_a_sentence(small_photo_dir, shipped, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--folds", "1"], "--folds needs at least 2"),
+    (["--folds", "1"], "--folds needs at least 2: each head is fitted on the other folds\n"),
     (["--top", "-1"], "--top needs 0 or more"),
     (["--out", "pyproject.toml"], "--out pyproject.toml is a file"),
 ])

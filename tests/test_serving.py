@@ -103,7 +103,6 @@ def test_the_server_never_imports_tensorflow_while_it_serves_promotes_and_retrai
 
 
 def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(app_process, small_photo_dir):
-
     client = patient_client(app_process.url)
     serving = httpx.get(app_process.url + "/health").json()["model_version"]
     client.predict("", api_name="/retrain")
@@ -122,7 +121,6 @@ def test_a_killed_retraining_leaves_the_server_serving_and_says_what_happened(ap
 
 
 def test_a_retraining_child_never_outlives_the_server(app_process):
-
     patient_client(app_process.url).predict("", api_name="/retrain")
     server = psutil.Process(app_process.process.pid)
     assert wait_for(lambda: server.children(), 30)
