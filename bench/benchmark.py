@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         results.update(time_predictions({"predict": classifier}, photos, arguments.repeats))
         results.update(time_predictions(exports, photos, arguments.repeats))
         if arguments.test_data_dir:
-            results.update(test_accuracy(exports, arguments.test_data_dir, read_metrics(hub, classifier.version)["data"],
-                                         settings))
+            split = read_metrics(hub, classifier.version)["data"]
+            results.update(test_accuracy(exports, arguments.test_data_dir, split, settings))
         started = time.perf_counter()
         decoded = np.stack([load_image(data, size=classifier.spec.image_size) for data in photos])
         results["decode_images_per_s"] = round(len(photos) / (time.perf_counter() - started), 1)

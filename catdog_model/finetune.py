@@ -1,8 +1,9 @@
 """Phase 2 of transfer learning: unfreeze the top of the backbone and train it with the head, on augmented
 photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe); or,
 with the cosine schedule, for a fixed number of epochs, optionally averaging the last epochs' weights. Label
-smoothing and mixup (photos blended in pairs, their labels alike) are options of either; so is running the whole fine-tuning several times from the same start, each
-run seeded apart, and averaging the runs' weights (a uniform "model soup": one model, so no more cost to serve).
+smoothing and mixup (photos blended in pairs, their labels alike) are options of either; so is running the
+whole fine-tuning several times from the same start, each run seeded apart, and averaging the runs' weights (a
+uniform "model soup": one model, so no more cost to serve).
 
 BatchNormalization layers stay frozen and in inference mode: their statistics come from ImageNet, and a few
 thousand photos in small batches would only make them noisier."""

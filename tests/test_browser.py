@@ -18,7 +18,8 @@ from catdog_model.config import PROJECT_ROOT, Settings
 from catdog_model.hub import LocalHub
 from bench.screenshots import noise, rest_predict, upload_in_browser
 from bench.servers import wait_for
-from tests.conftest import OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, patient_client, requires_weights, shipped_models
+from tests.conftest import (OTHER_VERSION, RETRAINING_SECONDS, WEIGHTS_DIR, free_port, patient_client, requires_weights,
+                            shipped_models)
 
 CHROMIUM = Path(os.environ.get("CATDOG_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [pytest.mark.heavy, requires_weights,
@@ -184,7 +185,6 @@ def test_the_learning_loop_from_uploads_to_a_verdict_that_survives_a_reload_then
     page.get_by_role("button", name="Retrain", exact=True).click()
     expect(page.get_by_label("Log", exact=True)).to_have_value(re.compile("Retraining started"), timeout=60_000)
     # A second click, from another page or program, is told so; it does not start another retraining later.
-
     client = patient_client(page.url.split("?")[0])
     try:
         with pytest.raises(Exception, match="already running"):

@@ -80,7 +80,8 @@ def test_values_with_a_documented_meaning_are_taken(monkeypatch, name, value, fi
                                  "sys.argv[1:] = ['serve']; runpy.run_module('catdog', run_name='__main__')"])
 def test_the_app_refuses_a_bad_setting_before_loading_gradio(run):
     # Gradio takes seconds to import: an operator's typo is told at once, with its sentence and status 2.
-    script = f"import runpy, sys\ntry:\n    {run}\nexcept SystemExit as stop:\n    print(stop.code, 'gradio' in sys.modules)"
+    script = (f"import runpy, sys\ntry:\n    {run}\n"
+              "except SystemExit as stop:\n    print(stop.code, 'gradio' in sys.modules)")
     refused = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              env={**os.environ, "CATDOG_LOG_BUFFER_ROWS": "0"}, timeout=300)
     assert refused.stdout.split() == ["2", "False"], refused.stderr[-2000:]
