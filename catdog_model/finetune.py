@@ -1,9 +1,10 @@
 """Phase 2 of transfer learning: unfreeze the top of the backbone and train it with the head, on augmented
 photos, at a small learning rate, choosing the epoch on validation loss (Keras's transfer-learning recipe); or,
 with the cosine schedule, for a fixed number of epochs, optionally averaging the last epochs' weights. Label
-smoothing and mixup (photos blended in pairs, their labels alike) are options of either; so is running the
-whole fine-tuning several times from the same start, each run seeded apart, and averaging the runs' weights (a
-uniform "model soup": one model, so no more cost to serve).
+smoothing, mixup (photos blended in pairs, their labels alike) and L2-SP weight decay (the backbone pulled back
+towards its starting weights) are options of either; so is running the whole fine-tuning several times from the
+same start, each run seeded apart, and averaging the runs' weights (a uniform "model soup": one model, so no
+more cost to serve).
 
 BatchNormalization layers stay frozen and in inference mode: their statistics come from ImageNet, and a few
 thousand photos in small batches would only make them noisier."""
@@ -55,6 +56,9 @@ class FineTuneConfig:
                                "epochs (weight averaging; 0: the last epoch's weights)")
     runs: int = option(1, "fine-tune this many times from the same start (run k seeded with the seed + k) and "
                        "keep the mean of the runs' weights: a uniform model soup, one model to serve")
+    pull_to_start: float = option(0.0, "L2-SP weight decay: after each step every trained backbone weight moves "
+                                  "back towards its starting value by this times the learning rate times its "
+                                  "distance from it (decoupled, as AdamW decays towards 0; 0: off)")
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.runs < 1:
@@ -65,6 +69,8 @@ class FineTuneConfig:
             raise ServiceError(f"label_smoothing must be at least 0 and below 0.5, not {self.label_smoothing}.")
         if not (self.mixup >= 0 and math.isfinite(self.mixup)):
             raise ServiceError(f"mixup must be a finite number, 0 (off) or more, not {self.mixup}.")
+        if not (self.pull_to_start >= 0 and math.isfinite(self.pull_to_start)):
+            raise ServiceError(f"pull_to_start must be a finite number, 0 (off) or more, not {self.pull_to_start}.")
         if not 0 <= self.average_last <= self.epochs:
             raise ServiceError(f"average_last must be between 0 and the epochs ({self.epochs}), "
                                f"not {self.average_last}.")
@@ -215,6 +221,8 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
                      else None)
         if averaging:
             callbacks.append(averaging)
+        if config.pull_to_start:
+            callbacks.append(_pull_to_start_callback()(backbone_model.trainable_weights, config.pull_to_start))
         # Compiled afresh each run: a new optimizer, so no run inherits another's moments or lowered rate.
         accuracy = keras.metrics.MeanMetricWrapper(rounded_accuracy, name="accuracy") if config.mixup else "accuracy"
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -311,6 +319,30 @@ def _batch_progress_callback():
             self._trace(None)
 
     return BatchProgress
+
+
+def _pull_to_start_callback():
+    import keras
+
+    class PullToStart(keras.callbacks.Callback):
+        """L2-SP (Li et al., *Explicit inductive bias for transfer learning*, 2018), decoupled from the gradient as
+        AdamW decouples its decay: after each batch, each of `variables` moves back towards its value when
+        training began by strength × the optimizer's current learning rate (at most all the way) of its
+        distance — a fine-tuned backbone kept near what ImageNet taught it."""
+
+        def __init__(self, variables, strength: float):
+            super().__init__()
+            self.variables, self.strength = list(variables), strength
+            self.starts = [np.array(variable.numpy()) for variable in self.variables]
+
+        def on_train_batch_end(self, batch, logs=None):
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            share = min(1.0, self.strength * rate)
+            for variable, start in zip(self.variables, self.starts):
+                value = variable.numpy()
+                variable.assign(value - share * (value - start))
+
+    return PullToStart
 
 
 def _weight_averaging_callback():

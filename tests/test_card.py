@@ -23,9 +23,11 @@ def described(epochs_run: int, **options) -> str:
 @pytest.mark.parametrize("options, epochs_run, says, does_not_say", [
     ({}, 6, ["lowered on a plateau", "for 6 epochs (at most 8)", "keeping the epoch with the lowest validation loss",
              "changed in contrast (±10 %)"],
-     ["cosine", "smoothed", "mean", "runs", "mixup"]),
+     ["cosine", "smoothed", "mean", "runs", "mixup", "L2-SP"]),
     ({"mixup": 0.2}, 7, ["blended with another of its batch (mixup, Beta(0.2, 0.2))", "for 7 epochs (at most 8)"],
-     ["smoothed", "cosine"]),
+     ["smoothed", "cosine", "L2-SP"]),
+    ({"pull_to_start": 100.0}, 5, ["pulled back towards where they started after each step (L2-SP weight decay, "
+                                   "strength 100.0)"], ["mixup", "smoothed"]),
     ({"schedule": "cosine", "epochs": 10, "average_last": 4}, 10,
      ["falling along a cosine to 0", "for 10 epochs,", "the weights averaged over the last 4 epochs"],
      ["at most", "lowest validation loss", "soup"]),
