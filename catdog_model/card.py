@@ -25,8 +25,8 @@ def fine_tuning_description(tuning: dict) -> str:
         words.append(f"each photo and its label blended with another of its batch (mixup, Beta({config['mixup']}, "
                      f"{config['mixup']}))")
     if config.get("pull_to_start"):
-        words.append(f"the backbone's weights pulled back towards where they started after each step (L2-SP "
-                     f"weight decay, strength {config['pull_to_start']})")
+        words.append(f"the backbone's weights pulled back after each step towards where fine-tuning began, by "
+                     f"{config['pull_to_start']} × the learning rate of their distance (L2-SP weight decay)")
     at_most = "" if cosine else "at most "  # the cosine schedule runs every epoch
     words.append(f"{runs} times from the same start, each run seeded apart, for {tuning['epochs_run']} epochs in all "
                  f"({at_most}{epochs} a run)" if runs > 1 else

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     if command == "bench":
         return run_benchmark(arguments)
     if command == "serve" and not {"-h", "--help"} & set(arguments):
-        with user_errors():  # a setting that cannot work is refused before Gradio's seconds of import
-            Settings.from_env()
+        with user_errors():  # a setting or recipe that cannot work is refused before Gradio's seconds of import
+            from .retrain_job import RetrainConfig
+
+            RetrainConfig.from_settings(Settings.from_env())
     importlib.import_module(COMMANDS[command][0]).main(arguments)
 
 

@@ -57,8 +57,8 @@ class FineTuneConfig:
     runs: int = option(1, "fine-tune this many times from the same start (run k seeded with the seed + k) and "
                        "keep the mean of the runs' weights: a uniform model soup, one model to serve")
     pull_to_start: float = option(0.0, "L2-SP weight decay: after each step every trained backbone weight moves "
-                                  "back towards its starting value by this times the learning rate times its "
-                                  "distance from it (decoupled, as AdamW decays towards 0; 0: off)")
+                                  "back towards its value when fine-tuning began by this times the learning "
+                                  "rate (at most 1) of its distance (decoupled, as AdamW decays towards 0; 0: off)")
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.runs < 1:
@@ -222,7 +222,8 @@ def fine_tune(classifier: Classifier, train: list[Example], validation: list[Exa
         if averaging:
             callbacks.append(averaging)
         if config.pull_to_start:
-            callbacks.append(_pull_to_start_callback()(backbone_model.trainable_weights, config.pull_to_start))
+            trained = [weight for weight in backbone_model.weights if weight.trainable]
+            callbacks.append(_pull_to_start_callback()(trained, config.pull_to_start))
         # Compiled afresh each run: a new optimizer, so no run inherits another's moments or lowered rate.
         accuracy = keras.metrics.MeanMetricWrapper(rounded_accuracy, name="accuracy") if config.mixup else "accuracy"
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -325,22 +326,23 @@ def _pull_to_start_callback():
     import keras
 
     class PullToStart(keras.callbacks.Callback):
-        """L2-SP (Li et al., *Explicit inductive bias for transfer learning*, 2018), decoupled from the gradient as
-        AdamW decouples its decay: after each batch, each of `variables` moves back towards its value when
-        training began by strength × the optimizer's current learning rate (at most all the way) of its
-        distance — a fine-tuned backbone kept near what ImageNet taught it."""
+        """L2-SP (Li, Grandvalet and Davoine, *Explicit Inductive Bias for Transfer Learning with Convolutional
+        Networks*, 2018), decoupled from the gradient as AdamW decouples its decay: after each step, each of
+        `variables` moves back towards its value when this fine-tuning began (ImageNet's, or the backbone's it
+        continues from) by strength × the optimizer's learning rate (at most all the way) of its distance. The rate
+        is read after the step: a schedule's, for the next step."""
 
         def __init__(self, variables, strength: float):
             super().__init__()
             self.variables, self.strength = list(variables), strength
-            self.starts = [np.array(variable.numpy()) for variable in self.variables]
+            self.starts = [keras.ops.copy(variable.value) for variable in self.variables]
 
         def on_train_batch_end(self, batch, logs=None):
             rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            share = min(1.0, self.strength * rate)
+            # Keras calls this once per execution, which may run several steps: the pull compounds over them.
+            share = 1 - (1 - min(1.0, self.strength * rate)) ** self.model.steps_per_execution
             for variable, start in zip(self.variables, self.starts):
-                value = variable.numpy()
-                variable.assign(value - share * (value - start))
+                variable.assign(variable - share * (variable - start))
 
     return PullToStart
 

@@ -26,8 +26,8 @@ def described(epochs_run: int, **options) -> str:
      ["cosine", "smoothed", "mean", "runs", "mixup", "L2-SP"]),
     ({"mixup": 0.2}, 7, ["blended with another of its batch (mixup, Beta(0.2, 0.2))", "for 7 epochs (at most 8)"],
      ["smoothed", "cosine", "L2-SP"]),
-    ({"pull_to_start": 100.0}, 5, ["pulled back towards where they started after each step (L2-SP weight decay, "
-                                   "strength 100.0)"], ["mixup", "smoothed"]),
+    ({"pull_to_start": 100.0}, 5, ["pulled back after each step towards where fine-tuning began, by 100.0 × the "
+                                   "learning rate of their distance (L2-SP weight decay)"], ["mixup", "smoothed"]),
     ({"schedule": "cosine", "epochs": 10, "average_last": 4}, 10,
      ["falling along a cosine to 0", "for 10 epochs,", "the weights averaged over the last 4 epochs"],
      ["at most", "lowest validation loss", "soup"]),

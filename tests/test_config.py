@@ -76,16 +76,22 @@ def test_values_with_a_documented_meaning_are_taken(monkeypatch, name, value, fi
     assert getattr(Settings.from_env(), field) == expected
 
 
-@pytest.mark.parametrize("run", ["runpy.run_path('app.py', run_name='__main__')",  # python app.py
-                                 "sys.argv[1:] = ['serve']; runpy.run_module('catdog', run_name='__main__')"])
-def test_the_app_refuses_a_bad_setting_before_loading_gradio(run):
+@pytest.mark.parametrize("run, name, value, sentence", [
+    ("runpy.run_path('app.py', run_name='__main__')",  # python app.py
+     "CATDOG_LOG_BUFFER_ROWS", "0", "CATDOG_LOG_BUFFER_ROWS='0' is out of range: give a whole number, 1 or more."),
+    ("sys.argv[1:] = ['serve']; runpy.run_module('catdog', run_name='__main__')",
+     "CATDOG_LOG_BUFFER_ROWS", "0", "CATDOG_LOG_BUFFER_ROWS='0' is out of range: give a whole number, 1 or more."),
+    ("runpy.run_path('app.py', run_name='__main__')",
+     "CATDOG_RETRAIN_RECIPE", '{"training": {"epochs": 0}}', "epochs and batch_size must be at least 1."),
+])
+def test_the_app_refuses_a_bad_setting_before_loading_gradio(run, name, value, sentence):
     # Gradio takes seconds to import: an operator's typo is told at once, with its sentence and status 2.
     script = (f"import runpy, sys\ntry:\n    {run}\n"
               "except SystemExit as stop:\n    print(stop.code, 'gradio' in sys.modules)")
     refused = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             env={**os.environ, "CATDOG_LOG_BUFFER_ROWS": "0"}, timeout=300)
+                             env={**os.environ, name: value}, timeout=300)
     assert refused.stdout.split() == ["2", "False"], refused.stderr[-2000:]
-    assert "CATDOG_LOG_BUFFER_ROWS='0' is out of range: give a whole number, 1 or more." in refused.stderr
+    assert sentence in refused.stderr
     assert "Traceback" not in refused.stderr
 
 

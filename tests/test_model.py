@@ -323,6 +323,7 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights_only():
     (dict(mixup=float("inf")), "mixup must be a finite number, 0 \\(off\\) or more"),
     (dict(pull_to_start=-1.0), "pull_to_start must be a finite number, 0 \\(off\\) or more"),
     (dict(pull_to_start=float("nan")), "pull_to_start must be a finite number, 0 \\(off\\) or more"),
+    (dict(pull_to_start=float("inf")), "pull_to_start must be a finite number, 0 \\(off\\) or more"),
 ])
 def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(options, message):
     from catdog_model.finetune import FineTuneConfig
@@ -331,7 +332,13 @@ def test_a_fine_tuning_recipe_that_cannot_work_is_refused_with_its_reason(option
         FineTuneConfig(**options)
 
 
-def test_the_pull_to_start_moves_each_pulled_weight_back_by_its_share_of_the_distance_and_no_other():
+@pytest.mark.parametrize("strength, rate, left", [
+    (50.0, None, 1.0),  # 50 × Adam's 0.01: half-way back from 2 away
+    (50.0, 0.005, 1.5),  # the rate as it is now (lowered on a plateau): a quarter of the way
+    (200.0, None, 0.0),  # 2 × the distance would overshoot: all the way back, no further
+])
+def test_the_pull_to_start_moves_each_pulled_weight_back_by_its_share_of_the_distance_and_no_other(strength, rate,
+                                                                                                  left):
     import keras
 
     from catdog_model.finetune import _pull_to_start_callback
@@ -341,24 +348,26 @@ def test_the_pull_to_start_moves_each_pulled_weight_back_by_its_share_of_the_dis
     backbone = model.get_layer("backbone")
     model.set_weights([np.ones((2, 2), np.float32), np.ones(2, np.float32), np.ones((2, 1), np.float32),
                        np.ones(1, np.float32)])
-    pull = _pull_to_start_callback()(backbone.trainable_weights, 50.0)  # 50 × 0.01: half-way back each step
+    pull = _pull_to_start_callback()(backbone.trainable_weights, strength)
     pull.set_model(model)
+    if rate is not None:
+        model.optimizer.learning_rate = rate
     model.set_weights([weight + 2 for weight in model.get_weights()])  # as a training step moved them
     pull.on_train_batch_end(0)
     kernel, bias, head_kernel, head_bias = model.get_weights()
-    assert np.allclose(kernel, 2.0) and np.allclose(bias, 2.0)
-    assert np.allclose(head_kernel, 3.0) and np.allclose(head_bias, 3.0)  # the head is not pulled
+    assert np.allclose(kernel, 1 + left) and np.allclose(bias, 1 + left)
+    assert np.allclose(head_kernel, 3.0) and np.allclose(head_bias, 3.0)  # only the weights it was given
 
 
 def test_a_full_pull_to_start_leaves_the_fine_tuned_backbone_where_it_started(small_photo_dir, settings):
     """L2-SP at its strongest (strength × learning rate = 1): every step is undone, so the trained blocks end as
-    they began; the option reaches the training loop."""
+    they began, in each run; the option reaches the training loop, and the head still learns."""
     from catdog_model.backbone import build_backbone
     from catdog_model.finetune import FineTuneConfig, fine_tune
 
     classifier = small_classifier(settings)
     start = build_backbone(BackboneSpec.for_alpha(0.5, 96), WeightsSource.from_settings(settings))
-    config = FineTuneConfig(blocks=1, epochs=1, batch_size=4)
+    config = FineTuneConfig(blocks=1, epochs=1, batch_size=4, runs=2)
     began = [np.array(weight) for weight in start.get_weights()]
     cats, dogs = cats_and_dogs(small_photo_dir)
     tuned, _ = fine_tune(classifier, cats[:4] + dogs[:4], cats[4:6] + dogs[4:6],
@@ -366,6 +375,8 @@ def test_a_full_pull_to_start_leaves_the_fine_tuned_backbone_where_it_started(sm
                          weights=WeightsSource.from_settings(settings), start=start)
     assert all(np.allclose(before, after, rtol=0, atol=1e-6)
                for before, after in zip(began, tuned.backbone.model.get_weights()))
+    assert any(not np.array_equal(before, after)
+               for before, after in zip(classifier.head.get_weights(), tuned.head.get_weights()))
 
 
 def test_mixup_blends_each_photo_and_its_label_by_the_same_weight_and_a_seed_repeats_it():
