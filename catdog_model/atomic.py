@@ -1,6 +1,7 @@
 """Writes that a crash cannot leave half done: a temporary file in the same folder, flushed to disk, then
 renamed over the target (rename is atomic), and the folder's entry flushed too. What a write killed before its
-rename leaves behind is removed later (remove_abandoned_writes)."""
+rename leaves behind is removed later (remove_abandoned_writes). writable_folder says, before any work starts,
+that a folder cannot be written."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+from .errors import ServiceError
 
 TEMPORARY_SUFFIX = ".tmp"
 ABANDONED_SECONDS = 3600  # no write takes this long: an older temporary file is a killed writer's
@@ -51,3 +54,13 @@ def remove_abandoned_writes(folder: Path) -> int:
         except FileNotFoundError:  # another process removed it first
             pass
     return removed
+
+
+def writable_folder(path: Path, variable: str) -> None:
+    """Create the folder now, or say which setting to change, rather than fail at the first prediction."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise ServiceError(f"{variable} ({path}) cannot be written: {error.strerror}. Point {variable} at a "
+                           f"folder this user can write.") from None

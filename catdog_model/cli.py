@@ -46,10 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     if command == "bench":
         return run_benchmark(arguments)
     if command == "serve" and not {"-h", "--help"} & set(arguments):
-        with user_errors():  # a setting or recipe that cannot work is refused before Gradio's seconds of import
+        with user_errors():  # what cannot work is refused before Gradio's seconds of import (Service checks again)
+            from .atomic import writable_folder
             from .retrain_job import RetrainConfig
 
-            RetrainConfig.from_settings(Settings.from_env())
+            settings = Settings.from_env()
+            RetrainConfig.from_settings(settings)
+            writable_folder(settings.data_dir, "CATDOG_DATA_DIR")
     importlib.import_module(COMMANDS[command][0]).main(arguments)
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import hmac
 import logging
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import writable_folder
 from .config import Settings
 from .curation import Curation, refuse_too_many_files
 from .dashboard import Dashboard
@@ -41,16 +41,6 @@ EXPLAIN_SIDE = 512  # the heat map's longer side: the photo at its own aspect ra
 
 class NotAllowed(ServiceError):
     """A mutating action without the admin token (or with a wrong one)."""
-
-
-def writable_folder(path: Path, variable: str) -> None:
-    """Create the folder now, or say which setting to change, rather than fail at the first prediction."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as error:
-        raise ServiceError(f"{variable} ({path}) cannot be written: {error.strerror}. Point {variable} at a "
-                           f"folder this user can write.") from None
 
 
 class Service:

@@ -83,6 +83,8 @@ def test_values_with_a_documented_meaning_are_taken(monkeypatch, name, value, fi
      "CATDOG_LOG_BUFFER_ROWS", "0", "CATDOG_LOG_BUFFER_ROWS='0' is out of range: give a whole number, 1 or more."),
     ("runpy.run_path('app.py', run_name='__main__')",
      "CATDOG_RETRAIN_RECIPE", '{"training": {"epochs": 0}}', "epochs and batch_size must be at least 1."),
+    ("runpy.run_path('app.py', run_name='__main__')",  # a file where the folder belongs: root cannot write there
+     "CATDOG_DATA_DIR", "/dev/null/data", "CATDOG_DATA_DIR (/dev/null/data) cannot be written: Not a directory."),
 ])
 def test_the_app_refuses_a_bad_setting_before_loading_gradio(run, name, value, sentence):
     # Gradio takes seconds to import: an operator's typo is told at once, with its sentence and status 2.

@@ -15,7 +15,7 @@ PACKAGE = PROJECT_ROOT / "catdog_model"
 ALLOWED = {
     "errors": set(),
     "layout": set(),
-    "atomic": set(),
+    "atomic": {"errors"},
     "config": {"errors"},
     "images": {"config", "errors"},
     "prediction": {"__init__"},
