@@ -338,9 +338,9 @@ def _pull_to_start_callback():
             self.starts = [keras.ops.copy(variable.value) for variable in self.variables]
 
         def on_train_batch_end(self, batch, logs=None):
+            # Once a step: fine_tune compiles with Keras's one step per execution (several would share one call).
             rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            # Keras calls this once per execution, which may run several steps: the pull compounds over them.
-            share = 1 - (1 - min(1.0, self.strength * rate)) ** self.model.steps_per_execution
+            share = min(1.0, self.strength * rate)
             for variable, start in zip(self.variables, self.starts):
                 variable.assign(variable - share * (variable - start))
 
